@@ -1,0 +1,117 @@
+"""Building the sample libraries and their test programs with the system's gcc/g++.
+
+Used by the tests and the benchmarks; the libraries are described in samples.toml.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ulp_build.prepared import CFLAGS
+
+ROOT = Path(__file__).resolve().parent
+COMMON_CFLAGS = ["-O2", "-g", "-fPIC", "-Wall", "-Werror", f"-I{ROOT / 'include'}"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    about: str
+    sources: list[Path]
+    test: Path
+    cflags: list[str] = field(default_factory=list)
+    ldflags: list[str] = field(default_factory=list)
+
+    @property
+    def cxx(self) -> bool:
+        return any(p.suffix in (".cc", ".cpp") for p in [*self.sources, self.test])
+
+    @property
+    def compiler(self) -> str:
+        return "g++" if self.cxx else "gcc"
+
+    @property
+    def library_name(self) -> str:
+        return f"lib{self.name}.so"
+
+
+def load() -> dict[str, Sample]:
+    table = tomllib.loads((ROOT / "samples.toml").read_text())
+    return {
+        name: Sample(
+            name=name,
+            about=spec["about"],
+            sources=[ROOT / s for s in spec["sources"]],
+            test=ROOT / spec["test"],
+            cflags=spec.get("cflags", []),
+            ldflags=[_rooted(f) for f in spec.get("ldflags", [])],
+        )
+        for name, spec in table.items()
+    }
+
+
+def _rooted(flag: str) -> str:
+    # --version-script=relative/path is relative to samples.toml.
+    key, sep, value = flag.partition("=")
+    return f"{key}={ROOT / value}" if sep and key.endswith("version-script") else flag
+
+
+def _run(cmd: list[str]) -> None:
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def build_library(sample: Sample, outdir: Path, extra_cflags: list[str] | None = None) -> Path:
+    """Compile the library with the flags `ulp cflags` prints (unprepared)."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    out = outdir / sample.library_name
+    includes = sorted({f"-I{s.parent}" for s in sample.sources})
+    _run(
+        [
+            sample.compiler,
+            *COMMON_CFLAGS,
+            *CFLAGS,
+            *includes,
+            *sample.cflags,
+            *(extra_cflags or []),
+            "-shared",
+            "-o",
+            str(out),
+            *map(str, sample.sources),
+            *sample.ldflags,
+        ]
+    )
+    return out
+
+
+def build_test(sample: Sample, outdir: Path, libdir: Path, dlopen: bool) -> Path:
+    """The test program: linked against libdir's library, or with -DSAMPLE_DLOPEN."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    out = outdir / f"{sample.name}_test{'_dlopen' if dlopen else ''}"
+    includes = sorted({f"-I{s.parent}" for s in sample.sources})
+    if dlopen:
+        link = ["-DSAMPLE_DLOPEN", "-D_GNU_SOURCE", "-ldl"]
+    else:
+        link = [f"-L{libdir}", f"-l{sample.name}"]
+    _run(
+        [
+            sample.compiler,
+            *COMMON_CFLAGS,
+            *includes,
+            *sample.cflags,
+            "-o",
+            str(out),
+            str(sample.test),
+            *link,
+        ]
+    )
+    return out
+
+
+def build_probe(outdir: Path) -> Path:
+    outdir.mkdir(parents=True, exist_ok=True)
+    out = outdir / "dlsym_probe"
+    _run(["gcc", *COMMON_CFLAGS, "-o", str(out), str(ROOT / "probe" / "dlsym_probe.c"), "-ldl"])
+    return out

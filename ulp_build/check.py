@@ -1,0 +1,187 @@
+"""Inspecting a library: is it prepared, what is tracked and patchable, and what is wrong.
+
+`check` trusts nothing the rewriter might have written: it decodes every trampoline and IFUNC
+wrapper back to the function it reaches and compares that with the padding found in the code,
+so it also catches a prepared library that was later stripped, edited or truncated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ulp_build import codegen, padding
+from ulp_build.elf import R_X86_64_GLOB_DAT, STT_GNU_IFUNC, ElfFile, Section
+from ulp_build.prepared import (
+    DEFAULT_UNTRACKED,
+    DESCRIPTOR,
+    DESCRIPTOR_MAGIC,
+    DESCRIPTOR_OFFSET,
+    DESCRIPTOR_VERSION,
+    RUNTIME_SLOT_OFFSET,
+    RUNTIME_SYMBOL,
+    SECTION_DATA,
+    SECTION_TRACK,
+    SECTION_TRAMPOLINES,
+)
+from ulp_build.rewrite import check_input, exported_functions, is_prepared
+
+
+@dataclass
+class CheckReport:
+    library: str
+    prepared: bool
+    build_id: str | None
+    ibt: bool
+    exported_functions: int = 0
+    trampolines: int = 0
+    patchable: int = 0
+    ifuncs: int = 0
+    tracked_not_patchable: list[str] = field(default_factory=list)
+    untracked: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def usable(self) -> bool:
+        """Prepared, and nothing found that would make tracking or patching go wrong."""
+        return self.prepared and not self.errors
+
+
+def check(elf: ElfFile) -> CheckReport:
+    check_input(elf)
+    report = CheckReport(elf.name, is_prepared(elf), elf.build_id, elf.uses_ibt)
+    pads = padding.find(elf)
+    exported = exported_functions(elf)
+    names = elf.versioned_names
+    report.exported_functions = len(exported)
+    report.patchable = len(pads.functions)
+    report.ifuncs = sum(1 for s in exported if s.type == STT_GNU_IFUNC)
+    for entry in pads.padding_without_record:
+        report.warnings.append(
+            f"padding without a __patchable_function_entries record: {_name_at(elf, entry)}"
+        )
+    for pad in pads.records_without_padding:
+        report.warnings.append(f"__patchable_function_entries record without padding at {pad:#x}")
+    if not pads.functions:
+        report.warnings.append("no patchable functions (build with the flags `ulp cflags` prints)")
+    if not report.prepared:
+        report.untracked = sorted({s.name for s in exported if s.name in DEFAULT_UNTRACKED})
+        report.errors.append("not prepared (run `ulp rewrite` on it)")
+        return report
+
+    for func in pads.functions.values():
+        if not func.normalized:
+            report.errors.append(
+                f"entry nops of {_name_at(elf, func.entry)} are not one 2-byte"
+                " nop (the library was prepared, then modified?)"
+            )
+    sections = {n: elf.section(n) for n in (SECTION_TRAMPOLINES, SECTION_TRACK, SECTION_DATA)}
+    missing = [n for n, sec in sections.items() if sec is None]
+    if missing:
+        report.errors.append(f"missing section(s) {', '.join(missing)}")
+        return report
+    ulp, track, data = (
+        sections[SECTION_TRAMPOLINES],
+        sections[SECTION_TRACK],
+        sections[SECTION_DATA],
+    )
+    entry = _check_data(elf, data, ulp, report)
+
+    tracked: set[int] = set()
+    untracked: set[str] = set()
+    for sym in exported:
+        label = names[sym.index]
+        if ulp.contains(sym.value):
+            decoded = codegen.decode_trampoline(
+                elf.read(sym.value, codegen.TRAMPOLINE_CODE + 4), sym.value
+            )
+            if decoded is None or decoded.indirect:
+                report.errors.append(
+                    f"{label}: .dynsym points into {ulp.name} but not at a trampoline"
+                )
+                continue
+            target = decoded.target
+        elif track.contains(sym.value) and sym.type == STT_GNU_IFUNC:
+            wrapper = codegen.decode_ifunc_wrapper(elf.read(sym.value, 32), sym.value)
+            if wrapper is None:
+                report.errors.append(
+                    f"{label}: IFUNC points into {track.name} but not at a resolver wrapper"
+                )
+                continue
+            resolver, _slot, tramp = wrapper
+            decoded = codegen.decode_trampoline(elf.read(tramp, codegen.TRAMPOLINE_CODE + 4), tramp)
+            if decoded is None or not decoded.indirect:
+                report.errors.append(f"{label}: IFUNC wrapper returns no IFUNC trampoline")
+                continue
+            target = resolver
+        elif track.contains(sym.value) or data.contains(sym.value):
+            report.errors.append(
+                f"{label}: .dynsym points into {SECTION_TRACK} or"
+                f" {SECTION_DATA}, where no function starts"
+            )
+            continue
+        else:
+            untracked.add(sym.name)
+            continue
+        if entry is not None and decoded.entry != entry:
+            report.errors.append(f"{label}: trampoline does not jump to this library's ulp_entry")
+        if not elf.is_code(target):
+            report.errors.append(f"{label}: trampoline targets {target:#x}, outside the code")
+            continue
+        tracked.add(target)
+        if sym.type != STT_GNU_IFUNC and target not in pads.functions:
+            report.tracked_not_patchable.append(label)
+    report.untracked = sorted(untracked)
+    report.tracked_not_patchable.sort()
+    return report
+
+
+def _check_data(elf: ElfFile, data: Section, ulp: Section, report: CheckReport) -> int | None:
+    """Check the descriptor and the runtime's GOT slot; return ulp_entry's address."""
+    if data.size < DESCRIPTOR_OFFSET + DESCRIPTOR.size:
+        report.errors.append(f"{SECTION_DATA} is too small for the library descriptor")
+        return None
+    magic, version, _flags, link, _private, tramps, count, size = DESCRIPTOR.unpack_from(
+        elf.read(data.addr + DESCRIPTOR_OFFSET, DESCRIPTOR.size)
+    )
+    if magic != DESCRIPTOR_MAGIC or version != DESCRIPTOR_VERSION:
+        report.errors.append(f"{SECTION_DATA}: no descriptor of version {DESCRIPTOR_VERSION}")
+        return None
+    if link != data.addr + DESCRIPTOR_OFFSET or tramps != ulp.addr or count * size != ulp.size:
+        report.errors.append(f"{SECTION_DATA}: descriptor does not match the sections")
+    report.trampolines = count
+    slot = data.addr + RUNTIME_SLOT_OFFSET
+    relocs = [r for r in elf.relocations_at(slot, 8) if r.type == R_X86_64_GLOB_DAT]
+    syms = elf.dynamic_symbols
+    if not relocs or relocs[0].symbol >= len(syms) or syms[relocs[0].symbol].name != RUNTIME_SYMBOL:
+        report.errors.append(
+            f"no GOT relocation of {RUNTIME_SYMBOL}: the runtime would never see this library"
+        )
+    track = elf.section(SECTION_TRACK)
+    return track.addr if track is not None else None
+
+
+def _name_at(elf: ElfFile, addr: int) -> str:
+    for sym in elf.symtab_symbols + elf.dynamic_symbols:
+        if sym.value == addr and sym.name and sym.defined:
+            return sym.name
+    return f"{addr:#x}"
+
+
+def summary(report: CheckReport) -> dict[str, object]:
+    """The report as plain data, for `--json`."""
+    return {
+        "library": report.library,
+        "prepared": report.prepared,
+        "usable": report.usable,
+        "build_id": report.build_id,
+        "ibt": report.ibt,
+        "exported_functions": report.exported_functions,
+        "trampolines": report.trampolines,
+        "patchable_functions": report.patchable,
+        "ifuncs": report.ifuncs,
+        "tracked_not_patchable": report.tracked_not_patchable,
+        "untracked": report.untracked,
+        "errors": report.errors,
+        "warnings": report.warnings,
+    }

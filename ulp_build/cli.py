@@ -1,0 +1,137 @@
+"""The `ulp` command line: argument parsing and output only; the work is in the library API.
+
+Exit codes: 0 success, 1 a clear error (one line on stderr naming the file and the reason),
+2 bad usage (argparse's own convention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from dataclasses import asdict
+from typing import Any
+
+from ulp_build import __version__
+from ulp_build.check import CheckReport, check, summary
+from ulp_build.elf import ElfFile
+from ulp_build.errors import UlpError
+from ulp_build.prepared import CFLAGS
+from ulp_build.rewrite import RewriteResult, rewrite
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ulp", description="User-space live patching for shared libraries (x86-64 Linux)."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "rewrite",
+        help="prepare a shared library for live patching",
+        description="Prepare LIB: add trampolines and entry tracking, normalize"
+        " the patchable padding. In place (atomically) unless -o is given;"
+        " a library that is already prepared is left unchanged.",
+    )
+    p.add_argument("library", metavar="LIB")
+    p.add_argument("-o", "--output", metavar="OUT", help="write the prepared library here")
+    p.add_argument(
+        "--untracked",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="keep a plain entry for this exported function (repeatable); added to"
+        " the default list of functions that never return or return twice",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser(
+        "check",
+        help="is a library prepared, and is it consistent",
+        description="Report whether LIB is prepared, counts of exported, tracked,"
+        " patchable and untracked functions, and every problem found."
+        " Exit 1 when LIB is not usable as a prepared library.",
+    )
+    p.add_argument("library", metavar="LIB")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("cflags", help="print the compiler flags a patchable library needs")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except UlpError as exc:
+        print(f"ulp: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2) if args.json else text)
+
+
+def _cmd_rewrite(args: argparse.Namespace) -> int:
+    result = rewrite(args.library, args.output, args.untracked)
+    _emit(args, asdict(result), _rewrite_text(result))
+    return 0
+
+
+def _rewrite_text(r: RewriteResult) -> str:
+    if r.already_prepared:
+        return f"{r.input}: already prepared; nothing changed"
+    lines = [
+        f"{r.output}: prepared: {r.trampolines} trampolines ({r.ifuncs} IFUNC),"
+        f" {r.patchable} patchable functions ({r.normalized} entry nops normalized),"
+        f" {len(r.untracked)} untracked"
+    ]
+    if r.not_patchable:
+        lines.append(f"  tracked but not patchable (no padding): {_names(r.not_patchable)}")
+    if r.padding_without_record:
+        lines.append(f"  warning: padding without a record: {_names(r.padding_without_record)}")
+    if r.records_without_padding:
+        lines.append(f"  warning: record without padding: {_names(r.records_without_padding)}")
+    return "\n".join(lines)
+
+
+def _names(names: list[str], limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    report = check(ElfFile.load(args.library))
+    _emit(args, summary(report), _check_text(report))
+    return 0 if report.usable else 1
+
+
+def _check_text(r: CheckReport) -> str:
+    state = "prepared" if r.prepared else "not prepared"
+    lines = [f"{r.library}: {state}" + (f" (build-id {r.build_id})" if r.build_id else "")]
+    rows = [
+        ("exported functions", r.exported_functions, []),
+        ("trampolines", r.trampolines, []),
+        ("patchable functions", r.patchable, []),
+        ("tracked, not patchable", len(r.tracked_not_patchable), r.tracked_not_patchable),
+        ("untracked", len(r.untracked), r.untracked),
+        ("IFUNCs", r.ifuncs, []),
+    ]
+    for label, count, names in rows:
+        lines.append(f"  {label:<24}{count}" + (f"  ({_names(names)})" if names else ""))
+    lines += [f"  error: {e}" for e in r.errors]
+    lines += [f"  warning: {w}" for w in r.warnings]
+    return "\n".join(lines)
+
+
+def _cmd_cflags(args: argparse.Namespace) -> int:
+    _emit(args, list(CFLAGS), shlex.join(CFLAGS))
+    return 0
+
+
+_COMMANDS = {"rewrite": _cmd_rewrite, "check": _cmd_check, "cflags": _cmd_cflags}

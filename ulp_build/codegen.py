@@ -1,0 +1,148 @@
+"""x86-64 machine code the rewriter adds to a library, and its decoding for `check`.
+
+Every routine is a handful of fixed instructions whose only variable parts are rip-relative
+displacements, so they are encoded here by hand; the tests assemble the same text with keystone
+and disassemble the output with capstone to prove the bytes say what the comments say.
+
+All displacements are relative to the end of the instruction, as the CPU computes them.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from ulp_build.errors import UlpError
+
+ENDBR64 = bytes.fromhex("f30f1efa")
+NOP2 = bytes.fromhex("6690")
+INT3 = b"\xcc"
+
+# lea disp(%rip),%r11 / mov disp(%rip),%r11: 7 bytes each; push %r11; jmp rel32.
+_LEA_R11 = bytes.fromhex("4c8d1d")
+_MOV_R11 = bytes.fromhex("4c8b1d")
+_PUSH_R11 = bytes.fromhex("4153")
+_JMP_REL32 = b"\xe9"
+TRAMPOLINE_CODE = 14
+
+
+_TRAMPOLINE = struct.Struct("<3si3si")
+
+
+def _rel32(target: int, next_ip: int) -> bytes:
+    disp = target - next_ip
+    if not -(1 << 31) <= disp < (1 << 31):
+        raise UlpError(f"displacement {disp:#x} from {next_ip:#x} to {target:#x} exceeds 32 bits")
+    return struct.pack("<i", disp)
+
+
+def trampoline_size(ibt: bool) -> int:
+    """Bytes reserved per trampoline: the code rounded up to keep them 8-byte aligned."""
+    return 24 if ibt else 16
+
+
+def trampoline(at: int, function: int, entry: int, ibt: bool) -> bytes:
+    """`lea function(%rip),%r11; push %r11; jmp entry`, padded with int3.
+
+    The real entry travels on the stack so the shared `ulp_entry` needs no per-function code,
+    and %r11 is free: the SysV ABI passes no argument in it and callers may not expect it kept.
+    """
+    return _trampoline(_LEA_R11, at, function, entry, ibt)
+
+
+def ifunc_trampoline(at: int, slot: int, entry: int, ibt: bool) -> bytes:
+    """Like `trampoline`, but the real entry is loaded from the slot the IFUNC wrapper filled."""
+    return _trampoline(_MOV_R11, at, slot, entry, ibt)
+
+
+def _trampoline(op: bytes, at: int, operand: int, entry: int, ibt: bool) -> bytes:
+    # Called once per exported function (3000 times for a libc): one struct.pack, no checks
+    # beyond the range error struct raises itself.
+    start = at + 4 if ibt else at
+    try:
+        code = _TRAMPOLINE.pack(
+            op, operand - (start + 7), _PUSH_R11 + _JMP_REL32, entry - (start + 14)
+        )
+    except struct.error:
+        raise UlpError(f"trampoline at {at:#x}: target beyond a 32-bit displacement") from None
+    return ((ENDBR64 if ibt else b"") + code).ljust(trampoline_size(ibt), INT3)
+
+
+def ulp_entry(at: int, runtime_slot: int, descriptor: int) -> bytes:
+    """The library's tracking entry, reached from every trampoline with the real entry pushed.
+
+    Without a runtime the GOT slot holds 0 (weak undefined symbol) and the entry pops the real
+    address and jumps there, leaving the stack exactly as the caller built it. With the runtime
+    it jumps to the runtime's routine with this library's descriptor in %r11 and the real entry
+    still on the stack.
+    """
+    code = bytearray()
+    code += bytes.fromhex("48833d") + _rel32(runtime_slot, at + 8) + b"\x00"  # cmpq $0,slot(%rip)
+    code += bytes.fromhex("740d")  # je over the 13 bytes of lea + jmp
+    code += _LEA_R11 + _rel32(descriptor, at + len(code) + 7)
+    code += bytes.fromhex("ff25") + _rel32(runtime_slot, at + len(code) + 6)  # jmp *slot(%rip)
+    code += bytes.fromhex("415b")  # pop %r11
+    code += bytes.fromhex("41ffe3")  # jmp *%r11
+    return bytes(code)
+
+
+def ifunc_wrapper(at: int, resolver: int, slot: int, trampoline_at: int, ibt: bool) -> bytes:
+    """A resolver that runs the original resolver, keeps its answer in `slot` and returns the
+    trampoline, so callers of an IFUNC symbol are tracked like any other function.
+
+    The original resolver gets the argument registers untouched (some ABIs pass hwcaps there).
+    """
+    code = bytearray(ENDBR64 if ibt else b"")
+    code += bytes.fromhex("4883ec08")  # sub $8,%rsp: keep the call 16-byte aligned
+    code += b"\xe8" + _rel32(resolver, at + len(code) + 5)
+    code += bytes.fromhex("488905") + _rel32(slot, at + len(code) + 7)  # mov %rax,slot(%rip)
+    code += bytes.fromhex("488d05") + _rel32(trampoline_at, at + len(code) + 7)
+    code += bytes.fromhex("4883c408")  # add $8,%rsp
+    code += b"\xc3"
+    return bytes(code)
+
+
+ULP_ENTRY_SIZE = len(ulp_entry(0, 0, 0))
+
+
+def ifunc_wrapper_size(ibt: bool) -> int:
+    return len(ifunc_wrapper(0, 0, 0, 0, ibt))
+
+
+@dataclass(frozen=True)
+class DecodedTrampoline:
+    """What a trampoline at some address jumps to."""
+
+    indirect: bool  # True: the target is read from `target` (an IFUNC slot)
+    target: int
+    entry: int
+
+
+def decode_trampoline(code: bytes, at: int) -> DecodedTrampoline | None:
+    """Inverse of `trampoline`/`ifunc_trampoline`; None when the bytes are not one of ours."""
+    pos = 4 if code.startswith(ENDBR64) else 0
+    if len(code) < pos + TRAMPOLINE_CODE:
+        return None
+    op = code[pos : pos + 3]
+    if op not in (_LEA_R11, _MOV_R11):
+        return None
+    if code[pos + 7 : pos + 10] != _PUSH_R11 + _JMP_REL32:
+        return None
+    (disp,) = struct.unpack_from("<i", code, pos + 3)
+    (jdisp,) = struct.unpack_from("<i", code, pos + 10)
+    return DecodedTrampoline(op == _MOV_R11, at + pos + 7 + disp, at + pos + 14 + jdisp)
+
+
+def decode_ifunc_wrapper(code: bytes, at: int) -> tuple[int, int, int] | None:
+    """Inverse of `ifunc_wrapper`: (resolver, slot, trampoline), or None."""
+    pos = 4 if code.startswith(ENDBR64) else 0
+    if len(code) < pos + 28 or code[pos : pos + 5] != bytes.fromhex("4883ec08e8"):
+        return None
+    if code[pos + 9 : pos + 12] != bytes.fromhex("488905"):
+        return None
+    if code[pos + 16 : pos + 19] != bytes.fromhex("488d05"):
+        return None
+    (call,) = struct.unpack_from("<i", code, pos + 5)
+    (slot,) = struct.unpack_from("<i", code, pos + 12)
+    (tramp,) = struct.unpack_from("<i", code, pos + 19)
+    return (at + pos + 9 + call, at + pos + 16 + slot, at + pos + 23 + tramp)

@@ -1,0 +1,82 @@
+"""What a prepared library looks like: the names and formats the rewriter writes and the
+runtime, `check` and the packer read. Changing anything here is an ABI change for libulp.so.
+
+Layout of `.ulp.data` (writable, one per library):
+
+    +0   runtime slot: GOT entry of the weak undefined RUNTIME_SYMBOL (0 without the runtime)
+    +8   descriptor (DESCRIPTOR, below): the pointer ulp_entry hands the runtime in %r11
+    +56  one 8-byte slot per IFUNC: the implementation its original resolver chose
+"""
+
+from __future__ import annotations
+
+import struct
+
+SECTION_TRAMPOLINES = ".ulp"
+SECTION_TRACK = ".ulp.track"
+SECTION_DATA = ".ulp.data"
+
+# The runtime's tracking routine. A weak undefined dynamic symbol: the dynamic loader fills the
+# GOT slot with its address when libulp.so is in the global scope and with 0 otherwise, for
+# libraries loaded at start-up and dlopen'ed later alike, with no dlopen interposition.
+RUNTIME_SYMBOL = "ulp_track"
+
+RUNTIME_SLOT_OFFSET = 0
+DESCRIPTOR_OFFSET = 8
+DESCRIPTOR_MAGIC = b"ULPLIB\0\0"
+DESCRIPTOR_VERSION = 1
+DESCRIPTOR_FLAG_IBT = 1
+# magic, version, flags, link-time address of the descriptor itself (so the runtime gets the
+# load base by one subtraction), runtime-private word (0 in the file), trampolines' link-time
+# address, trampoline count, trampoline size.
+DESCRIPTOR = struct.Struct("<8sIIQQQII")
+IFUNC_SLOTS_OFFSET = DESCRIPTOR_OFFSET + DESCRIPTOR.size
+
+# The compiler flags a library needs: 14 bytes of padding before each entry for the universe
+# checker, 2 at the entry for the jump into it. IPA-RA is off because a caller must not rely on
+# which registers a patchable callee happens to leave alone: its replacement may use others.
+CFLAGS = ("-fpatchable-function-entry=16,14", "-fno-ipa-ra")
+PAD_BEFORE = 14
+
+# Functions that never return to their caller, or return more than once (setjmp, vfork): a
+# tracked entry would steal a return address that is never (or twice) used. They keep a plain
+# entry; `rewrite --untracked` adds to this list.
+DEFAULT_UNTRACKED = (
+    "__libc_start_main",
+    "__libc_start_call_main",
+    "exit",
+    "_exit",
+    "_Exit",
+    "quick_exit",
+    "abort",
+    "__assert_fail",
+    "__assert_perror_fail",
+    "__stack_chk_fail",
+    "__fortify_fail",
+    "__chk_fail",
+    "err",
+    "errx",
+    "verr",
+    "verrx",
+    "pthread_exit",
+    "longjmp",
+    "_longjmp",
+    "siglongjmp",
+    "__longjmp_chk",
+    "setjmp",
+    "_setjmp",
+    "sigsetjmp",
+    "__sigsetjmp",
+    "vfork",
+    "__vfork",
+    "clone",
+    "__clone",
+    "clone3",
+    "getcontext",
+    "setcontext",
+    "swapcontext",
+    "__cxa_throw",
+    "__cxa_rethrow",
+    "_Unwind_Resume",
+    "_Unwind_RaiseException",
+)

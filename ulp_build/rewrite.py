@@ -1,0 +1,644 @@
+"""Preparing a shared library for live patching (DESIGN section 3).
+
+The transformation only appends: three new loadable segments after the highest address of the
+input, a new program header table, new copies of the dynamic symbol, string, version, hash and
+relocation tables (one weak undefined symbol and one GOT relocation longer), and a new section
+header table. In the original bytes only fields change: ELF header pointers, `.dynamic` values,
+symbol indices in `.rela.plt`, and the two entry nops of each padded function. No code or data
+address moves, so separate debug info and every absolute address stay valid.
+
+Why not LIEF's writer: adding the dynamic symbol through LIEF 1.0 left `.gnu.version`,
+`.hash` and `.rela.dyn` of libc at odd addresses and `eu-elflint` reported about 3000 new
+errors; the layout below is small enough to own, and it is byte-for-byte deterministic.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ulp_build import codegen, padding
+from ulp_build.elf import (
+    DT_GNU_HASH,
+    DT_HASH,
+    DT_JMPREL,
+    DT_PLTRELSZ,
+    DT_RELA,
+    DT_RELASZ,
+    DT_STRSZ,
+    DT_STRTAB,
+    DT_SYMTAB,
+    DT_VERSYM,
+    DYN,
+    EHDR,
+    ET_DYN,
+    ET_EXEC,
+    PF_R,
+    PF_W,
+    PF_X,
+    PHDR,
+    PT_LOAD,
+    PT_PHDR,
+    R_X86_64_GLOB_DAT,
+    RELA,
+    SHDR,
+    SHF_ALLOC,
+    SHF_EXECINSTR,
+    SHF_WRITE,
+    SHN_ABS,
+    SHN_LORESERVE,
+    SHT_GNU_HASH,
+    SHT_HASH,
+    SHT_PROGBITS,
+    SHT_RELA,
+    STB_GLOBAL,
+    STB_WEAK,
+    STT_FUNC,
+    STT_GNU_IFUNC,
+    STT_NOTYPE,
+    SYM,
+    ElfError,
+    ElfFile,
+    Section,
+    Symbol,
+)
+from ulp_build.prepared import (
+    DEFAULT_UNTRACKED,
+    DESCRIPTOR,
+    DESCRIPTOR_FLAG_IBT,
+    DESCRIPTOR_MAGIC,
+    DESCRIPTOR_OFFSET,
+    DESCRIPTOR_VERSION,
+    IFUNC_SLOTS_OFFSET,
+    RUNTIME_SLOT_OFFSET,
+    RUNTIME_SYMBOL,
+    SECTION_DATA,
+    SECTION_TRACK,
+    SECTION_TRAMPOLINES,
+)
+
+PAGE = 0x1000
+VER_NDX_GLOBAL = 1
+
+
+@dataclass
+class RewriteResult:
+    input: str
+    output: str
+    already_prepared: bool = False
+    trampolines: int = 0
+    ifuncs: int = 0
+    exported_functions: int = 0
+    patchable: int = 0
+    normalized: int = 0
+    untracked: list[str] = field(default_factory=list)
+    not_patchable: list[str] = field(default_factory=list)
+    padding_without_record: list[str] = field(default_factory=list)
+    records_without_padding: list[str] = field(default_factory=list)
+
+
+def is_prepared(elf: ElfFile) -> bool:
+    return elf.section(SECTION_TRAMPOLINES) is not None
+
+
+def exported_functions(elf: ElfFile) -> list[Symbol]:
+    """Dynamic symbols other objects can call: defined FUNC/IFUNC, global or weak, in code."""
+    out = []
+    for sym in elf.dynamic_symbols:
+        if sym.type not in (STT_FUNC, STT_GNU_IFUNC) or sym.bind not in (STB_GLOBAL, STB_WEAK):
+            continue
+        if not sym.defined or sym.shndx == SHN_ABS or not elf.is_code(sym.value):
+            continue
+        out.append(sym)
+    return out
+
+
+def check_input(elf: ElfFile) -> None:
+    """Refuse, with the reason, every file that is not a shared library we can prepare."""
+    name = elf.name
+    if elf.type == ET_EXEC:
+        if elf.dynamic_segment is None:
+            raise ElfError(f"{name}: static executable; only shared libraries can be prepared")
+        raise ElfError(f"{name}: executable (ET_EXEC); only shared libraries can be prepared")
+    if elf.type != ET_DYN:
+        raise ElfError(f"{name}: ELF type {elf.type} is not a shared library (ET_DYN)")
+    if elf.dynamic_segment is None:
+        raise ElfError(f"{name}: no dynamic section; only shared libraries can be prepared")
+    if elf.is_pie_executable:
+        raise ElfError(
+            f"{name}: PIE executable; only shared libraries can be prepared"
+            " (an executable's functions are not called through .dynsym)"
+        )
+    if not elf.sections:
+        raise ElfError(f"{name}: no section headers (sstrip'ed?); rebuild or strip with strip")
+    if elf.dynsym_section is None or not elf.dynamic_symbols:
+        raise ElfError(f"{name}: no dynamic symbols")
+
+
+def rewrite(
+    path: str | Path, output: str | Path | None = None, untracked: Iterable[str] = ()
+) -> RewriteResult:
+    """Prepare the library at `path`, in place (atomically) or into `output`.
+
+    A library that is already prepared is left byte-identical (and copied if `output` is given).
+    """
+    source = Path(path)
+    elf = ElfFile.load(source)
+    data, result = prepare(elf, untracked)
+    target = Path(output) if output is not None else source.resolve()
+    result.output = str(target)
+    if output is None and result.already_prepared:
+        return result
+    _write_atomically(target, data, source.stat().st_mode & 0o7777)
+    return result
+
+
+def _write_atomically(target: Path, data: bytes, mode: int) -> None:
+    # A temporary file in the same directory and a rename: a process or build step that opens
+    # the library meanwhile sees the old file or the new one, never a partial one. No fsync, as
+    # for the compiler and linker that wrote the input: this guards readers, not power loss.
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".ulp-tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def prepare(elf: ElfFile, untracked: Iterable[str] = ()) -> tuple[bytes, RewriteResult]:
+    """The prepared image of `elf` and what was done, without touching any file."""
+    check_input(elf)
+    result = RewriteResult(elf.name, elf.name)
+    if is_prepared(elf):
+        result.already_prepared = True
+        return elf.data, result
+    return _Rewriter(elf, set(DEFAULT_UNTRACKED) | set(untracked), result).build(), result
+
+
+def _align(value: int, alignment: int) -> int:
+    return (value + alignment - 1) & -alignment
+
+
+def gnu_hash_shift(table: bytes, position: int) -> bytes:
+    """`.gnu.hash` after inserting an unhashed symbol at index `position` (== symoffset)."""
+    nbuckets, symoffset, bloom_size, bloom_shift = struct.unpack_from("<IIII", table)
+    buckets_at = 16 + 8 * bloom_size
+    buckets = struct.unpack_from(f"<{nbuckets}I", table, buckets_at)
+    shifted = [b + 1 if b >= position else b for b in buckets]
+    return (
+        struct.pack("<IIII", nbuckets, symoffset + 1, bloom_size, bloom_shift)
+        + table[16:buckets_at]
+        + struct.pack(f"<{nbuckets}I", *shifted)
+        + table[buckets_at + 4 * nbuckets :]
+    )
+
+
+def sysv_hash_insert(table: bytes, position: int, name: bytes) -> bytes:
+    """SysV `.hash` after inserting symbol `name` at index `position`: every index at or above
+    it moves up by one, and the new symbol heads its bucket's chain (as GNU ld would list it)."""
+    nbucket, nchain = struct.unpack_from("<II", table)
+    words = struct.unpack_from(f"<{nbucket + nchain}I", table, 8)
+    moved = [w + 1 if w >= position else w for w in words]
+    buckets, chain = moved[:nbucket], moved[nbucket:]
+    h = 0
+    for c in name:
+        h = ((h << 4) + c) & 0xFFFFFFFF
+        h ^= (h >> 24) & 0xF0
+    slot = (h & 0x0FFFFFFF) % nbucket
+    chain.insert(position, buckets[slot])
+    buckets[slot] = position
+    return struct.pack(f"<II{nbucket + nchain + 1}I", nbucket, nchain + 1, *buckets, *chain)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Link-time addresses of everything the rewrite appends.
+
+    Three segments above the highest address of the input, each starting on a page: R (program
+    headers and the dynamic tables), RX (trampolines, then ulp_entry and IFUNC wrappers), RW
+    (runtime slot, descriptor, IFUNC slots). The appended file part mirrors them page for page.
+    """
+
+    r_va: int
+    r_offset: int
+    phdrs: int
+    dynsym: int
+    dynstr: int
+    versym: int
+    hash: int
+    gnu_hash: int
+    rela: int
+    r_size: int
+    x_va: int
+    track: int
+    wrappers: int
+    x_size: int
+    w_va: int
+    w_size: int
+
+    def offset(self, va: int) -> int:
+        return self.r_offset + va - self.r_va
+
+
+class _Rewriter:
+    """One preparation of one library: layout first, then the bytes."""
+
+    def __init__(self, elf: ElfFile, untracked: set[str], result: RewriteResult) -> None:
+        self.elf = elf
+        self.untracked = untracked
+        self.result = result
+        self.ibt = elf.uses_ibt
+        self.out = bytearray(elf.data)
+        self.exported = exported_functions(elf)
+        self.dyn = dict(elf.dynamic)
+        name = elf.name
+        if DT_RELA not in self.dyn or DT_RELASZ not in self.dyn:
+            raise ElfError(f"{name}: no DT_RELA relocations; cannot add the runtime's GOT slot")
+        rela, relasz, jmprel = self.dyn[DT_RELA], self.dyn[DT_RELASZ], self.dyn.get(DT_JMPREL)
+        if jmprel is not None and rela <= jmprel < rela + relasz:
+            raise ElfError(f"{name}: DT_RELA overlaps DT_JMPREL; unsupported relocation layout")
+        self.sec_dynsym = elf.dynsym_section
+        self.sec_dynstr = elf.dynstr_section
+        self.sec_versym = elf.versym_section
+        self.sec_hash = self._section_at(DT_HASH, SHT_HASH)
+        self.sec_gnu_hash = self._section_at(DT_GNU_HASH, SHT_GNU_HASH)
+        self.sec_rela = self._section_at(DT_RELA, SHT_RELA)
+        if self.sec_rela is None or self.sec_rela.size != relasz:
+            raise ElfError(f"{name}: DT_RELA is not exactly one section; unsupported layout")
+        if self.sec_hash is None and self.sec_gnu_hash is None:
+            raise ElfError(f"{name}: no symbol hash table (DT_HASH or DT_GNU_HASH)")
+        if elf.shnum + 3 >= SHN_LORESERVE:
+            raise ElfError(f"{name}: too many sections to add three more")
+        self.nsyms = self.sec_dynsym.size // SYM.size
+        # The runtime symbol is undefined, so with .gnu.hash it belongs before `symoffset`,
+        # with the other unhashed symbols; every later index moves up by one.
+        if self.sec_gnu_hash is not None:
+            (self.insert_at,) = struct.unpack_from("<I", elf.section_data(self.sec_gnu_hash), 4)
+        else:
+            self.insert_at = self.nsyms
+
+    def _section_at(self, tag: int, sh_type: int) -> Section | None:
+        addr = self.dyn.get(tag)
+        if addr is None:
+            return None
+        for sec in self.elf.sections:
+            if sec.addr == addr and sec.type == sh_type:
+                return sec
+        raise ElfError(f"{self.elf.name}: dynamic tag {tag:#x} points to no section of its type")
+
+    def build(self) -> bytes:
+        functions, ifuncs = self._select()
+        self._normalize_padding(functions)
+        dynstr = self.elf.section_data(self.sec_dynstr) + RUNTIME_SYMBOL.encode() + b"\0"
+        layout = self._layout(len(functions), len(ifuncs), len(dynstr))
+        code, tramp_at, wrapper_at = self._code(layout, functions, ifuncs)
+        tables = self._tables(layout, dynstr, tramp_at, wrapper_at)
+        self._renumber_plt_relocations()
+        self._point_dynamic_at(layout, tables)
+        self._append(layout, tables, code, self._data(layout, len(functions) + len(ifuncs)))
+        self._append_section_headers(layout, tables)
+        self._update_elf_header(layout)
+        return bytes(self.out)
+
+    def _select(self) -> tuple[list[int], list[int]]:
+        """Distinct entry addresses of tracked FUNC symbols and of IFUNC resolvers.
+
+        Aliases and symbol versions of one function share its address, so they share one
+        trampoline and `&f` is the same whichever name it was looked up by.
+        """
+        functions: set[int] = set()
+        ifuncs: set[int] = set()
+        untracked: set[str] = set()
+        for sym in self.exported:
+            if sym.name in self.untracked:
+                untracked.add(sym.name)
+            elif sym.type == STT_GNU_IFUNC:
+                ifuncs.add(sym.value)
+            else:
+                functions.add(sym.value)
+        self.result.exported_functions = len(self.exported)
+        self.result.untracked = sorted(untracked)
+        self.result.trampolines = len(functions) + len(ifuncs)
+        self.result.ifuncs = len(ifuncs)
+        return sorted(functions), sorted(ifuncs)
+
+    def _normalize_padding(self, functions: list[int]) -> None:
+        """Make each entry's `90 90` one `66 90`: a thread is never stopped between two nops,
+        so the universe checker's 2-byte jump can later replace it in one write."""
+        pads = padding.find(self.elf)
+        names = _names_by_address(self.elf)
+        r = self.result
+        r.patchable = len(pads.functions)
+        r.not_patchable = sorted(
+            n for a in functions if a not in pads.functions for n in names.get(a, [f"{a:#x}"])
+        )
+        r.padding_without_record = [_describe(a, names) for a in pads.padding_without_record]
+        r.records_without_padding = [
+            _describe(a + padding.PAD_BEFORE, names) for a in pads.records_without_padding
+        ]
+        for func in pads.functions.values():
+            if not func.normalized:
+                off = self.elf.offset_of(func.nop_at, 2)
+                self.out[off : off + 2] = codegen.NOP2
+                r.normalized += 1
+
+    def _layout(self, nfunctions: int, nifuncs: int, dynstr_size: int) -> _Layout:
+        elf = self.elf
+        r_va = _align(max(s.vaddr + s.memsz for s in elf.loads), PAGE)
+        cursor = r_va
+
+        def place(size: int, alignment: int) -> int:
+            nonlocal cursor
+            at = _align(cursor, alignment)
+            cursor = at + size
+            return at
+
+        phdrs = place((elf.phnum + 3) * PHDR.size, 8)
+        dynsym = place(self.sec_dynsym.size + SYM.size, 8)
+        dynstr = place(dynstr_size, 1)
+        versym = place(self.sec_versym.size + 2, 2) if self.sec_versym else 0
+        hash_ = place(self.sec_hash.size + 4, 8) if self.sec_hash else 0
+        gnu_hash = place(self.sec_gnu_hash.size, 8) if self.sec_gnu_hash else 0
+        rela = place(self.sec_rela.size + RELA.size, 8)
+        r_size = cursor - r_va
+
+        x_va = _align(cursor, PAGE)
+        track = _align(x_va + codegen.trampoline_size(self.ibt) * (nfunctions + nifuncs), 16)
+        wrappers = track + _align(codegen.ULP_ENTRY_SIZE, 16)
+        x_size = wrappers + self._wrapper_stride * nifuncs - x_va
+        w_va = _align(x_va + x_size, PAGE)
+        return _Layout(
+            r_va,
+            _align(len(elf.data), PAGE),
+            phdrs,
+            dynsym,
+            dynstr,
+            versym,
+            hash_,
+            gnu_hash,
+            rela,
+            r_size,
+            x_va,
+            track,
+            wrappers,
+            x_size,
+            w_va,
+            IFUNC_SLOTS_OFFSET + 8 * nifuncs,
+        )
+
+    @property
+    def _wrapper_stride(self) -> int:
+        return _align(codegen.ifunc_wrapper_size(self.ibt), 16)
+
+    def _code(
+        self, lay: _Layout, functions: list[int], ifuncs: list[int]
+    ) -> tuple[bytes, dict[int, int], dict[int, int]]:
+        """The RX segment: trampolines, ulp_entry, IFUNC wrappers; and where each landed."""
+        tramp_at: dict[int, int] = {}
+        wrapper_at: dict[int, int] = {}
+        code = bytearray()
+        for func in functions:
+            tramp_at[func] = at = lay.x_va + len(code)
+            code += codegen.trampoline(at, func, lay.track, self.ibt)
+        ifunc_tramps = []
+        for j, _resolver in enumerate(ifuncs):
+            at = lay.x_va + len(code)
+            ifunc_tramps.append(at)
+            code += codegen.ifunc_trampoline(at, self._ifunc_slot(lay, j), lay.track, self.ibt)
+        code = code.ljust(lay.track - lay.x_va, codegen.INT3)
+        entry = codegen.ulp_entry(
+            lay.track, lay.w_va + RUNTIME_SLOT_OFFSET, lay.w_va + DESCRIPTOR_OFFSET
+        )
+        code += entry.ljust(lay.wrappers - lay.track, codegen.INT3)
+        for j, resolver in enumerate(ifuncs):
+            wrapper_at[resolver] = at = lay.x_va + len(code)
+            wrapper = codegen.ifunc_wrapper(
+                at, resolver, self._ifunc_slot(lay, j), ifunc_tramps[j], self.ibt
+            )
+            code += wrapper.ljust(self._wrapper_stride, codegen.INT3)
+        return bytes(code), tramp_at, wrapper_at
+
+    @staticmethod
+    def _ifunc_slot(lay: _Layout, index: int) -> int:
+        return lay.w_va + IFUNC_SLOTS_OFFSET + 8 * index
+
+    def _data(self, lay: _Layout, ntrampolines: int) -> bytes:
+        """The RW segment: runtime slot (0 until relocated), descriptor, IFUNC slots."""
+        data = bytearray(lay.w_size)
+        flags = DESCRIPTOR_FLAG_IBT if self.ibt else 0
+        DESCRIPTOR.pack_into(
+            data,
+            DESCRIPTOR_OFFSET,
+            DESCRIPTOR_MAGIC,
+            DESCRIPTOR_VERSION,
+            flags,
+            lay.w_va + DESCRIPTOR_OFFSET,
+            0,
+            lay.x_va,
+            ntrampolines,
+            codegen.trampoline_size(self.ibt),
+        )
+        return bytes(data)
+
+    def _renumber(self, info: int) -> int:
+        index = info >> 32
+        if index >= self.insert_at:
+            index += 1
+        return (index << 32) | (info & 0xFFFFFFFF)
+
+    def _tables(
+        self, lay: _Layout, dynstr: bytes, tramp_at: dict[int, int], wrapper_at: dict[int, int]
+    ) -> dict[int, bytes]:
+        """The R segment's contents by address: program headers and the grown dynamic tables."""
+        elf = self.elf
+        syms = bytearray(elf.section_data(self.sec_dynsym))
+        tracked_size = codegen.TRAMPOLINE_CODE + (4 if self.ibt else 0)
+        ulp_index, track_index = elf.shnum, elf.shnum + 1
+        for sym in self.exported:
+            if sym.name in self.untracked:
+                continue
+            if sym.type == STT_GNU_IFUNC:
+                fields = (track_index, wrapper_at[sym.value], codegen.ifunc_wrapper_size(self.ibt))
+            else:
+                fields = (ulp_index, tramp_at[sym.value], tracked_size)
+            struct.pack_into("<HQQ", syms, sym.index * SYM.size + 6, *fields)
+        at = self.insert_at * SYM.size
+        new_name = len(elf.section_data(self.sec_dynstr))
+        syms[at:at] = SYM.pack(new_name, (STB_WEAK << 4) | STT_NOTYPE, 0, 0, 0, 0)
+
+        rela = bytearray()
+        for r_offset, info, addend in RELA.iter_unpack(elf.section_data(self.sec_rela)):
+            rela += RELA.pack(r_offset, self._renumber(info), addend)
+        rela += RELA.pack(
+            lay.w_va + RUNTIME_SLOT_OFFSET, (self.insert_at << 32) | R_X86_64_GLOB_DAT, 0
+        )
+
+        tables = {
+            lay.phdrs: self._program_headers(lay),
+            lay.dynsym: bytes(syms),
+            lay.dynstr: dynstr,
+            lay.rela: bytes(rela),
+        }
+        if self.sec_versym is not None:
+            versym = bytearray(elf.section_data(self.sec_versym))
+            versym[2 * self.insert_at : 2 * self.insert_at] = struct.pack("<H", VER_NDX_GLOBAL)
+            tables[lay.versym] = bytes(versym)
+        if self.sec_gnu_hash is not None:
+            tables[lay.gnu_hash] = gnu_hash_shift(
+                elf.section_data(self.sec_gnu_hash), self.insert_at
+            )
+        if self.sec_hash is not None:
+            tables[lay.hash] = sysv_hash_insert(
+                elf.section_data(self.sec_hash), self.insert_at, RUNTIME_SYMBOL.encode()
+            )
+        return tables
+
+    def _program_headers(self, lay: _Layout) -> bytes:
+        """The input's program headers, PT_PHDR moved, the three loads after the last PT_LOAD
+        (the loader requires PT_LOAD entries sorted by address)."""
+        elf = self.elf
+        size = (elf.phnum + 3) * PHDR.size
+        loads = [
+            (PF_R, lay.r_va, lay.r_size),
+            (PF_R | PF_X, lay.x_va, lay.x_size),
+            (PF_R | PF_W, lay.w_va, lay.w_size),
+        ]
+        last_load = max(s.index for s in elf.loads)
+        out = bytearray()
+        for seg in elf.segments:
+            if seg.type == PT_PHDR:
+                out += PHDR.pack(
+                    PT_PHDR,
+                    seg.flags,
+                    lay.offset(lay.phdrs),
+                    lay.phdrs,
+                    lay.phdrs,
+                    size,
+                    size,
+                    seg.align,
+                )
+            else:
+                start = elf.phoff + seg.index * PHDR.size
+                out += elf.data[start : start + PHDR.size]
+            if seg.index == last_load:
+                for flags, va, length in loads:
+                    out += PHDR.pack(PT_LOAD, flags, lay.offset(va), va, va, length, length, PAGE)
+        return bytes(out)
+
+    def _renumber_plt_relocations(self) -> None:
+        """`.rela.plt` stays where it is; only the symbol indices it names move."""
+        if DT_JMPREL not in self.dyn or self.insert_at >= self.nsyms:
+            return
+        size = self.dyn.get(DT_PLTRELSZ, 0)
+        start = self.elf.offset_of(self.dyn[DT_JMPREL], size)
+        for pos in range(start, start + size - size % RELA.size, RELA.size):
+            r_offset, info, addend = RELA.unpack_from(self.out, pos)
+            RELA.pack_into(self.out, pos, r_offset, self._renumber(info), addend)
+
+    def _point_dynamic_at(self, lay: _Layout, tables: dict[int, bytes]) -> None:
+        moved = {
+            DT_SYMTAB: lay.dynsym,
+            DT_STRTAB: lay.dynstr,
+            DT_STRSZ: len(tables[lay.dynstr]),
+            DT_RELA: lay.rela,
+            DT_RELASZ: len(tables[lay.rela]),
+        }
+        if self.sec_versym is not None:
+            moved[DT_VERSYM] = lay.versym
+        if self.sec_gnu_hash is not None:
+            moved[DT_GNU_HASH] = lay.gnu_hash
+        if self.sec_hash is not None:
+            moved[DT_HASH] = lay.hash
+        base = self.elf.dynamic_segment.offset
+        for k in range(len(self.elf.dynamic)):
+            tag, _value = DYN.unpack_from(self.out, base + k * DYN.size)
+            if tag in moved:
+                DYN.pack_into(self.out, base + k * DYN.size, tag, moved[tag])
+
+    def _pad_to(self, offset: int) -> None:
+        self.out += bytes(offset - len(self.out))
+
+    def _append(self, lay: _Layout, tables: dict[int, bytes], code: bytes, data: bytes) -> None:
+        self._pad_to(lay.r_offset)
+        segment = bytearray(lay.r_size)
+        for va, blob in tables.items():
+            segment[va - lay.r_va : va - lay.r_va + len(blob)] = blob
+        self.out += segment
+        self._pad_to(lay.offset(lay.x_va))
+        self.out += code
+        self._pad_to(lay.offset(lay.w_va))
+        self.out += data
+
+    def _append_section_headers(self, lay: _Layout, tables: dict[int, bytes]) -> None:
+        """A new `.shstrtab` and section header table at the end: the moved tables re-pointed,
+        `.ulp`, `.ulp.track` and `.ulp.data` appended."""
+        elf = self.elf
+        shstrtab = bytearray(elf.section_data(elf.sections[elf.shstrndx]))
+        names = {}
+        for name in (SECTION_TRAMPOLINES, SECTION_TRACK, SECTION_DATA):
+            names[name] = len(shstrtab)
+            shstrtab += name.encode() + b"\0"
+        shstrtab_offset = len(self.out)
+        self.out += shstrtab
+        self._pad_to(_align(len(self.out), 8))
+        self.shoff = len(self.out)
+
+        repoint = {
+            self.sec_dynsym.index: lay.dynsym,
+            self.sec_dynstr.index: lay.dynstr,
+            self.sec_rela.index: lay.rela,
+        }
+        for sec, va in (
+            (self.sec_versym, lay.versym),
+            (self.sec_gnu_hash, lay.gnu_hash),
+            (self.sec_hash, lay.hash),
+        ):
+            if sec is not None:
+                repoint[sec.index] = va
+        for sec in elf.sections:
+            start = elf.shoff + sec.index * SHDR.size
+            fields = list(SHDR.unpack(elf.data[start : start + SHDR.size]))
+            if sec.index in repoint:
+                va = repoint[sec.index]
+                fields[3:6] = [va, lay.offset(va), len(tables[va])]
+            elif sec.index == elf.shstrndx:
+                fields[4:6] = [shstrtab_offset, len(shstrtab)]
+            self.out += SHDR.pack(*fields)
+        code = SHF_ALLOC | SHF_EXECINSTR
+        for name, flags, va, size, align in (
+            (SECTION_TRAMPOLINES, code, lay.x_va, lay.track - lay.x_va, 16),
+            (SECTION_TRACK, code, lay.track, lay.x_va + lay.x_size - lay.track, 16),
+            (SECTION_DATA, SHF_ALLOC | SHF_WRITE, lay.w_va, lay.w_size, 8),
+        ):
+            self.out += SHDR.pack(
+                names[name], SHT_PROGBITS, flags, va, lay.offset(va), size, 0, 0, align, 0
+            )
+
+    def _update_elf_header(self, lay: _Layout) -> None:
+        fields = list(EHDR.unpack_from(self.out))
+        fields[5] = lay.offset(lay.phdrs)  # e_phoff
+        fields[6] = self.shoff  # e_shoff
+        fields[10] = self.elf.phnum + 3  # e_phnum
+        fields[12] = self.elf.shnum + 3  # e_shnum
+        EHDR.pack_into(self.out, 0, *fields)
+
+
+def _names_by_address(elf: ElfFile) -> dict[int, list[str]]:
+    names: dict[int, list[str]] = {}
+    for sym in elf.dynamic_symbols + elf.symtab_symbols:
+        if sym.type == STT_FUNC and sym.defined and sym.name:
+            bucket = names.setdefault(sym.value, [])
+            if sym.name not in bucket:
+                bucket.append(sym.name)
+    return names
+
+
+def _describe(addr: int, names: dict[int, list[str]]) -> str:
+    return names[addr][0] if addr in names else f"{addr:#x}"
