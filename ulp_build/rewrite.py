@@ -66,6 +66,7 @@ from ulp_build.elf import (
     Section,
     Symbol,
 )
+from ulp_build.errors import UlpError
 from ulp_build.prepared import (
     DEFAULT_UNTRACKED,
     DESCRIPTOR,
@@ -135,8 +136,8 @@ def check_input(elf: ElfFile) -> None:
         )
     if not elf.sections:
         raise ElfError(f"{name}: no section headers (sstrip'ed?); rebuild or strip with strip")
-    if elf.dynsym_section is None or not elf.dynamic_symbols:
-        raise ElfError(f"{name}: no dynamic symbols")
+    if not any(s.defined for s in elf.dynamic_symbols):
+        raise ElfError(f"{name}: no dynamic symbols (the library exports nothing)")
 
 
 def rewrite(
@@ -161,12 +162,18 @@ def _write_atomically(target: Path, data: bytes, mode: int) -> None:
     # A temporary file in the same directory and a rename: a process or build step that opens
     # the library meanwhile sees the old file or the new one, never a partial one. No fsync, as
     # for the compiler and linker that wrote the input: this guards readers, not power loss.
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".ulp-tmp", dir=target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".ulp-tmp", dir=target.parent)
+    except OSError as exc:
+        raise UlpError(f"{target}: cannot write: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
         os.chmod(tmp, mode)
         os.replace(tmp, target)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise UlpError(f"{target}: cannot write: {exc.strerror or exc}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -1,0 +1,79 @@
+"""Shared fixtures: the sample libraries built once per session, raw and prepared."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from sample_libs import samples  # noqa: E402
+from ulp_build.rewrite import rewrite  # noqa: E402
+
+
+@dataclass(frozen=True)
+class BuiltSample:
+    sample: samples.Sample
+    raw: Path  # the library as gcc built it
+    prepared: Path  # the same after `rewrite -o`
+    linked: Path  # test program linked against lib<name>.so (found via LD_LIBRARY_PATH)
+    dlopened: Path  # test program that dlopen()s argv[1]
+
+    def run_linked(self, library: Path) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, LD_LIBRARY_PATH=str(library.parent))
+        return run([str(self.linked)], env=env)
+
+    def run_dlopen(self, library: Path) -> subprocess.CompletedProcess[str]:
+        return run([str(self.dlopened), str(library)])
+
+
+def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    kwargs.setdefault("timeout", 120)
+    return subprocess.run(cmd, capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]
+
+
+def ulp(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """The command line, exactly as a user runs it."""
+    return run([sys.executable, "-m", "ulp_build", *args], **kwargs)
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, BuiltSample]:
+    root = tmp_path_factory.mktemp("samples")
+    out = {}
+    for name, sample in samples.load().items():
+        raw = samples.build_library(sample, root / "raw" / name)
+        prepared = root / "prepared" / name / sample.library_name
+        prepared.parent.mkdir(parents=True)
+        rewrite(raw, prepared)
+        linked = samples.build_test(sample, root / "bin", raw.parent, dlopen=False)
+        dlopened = samples.build_test(sample, root / "bin", raw.parent, dlopen=True)
+        out[name] = BuiltSample(sample, raw, prepared, linked, dlopened)
+    return out
+
+
+@pytest.fixture(scope="session")
+def probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return samples.build_probe(tmp_path_factory.mktemp("probe"))
+
+
+@pytest.fixture(scope="session")
+def libc_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the system's libc.so.6 (not built with padding: trampolines only)."""
+    out = tmp_path_factory.mktemp("libc") / "libc.so.6"
+    out.write_bytes(Path(system_libc()).read_bytes())
+    return out
+
+
+def system_libc() -> str:
+    result = run(["gcc", "-print-file-name=libc.so.6"])
+    path = result.stdout.strip()
+    if not os.path.isabs(path):
+        path = "/lib/x86_64-linux-gnu/libc.so.6"
+    return os.path.realpath(path)

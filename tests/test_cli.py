@@ -1,0 +1,49 @@
+"""The command line surface: help, cflags, JSON output."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+from conftest import BuiltSample, run, ulp
+
+from ulp_build.prepared import CFLAGS
+
+
+@pytest.mark.parametrize("command", ["rewrite", "check", "cflags"])
+def test_help(command: str) -> None:
+    result = ulp(command, "--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"usage: ulp {command}")
+
+
+def test_cflags_work_with_gcc(tmp_path: Path) -> None:
+    result = ulp("cflags")
+    assert result.returncode == 0
+    flags = shlex.split(result.stdout)
+    assert flags == list(CFLAGS)
+    assert json.loads(ulp("cflags", "--json").stdout) == flags
+    src = tmp_path / "f.c"
+    src.write_text("int f(int x) { return x; }\n")
+    built = run(["gcc", *flags, "-O2", "-fPIC", "-shared", str(src), "-o", str(tmp_path / "f.so")])
+    assert built.returncode == 0, built.stderr
+
+
+def test_rewrite_json(built: dict[str, BuiltSample], tmp_path: Path) -> None:
+    out = tmp_path / "libabi.so"
+    result = ulp("rewrite", str(built["abi"].raw), "-o", str(out), "--json")
+    assert result.returncode == 0
+    data = json.loads(result.stdout)
+    assert data["output"] == str(out)
+    assert data["trampolines"] == 7 and data["normalized"] == 7 and not data["already_prepared"]
+    again = json.loads(ulp("rewrite", str(out), "--json").stdout)
+    assert again["already_prepared"]
+
+
+def test_console_script_is_installed() -> None:
+    import shutil
+
+    assert shutil.which("ulp"), "pip install . provides the `ulp` console script"
+    assert run(["ulp", "cflags"]).stdout.split() == list(CFLAGS)

@@ -1,0 +1,102 @@
+"""The hand-encoded routines say what their comments say: keystone assembles the same text to
+the same bytes, and capstone reads the bytes back as the intended instructions."""
+
+from __future__ import annotations
+
+import capstone
+import keystone
+import pytest
+
+from ulp_build import codegen
+
+AT = 0x6000
+FUNCTION = 0x111E
+ENTRY = 0x6100
+SLOT = 0x7000
+
+
+def assemble(text: str, at: int) -> bytes:
+    ks = keystone.Ks(keystone.KS_ARCH_X86, keystone.KS_MODE_64)
+    encoding, _count = ks.asm(text, at)
+    return bytes(encoding)
+
+
+def disassemble(code: bytes, at: int) -> list[str]:
+    cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    return [f"{i.mnemonic} {i.op_str}".strip() for i in cs.disasm(code, at)]
+
+
+@pytest.mark.parametrize("ibt", [False, True])
+def test_trampoline(ibt: bool) -> None:
+    code = codegen.trampoline(AT, FUNCTION, ENTRY, ibt)
+    assert len(code) == codegen.trampoline_size(ibt)
+    body = code[4:] if ibt else code
+    start = AT + (4 if ibt else 0)
+    # keystone does not compute rip-relative displacements: give it the displacement itself.
+    disp = FUNCTION - (start + 7)
+    expected = assemble(f"lea r11, [rip + {disp}]; push r11; jmp {ENTRY:#x}", start)
+    assert body[: len(expected)] == expected
+    listing = disassemble(code, AT)
+    assert listing[: 4 if ibt else 3] == (["endbr64"] if ibt else []) + [
+        f"lea r11, [rip - {-disp:#x}]",
+        "push r11",
+        f"jmp {ENTRY:#x}",
+    ]
+    assert set(code[codegen.TRAMPOLINE_CODE + (4 if ibt else 0) :]) <= {0xCC}
+    decoded = codegen.decode_trampoline(code, AT)
+    assert decoded == codegen.DecodedTrampoline(False, FUNCTION, ENTRY)
+
+
+def test_ifunc_trampoline_loads_the_slot() -> None:
+    code = codegen.ifunc_trampoline(AT, SLOT, ENTRY, False)
+    assert disassemble(code, AT)[:3] == [
+        f"mov r11, qword ptr [rip + {SLOT - (AT + 7):#x}]",
+        "push r11",
+        f"jmp {ENTRY:#x}",
+    ]
+    assert codegen.decode_trampoline(code, AT) == codegen.DecodedTrampoline(True, SLOT, ENTRY)
+
+
+def test_ulp_entry() -> None:
+    desc = SLOT + 8
+    code = codegen.ulp_entry(ENTRY, SLOT, desc)
+    listing = disassemble(code, ENTRY)
+    assert listing == [
+        f"cmp qword ptr [rip + {SLOT - (ENTRY + 8):#x}], 0",
+        f"je {ENTRY + 23:#x}",
+        f"lea r11, [rip + {desc - (ENTRY + 17):#x}]",
+        f"jmp qword ptr [rip + {SLOT - (ENTRY + 23):#x}]",
+        "pop r11",
+        "jmp r11",
+    ]
+    assert len(code) == codegen.ULP_ENTRY_SIZE == 28
+
+
+@pytest.mark.parametrize("ibt", [False, True])
+def test_ifunc_wrapper(ibt: bool) -> None:
+    resolver, tramp = 0x1200, AT + 0x40
+    code = codegen.ifunc_wrapper(ENTRY, resolver, SLOT, tramp, ibt)
+    listing = disassemble(code, ENTRY)
+    base = ENTRY + (4 if ibt else 0)
+    assert listing == (["endbr64"] if ibt else []) + [
+        "sub rsp, 8",
+        f"call {resolver:#x}",
+        f"mov qword ptr [rip + {SLOT - (base + 16):#x}], rax",
+        f"lea rax, [rip - {(base + 23) - tramp:#x}]"
+        if tramp < base + 23
+        else f"lea rax, [rip + {tramp - (base + 23):#x}]",
+        "add rsp, 8",
+        "ret",
+    ]
+    assert codegen.decode_ifunc_wrapper(code, ENTRY) == (resolver, SLOT, tramp)
+
+
+def test_decoders_refuse_foreign_bytes() -> None:
+    assert codegen.decode_trampoline(b"\x90" * 24, AT) is None
+    assert codegen.decode_trampoline(b"\x4c\x8d\x1d", AT) is None
+    assert codegen.decode_ifunc_wrapper(b"\xc3" * 40, AT) is None
+
+
+def test_displacement_out_of_range_is_an_error() -> None:
+    with pytest.raises(Exception, match="32-bit"):
+        codegen.trampoline(0, 1 << 40, 0, False)

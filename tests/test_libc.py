@@ -1,0 +1,68 @@
+"""A copy of the system's libc, prepared (trampolines only: Debian does not build it with
+padding), runs real programs through the dynamic loader."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import run, ulp
+
+from ulp_build.elf import ElfFile
+from ulp_build.rewrite import rewrite
+
+LOADER = "/lib64/ld-linux-x86-64.so.2"
+
+
+@pytest.fixture(scope="module")
+def prepared_libc(libc_copy: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("libc-prepared") / "libc.so.6"
+    result = rewrite(libc_copy, out)
+    assert result.trampolines > 2000 and result.ifuncs > 40
+    return out
+
+
+def _through(libdir: Path, *cmd: str) -> str:
+    result = run([LOADER, "--library-path", str(libdir), *cmd])
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_ls(prepared_libc: Path, libc_copy: Path) -> None:
+    expected = _through(libc_copy.parent, "/bin/ls", "-l", "/")
+    assert expected.count("\n") > 5
+    assert _through(prepared_libc.parent, "/bin/ls", "-l", "/") == expected
+
+
+def test_python_json(prepared_libc: Path) -> None:
+    python = shutil.which("python3") or sys.executable
+    real = Path(python).resolve()
+    out = _through(prepared_libc.parent, str(real), "-c", "import json; print(json.dumps([1]))")
+    assert out == "[1]\n"
+
+
+def test_the_prepared_libc_is_the_one_loaded(prepared_libc: Path) -> None:
+    result = run([LOADER, "--list", "--library-path", str(prepared_libc.parent), "/bin/ls"])
+    assert f"libc.so.6 => {prepared_libc}" in result.stdout
+
+
+def test_check_prepared_libc(prepared_libc: Path) -> None:
+    result = ulp("check", str(prepared_libc), "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["patchable_functions"] == 0
+    assert report["ifuncs"] > 40
+    assert "__libc_start_main" in report["untracked"]
+    assert "vfork" in report["untracked"]
+    assert len(report["tracked_not_patchable"]) > 2000
+
+
+def test_elflint_nothing_new(prepared_libc: Path, libc_copy: Path) -> None:
+    def lint(p: Path) -> set[str]:
+        return set(run(["eu-elflint", "--gnu-ld", str(p)]).stdout.replace(str(p), "F").splitlines())
+
+    assert lint(prepared_libc) <= lint(libc_copy)
+    assert ElfFile.load(prepared_libc).build_id == ElfFile.load(libc_copy).build_id

@@ -1,0 +1,69 @@
+"""A real third-party library: Debian's zlib, built with `ulp cflags`, prepared, passes its own
+`make test` (static, shared and 64-bit tests) with the prepared shared library."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import run, ulp
+
+from ulp_build.check import check
+from ulp_build.elf import ElfFile
+from ulp_build.prepared import CFLAGS
+
+CACHE = Path(os.environ.get("ULP_TEST_CACHE", Path.home() / ".cache" / "ulp_build-tests"))
+
+
+def zlib_source() -> Path:
+    """Debian's zlib source package, fetched once with `apt-get source` (needs a deb-src
+    entry: tools/install-deps adds one)."""
+    root = CACHE / "zlib"
+    found = sorted(root.glob("zlib-*/configure"))
+    if not found:
+        root.mkdir(parents=True, exist_ok=True)
+        result = run(["apt-get", "source", "zlib"], cwd=root, timeout=600)
+        assert result.returncode == 0, (
+            "apt-get source zlib failed (run tools/install-deps first):\n" + result.stderr
+        )
+        found = sorted(root.glob("zlib-*/configure"))
+    assert found, f"no zlib source tree in {root}"
+    return found[-1].parent
+
+
+@pytest.fixture(scope="module")
+def zlib_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tree = tmp_path_factory.mktemp("zlib") / "src"
+    shutil.copytree(zlib_source(), tree)
+    env = dict(os.environ, CFLAGS=" ".join(["-O2", "-g", *CFLAGS]))
+    for cmd in (["./configure"], ["make", "-j2"]):
+        result = run(cmd, cwd=tree, env=env, timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
+    return tree
+
+
+def test_zlib_make_test_with_prepared_library(zlib_build: Path) -> None:
+    (lib,) = [p for p in zlib_build.glob("libz.so.*.*") if not p.is_symlink()]
+    raw = ElfFile.load(lib)
+    assert raw.section("__patchable_function_entries") is not None
+    result = ulp("rewrite", str(lib))
+    assert result.returncode == 0, result.stderr
+    report = check(ElfFile.load(lib))
+    assert report.usable and report.trampolines > 80 and report.patchable > 80
+    assert report.tracked_not_patchable == []
+
+    result = run(["make", "test"], cwd=zlib_build, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for banner in ("zlib test OK", "zlib shared test OK", "zlib 64-bit test OK"):
+        assert banner in result.stdout
+
+    # The shared test ran against the prepared file, which make did not rebuild.
+    assert ElfFile.load(lib).section(".ulp") is not None
+    ldd = run(
+        ["ldd", str(zlib_build / "examplesh")],
+        env=dict(os.environ, LD_LIBRARY_PATH=str(zlib_build)),
+    )
+    assert f"libz.so.1 => {zlib_build}/libz.so.1" in ldd.stdout
+    assert (zlib_build / "libz.so.1").resolve() == lib.resolve()
