@@ -120,7 +120,7 @@ def test_record_without_padding_and_padding_without_record(tmp_path: Path) -> No
         ]
     )
     assert result.returncode == 0, result.stderr
-    code, report = _check(lib)
+    _code, report = _check(lib)
     assert any("record without padding" in w for w in report["warnings"])
     # Remove keep()'s record: its padding is still there.
     elf = ElfFile.load(lib)
@@ -134,7 +134,7 @@ def test_record_without_padding_and_padding_without_record(tmp_path: Path) -> No
                     struct.pack_into("<QQq", data, rela_at, r.offset, 8, 0)
                     struct.pack_into("<Q", data, elf.offset_of(r.offset), 0)
     lib.write_bytes(bytes(data))
-    code, report = _check(lib)
+    _code, report = _check(lib)
     assert any(w.endswith(": keep") and "padding without" in w for w in report["warnings"])
 
 

@@ -153,7 +153,11 @@ def test_no_address_moves_and_only_entry_nops_change(
         if sec.type == 8:  # NOBITS
             continue
         old_bytes, new_bytes = raw.section_data(sec), prepared.section_data(new)
-        changed = [sec.addr + i for i, (a, b) in enumerate(zip(old_bytes, new_bytes)) if a != b]
+        changed = [
+            sec.addr + i
+            for i, (a, b) in enumerate(zip(old_bytes, new_bytes, strict=True))
+            if a != b
+        ]
         allowed = set()
         if sec.name == ".dynamic":
             continue  # tag values of the moved tables; checked by the loader in every run
