@@ -58,7 +58,7 @@ def check(elf: ElfFile) -> CheckReport:
     report.ifuncs = sum(1 for s in exported if s.type == STT_GNU_IFUNC)
     for entry in pads.padding_without_record:
         report.warnings.append(
-            f"padding without a __patchable_function_entries record: {_name_at(elf, entry)}"
+            f"padding without a __patchable_function_entries record: {elf.name_at(entry)}"
         )
     for pad in pads.records_without_padding:
         report.warnings.append(f"__patchable_function_entries record without padding at {pad:#x}")
@@ -72,7 +72,7 @@ def check(elf: ElfFile) -> CheckReport:
     for func in pads.functions.values():
         if not func.normalized:
             report.errors.append(
-                f"entry nops of {_name_at(elf, func.entry)} are not one 2-byte"
+                f"entry nops of {elf.name_at(func.entry)} are not one 2-byte"
                 " nop (the library was prepared, then modified?)"
             )
     sections = {n: elf.section(n) for n in (SECTION_TRAMPOLINES, SECTION_TRACK, SECTION_DATA)}
@@ -159,13 +159,6 @@ def _check_data(elf: ElfFile, data: Section, ulp: Section, report: CheckReport) 
         )
     track = elf.section(SECTION_TRACK)
     return track.addr if track is not None else None
-
-
-def _name_at(elf: ElfFile, addr: int) -> str:
-    for sym in elf.symtab_symbols + elf.dynamic_symbols:
-        if sym.value == addr and sym.name and sym.defined:
-            return sym.name
-    return f"{addr:#x}"
 
 
 def summary(report: CheckReport) -> dict[str, object]:

@@ -47,25 +47,41 @@ def trampoline(at: int, function: int, entry: int, ibt: bool) -> bytes:
     The real entry travels on the stack so the shared `ulp_entry` needs no per-function code,
     and %r11 is free: the SysV ABI passes no argument in it and callers may not expect it kept.
     """
-    return _trampoline(_LEA_R11, at, function, entry, ibt)
+    return trampoline_table(at, [(False, function)], entry, ibt)
 
 
 def ifunc_trampoline(at: int, slot: int, entry: int, ibt: bool) -> bytes:
     """Like `trampoline`, but the real entry is loaded from the slot the IFUNC wrapper filled."""
-    return _trampoline(_MOV_R11, at, slot, entry, ibt)
+    return trampoline_table(at, [(True, slot)], entry, ibt)
 
 
-def _trampoline(op: bytes, at: int, operand: int, entry: int, ibt: bool) -> bytes:
-    # Called once per exported function (3000 times for a libc): one struct.pack, no checks
-    # beyond the range error struct raises itself.
-    start = at + 4 if ibt else at
+def trampoline_table(at: int, targets: list[tuple[bool, int]], entry: int, ibt: bool) -> bytes:
+    """Consecutive trampolines from `at`, one per (indirect, function or slot) in `targets`.
+
+    Built in one buffer with one struct.pack_into per trampoline: a libc has 3000 of them.
+    """
+    size = trampoline_size(ibt)
+    table = bytearray(INT3 * (size * len(targets)))
+    skip = 4 if ibt else 0
+    pack = _TRAMPOLINE.pack_into
+    tail = _PUSH_R11 + _JMP_REL32
     try:
-        code = _TRAMPOLINE.pack(
-            op, operand - (start + 7), _PUSH_R11 + _JMP_REL32, entry - (start + 14)
-        )
+        for i, (indirect, operand) in enumerate(targets):
+            pos = i * size
+            if ibt:
+                table[pos : pos + 4] = ENDBR64
+            start = at + pos + skip
+            pack(
+                table,
+                pos + skip,
+                _MOV_R11 if indirect else _LEA_R11,
+                operand - (start + 7),
+                tail,
+                entry - (start + 14),
+            )
     except struct.error:
-        raise UlpError(f"trampoline at {at:#x}: target beyond a 32-bit displacement") from None
-    return ((ENDBR64 if ibt else b"") + code).ljust(trampoline_size(ibt), INT3)
+        raise UlpError(f"trampolines at {at:#x}: a target beyond a 32-bit displacement") from None
+    return bytes(table)
 
 
 def ulp_entry(at: int, runtime_slot: int, descriptor: int) -> bytes:

@@ -296,11 +296,22 @@ class ElfFile:
         return self.data[off : off + size]
 
     @cached_property
-    def _code_ranges(self) -> list[tuple[int, int]]:
-        return [(s.vaddr, s.vaddr + s.filesz) for s in self.loads if s.flags & PF_X]
+    def _code_ranges(self) -> list[tuple[int, int, int]]:
+        return [(s.vaddr, s.vaddr + s.filesz, s.offset) for s in self.loads if s.flags & PF_X]
 
     def is_code(self, vaddr: int, size: int = 1) -> bool:
-        return any(lo <= vaddr and vaddr + size <= hi for lo, hi in self._code_ranges)
+        return self.code_at(vaddr, size) is not None
+
+    def code_at(self, vaddr: int, size: int) -> bytes | None:
+        """The `size` bytes at `vaddr` if they all lie in one executable segment, else None.
+
+        Called for every function symbol of a libc, hence the plain loop over few ranges.
+        """
+        for lo, hi, offset in self._code_ranges:
+            if lo <= vaddr and vaddr + size <= hi:
+                start = offset + vaddr - lo
+                return self.data[start : start + size]
+        return None
 
     # -- sections --------------------------------------------------------------------------
 
@@ -396,7 +407,11 @@ class ElfFile:
         if sec.link >= len(self.sections):
             raise ElfError(f"{self.name}: corrupt symbol table {sec.name} (bad string table)")
         strings = self.section_data(self.sections[sec.link])
+        # Decoding the string table once and slicing str is cheaper than one decode per
+        # symbol; fall back per symbol only for the rare non-ASCII table.
+        text = strings.decode("ascii") if strings.isascii() else None
         find = strings.find
+        new = tuple.__new__  # Symbol._make without its Python-level frame
         out = []
         for i, (name, info, other, shndx, value, size) in enumerate(
             SYM.iter_unpack(self.section_data(sec))
@@ -404,18 +419,12 @@ class ElfFile:
             end = find(b"\0", name)
             if end < 0:
                 raise ElfError(f"{self.name}: corrupt string table of {sec.name}")
-            out.append(
-                Symbol(
-                    i,
-                    strings[name:end].decode("utf-8", "replace"),
-                    value,
-                    size,
-                    info & 0xF,
-                    info >> 4,
-                    other & 3,
-                    shndx,
-                )
-            )
+            if text is not None:
+                label = text[name:end]
+            else:
+                label = strings[name:end].decode("utf-8", "replace")
+            fields = (i, label, value, size, info & 0xF, info >> 4, other & 3, shndx)
+            out.append(new(Symbol, fields))
         return out
 
     @cached_property
@@ -425,6 +434,18 @@ class ElfFile:
     @cached_property
     def symtab_symbols(self) -> list[Symbol]:
         return self._symbols(self.symtab_section)
+
+    @cached_property
+    def _function_names(self) -> dict[int, str]:
+        names: dict[int, str] = {}
+        for sym in self.symtab_symbols + self.dynamic_symbols:
+            if sym.type == STT_FUNC and sym.defined and sym.name:
+                names.setdefault(sym.value, sym.name)
+        return names
+
+    def name_at(self, vaddr: int) -> str:
+        """The name of the function at `vaddr` (from .symtab first), or the address in hex."""
+        return self._function_names.get(vaddr, f"{vaddr:#x}")
 
     @cached_property
     def versym_section(self) -> Section | None:

@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass, field
 
 from ulp_build import codegen
-from ulp_build.elf import R_X86_64_RELATIVE, STT_FUNC, ElfFile
+from ulp_build.elf import R_X86_64_RELATIVE, SHN_UNDEF, STT_FUNC, ElfFile
 from ulp_build.prepared import PAD_BEFORE
 
 RECORDS_SECTION = "__patchable_function_entries"
@@ -62,10 +62,9 @@ def records(elf: ElfFile) -> list[int]:
 
 def entry_nop(elf: ElfFile, entry: int) -> tuple[int, bool] | None:
     """(address of the entry nop, already normalized) when `entry` has the padding, else None."""
-    if entry < PAD_BEFORE or not elf.is_code(entry - PAD_BEFORE, PAD_BEFORE + 6):
-        return None
-    code = elf.read(entry - PAD_BEFORE, PAD_BEFORE + 6)
-    if code[:PAD_BEFORE] != _PAD:
+    code = elf.code_at(entry - PAD_BEFORE, PAD_BEFORE + 6)
+    # The byte before the entry rejects almost every unpadded function before any slicing.
+    if code is None or code[PAD_BEFORE - 1] != 0x90 or code[:PAD_BEFORE] != _PAD:
         return None
     at = PAD_BEFORE + (4 if code[PAD_BEFORE : PAD_BEFORE + 4] == codegen.ENDBR64 else 0)
     nop = code[at : at + 2]
@@ -86,7 +85,7 @@ def find(elf: ElfFile) -> Padding:
     candidates = recorded | {
         s.value
         for s in elf.symtab_symbols + elf.dynamic_symbols
-        if s.type == STT_FUNC and s.defined
+        if s.type == STT_FUNC and s.shndx != SHN_UNDEF
     }
     for entry in sorted(candidates):
         found = entry_nop(elf, entry)

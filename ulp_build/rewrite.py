@@ -51,6 +51,7 @@ from ulp_build.elf import (
     SHF_WRITE,
     SHN_ABS,
     SHN_LORESERVE,
+    SHN_UNDEF,
     SHT_GNU_HASH,
     SHT_HASH,
     SHT_PROGBITS,
@@ -108,14 +109,17 @@ def is_prepared(elf: ElfFile) -> bool:
 
 def exported_functions(elf: ElfFile) -> list[Symbol]:
     """Dynamic symbols other objects can call: defined FUNC/IFUNC, global or weak, in code."""
-    out = []
-    for sym in elf.dynamic_symbols:
-        if sym.type not in (STT_FUNC, STT_GNU_IFUNC) or sym.bind not in (STB_GLOBAL, STB_WEAK):
-            continue
-        if not sym.defined or sym.shndx == SHN_ABS or not elf.is_code(sym.value):
-            continue
-        out.append(sym)
-    return out
+    is_code = elf.is_code
+    callable_types = (STT_FUNC, STT_GNU_IFUNC)
+    visible = (STB_GLOBAL, STB_WEAK)
+    return [
+        sym
+        for sym in elf.dynamic_symbols
+        if sym.type in callable_types
+        and sym.bind in visible
+        and sym.shndx not in (SHN_UNDEF, SHN_ABS)
+        and is_code(sym.value)
+    ]
 
 
 def check_input(elf: ElfFile) -> None:
@@ -136,7 +140,7 @@ def check_input(elf: ElfFile) -> None:
         )
     if not elf.sections:
         raise ElfError(f"{name}: no section headers (sstrip'ed?); rebuild or strip with strip")
-    if not any(s.defined for s in elf.dynamic_symbols):
+    if all(s.shndx == SHN_UNDEF for s in elf.dynamic_symbols):
         raise ElfError(f"{name}: no dynamic symbols (the library exports nothing)")
 
 
@@ -340,15 +344,17 @@ class _Rewriter:
         """Make each entry's `90 90` one `66 90`: a thread is never stopped between two nops,
         so the universe checker's 2-byte jump can later replace it in one write."""
         pads = padding.find(self.elf)
-        names = _names_by_address(self.elf)
         r = self.result
         r.patchable = len(pads.functions)
-        r.not_patchable = sorted(
-            n for a in functions if a not in pads.functions for n in names.get(a, [f"{a:#x}"])
+        no_padding = set(functions) - pads.functions.keys()
+        # In .dynsym order, which is deterministic; sorting 3000 names would cost more than
+        # the trampolines do.
+        r.not_patchable = list(
+            dict.fromkeys(s.name for s in self.exported if s.value in no_padding)
         )
-        r.padding_without_record = [_describe(a, names) for a in pads.padding_without_record]
+        r.padding_without_record = [self.elf.name_at(a) for a in pads.padding_without_record]
         r.records_without_padding = [
-            _describe(a + padding.PAD_BEFORE, names) for a in pads.records_without_padding
+            self.elf.name_at(a + padding.PAD_BEFORE) for a in pads.records_without_padding
         ]
         for func in pads.functions.values():
             if not func.normalized:
@@ -408,22 +414,18 @@ class _Rewriter:
         self, lay: _Layout, functions: list[int], ifuncs: list[int]
     ) -> tuple[bytes, dict[int, int], dict[int, int]]:
         """The RX segment: trampolines, ulp_entry, IFUNC wrappers; and where each landed."""
-        tramp_at: dict[int, int] = {}
-        wrapper_at: dict[int, int] = {}
-        code = bytearray()
-        for func in functions:
-            tramp_at[func] = at = lay.x_va + len(code)
-            code += codegen.trampoline(at, func, lay.track, self.ibt)
-        ifunc_tramps = []
-        for j, _resolver in enumerate(ifuncs):
-            at = lay.x_va + len(code)
-            ifunc_tramps.append(at)
-            code += codegen.ifunc_trampoline(at, self._ifunc_slot(lay, j), lay.track, self.ibt)
+        tsize = codegen.trampoline_size(self.ibt)
+        tramp_at = {func: lay.x_va + i * tsize for i, func in enumerate(functions)}
+        ifunc_tramps = [lay.x_va + (len(functions) + j) * tsize for j in range(len(ifuncs))]
+        targets = [(False, f) for f in functions]
+        targets += [(True, self._ifunc_slot(lay, j)) for j in range(len(ifuncs))]
+        code = bytearray(codegen.trampoline_table(lay.x_va, targets, lay.track, self.ibt))
         code = code.ljust(lay.track - lay.x_va, codegen.INT3)
         entry = codegen.ulp_entry(
             lay.track, lay.w_va + RUNTIME_SLOT_OFFSET, lay.w_va + DESCRIPTOR_OFFSET
         )
         code += entry.ljust(lay.wrappers - lay.track, codegen.INT3)
+        wrapper_at: dict[int, int] = {}
         for j, resolver in enumerate(ifuncs):
             wrapper_at[resolver] = at = lay.x_va + len(code)
             wrapper = codegen.ifunc_wrapper(
@@ -635,17 +637,3 @@ class _Rewriter:
         fields[10] = self.elf.phnum + 3  # e_phnum
         fields[12] = self.elf.shnum + 3  # e_shnum
         EHDR.pack_into(self.out, 0, *fields)
-
-
-def _names_by_address(elf: ElfFile) -> dict[int, list[str]]:
-    names: dict[int, list[str]] = {}
-    for sym in elf.dynamic_symbols + elf.symtab_symbols:
-        if sym.type == STT_FUNC and sym.defined and sym.name:
-            bucket = names.setdefault(sym.value, [])
-            if sym.name not in bucket:
-                bucket.append(sym.name)
-    return names
-
-
-def _describe(addr: int, names: dict[int, list[str]]) -> str:
-    return names[addr][0] if addr in names else f"{addr:#x}"
