@@ -56,6 +56,12 @@ CASES = {
         "corrupt ELF header",
         lambda b, t: _variant(b, t, "libph.so", lambda d: struct.pack_into("<H", d, 54, 40)),
     ),
+    "bad-gnu-hash": (
+        "corrupt ELF file",
+        lambda b, t: _variant(
+            b, t, "libhash.so", lambda d: struct.pack_into("<I", d, _gnu_hash_offset(b), 0xFFFFFF)
+        ),
+    ),
     "static": ("static executable", lambda b, t: _compile(t, "static", "-static")),
     "pie": ("PIE executable", lambda b, t: _compile(t, "pie", "-pie", "-fPIE")),
     "exec": ("executable (ET_EXEC)", lambda b, t: _compile(t, "nopie", "-no-pie")),
@@ -72,6 +78,12 @@ CASES = {
         ),
     ),
 }
+
+
+def _gnu_hash_offset(path: Path) -> int:
+    from ulp_build.elf import ElfFile
+
+    return ElfFile.load(path).section(".gnu.hash").offset
 
 
 def _text(tmp_path: Path) -> Path:

@@ -82,6 +82,7 @@ from ulp_build.prepared import (
     SECTION_TRACK,
     SECTION_TRAMPOLINES,
 )
+from ulp_build.symhash import gnu_hash_shift, sysv_hash_insert
 
 PAGE = 0x1000
 VER_NDX_GLOBAL = 1
@@ -154,8 +155,9 @@ def rewrite(
     source = Path(path)
     elf = ElfFile.load(source)
     data, result = prepare(elf, untracked)
+    # In place means the file behind any symlink, so the link stays a link.
     target = Path(output) if output is not None else source.resolve()
-    result.output = str(target)
+    result.output = str(output if output is not None else source)
     if output is None and result.already_prepared:
         return result
     _write_atomically(target, data, source.stat().st_mode & 0o7777)
@@ -190,42 +192,16 @@ def prepare(elf: ElfFile, untracked: Iterable[str] = ()) -> tuple[bytes, Rewrite
     if is_prepared(elf):
         result.already_prepared = True
         return elf.data, result
-    return _Rewriter(elf, set(DEFAULT_UNTRACKED) | set(untracked), result).build(), result
+    try:
+        return _Rewriter(elf, set(DEFAULT_UNTRACKED) | set(untracked), result).build(), result
+    except (struct.error, IndexError) as exc:
+        # A table whose counts disagree with its size: the headers said nothing wrong, but
+        # the contents do not add up.
+        raise ElfError(f"{elf.name}: corrupt ELF file ({exc})") from None
 
 
 def _align(value: int, alignment: int) -> int:
     return (value + alignment - 1) & -alignment
-
-
-def gnu_hash_shift(table: bytes, position: int) -> bytes:
-    """`.gnu.hash` after inserting an unhashed symbol at index `position` (== symoffset)."""
-    nbuckets, symoffset, bloom_size, bloom_shift = struct.unpack_from("<IIII", table)
-    buckets_at = 16 + 8 * bloom_size
-    buckets = struct.unpack_from(f"<{nbuckets}I", table, buckets_at)
-    shifted = [b + 1 if b >= position else b for b in buckets]
-    return (
-        struct.pack("<IIII", nbuckets, symoffset + 1, bloom_size, bloom_shift)
-        + table[16:buckets_at]
-        + struct.pack(f"<{nbuckets}I", *shifted)
-        + table[buckets_at + 4 * nbuckets :]
-    )
-
-
-def sysv_hash_insert(table: bytes, position: int, name: bytes) -> bytes:
-    """SysV `.hash` after inserting symbol `name` at index `position`: every index at or above
-    it moves up by one, and the new symbol heads its bucket's chain (as GNU ld would list it)."""
-    nbucket, nchain = struct.unpack_from("<II", table)
-    words = struct.unpack_from(f"<{nbucket + nchain}I", table, 8)
-    moved = [w + 1 if w >= position else w for w in words]
-    buckets, chain = moved[:nbucket], moved[nbucket:]
-    h = 0
-    for c in name:
-        h = ((h << 4) + c) & 0xFFFFFFFF
-        h ^= (h >> 24) & 0xF0
-    slot = (h & 0x0FFFFFFF) % nbucket
-    chain.insert(position, buckets[slot])
-    buckets[slot] = position
-    return struct.pack(f"<II{nbucket + nchain + 1}I", nbucket, nchain + 1, *buckets, *chain)
 
 
 @dataclass(frozen=True)
