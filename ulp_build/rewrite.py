@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ulp_build import codegen, padding
+from ulp_build import codegen, padding, symhash
 from ulp_build.elf import (
     DT_GNU_HASH,
     DT_HASH,
@@ -143,6 +143,11 @@ def check_input(elf: ElfFile) -> None:
         raise ElfError(f"{name}: no section headers (sstrip'ed?); rebuild or strip with strip")
     if all(s.shndx == SHN_UNDEF for s in elf.dynamic_symbols):
         raise ElfError(f"{name}: no dynamic symbols (the library exports nothing)")
+    for sec in elf.sections:
+        if sec.type in (SHT_HASH, SHT_GNU_HASH) and not symhash.fits(
+            elf.section_data(sec), sec.type == SHT_GNU_HASH
+        ):
+            raise ElfError(f"{name}: corrupt ELF file ({sec.name} is larger than its section)")
 
 
 def rewrite(

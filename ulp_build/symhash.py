@@ -11,6 +11,19 @@ from __future__ import annotations
 import struct
 
 
+def fits(table: bytes, gnu: bool) -> bool:
+    """Whether the counts in a hash table's header fit in the table's size."""
+    if gnu:
+        if len(table) < 16:
+            return False
+        nbuckets, _symoffset, bloom_size, _shift = struct.unpack_from("<IIII", table)
+        return 16 + 8 * bloom_size + 4 * nbuckets <= len(table)
+    if len(table) < 8:
+        return False
+    nbucket, nchain = struct.unpack_from("<II", table)
+    return 8 + 4 * (nbucket + nchain) <= len(table) and nbucket > 0
+
+
 def gnu_hash_shift(table: bytes, position: int) -> bytes:
     """`.gnu.hash` after inserting an unhashed symbol at index `position` (== symoffset)."""
     nbuckets, symoffset, bloom_size, bloom_shift = struct.unpack_from("<IIII", table)
