@@ -521,7 +521,8 @@ class ElfFile:
 
     # -- notes -----------------------------------------------------------------------------
 
-    def _notes(self) -> list[tuple[str, int, bytes]]:
+    def _notes(self) -> list[tuple[str, int, bytes, int]]:
+        """(owner, type, descriptor bytes, descriptor's link-time address) of every note."""
         out = []
         for seg in self.segments:
             if seg.type != PT_NOTE:
@@ -541,6 +542,7 @@ class ElfFile:
                         blob[pos + 12 : name_end].rstrip(b"\0").decode("ascii", "replace"),
                         ntype,
                         blob[desc : desc + descsz],
+                        seg.vaddr + desc,
                     )
                 )
                 pos = _align(desc + descsz, align)
@@ -548,15 +550,21 @@ class ElfFile:
 
     @cached_property
     def build_id(self) -> str | None:
-        for owner, ntype, desc in self._notes():
+        found = self.build_id_note
+        return None if found is None else found[0].hex()
+
+    @cached_property
+    def build_id_note(self) -> tuple[bytes, int] | None:
+        """The build-id bytes and their link-time address."""
+        for owner, ntype, desc, addr in self._notes():
             if owner == "GNU" and ntype == NT_GNU_BUILD_ID:
-                return desc.hex()
+                return desc, addr
         return None
 
     @cached_property
     def uses_ibt(self) -> bool:
         """Whether the file is marked for Intel IBT (built with -fcf-protection=branch/full)."""
-        for owner, ntype, desc in self._notes():
+        for owner, ntype, desc, _addr in self._notes():
             if owner != "GNU" or ntype != NT_GNU_PROPERTY_TYPE_0:
                 continue
             pos = 0

@@ -5,7 +5,7 @@ Layout of `.ulp.data` (writable, one per library):
 
     +0   runtime slot: GOT entry of the weak undefined RUNTIME_SYMBOL (0 without the runtime)
     +8   descriptor (DESCRIPTOR, below): the pointer ulp_entry hands the runtime in %r11
-    +56  one 8-byte slot per IFUNC: the implementation its original resolver chose
+    +72  one 8-byte slot per IFUNC: the implementation its original resolver chose
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ DESCRIPTOR_VERSION = 1
 DESCRIPTOR_FLAG_IBT = 1
 # magic, version, flags, link-time address of the descriptor itself (so the runtime gets the
 # load base by one subtraction), runtime-private word (0 in the file), trampolines' link-time
-# address, trampoline count, trampoline size.
-DESCRIPTOR = struct.Struct("<8sIIQQQII")
+# address, trampoline count, trampoline size, link-time address and size of the build-id bytes
+# (so the runtime reports the build-id without parsing headers), reserved.
+DESCRIPTOR = struct.Struct("<8sIIQQQIIQII")
 IFUNC_SLOTS_OFFSET = DESCRIPTOR_OFFSET + DESCRIPTOR.size
 
 # The compiler flags a library needs: 14 bytes of padding before each entry for the universe

@@ -423,6 +423,8 @@ class _Rewriter:
         """The RW segment: runtime slot (0 until relocated), descriptor, IFUNC slots."""
         data = bytearray(lay.w_size)
         flags = DESCRIPTOR_FLAG_IBT if self.ibt else 0
+        note = self.elf.build_id_note
+        build_id, build_id_addr = note if note is not None else (b"", 0)
         DESCRIPTOR.pack_into(
             data,
             DESCRIPTOR_OFFSET,
@@ -434,6 +436,9 @@ class _Rewriter:
             lay.x_va,
             ntrampolines,
             codegen.trampoline_size(self.ibt),
+            build_id_addr,
+            len(build_id),
+            0,
         )
         return bytes(data)
 

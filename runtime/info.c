@@ -1,0 +1,84 @@
+/*
+ * The runtime's one exported data symbol, `ulp_runtime`: a versioned header from which the
+ * trigger (reading /proc/PID/mem from outside) finds the global universe, the prepared
+ * libraries and the live threads with their per-library depth and universe. And the
+ * constructor that makes the runtime ready.
+ */
+#define _GNU_SOURCE
+#include <cpuid.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#include "ulp.h"
+
+/* Universes start at 1, so 0 in a thread's record means "never entered". */
+__attribute__((visibility("hidden"))) _Atomic uint64_t ulp_universe = 1;
+__attribute__((visibility("hidden"))) _Atomic int ulp_ready;
+__attribute__((visibility("hidden"))) uint64_t ulp_xsave_size;
+
+struct ulp_runtime_info {
+    char magic[8];                      /* "ULPRUN\0\0" */
+    uint32_t version;                   /* 1 */
+    uint32_t size;                      /* of this header */
+    _Atomic uint64_t *universe;
+    struct ulp_library *libraries;      /* [max_libraries], the first *library_count valid */
+    _Atomic uint32_t *library_count;
+    uint32_t max_libraries;
+    uint32_t library_size;              /* sizeof(struct ulp_library) */
+    _Atomic(struct ulp_thread *) *threads; /* list head; entries with tid 0 are free */
+    uint32_t thread_libs_offset;        /* offsetof(struct ulp_thread, libs) */
+    uint32_t thread_lib_size;           /* sizeof(struct ulp_thread_lib) */
+    uint32_t thread_next_offset;
+    uint32_t thread_tid_offset;
+    uint32_t thread_top_offset;
+    uint32_t thread_base_offset;
+    uint32_t frame_size;
+    uint32_t reserved;
+};
+
+ULP_EXPORT const struct ulp_runtime_info ulp_runtime = {
+    .magic = {'U', 'L', 'P', 'R', 'U', 'N', 0, 0},
+    .version = 1,
+    .size = sizeof(struct ulp_runtime_info),
+    .universe = &ulp_universe,
+    .libraries = ulp_libraries,
+    .library_count = &ulp_library_count,
+    .max_libraries = ULP_MAX_LIBRARIES,
+    .library_size = sizeof(struct ulp_library),
+    .threads = &ulp_threads,
+    .thread_libs_offset = offsetof(struct ulp_thread, libs),
+    .thread_lib_size = sizeof(struct ulp_thread_lib),
+    .thread_next_offset = offsetof(struct ulp_thread, next),
+    .thread_tid_offset = offsetof(struct ulp_thread, tid),
+    .thread_top_offset = offsetof(struct ulp_thread, top),
+    .thread_base_offset = offsetof(struct ulp_thread, base),
+    .frame_size = sizeof(struct ulp_frame),
+};
+
+_Static_assert(offsetof(struct ulp_frame, sp) == ULP_FRAME_SP, "track.S");
+_Static_assert(offsetof(struct ulp_frame, ret) == ULP_FRAME_RET, "track.S");
+_Static_assert(offsetof(struct ulp_frame, rbx) == ULP_FRAME_RBX, "track.S");
+_Static_assert(offsetof(struct ulp_frame, lib) == ULP_FRAME_LIB, "track.S");
+_Static_assert(sizeof(struct ulp_frame) == ULP_FRAME_SIZE, "track.S");
+_Static_assert(offsetof(struct ulp_thread, top) == ULP_THREAD_TOP, "track.S");
+_Static_assert(offsetof(struct ulp_thread, end) == ULP_THREAD_END, "track.S");
+_Static_assert(offsetof(struct ulp_thread, libs) == ULP_THREAD_LIBS, "track.S");
+_Static_assert(sizeof(struct ulp_thread_lib) == ULP_THREAD_LIB_SIZE, "track.S");
+_Static_assert(offsetof(struct ulp_thread_lib, depth) == ULP_LIB_DEPTH, "track.S");
+_Static_assert(offsetof(struct ulp_thread_lib, universe) == ULP_LIB_UNIVERSE, "track.S");
+_Static_assert(offsetof(struct ulp_descriptor, runtime_private) == ULP_DESC_PRIVATE, "track.S");
+
+__attribute__((constructor)) static void ulp_start(void)
+{
+    unsigned eax, ebx, ecx, edx;
+    /* The slow paths save the whole extended state with XSAVE: its size for the features
+     * the kernel enabled is CPUID leaf 0xD, sub-leaf 0, EBX. Without XSAVE, stay untracked. */
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !(ecx & bit_OSXSAVE)) {
+        fputs("libulp: no XSAVE support; entry tracking disabled\n", stderr);
+        return;
+    }
+    __cpuid_count(0xD, 0, eax, ebx, ecx, edx);
+    ulp_xsave_size = (ebx + 63) & ~(uint64_t)63;
+    ulp_threads_init();
+    atomic_store(&ulp_ready, 1);
+}

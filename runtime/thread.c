@@ -1,0 +1,104 @@
+/*
+ * Per-thread state: the shadow stack of tracked entries and, per prepared library, a depth and
+ * a universe. Created on a thread's first tracked call (which may happen inside a signal
+ * handler, so only mmap, no malloc), listed in a registry the trigger reads from outside, and
+ * recycled when the thread exits.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "ulp.h"
+
+_Atomic(struct ulp_thread *) ulp_threads;
+__thread struct ulp_thread *ulp_self __attribute__((tls_model("initial-exec")));
+
+static pthread_key_t exit_key;
+
+static struct ulp_thread *claim_free(pid_t tid)
+{
+    for (struct ulp_thread *t = atomic_load(&ulp_threads); t; t = t->next) {
+        int32_t free_tid = 0;
+        if (atomic_compare_exchange_strong(&t->tid, &free_tid, tid))
+            return t;
+    }
+    return NULL;
+}
+
+static struct ulp_thread *create(pid_t tid)
+{
+    struct ulp_thread *t = mmap(NULL, sizeof *t, PROT_READ | PROT_WRITE,
+                                MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (t == MAP_FAILED)
+        return NULL;
+    /* Reserved, not committed: pages appear as the shadow stack deepens. */
+    struct ulp_frame *shadow = mmap(NULL, (ULP_SHADOW_FRAMES + 1) * sizeof *shadow,
+                                    PROT_READ | PROT_WRITE,
+                                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (shadow == MAP_FAILED) {
+        munmap(t, sizeof *t);
+        return NULL;
+    }
+    /* A guard frame below the first one: the prune check reads top[-1] and must never prune it. */
+    shadow[0].sp = UINTPTR_MAX;
+    t->base = shadow + 1;
+    t->end = t->base + ULP_SHADOW_FRAMES;
+    atomic_store(&t->tid, tid);
+    struct ulp_thread *head = atomic_load(&ulp_threads);
+    do
+        t->next = head;
+    while (!atomic_compare_exchange_weak(&ulp_threads, &head, t));
+    return t;
+}
+
+/* Called by track.S (through ulp_preserving_call) on a thread's first tracked call. */
+__attribute__((visibility("hidden"))) int ulp_thread_start(void)
+{
+    pid_t tid = gettid();
+    struct ulp_thread *t = claim_free(tid);
+    if (!t) {
+        t = create(tid);
+        if (!t)
+            return 0;
+    }
+    for (unsigned i = 0; i < ULP_MAX_LIBRARIES; i++) {
+        t->libs[i].depth = 0;
+        t->libs[i].universe = 0;
+    }
+    t->top = t->base;
+    ulp_self = t;
+    pthread_setspecific(exit_key, t);
+    return 1;
+}
+
+static void thread_exit(void *arg)
+{
+    struct ulp_thread *t = arg;
+    /* Still inside a tracked call (a destructor called from one): look again in the next
+     * round of key destructors. */
+    if (t->top != t->base) {
+        pthread_setspecific(exit_key, t);
+        return;
+    }
+    ulp_self = NULL;
+    atomic_store(&t->tid, 0);
+}
+
+/* In a fork child only the forking thread exists: free everybody else's state. */
+static void after_fork_in_child(void)
+{
+    for (struct ulp_thread *t = atomic_load(&ulp_threads); t; t = t->next) {
+        if (t == ulp_self)
+            atomic_store(&t->tid, gettid());
+        else
+            atomic_store(&t->tid, 0);
+    }
+}
+
+void ulp_threads_init(void)
+{
+    pthread_key_create(&exit_key, thread_exit);
+    pthread_atfork(NULL, NULL, after_fork_in_child);
+}

@@ -1,0 +1,246 @@
+/*
+ * Entry tracking: the routine every tracked call of a prepared library goes through.
+ *
+ * A prepared library's ulp_entry jumps here with
+ *     (%rsp)   the function's real entry       (pushed by its trampoline)
+ *     8(%rsp)  the caller's return address R   (at address A)
+ *     %r11     the library's descriptor
+ * and every argument register, %rax (%al counts vector registers of variadic calls), the stack
+ * arguments above A and the caller's red zone still untouched. %r10 and %r11 are the only
+ * registers the ABI lets us clobber here.
+ *
+ * The routine pushes a shadow frame (R, the caller's %rbx, the library), points %rbx at it and
+ * calls the real entry, so the function returns into ulp_return right after that call, which
+ * pops the frame and returns to R. While the function runs, %rbx (callee-saved, so every frame
+ * below restores it for the unwinder) is how the CFI below describes the caller's frame: the
+ * return address and the caller's %rbx are read from the shadow frame through DW_OP_breg3.
+ * That is what keeps C++ exceptions, pthread_cancel, backtrace() and gdb working through a
+ * tracked call: the unwinder walks from the function to ulp_return's row and on to the caller.
+ */
+#include "ulp.h"
+
+#define DW_CFA_expression 0x10
+#define DW_CFA_val_expression 0x16
+#define DW_OP_breg3 0x73   /* %rbx */
+#define DW_OP_breg7 0x77   /* %rsp */
+#define DW_OP_breg11 0x7b  /* %r11 */
+#define REG_RBX 3
+#define REG_RSP 7
+#define REG_RA 16
+
+        .hidden ulp_universe
+        .hidden ulp_ready
+        .hidden ulp_xsave_size
+        .hidden ulp_thread_start
+        .hidden ulp_library_register
+        .hidden ulp_prune
+        .hidden ulp_discard_above
+
+        .text
+        .globl  ulp_track
+        .type   ulp_track, @function
+        .p2align 4
+ulp_track:
+        .cfi_startproc
+        /* The caller's frame: its CFA is 16 above us, past the real entry and R. */
+        .cfi_def_cfa_offset 16
+        endbr64
+        pushq   %rbx
+        .cfi_adjust_cfa_offset 8
+        .cfi_rel_offset %rbx, 0
+.Lretry:
+        movq    ulp_self@gottpoff(%rip), %r10
+        movq    %fs:(%r10), %r10
+        testq   %r10, %r10
+        jz      .Lnew_thread
+        movq    ULP_DESC_PRIVATE(%r11), %rbx    /* offset of this library in thread->libs */
+        testq   %rbx, %rbx
+        jz      .Lnew_library
+        movq    ULP_THREAD_TOP(%r10), %r11
+        cmpq    ULP_THREAD_END(%r10), %r11
+        jae     .Luntracked
+        /* A frame whose return slot is not above ours was left by longjmp, an exception or
+         * cancellation without returning through ulp_return: prune it (in C, rarely). */
+        cmpq    %rsp, ULP_FRAME_SP - ULP_FRAME_SIZE(%r11)
+        jbe     .Lprune
+.Lreserve:
+        /* Write sp, reserve the frame, write sp again: a signal handler entering a tracked call
+         * between any two of these sees a free slot, or a reserved one with a correct sp. */
+        movq    %rsp, ULP_FRAME_SP(%r11)
+        addq    $ULP_FRAME_SIZE, ULP_THREAD_TOP(%r10)
+        movq    %rsp, ULP_FRAME_SP(%r11)
+        addq    %r10, %rbx                      /* %rbx = &thread->libs[library] */
+        cmpl    $0, ULP_LIB_DEPTH(%rbx)
+        jne     1f
+        /* First entry into this library: from now until the thread leaves it, it sees the
+         * function versions of the universe current at this moment. */
+        movq    ulp_universe(%rip), %r10
+        movq    %r10, ULP_LIB_UNIVERSE(%rbx)
+1:      incl    ULP_LIB_DEPTH(%rbx)
+        movq    %rbx, ULP_FRAME_LIB(%r11)
+        .cfi_remember_state
+        popq    ULP_FRAME_RBX(%r11)
+        .cfi_adjust_cfa_offset -8
+        .cfi_escape DW_CFA_expression, REG_RBX, 2, DW_OP_breg11, ULP_FRAME_RBX
+        popq    %r10                            /* the real entry */
+        .cfi_adjust_cfa_offset -8
+        popq    ULP_FRAME_RET(%r11)             /* R: %rsp is now A + 8, as after a return */
+        /* From here to the return our frame has no size: %rsp is the caller's. Unwinders tell
+         * frames apart by CFA, and ours would equal the function's, so it is declared 4
+         * bytes up (between the function's A + 8 and any caller's, at least A + 24), and the
+         * caller's %rsp is given as a value rule instead of being taken from the CFA. */
+        .cfi_def_cfa_offset 4
+        .cfi_escape DW_CFA_val_expression, REG_RSP, 2, DW_OP_breg7, 0
+        .cfi_escape DW_CFA_expression, REG_RA, 2, DW_OP_breg11, ULP_FRAME_RET
+        movq    %r11, %rbx
+        .cfi_escape DW_CFA_expression, REG_RBX, 2, DW_OP_breg3, ULP_FRAME_RBX
+        .cfi_escape DW_CFA_expression, REG_RA, 2, DW_OP_breg3, ULP_FRAME_RET
+        /* The call pushes ulp_return at A: the function sees its arguments exactly where the
+         * caller put them, and the stack alignment of a direct call. */
+        call    *%r10
+
+        /* The function returned: %rbx is the frame again; %rax, %rdx, %xmm0, %xmm1, %st0 and
+         * %st1 hold its result; the other caller-saved registers are free. */
+        .globl  ulp_return
+        .hidden ulp_return
+ulp_return:
+        movq    ulp_self@gottpoff(%rip), %rcx
+        movq    %fs:(%rcx), %rcx
+        leaq    ULP_FRAME_SIZE(%rbx), %rsi
+        cmpq    %rsi, ULP_THREAD_TOP(%rcx)
+        jne     .Ldiscard
+.Lreturn:
+        .cfi_remember_state
+        /* Everything is read out of the frame before it is released: once released, a
+         * signal handler's tracked call may reuse it. */
+        movq    ULP_FRAME_RET(%rbx), %rsi
+        .cfi_register REG_RA, %rsi
+        movq    ULP_FRAME_LIB(%rbx), %rdi
+        movq    ULP_FRAME_RBX(%rbx), %r8
+        .cfi_register %rbx, %r8
+        movq    %rbx, ULP_THREAD_TOP(%rcx)
+        decl    ULP_LIB_DEPTH(%rdi)
+        movq    %r8, %rbx
+        .cfi_restore %rbx
+        /* push + ret, not jmp: the caller's call left R on the CPU's return stack buffer, and
+         * this ret consumes it, so returns in the caller stay predicted. */
+        pushq   %rsi
+        .cfi_def_cfa_offset 8
+        .cfi_restore REG_RSP
+        .cfi_offset REG_RA, -8
+        ret
+
+        .cfi_restore_state
+.Ldiscard:
+        /* Frames above ours were abandoned by a longjmp or exception that stopped inside
+         * the function: drop them before returning. */
+        movq    %rcx, %r11
+        leaq    ulp_discard_above(%rip), %r10
+        call    ulp_preserving_call
+        movq    ulp_self@gottpoff(%rip), %rcx
+        movq    %fs:(%rcx), %rcx
+        jmp     .Lreturn
+
+        .cfi_restore_state
+.Lprune:
+        movq    %r10, %r11
+        leaq    ulp_prune(%rip), %r10
+        call    ulp_preserving_call
+        movq    ulp_self@gottpoff(%rip), %r10
+        movq    %fs:(%r10), %r10
+        movq    ULP_THREAD_TOP(%r10), %r11
+        jmp     .Lreserve
+
+.Lnew_thread:
+        /* Calls made before the runtime's constructor finished run untracked. */
+        cmpl    $0, ulp_ready(%rip)
+        je      .Luntracked
+        leaq    ulp_thread_start(%rip), %r10
+        call    ulp_preserving_call
+        testq   %r10, %r10
+        jz      .Luntracked
+        jmp     .Lretry
+
+.Lnew_library:
+        leaq    ulp_library_register(%rip), %r10
+        call    ulp_preserving_call
+        testq   %r10, %r10
+        jz      .Luntracked
+        jmp     .Lretry
+
+.Luntracked:
+        /* No thread state, no room, or an unknown library: behave as if no runtime were
+         * loaded. The function returns straight to the caller. */
+        popq    %rbx
+        .cfi_adjust_cfa_offset -8
+        .cfi_restore %rbx
+        popq    %r11
+        .cfi_adjust_cfa_offset -8
+        jmp     *%r11
+        .cfi_endproc
+        .size   ulp_track, .-ulp_track
+
+
+/*
+ * ulp_preserving_call: call the C function in %r10 as f(%r11, %rbx, sp), where sp is %rsp at
+ * the call to this routine, keeping every register (but %r10, which gets the result) and the
+ * whole vector and x87 state (XSAVE), because the slow paths run in the middle of somebody
+ * else's call.
+ */
+        .type   ulp_preserving_call, @function
+        .p2align 4
+ulp_preserving_call:
+        .cfi_startproc
+        pushq   %rbp
+        .cfi_adjust_cfa_offset 8
+        .cfi_rel_offset %rbp, 0
+        movq    %rsp, %rbp
+        .cfi_def_cfa_register %rbp
+        pushq   %rax
+        pushq   %rcx
+        pushq   %rdx
+        pushq   %rsi
+        pushq   %rdi
+        pushq   %r8
+        pushq   %r9
+        pushq   %r11
+        andq    $-64, %rsp
+        subq    ulp_xsave_size(%rip), %rsp
+        /* XRSTOR faults unless the XSAVE header's reserved bytes are zero; XSAVE leaves them. */
+        xorl    %eax, %eax
+        movq    %rax, 512(%rsp)
+        movq    %rax, 520(%rsp)
+        movq    %rax, 528(%rsp)
+        movq    %rax, 536(%rsp)
+        movq    %rax, 544(%rsp)
+        movq    %rax, 552(%rsp)
+        movq    %rax, 560(%rsp)
+        movq    %rax, 568(%rsp)
+        movl    $-1, %eax
+        movl    $-1, %edx
+        xsave   (%rsp)
+        movq    %r11, %rdi
+        movq    %rbx, %rsi
+        leaq    16(%rbp), %rdx
+        call    *%r10
+        movq    %rax, %r10
+        movl    $-1, %eax
+        movl    $-1, %edx
+        xrstor  (%rsp)
+        leaq    -64(%rbp), %rsp
+        popq    %r11
+        popq    %r9
+        popq    %r8
+        popq    %rdi
+        popq    %rsi
+        popq    %rdx
+        popq    %rcx
+        popq    %rax
+        popq    %rbp
+        .cfi_def_cfa %rsp, 8
+        .cfi_restore %rbp
+        ret
+        .cfi_endproc
+        .size   ulp_preserving_call, .-ulp_preserving_call
+
+        .section .note.GNU-stack, "", @progbits

@@ -1,0 +1,113 @@
+/*
+ * libulp.so: the run-time half of ulp_build. Shared by the C files and track.S.
+ *
+ * Layouts here are read by assembly (the offsets below), by the trigger from outside the
+ * process (through the introspection structure, see info.c), and by prepared libraries (the
+ * descriptor, written by ulp_build/prepared.py). Change them together.
+ */
+#ifndef ULP_H
+#define ULP_H
+
+/* ---- offsets used by track.S ---------------------------------------------------------- */
+
+#define ULP_FRAME_SP 0       /* %rsp inside ulp_track after `push %rbx`: return slot - 16 */
+#define ULP_FRAME_RET 8      /* the caller's return address, taken off the stack */
+#define ULP_FRAME_RBX 16     /* the caller's %rbx; %rbx points at the frame meanwhile */
+#define ULP_FRAME_LIB 24     /* this thread's record of the library entered */
+#define ULP_FRAME_SIZE 32
+
+#define ULP_THREAD_TOP 0     /* next free shadow frame */
+#define ULP_THREAD_END 8     /* first frame past the shadow stack */
+#define ULP_THREAD_LIBS 64   /* struct ulp_thread_lib libs[] */
+#define ULP_THREAD_LIB_SIZE 16
+
+#define ULP_LIB_DEPTH 0
+#define ULP_LIB_UNIVERSE 8
+
+#define ULP_DESC_PRIVATE 24  /* descriptor word the runtime owns: this library's libs[] offset */
+
+#ifndef __ASSEMBLER__
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define ULP_EXPORT __attribute__((visibility("default")))
+#define ULP_MAX_LIBRARIES 1024
+/* Shadow frames reserved (not committed) per thread: deeper than any real stack can recurse
+ * through tracked entries; past it, entries run untracked rather than fail. */
+#define ULP_SHADOW_FRAMES (1u << 20)
+
+/* The descriptor a prepared library keeps in .ulp.data (ulp_build/prepared.py). */
+struct ulp_descriptor {
+    char magic[8];                  /* "ULPLIB\0\0" */
+    uint32_t version;               /* 1 */
+    uint32_t flags;                 /* bit 0: IBT */
+    uint64_t link_address;          /* load base = &descriptor - link_address */
+    _Atomic uint64_t runtime_private;
+    uint64_t trampolines;
+    uint32_t trampoline_count;
+    uint32_t trampoline_size;
+    uint64_t build_id;              /* link-time address of the build-id bytes, or 0 */
+    uint32_t build_id_size;
+    uint32_t reserved;
+};
+
+/* One tracked entry that has not returned yet. */
+struct ulp_frame {
+    uintptr_t sp;
+    uintptr_t ret;
+    uintptr_t rbx;
+    struct ulp_thread_lib *lib;
+};
+
+/* A thread's state for one prepared library. */
+struct ulp_thread_lib {
+    uint32_t depth;                 /* tracked entries of this library not yet returned */
+    uint32_t reserved;
+    uint64_t universe;              /* synced to the global universe on entry at depth 0 */
+};
+
+struct ulp_thread {
+    struct ulp_frame *top;
+    struct ulp_frame *end;
+    struct ulp_frame *base;
+    struct ulp_thread *next;        /* registry, newest first; entries are reused, never freed */
+    _Atomic int32_t tid;            /* 0: free for the next new thread */
+    uint32_t reserved;
+    uint64_t padding[3];
+    struct ulp_thread_lib libs[ULP_MAX_LIBRARIES];
+};
+
+struct ulp_library {
+    const struct ulp_descriptor *descriptor;
+    uintptr_t base;
+    uint32_t build_id_size;
+    uint8_t build_id[32];
+    char name[256];
+};
+
+/* track.S */
+void ulp_track(void);
+
+/* thread.c */
+extern _Atomic(struct ulp_thread *) ulp_threads;
+extern __thread struct ulp_thread *ulp_self;
+int ulp_thread_start(void);
+void ulp_threads_init(void);
+
+/* shadow.c */
+void ulp_prune(struct ulp_thread *thread, uintptr_t unused, uintptr_t sp);
+void ulp_discard_above(struct ulp_thread *thread, struct ulp_frame *frame);
+
+/* library.c */
+extern struct ulp_library ulp_libraries[ULP_MAX_LIBRARIES];
+extern _Atomic uint32_t ulp_library_count;
+uint64_t ulp_library_register(struct ulp_descriptor *descriptor);
+
+/* info.c */
+extern _Atomic uint64_t ulp_universe;
+extern _Atomic int ulp_ready;
+
+#endif /* __ASSEMBLER__ */
+#endif /* ULP_H */
