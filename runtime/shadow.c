@@ -35,14 +35,18 @@ __attribute__((visibility("hidden"))) void ulp_prune(struct ulp_thread *t, uintp
     uintptr_t lo = have_alt ? (uintptr_t)alt.ss_sp : 0;
     uintptr_t hi = have_alt ? lo + alt.ss_size : 0;
 
+    /* At the same return slot a frame is live only if this is a tail call from it: then the
+     * caller's %rbx (saved at sp by ulp_track) still points at that frame. */
+    uintptr_t caller_rbx = *(const uintptr_t *)sp;
     while (t->top > t->base) {
         struct ulp_frame *f = t->top - 1;
         bool f_on_alt = have_alt && f->sp >= lo && f->sp < hi;
+        bool below = f->sp < sp || (f->sp == sp && caller_rbx != (uintptr_t)f);
         bool gone;
         if (on_alt)
-            gone = f_on_alt && f->sp <= sp;
+            gone = f_on_alt && below;
         else
-            gone = f_on_alt || f->sp <= sp;
+            gone = f_on_alt || below;
         if (!gone)
             break;
         pop(t);

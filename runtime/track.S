@@ -62,7 +62,7 @@ ulp_track:
         /* A frame whose return slot is not above ours was left by longjmp, an exception or
          * cancellation without returning through ulp_return: prune it (in C, rarely). */
         cmpq    %rsp, ULP_FRAME_SP - ULP_FRAME_SIZE(%r11)
-        jbe     .Lprune
+        jbe     .Lsame_or_below
 .Lreserve:
         /* Write sp, reserve the frame, write sp again: a signal handler entering a tracked call
          * between any two of these sees a free slot, or a reserved one with a correct sp. */
@@ -142,6 +142,14 @@ ulp_return:
         jmp     .Lreturn
 
         .cfi_restore_state
+.Lsame_or_below:
+        jb      .Lprune
+        /* The same return slot: a tail call (through the PLT) from the tracked function on
+         * top, which is still live: its %rbx, still pointing at its frame, is the caller's. */
+        subq    $ULP_FRAME_SIZE, %r11
+        cmpq    %r11, (%rsp)
+        leaq    ULP_FRAME_SIZE(%r11), %r11      /* lea keeps the flags of the cmp */
+        je      .Lreserve
 .Lprune:
         movq    %r10, %r11
         leaq    ulp_prune(%rip), %r10

@@ -24,6 +24,7 @@ class Sample:
     test: Path
     cflags: list[str] = field(default_factory=list)
     ldflags: list[str] = field(default_factory=list)
+    test_ldflags: list[str] = field(default_factory=list)
 
     @property
     def cxx(self) -> bool:
@@ -48,6 +49,7 @@ def load() -> dict[str, Sample]:
             test=ROOT / spec["test"],
             cflags=spec.get("cflags", []),
             ldflags=[_rooted(f) for f in spec.get("ldflags", [])],
+            test_ldflags=spec.get("test_ldflags", []),
         )
         for name, spec in table.items()
     }
@@ -105,6 +107,7 @@ def build_test(sample: Sample, outdir: Path, libdir: Path, dlopen: bool) -> Path
             str(out),
             str(sample.test),
             *link,
+            *sample.test_ldflags,
         ]
     )
     return out

@@ -77,3 +77,16 @@ def system_libc() -> str:
     if not os.path.isabs(path):
         path = "/lib/x86_64-linux-gnu/libc.so.6"
     return os.path.realpath(path)
+
+
+@pytest.fixture(scope="session")
+def runtime(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """libulp.so built from this source tree with the project's own Meson build, and named
+    in ULP_RUNTIME so that `ulp run` and the tests use it."""
+    build = tmp_path_factory.mktemp("meson-build")
+    for cmd in (["meson", "setup", str(build), str(REPO)], ["meson", "compile", "-C", str(build)]):
+        result = run(cmd, timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
+    path = build / "runtime" / "libulp.so"
+    os.environ["ULP_RUNTIME"] = str(path)
+    return path

@@ -44,21 +44,23 @@ def zlib_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tree
 
 
-def test_zlib_make_test_with_prepared_library(zlib_build: Path) -> None:
+@pytest.fixture(scope="module")
+def prepared_zlib(zlib_build: Path) -> Path:
     (lib,) = [p for p in zlib_build.glob("libz.so.*.*") if not p.is_symlink()]
-    raw = ElfFile.load(lib)
-    assert raw.section("__patchable_function_entries") is not None
+    assert ElfFile.load(lib).section("__patchable_function_entries") is not None
     result = ulp("rewrite", str(lib))
     assert result.returncode == 0, result.stderr
     report = check(ElfFile.load(lib))
     assert report.usable and report.trampolines > 80 and report.patchable > 80
     assert report.tracked_not_patchable == []
+    return lib
 
-    result = run(["make", "test"], cwd=zlib_build, timeout=600)
+
+def _make_test(zlib_build: Path, lib: Path, env: dict[str, str]) -> None:
+    result = run(["make", "test"], cwd=zlib_build, env=env, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     for banner in ("zlib test OK", "zlib shared test OK", "zlib 64-bit test OK"):
         assert banner in result.stdout
-
     # The shared test ran against the prepared file, which make did not rebuild.
     assert ElfFile.load(lib).section(".ulp") is not None
     ldd = run(
@@ -67,3 +69,13 @@ def test_zlib_make_test_with_prepared_library(zlib_build: Path) -> None:
     )
     assert f"libz.so.1 => {zlib_build}/libz.so.1" in ldd.stdout
     assert (zlib_build / "libz.so.1").resolve() == lib.resolve()
+
+
+def test_zlib_make_test_with_prepared_library(zlib_build: Path, prepared_zlib: Path) -> None:
+    _make_test(zlib_build, prepared_zlib, dict(os.environ))
+
+
+def test_zlib_make_test_under_the_runtime(
+    zlib_build: Path, prepared_zlib: Path, runtime: Path
+) -> None:
+    _make_test(zlib_build, prepared_zlib, dict(os.environ, LD_PRELOAD=str(runtime)))

@@ -19,6 +19,7 @@ from ulp_build.elf import ElfFile
 from ulp_build.errors import UlpError
 from ulp_build.prepared import CFLAGS
 from ulp_build.rewrite import RewriteResult, rewrite
+from ulp_build.runtime import exec_with_runtime, runtime_path
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,6 +60,17 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cflags", help="print the compiler flags a patchable library needs")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("runtime-path", help="print the path of the installed runtime libulp.so")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser(
+        "run",
+        help="run a program with the runtime preloaded",
+        description="Execute PROG with libulp.so added in front of LD_PRELOAD"
+        " (anything already preloaded stays).",
+    )
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- PROG ARGS")
     return parser
 
 
@@ -134,4 +146,24 @@ def _cmd_cflags(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"rewrite": _cmd_rewrite, "check": _cmd_check, "cflags": _cmd_cflags}
+def _cmd_runtime_path(args: argparse.Namespace) -> int:
+    path = str(runtime_path())
+    _emit(args, path, path)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        print("ulp run: no program given (ulp run -- PROG ARGS)", file=sys.stderr)
+        return 2
+    exec_with_runtime(argv)
+
+
+_COMMANDS = {
+    "rewrite": _cmd_rewrite,
+    "check": _cmd_check,
+    "cflags": _cmd_cflags,
+    "runtime-path": _cmd_runtime_path,
+    "run": _cmd_run,
+}

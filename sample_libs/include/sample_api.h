@@ -40,10 +40,12 @@ static void *sample_symbol(const char *name, const char *version)
 }
 
 #define SAMPLE_OPEN(argc, argv) sample_open(argc, argv)
+#define SAMPLE_FIRST_ARG 2 /* argv[1] is the library */
 #define SAMPLE_GET(name) ((__typeof__(&name))sample_symbol(#name, NULL))
 #define SAMPLE_GET_SYMBOL(decl, symbol, version) ((__typeof__(&decl))sample_symbol(symbol, version))
 #else
 #define SAMPLE_OPEN(argc, argv) ((void)(argc), (void)(argv))
+#define SAMPLE_FIRST_ARG 1
 #define SAMPLE_GET(name) (&name)
 #define SAMPLE_GET_SYMBOL(decl, symbol, version) (&decl)
 #endif

@@ -1,0 +1,257 @@
+"""The runtime on real processes: behaviour unchanged, the unwinder still walks through tracked
+calls, abandoned entries are pruned, and the introspection structure tells the truth."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import BuiltSample, run, ulp
+
+from ulp_build import runtime_info
+from ulp_build.elf import ElfFile
+
+SAMPLES = ["basic", "abi", "versioned", "ifunc", "symbolic", "cet", "cxx", "tracking"]
+
+
+def with_runtime(cmd: list[str], libdir: Path | None = None, **kwargs: object):
+    """Run through `ulp run`, exactly as a user starts a program under the runtime."""
+    env = dict(os.environ)
+    if libdir is not None:
+        env["LD_LIBRARY_PATH"] = str(libdir)
+    return ulp("run", "--", *cmd, env=env, **kwargs)
+
+
+def test_runtime_exports_only_its_symbols(runtime: Path) -> None:
+    exported = run(["nm", "-D", "--defined-only", str(runtime)]).stdout.split()[2::3]
+    assert sorted(exported) == ["ulp_runtime", "ulp_track"]
+    dynamic = run(["readelf", "-d", str(runtime)]).stdout
+    assert "TEXTREL" not in dynamic
+    imports = run(["objdump", "-T", str(runtime)]).stdout
+    assert "GLIBC_PRIVATE" not in imports
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_samples_behave_the_same_with_the_runtime(
+    built: dict[str, BuiltSample], runtime: Path, name: str
+) -> None:
+    b = built[name]
+    expected = b.run_linked(b.raw)
+    assert expected.returncode == 0
+    linked = with_runtime([str(b.linked)], b.prepared.parent)
+    dlopened = with_runtime([str(b.dlopened), str(b.prepared)])
+    assert (linked.returncode, linked.stdout) == (0, expected.stdout), linked.stderr
+    assert (dlopened.returncode, dlopened.stdout) == (0, expected.stdout), dlopened.stderr
+
+
+def test_exceptions_cross_tracked_calls(built: dict[str, BuiltSample], runtime: Path) -> None:
+    b = built["cxx"]
+    out = with_runtime([str(b.linked)], b.prepared.parent).stdout
+    assert "caught invalid_argument: negative input" in out
+    assert "caught through two library frames: negative input" in out
+    assert "rethrown across the boundary: from the callback (rethrows 1)" in out
+    assert "catch (...) works" in out
+
+
+def _tracking(built: dict[str, BuiltSample], *args: str, **kwargs: object):
+    b = built["tracking"]
+    return with_runtime([str(b.linked), *args], b.prepared.parent, **kwargs)
+
+
+def test_threads_in_parallel(built: dict[str, BuiltSample], runtime: Path) -> None:
+    result = _tracking(built, "threads")
+    assert result.returncode == 0 and "8 threads agree" in result.stdout
+
+
+def test_cancel_of_threads_blocked_inside(built: dict[str, BuiltSample], runtime: Path) -> None:
+    start = time.monotonic()
+    result = _tracking(built, "cancel", timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "cancel in read: joined",
+        "cancel in nanosleep: joined",
+        "cancel in pause: joined",
+    ]
+    assert time.monotonic() - start < 10
+
+
+def test_backtrace_reaches_main(built: dict[str, BuiltSample], runtime: Path) -> None:
+    result = _tracking(built, "backtrace")
+    assert result.returncode == 0
+    frames = result.stdout.splitlines()
+    assert "libtracking.so" in frames[0]
+    assert "ulp_track" in frames[1]
+    assert any("(main+" in f for f in frames[2:])
+
+
+def test_gdb_bt_reaches_main(built: dict[str, BuiltSample], runtime: Path) -> None:
+    b = built["tracking"]
+    script = [
+        "-batch",
+        "-ex", f"set environment LD_PRELOAD={runtime}",
+        "-ex", f"set environment LD_LIBRARY_PATH={b.prepared.parent}",
+        "-ex", "set breakpoint pending on",
+        "-ex", "break tracking_backtrace",
+        "-ex", "run",
+        "-ex", "bt",
+        "--args", str(b.linked), "backtrace",
+    ]  # fmt: skip
+    result = run(["gdb", "-q", "-nx", *script], timeout=120)
+    frames = [line for line in result.stdout.splitlines() if re.match(r"#\d+ ", line)]
+    assert frames and "tracking_backtrace" in frames[0], result.stdout + result.stderr
+    assert any("ulp_track" in f for f in frames)
+    assert "main" in frames[-1]
+
+
+@contextmanager
+def waiting(
+    built: dict[str, BuiltSample], *args: str, dlopen: bool = False
+) -> Iterator[tuple[int, list[str]]]:
+    """Start the tracking program under the runtime; once it says ready, yield its pid and
+    what it printed before."""
+    b = built["tracking"]
+    cmd = [str(b.dlopened), str(b.prepared)] if dlopen else [str(b.linked)]
+    env = dict(os.environ, LD_LIBRARY_PATH=str(b.prepared.parent))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ulp_build", "run", "--", *cmd, *args],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        printed = []
+        for line in proc.stdout:
+            if line.strip() == "ready":
+                break
+            printed.append(line.strip())
+        else:
+            pytest.fail("the program ended before it was ready")
+        yield proc.pid, printed
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+
+
+def test_longjmp_out_of_callbacks_is_pruned(built: dict[str, BuiltSample], runtime: Path) -> None:
+    with waiting(built, "longjmp", "1000") as (pid, _):
+        small = _rss_kib(pid)
+    with waiting(built, "longjmp", "100000") as (pid, printed):
+        assert printed == ["landed 100000 of 100000"]
+        state = runtime_info.read(pid)
+        lib = state.library("libtracking.so")
+        (main,) = [t for t in state.threads if t.tid == pid]
+        assert main.frames == 0
+        assert main.libraries[lib.index].depth == 0
+        # 100000 leaked shadow frames would be 3 MiB.
+        assert _rss_kib(pid) - small < 1024
+
+
+def test_tail_calls_between_tracked_functions(built: dict[str, BuiltSample], runtime: Path) -> None:
+    """tracking_tail is `jmp tracking_spin@PLT`: the second tracked entry reuses the first's
+    return slot. Neither may be pruned, and both must be popped."""
+    tail = run(["objdump", "-d", "--no-show-raw-insn", str(built["tracking"].raw)]).stdout
+    body = tail.split("<tracking_tail>:")[1].split("\n\n")[0]
+    assert "jmp" in body and "tracking_spin@plt" in body
+    with waiting(built, "tail", "10000") as (pid, printed):
+        assert printed == ["tail calls: 0 mismatches"]
+        state = runtime_info.read(pid)
+        (main,) = [t for t in state.threads if t.tid == pid]
+        assert main.frames == 0
+        assert main.libraries[state.library("libtracking.so").index].depth == 0
+
+
+def test_signal_handler_on_alternate_stack(built: dict[str, BuiltSample], runtime: Path) -> None:
+    with waiting(built, "altstack", "1000") as (pid, printed):
+        assert printed == ["altstack: 1000 returns, 1000 handler calls"]
+        state = runtime_info.read(pid)
+        (main,) = [t for t in state.threads if t.tid == pid]
+        assert main.frames == 0
+        assert main.libraries[state.library("libtracking.so").index].depth == 0
+
+
+def test_fork_child_calls_in(built: dict[str, BuiltSample], runtime: Path) -> None:
+    result = _tracking(built, "fork")
+    assert result.returncode == 0
+    child, parent = result.stdout.splitlines()
+    assert child.split(": ")[1] == parent.split(": ")[1].split(",")[0]
+
+
+def test_introspection_of_a_thread_inside(built: dict[str, BuiltSample], runtime: Path) -> None:
+    b = built["tracking"]
+    with waiting(built, "inside") as (pid, _):
+        state = runtime_info.read(pid)
+        assert Path(state.runtime) == runtime
+        assert state.universe == 1
+        lib = state.library("libtracking.so")
+        assert Path(lib.name) == b.prepared
+        assert lib.build_id == ElfFile.load(b.prepared).build_id
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert f"{lib.base:x}-" in maps
+        (main,) = [t for t in state.threads if t.tid == pid]
+        assert main.frames == 1
+        assert main.libraries[lib.index].depth == 1
+        assert main.libraries[lib.index].universe == 1
+
+
+def test_library_dlopened_after_start_is_tracked(
+    built: dict[str, BuiltSample], runtime: Path
+) -> None:
+    with waiting(built, "inside", dlopen=True) as (pid, _):
+        state = runtime_info.read(pid)
+        lib = state.library("libtracking.so")
+        (main,) = [t for t in state.threads if t.tid == pid]
+        assert main.libraries[lib.index].depth == 1
+
+
+def test_process_without_runtime_is_reported(built: dict[str, BuiltSample]) -> None:
+    b = built["tracking"]
+    proc = subprocess.Popen(
+        [str(b.linked), "inside"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, LD_LIBRARY_PATH=str(b.prepared.parent)),
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        with pytest.raises(runtime_info.UlpError, match="runtime not loaded"):
+            runtime_info.read(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_run_keeps_existing_preload(runtime: Path) -> None:
+    libm = "/lib/x86_64-linux-gnu/libm.so.6"
+    result = ulp("run", "--", "sh", "-c", "echo $LD_PRELOAD", env=dict(os.environ, LD_PRELOAD=libm))
+    assert result.stdout.strip() == f"{runtime}:{libm}"
+
+
+def test_runtime_path(runtime: Path) -> None:
+    result = ulp("runtime-path")
+    assert result.returncode == 0 and result.stdout.strip() == str(runtime)
+
+
+def test_installed_package_has_the_runtime() -> None:
+    """`pip install .` put libulp.so beside the installed package (no ULP_RUNTIME override)."""
+    env = {k: v for k, v in os.environ.items() if k != "ULP_RUNTIME"}
+    result = run(["ulp", "runtime-path"], env=env, cwd="/")
+    assert result.returncode == 0, result.stderr
+    path = Path(result.stdout.strip())
+    assert path.name == "libulp.so" and path.is_file()
+    assert "site-packages" in str(path) or "dist-packages" in str(path)

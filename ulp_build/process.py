@@ -1,0 +1,56 @@
+"""A live process seen from outside: its mappings, its memory, where an ELF file is loaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ulp_build.errors import UlpError
+
+
+@dataclass(frozen=True)
+class Mapping:
+    start: int
+    end: int
+    perms: str
+    offset: int
+    path: str
+
+
+def maps(pid: int) -> list[Mapping]:
+    try:
+        text = Path(f"/proc/{pid}/maps").read_text()
+    except FileNotFoundError:
+        raise UlpError(f"process {pid}: no such process") from None
+    except PermissionError:
+        raise UlpError(f"process {pid}: permission denied reading its mappings") from None
+    out = []
+    for line in text.splitlines():
+        fields = line.split(maxsplit=5)
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        path = fields[5] if len(fields) > 5 else ""
+        out.append(Mapping(start, end, fields[1], int(fields[2], 16), path))
+    return out
+
+
+def read_memory(pid: int, address: int, size: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+            mem.seek(address)
+            data = mem.read(size)
+    except FileNotFoundError:
+        raise UlpError(f"process {pid}: no such process") from None
+    except OSError as exc:
+        raise UlpError(
+            f"process {pid}: cannot read memory at {address:#x}: {exc.strerror}"
+        ) from None
+    if len(data) != size:
+        raise UlpError(f"process {pid}: short read at {address:#x}")
+    return data
+
+
+def thread_ids(pid: int) -> list[int]:
+    try:
+        return sorted(int(t) for t in Path(f"/proc/{pid}/task").iterdir() if t.name.isdigit())
+    except FileNotFoundError:
+        raise UlpError(f"process {pid}: no such process") from None
