@@ -4,43 +4,20 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 from conftest import run, ulp
 
+from sample_libs import zlib
 from ulp_build.check import check
 from ulp_build.elf import ElfFile
-from ulp_build.prepared import CFLAGS
-
-CACHE = Path(os.environ.get("ULP_TEST_CACHE", Path.home() / ".cache" / "ulp_build-tests"))
-
-
-def zlib_source() -> Path:
-    """Debian's zlib source package, fetched once with `apt-get source` (needs a deb-src
-    entry: tools/install-deps adds one)."""
-    root = CACHE / "zlib"
-    found = sorted(root.glob("zlib-*/configure"))
-    if not found:
-        root.mkdir(parents=True, exist_ok=True)
-        result = run(["apt-get", "source", "zlib"], cwd=root, timeout=600)
-        assert result.returncode == 0, (
-            "apt-get source zlib failed (run tools/install-deps first):\n" + result.stderr
-        )
-        found = sorted(root.glob("zlib-*/configure"))
-    assert found, f"no zlib source tree in {root}"
-    return found[-1].parent
 
 
 @pytest.fixture(scope="module")
 def zlib_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tree = tmp_path_factory.mktemp("zlib") / "src"
-    shutil.copytree(zlib_source(), tree)
-    env = dict(os.environ, CFLAGS=" ".join(["-O2", "-g", *CFLAGS]))
-    for cmd in (["./configure"], ["make", "-j2"]):
-        result = run(cmd, cwd=tree, env=env, timeout=600)
-        assert result.returncode == 0, result.stdout + result.stderr
+    zlib.build(tree)
     return tree
 
 

@@ -1,0 +1,81 @@
+"""Cost of entry tracking (DESIGN section 7), each ratio measured in one process that loads an
+unprepared and a prepared build of the same library side by side, under the runtime:
+- an empty exported function called in a tight loop: tracked / unprepared, target at most 4x;
+- zlib deflating and inflating 4 MiB in 4 KiB chunks: tracked / unprepared, target at most 1.01x.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from bench.results import record  # noqa: E402
+from sample_libs import samples, zlib  # noqa: E402
+from ulp_build.rewrite import rewrite  # noqa: E402
+
+
+def ratio(bench: Path, mode: str, raw: Path, prepared: Path) -> tuple[float, float]:
+    out = subprocess.run(
+        [sys.executable, "-m", "ulp_build", "run", "--", str(bench), mode, str(raw), str(prepared)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
+    a, b = (float(x) for x in out.stdout.split())
+    return a, b
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        bench = root / "ratio"
+        subprocess.run(
+            ["gcc", "-O2", "-o", str(bench), str(REPO / "bench" / "ratio.c"), "-ldl"], check=True
+        )
+        tracking = samples.load()["tracking"]
+        raw = samples.build_library(tracking, root / "raw")
+        prepared = root / "prepared" / raw.name
+        prepared.parent.mkdir()
+        rewrite(raw, prepared)
+        a, b = ratio(bench, "empty", raw, prepared)
+        print(
+            f"empty call: unprepared {a / 1e6:.2f} ns, tracked {b / 1e6:.2f} ns, ratio {b / a:.2f}x"
+        )
+        record(
+            "empty exported call, tracked vs unprepared",
+            f"{b / 1e6:.2f} ns/call",
+            f"unprepared {a / 1e6:.2f} ns/call",
+            b / a,
+            "<= 4x",
+        )
+
+        zraw = zlib.build(root / "zlib")
+        zprep = root / "zlib-prepared" / zraw.name
+        zprep.parent.mkdir()
+        shutil.copy(zraw, zprep)
+        rewrite(zprep)
+        a, b = ratio(bench, "zlib", zraw, zprep)
+        print(
+            f"zlib 4 MiB in 4 KiB chunks: unprepared {a / 1e6:.1f} ms, tracked {b / 1e6:.1f}"
+            f" ms, ratio {b / a:.3f}x"
+        )
+        record(
+            "zlib deflate+inflate 4 MiB in 4 KiB chunks, tracked vs unprepared",
+            f"{b / 1e6:.1f} ms",
+            f"unprepared {a / 1e6:.1f} ms",
+            b / a,
+            "<= 1.01x",
+        )
+    if "ULP_RUNTIME" not in os.environ:
+        print("(runtime: the installed libulp.so)")
+
+
+if __name__ == "__main__":
+    main()
