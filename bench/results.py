@@ -42,7 +42,7 @@ def record(benchmark: str, measured: str, baseline: str, ratio: float, target: s
     rows = [r for r in rows if r.split(" | ")[0] != f"| {benchmark}"]
     today = datetime.date.today().isoformat()
     rows.append(
-        f"| {benchmark} | {measured} | {baseline} | {ratio:.2f}x | {target} |"
+        f"| {benchmark} | {measured} | {baseline} | {ratio:.3f}x | {target} |"
         f" {machine()} | {today} |"
     )
     TABLE.write_text(HEADER + "\n".join(sorted(rows)) + "\n")

@@ -8,6 +8,7 @@
 #include <cpuid.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "ulp.h"
 
@@ -15,6 +16,7 @@
 __attribute__((visibility("hidden"))) _Atomic uint64_t ulp_universe = 1;
 __attribute__((visibility("hidden"))) _Atomic int ulp_ready;
 __attribute__((visibility("hidden"))) uint64_t ulp_xsave_size;
+__attribute__((visibility("hidden"))) uint32_t ulp_shadow_frames = ULP_SHADOW_FRAMES;
 
 struct ulp_runtime_info {
     char magic[8];                      /* "ULPRUN\0\0" */
@@ -79,6 +81,12 @@ __attribute__((constructor)) static void ulp_start(void)
     }
     __cpuid_count(0xD, 0, eax, ebx, ecx, edx);
     ulp_xsave_size = (ebx + 63) & ~(uint64_t)63;
+    const char *frames = getenv("ULP_SHADOW_FRAMES");
+    if (frames) {
+        unsigned long n = strtoul(frames, NULL, 10);
+        if (n > 0 && n < ULP_SHADOW_FRAMES)
+            ulp_shadow_frames = (uint32_t)n;
+    }
     ulp_threads_init();
     atomic_store(&ulp_ready, 1);
 }

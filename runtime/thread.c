@@ -44,7 +44,7 @@ static struct ulp_thread *create(pid_t tid)
     /* A guard frame below the first one: the prune check reads top[-1] and must never prune it. */
     shadow[0].sp = UINTPTR_MAX;
     t->base = shadow + 1;
-    t->end = t->base + ULP_SHADOW_FRAMES;
+    t->end = t->base + ulp_shadow_frames;
     atomic_store(&t->tid, tid);
     struct ulp_thread *head = atomic_load(&ulp_threads);
     do

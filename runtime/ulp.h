@@ -35,8 +35,10 @@
 #define ULP_EXPORT __attribute__((visibility("default")))
 #define ULP_MAX_LIBRARIES 1024
 /* Shadow frames reserved (not committed) per thread: deeper than any real stack can recurse
- * through tracked entries; past it, entries run untracked rather than fail. */
+ * through tracked entries; past it, entries run untracked rather than fail. The environment
+ * variable ULP_SHADOW_FRAMES lowers it (for testing that fail-safe). */
 #define ULP_SHADOW_FRAMES (1u << 20)
+extern uint32_t ulp_shadow_frames;
 
 /* The descriptor a prepared library keeps in .ulp.data (ulp_build/prepared.py). */
 struct ulp_descriptor {

@@ -191,6 +191,26 @@ def test_fork_child_calls_in(built: dict[str, BuiltSample], runtime: Path) -> No
     assert child.split(": ")[1] == parent.split(": ")[1].split(",")[0]
 
 
+def test_exited_threads_leave_the_registry(built: dict[str, BuiltSample], runtime: Path) -> None:
+    with waiting(built, "wait") as (pid, printed):
+        assert printed[0].startswith("8 threads agree")
+        state = runtime_info.read(pid)
+        assert [t.tid for t in state.threads] == [pid]
+
+
+def test_shadow_stack_exhaustion_fails_safe(
+    built: dict[str, BuiltSample], runtime: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past its limit, entries run untracked: the results stay right, nothing is corrupted."""
+    monkeypatch.setenv("ULP_SHADOW_FRAMES", "64")
+    with waiting(built, "deep", "1000") as (pid, _):
+        state = runtime_info.read(pid)
+        (main,) = [t for t in state.threads if t.tid == pid]
+        assert main.frames == 64
+        assert main.libraries[state.library("libtracking.so").index].depth == 64
+    # `waiting` checked the exit status: 0 only if 1001 nested calls returned the right sum.
+
+
 def test_introspection_of_a_thread_inside(built: dict[str, BuiltSample], runtime: Path) -> None:
     b = built["tracking"]
     with waiting(built, "inside") as (pid, _):

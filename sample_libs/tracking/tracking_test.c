@@ -11,6 +11,8 @@
  *   wait              call in, then wait on stdin (for reading the runtime's state)
  *   inside            wait on stdin inside a tracked call (read() in the library)
  *   tail N            N calls that tail-call another tracked function, then wait
+ *   deep N            recursion N tracked calls deep (callbacks calling back in); waits on
+ *                     stdin at the bottom, exits 1 unless the result comes back right
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -41,6 +43,17 @@ static int (*do_backtrace)(void);
 static long twice(long x)
 {
     return 2 * x;
+}
+
+static void wait_for_stdin(void);
+
+static long descend(long depth)
+{
+    if (depth == 0) {
+        wait_for_stdin();
+        return 0;
+    }
+    return call(descend, depth - 1);
 }
 
 static long nested(long x)
@@ -207,6 +220,8 @@ int main(int argc, char **argv)
         return altstack(n);
     if (!strcmp(mode, "fork"))
         return forked();
+    if (!strcmp(mode, "deep"))
+        return call(descend, n) == n + 1 ? 0 : 1;
     if (!strcmp(mode, "tail")) {
         long mismatches = 0;
         for (long i = 0; i < n; i++)
@@ -220,6 +235,7 @@ int main(int argc, char **argv)
         return block_read(0) >= 0 ? 0 : 1;
     }
     if (!strcmp(mode, "wait")) {
+        threads();
         printf("nested(3) = %ld\n", call(nested, 3));
         wait_for_stdin();
         return 0;
