@@ -118,3 +118,36 @@ def build_probe(outdir: Path) -> Path:
     out = outdir / "dlsym_probe"
     _run(["gcc", *COMMON_CFLAGS, "-o", str(out), str(ROOT / "probe" / "dlsym_probe.c"), "-ldl"])
     return out
+
+
+PATCHES = ROOT / "patches"
+
+
+def patch_names() -> list[str]:
+    return sorted(p.name for p in PATCHES.iterdir() if (p / "patch.toml").is_file())
+
+
+def build_patch_tree(build: Path) -> Path:
+    """BUILD/basic/libbasic.so (prepared) and every sample patch under BUILD/patches/NAME/,
+    as the descriptions expect; returns BUILD."""
+    from ulp_build.rewrite import rewrite
+
+    basic = load()["basic"]
+    raw = build_library(basic, build / "raw")
+    (build / "basic").mkdir(parents=True, exist_ok=True)
+    rewrite(raw, build / "basic" / basic.library_name)
+    for name in patch_names():
+        out = build / "patches" / name
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "patch.toml").write_text((PATCHES / name / "patch.toml").read_text())
+        _run(
+            [
+                "gcc",
+                *COMMON_CFLAGS,
+                "-shared",
+                "-o",
+                str(out / "patch.so"),
+                str(PATCHES / name / "patch.c"),
+            ]
+        )
+    return build

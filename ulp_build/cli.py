@@ -13,10 +13,11 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from ulp_build import __version__
+from ulp_build import __version__, metadata
 from ulp_build.check import CheckReport, check, summary
 from ulp_build.elf import ElfFile
 from ulp_build.errors import UlpError
+from ulp_build.packer import pack
 from ulp_build.prepared import CFLAGS
 from ulp_build.rewrite import RewriteResult, rewrite
 from ulp_build.runtime import exec_with_runtime, runtime_path
@@ -61,6 +62,22 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cflags", help="print the compiler flags a patchable library needs")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    p = sub.add_parser(
+        "pack",
+        help="write patch metadata (and its reverse) from a description",
+        description="Check the patch description DESC.toml against its target"
+        " and object and write OUT.ulp and the reverse patch OUT.rev.ulp"
+        " (default: DESC.ulp next to the description). Every problem is"
+        " reported, with its line; nothing is written unless all is well.",
+    )
+    p.add_argument("description", metavar="DESC.toml")
+    p.add_argument("-o", "--output", metavar="OUT.ulp")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("dump", help="show a patch metadata file")
+    p.add_argument("patch", metavar="PATCH.ulp")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
     p = sub.add_parser("runtime-path", help="print the path of the installed runtime libulp.so")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -79,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except UlpError as exc:
-        print(f"ulp: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"ulp: {line}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -146,6 +164,46 @@ def _cmd_cflags(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pack(args: argparse.Namespace) -> int:
+    packed = pack(args.description, args.output)
+    p = packed.patch
+    text = (
+        f"{packed.metadata}: patch {p.id!r} for {p.target_name} (build-id"
+        f" {p.target_build_id}): {len(p.functions)} function(s),"
+        f" {len(p.references)} reference(s)\n{packed.reverse}: its reverse"
+    )
+    _emit(
+        args,
+        {
+            "metadata": str(packed.metadata),
+            "reverse": str(packed.reverse),
+            "patch": metadata.to_json(p),
+        },
+        text,
+    )
+    return 0
+
+
+def _cmd_dump(args: argparse.Namespace) -> int:
+    p = metadata.read(args.patch)
+    lines = [
+        f"{args.patch}: {'reverse patch (reverts)' if p.kind == 'revert' else 'patch'} {p.id!r}",
+        f"  description  {p.description}",
+        f"  target       {p.target_name}, build-id {p.target_build_id}",
+        f"  object       {p.object} ({p.object_path(args.patch)})",
+        "  functions",
+        *(
+            f"    {f.name} at {f.offset:#x} (entry nop {f.nop_offset:#x}) -> {f.replacement}"
+            for f in p.functions
+        ),
+    ]
+    if p.references:
+        lines.append("  references")
+        lines += [f"    {r.name} ({r.kind}) at {r.offset:#x} -> {r.pointer}" for r in p.references]
+    _emit(args, metadata.to_json(p), "\n".join(lines))
+    return 0
+
+
 def _cmd_runtime_path(args: argparse.Namespace) -> int:
     path = str(runtime_path())
     _emit(args, path, path)
@@ -164,6 +222,8 @@ _COMMANDS = {
     "rewrite": _cmd_rewrite,
     "check": _cmd_check,
     "cflags": _cmd_cflags,
+    "pack": _cmd_pack,
+    "dump": _cmd_dump,
     "runtime-path": _cmd_runtime_path,
     "run": _cmd_run,
 }

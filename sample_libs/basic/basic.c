@@ -44,6 +44,11 @@ int basic_fold(basic_callback callback, int n)
     return total;
 }
 
+void basic_set_factor(int f)
+{
+    factor = f;
+}
+
 const char *basic_name(void)
 {
     return "basic";

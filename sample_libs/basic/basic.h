@@ -13,5 +13,6 @@ int basic_square(int x);
 int basic_apply(basic_callback callback, int x);
 int basic_fold(basic_callback callback, int n);
 const char *basic_name(void);
+void basic_set_factor(int f); /* sets the static factor basic_scaled uses */
 
 #endif

@@ -1,0 +1,185 @@
+"""Patch metadata files (`.ulp`, and the reverse `.rev.ulp`): what the trigger needs to apply
+or revert a patch, with nothing left to look up in the description.
+
+Format: the magic line `ULPPATCH 1`, then one JSON object. Text, because people read these
+when something goes wrong (`ulp dump` shows them), and because nothing in a running process
+parses them: the trigger does, and hands the runtime plain addresses. The reader checks every
+field's presence and type and turns anything else into one clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ulp_build.errors import UlpError
+
+MAGIC = "ULPPATCH"
+VERSION = 1
+KINDS = ("apply", "revert")
+REFERENCE_KINDS = ("data", "tls", "function")
+MAX_SIZE = 64 << 20
+
+
+@dataclass(frozen=True)
+class Function:
+    name: str  # in the target
+    offset: int  # of its entry (the symbol's address) in the target
+    nop_offset: int  # of the 2-byte entry nop the universe checker replaces
+    replacement: str  # in the patch object
+
+
+@dataclass(frozen=True)
+class Reference:
+    name: str  # in the target
+    kind: str  # data: address; tls: {module, offset} for __tls_get_addr; function: address
+    offset: int  # symbol value in the target (for tls: offset in its TLS block)
+    pointer: str  # variable in the patch object that receives it
+
+
+@dataclass
+class Patch:
+    kind: str  # "apply", or "revert" for a reverse patch
+    id: str
+    description: str
+    target_name: str  # SONAME, or the file name without one
+    target_build_id: str  # hex, as `readelf -n` prints it
+    object: str  # the patch object, relative to the metadata file's directory
+    functions: list[Function] = field(default_factory=list)
+    references: list[Reference] = field(default_factory=list)
+
+    def object_path(self, metadata_path: str | Path) -> Path:
+        return Path(metadata_path).resolve().parent / self.object
+
+    def reverse(self) -> Patch:
+        """The patch that reverts this one: the same functions, kind "revert"."""
+        return Patch(
+            "revert",
+            self.id,
+            self.description,
+            self.target_name,
+            self.target_build_id,
+            self.object,
+            list(self.functions),
+            list(self.references),
+        )
+
+
+def to_json(patch: Patch) -> dict[str, Any]:
+    return {"format": MAGIC, "version": VERSION, **asdict(patch)}
+
+
+def dumps(patch: Patch) -> str:
+    return f"{MAGIC} {VERSION}\n" + json.dumps(asdict(patch), indent=1) + "\n"
+
+
+def write(patch: Patch, path: Path) -> None:
+    """Atomically: a reader sees the old file or the new one, never a partial one."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise UlpError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(dumps(patch))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read(path: str | Path) -> Patch:
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_SIZE + 1)
+    except OSError as exc:
+        raise UlpError(f"{path}: {exc.strerror or exc}") from None
+    return parse(raw, str(path))
+
+
+def parse(raw: bytes, name: str) -> Patch:
+    if len(raw) > MAX_SIZE:
+        raise UlpError(f"{name}: too large for patch metadata")
+    head, _, body = raw.partition(b"\n")
+    words = head.split()
+    if len(words) != 2 or words[0] != MAGIC.encode():
+        raise UlpError(f"{name}: not a ulp patch file")
+    if words[1] != str(VERSION).encode():
+        raise UlpError(
+            f"{name}: patch format version {words[1].decode(errors='replace')!r}"
+            f" unsupported (this ulp reads version {VERSION})"
+        )
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise UlpError(f"{name}: corrupt patch metadata ({exc})") from None
+    return _patch(data, name)
+
+
+def _field(obj: Any, key: str, kind: type, name: str, where: str) -> Any:
+    if not isinstance(obj, dict) or key not in obj:
+        raise UlpError(f"{name}: corrupt patch metadata ({where}: missing {key!r})")
+    value = obj[key]
+    if kind is int and (
+        isinstance(value, bool) or not isinstance(value, int) or value < 0 or value >= 1 << 64
+    ):
+        raise UlpError(f"{name}: corrupt patch metadata ({where}.{key}: not an offset)")
+    if kind is not int and not isinstance(value, kind):
+        raise UlpError(f"{name}: corrupt patch metadata ({where}.{key}: not a {kind.__name__})")
+    return value
+
+
+def _patch(data: Any, name: str) -> Patch:
+    def text(obj: Any, key: str, where: str = "patch") -> str:
+        return _field(obj, key, str, name, where)
+
+    def number(obj: Any, key: str, where: str) -> int:
+        return _field(obj, key, int, name, where)
+
+    kind = text(data, "kind")
+    if kind not in KINDS:
+        raise UlpError(f"{name}: corrupt patch metadata (kind {kind!r})")
+    functions = []
+    for i, f in enumerate(_field(data, "functions", list, name, "patch")):
+        where = f"functions[{i}]"
+        functions.append(
+            Function(
+                text(f, "name", where),
+                number(f, "offset", where),
+                number(f, "nop_offset", where),
+                text(f, "replacement", where),
+            )
+        )
+    references = []
+    for i, r in enumerate(_field(data, "references", list, name, "patch")):
+        where = f"references[{i}]"
+        ref = Reference(
+            text(r, "name", where),
+            text(r, "kind", where),
+            number(r, "offset", where),
+            text(r, "pointer", where),
+        )
+        if ref.kind not in REFERENCE_KINDS:
+            raise UlpError(f"{name}: corrupt patch metadata ({where}.kind {ref.kind!r})")
+        references.append(ref)
+    if not functions:
+        raise UlpError(f"{name}: corrupt patch metadata (no functions)")
+    build_id = text(data, "target_build_id")
+    if not build_id or len(build_id) % 2 or any(c not in "0123456789abcdef" for c in build_id):
+        raise UlpError(f"{name}: corrupt patch metadata (target_build_id {build_id!r})")
+    return Patch(
+        kind,
+        text(data, "id"),
+        text(data, "description"),
+        text(data, "target_name"),
+        build_id,
+        text(data, "object"),
+        functions,
+        references,
+    )
