@@ -1,0 +1,270 @@
+"""`ulp pack` and `ulp dump`: round trips against readelf, every refusal with its line, and a
+reader that never fails with anything but its own error."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import run, ulp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sample_libs import samples
+from ulp_build import metadata
+from ulp_build.errors import UlpError
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return samples.build_patch_tree(tmp_path_factory.mktemp("patches"))
+
+
+def _symtab(lib: Path) -> dict[str, int]:
+    """Name -> value in .symtab, as readelf prints them (real addresses, static symbols too)."""
+    listing = run(["readelf", "-sW", str(lib)]).stdout.split("'.symtab'")[1]
+    out = {}
+    for line in listing.splitlines():
+        fields = line.split()
+        if len(fields) == 8 and fields[0][:-1].isdigit() and fields[6] != "UND":
+            out.setdefault(fields[7], int(fields[1], 16))
+    return out
+
+
+def _build_id(lib: Path) -> str:
+    return re.search(r"Build ID: ([0-9a-f]+)", run(["readelf", "-n", str(lib)]).stdout).group(1)
+
+
+@pytest.mark.parametrize("name", samples.patch_names())
+def test_round_trip(tree: Path, name: str, tmp_path: Path) -> None:
+    desc = tree / "patches" / name / "patch.toml"
+    out = tmp_path / "out" / f"{name}.ulp"
+    out.parent.mkdir()
+    result = ulp("pack", str(desc), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert out.is_file() and (tmp_path / "out" / f"{name}.rev.ulp").is_file()
+
+    dumped = json.loads(ulp("dump", str(out), "--json").stdout)
+    reverse = json.loads(ulp("dump", str(tmp_path / "out" / f"{name}.rev.ulp"), "--json").stdout)
+    import tomllib
+
+    spec = tomllib.loads(desc.read_text())
+    target = tree / "basic" / "libbasic.so"
+    symbols = _symtab(target)
+    assert dumped["kind"] == "apply" and reverse["kind"] == "revert"
+    assert dumped["id"] == reverse["id"] == spec["id"]
+    assert dumped["description"] == spec["description"]
+    assert dumped["target_name"] == "libbasic.so"
+    assert dumped["target_build_id"] == _build_id(target)
+    assert (out.parent / dumped["object"]).resolve() == (desc.parent / "patch.so").resolve()
+    assert {f["name"]: f["replacement"] for f in dumped["functions"]} == spec["replace"]
+    for f in dumped["functions"]:
+        assert f["offset"] == symbols[f["name"]]
+        assert f["nop_offset"] == f["offset"]  # no endbr64 in this library
+    assert {r["name"]: r["pointer"] for r in dumped["references"]} == spec.get("references", {})
+    for r in dumped["references"]:
+        assert r["offset"] == symbols[r["name"]]
+    assert reverse["functions"] == dumped["functions"]
+
+
+def test_reference_kinds(tree: Path) -> None:
+    kinds = {}
+    for name in ("scaled_factor", "calls_tls", "add_logged"):
+        result = ulp("pack", str(tree / "patches" / name / "patch.toml"), "--json")
+        assert result.returncode == 0, result.stderr
+        (ref,) = json.loads(result.stdout)["patch"]["references"]
+        kinds[ref["name"]] = ref["kind"]
+    assert kinds == {"factor": "data", "basic_calls": "tls", "basic_add": "function"}
+
+
+def test_text_dump(tree: Path) -> None:
+    desc = tree / "patches" / "add_logged" / "patch.toml"
+    assert ulp("pack", str(desc)).returncode == 0
+    text = ulp("dump", str(desc.with_suffix(".ulp"))).stdout
+    assert "patch 'basic-add-wrapped'" in text
+    assert "basic_add at 0x" in text and "-> basic_add_wrapped" in text
+    assert "basic_add (function) at 0x" in text
+
+
+def _describe(tmp_path: Path, tree: Path, body: str, *, target: str | None = None) -> Path:
+    work = tmp_path / "desc"
+    work.mkdir(exist_ok=True)
+    shutil.copy(tree / "patches" / "square_fix" / "patch.so", work / "patch.so")
+    target = target or str(tree / "basic" / "libbasic.so")
+    desc = work / "p.toml"
+    desc.write_text(f'target = "{target}"\nobject = "patch.so"\n' + body)
+    return desc
+
+
+REFUSALS = {
+    "missing target": (
+        {"target": "/nonexistent/libnope.so"},
+        '[replace]\nbasic_square = "basic_square_fixed"\n',
+        r"p\.toml:1: target: .*No such file",
+    ),
+    "function not in target": (
+        {},
+        '[replace]\nno_such = "basic_square_fixed"\n',
+        r"p\.toml:4: replace: no_such: not found in target",
+    ),
+    "replacement missing": (
+        {},
+        '[replace]\nbasic_square = "nope"\n',
+        r"p\.toml:4: replace: nope: not exported by the object",
+    ),
+    "pointer missing": (
+        {},
+        '[replace]\nbasic_square = "basic_square_fixed"\n[references]\nfactor = "nope_ref"\n',
+        r"p\.toml:6: references: nope_ref: not exported by the object",
+    ),
+    "data as function": (
+        {},
+        '[replace]\nbasic_counter = "basic_square_fixed"\n',
+        r"p\.toml:4: replace: basic_counter: is data, not a function",
+    ),
+    "duplicate": (
+        {},
+        '[replace]\nbasic_add = "basic_square_fixed"\nbasic_sum = "basic_square_fixed"\n',
+        r"p\.toml:5: replace: basic_sum: the same function as basic_add \(line 4\)",
+    ),
+    "invalid toml": ({}, "[replace\nbasic_square = 1\n", r"p\.toml:3: invalid TOML"),
+    "duplicate key": (
+        {},
+        '[replace]\nbasic_square = "a"\nbasic_square = "b"\n',
+        r"p\.toml:5: invalid TOML",
+    ),
+    "unknown key": (
+        {},
+        'colour = "blue"\n[replace]\nbasic_square = "basic_square_fixed"\n',
+        r"p\.toml:3: unknown key 'colour'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_refusals(tree: Path, tmp_path: Path, case: str) -> None:
+    overrides, body, expected = REFUSALS[case]
+    desc = _describe(tmp_path, tree, body, target=overrides.get("target"))
+    before = sorted(p.name for p in desc.parent.iterdir())
+    result = ulp("pack", str(desc))
+    assert result.returncode == 1
+    assert re.search(expected, result.stderr), result.stderr
+    assert all(line.startswith("ulp: ") for line in result.stderr.splitlines())
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in desc.parent.iterdir()) == before
+
+
+def test_unprepared_target(tree: Path, tmp_path: Path) -> None:
+    desc = _describe(
+        tmp_path,
+        tree,
+        '[replace]\nbasic_square = "basic_square_fixed"\n',
+        target=str(tree / "raw" / "libbasic.so"),
+    )
+    result = ulp("pack", str(desc))
+    assert result.returncode == 1
+    assert re.search(r"p\.toml:1: target: .* is not prepared", result.stderr)
+
+
+def test_function_without_padding(tmp_path: Path, tree: Path) -> None:
+    basic = samples.load()["basic"]
+    src = tmp_path / "plain"
+    src.mkdir()
+    # Built without `ulp cflags`, then prepared: trampolines, but no padding to patch.
+    lib = src / "libbasic.so"
+    built = run(["gcc", "-O2", "-fPIC", "-shared", "-o", str(lib), *map(str, basic.sources)])
+    assert built.returncode == 0, built.stderr
+    assert ulp("rewrite", str(lib)).returncode == 0
+    desc = _describe(
+        tmp_path, tree, '[replace]\nbasic_square = "basic_square_fixed"\n', target=str(lib)
+    )
+    result = ulp("pack", str(desc))
+    assert result.returncode == 1
+    assert "p.toml:4: replace: basic_square: has no patchable padding" in result.stderr
+
+
+def test_every_problem_in_one_run(tree: Path, tmp_path: Path) -> None:
+    desc = _describe(
+        tmp_path,
+        tree,
+        '[replace]\nno_such = "basic_square_fixed"\n'
+        'basic_counter = "basic_square_fixed"\nbasic_square = "nope"\n'
+        '[references]\nfactor = "nope_ref"\n',
+    )
+    result = ulp("pack", str(desc))
+    lines = result.stderr.splitlines()
+    assert [re.search(r"p\.toml:(\d+)", line).group(1) for line in lines] == ["4", "5", "6", "8"]
+
+
+VALID = metadata.dumps(metadata.Patch(
+    "apply", "id-1", "a patch", "libbasic.so", "ab" * 20, "patch.so",
+    [metadata.Function("basic_square", 0x11AE, 0x11AE, "basic_square_fixed")],
+    [metadata.Reference("factor", "data", 0x4010, "basic_factor")],
+)).encode()  # fmt: skip
+
+
+def test_reader_accepts_what_the_writer_writes() -> None:
+    patch = metadata.parse(VALID, "x.ulp")
+    assert metadata.parse(metadata.dumps(patch).encode(), "x.ulp") == patch
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"", "not a ulp patch file"),
+        (b"\x7fELF\x02\x01\x01", "not a ulp patch file"),
+        (b"ULPPATCH 2\n{}", "version '2' unsupported"),
+        (VALID[: len(VALID) // 2], "corrupt patch metadata"),
+        (VALID.replace(b'"apply"', b'"sideways"'), "corrupt patch metadata (kind"),
+        (VALID.replace(b"4526", b"-1"), "corrupt patch metadata"),
+    ],
+)
+def test_reader_refuses(raw: bytes, message: str, tmp_path: Path) -> None:
+    path = tmp_path / "bad.ulp"
+    path.write_bytes(raw)
+    with pytest.raises(UlpError, match=re.escape(message)):
+        metadata.read(path)
+    result = ulp("dump", str(path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"ulp: {path}: ")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=2048))
+def test_reader_on_random_bytes(raw: bytes) -> None:
+    for data in (raw, b"ULPPATCH 1\n" + raw):
+        with contextlib.suppress(UlpError):
+            metadata.parse(data, "fuzz.ulp")
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, len(VALID) - 1), st.integers(0, 255)), max_size=8),
+    st.integers(0, len(VALID)),
+)
+def test_reader_on_mutated_metadata(edits: list[tuple[int, int]], cut: int) -> None:
+    data = bytearray(VALID)
+    for at, value in edits:
+        data[at] = value
+    with contextlib.suppress(UlpError):
+        metadata.parse(bytes(data[:cut]), "fuzz.ulp")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda children: (
+            st.lists(children, max_size=4)
+            | st.dictionaries(st.text(max_size=8), children, max_size=4)
+        ),
+        max_leaves=20,
+    )
+)
+def test_reader_on_random_json(document: object) -> None:
+    with contextlib.suppress(UlpError):
+        metadata.parse(b"ULPPATCH 1\n" + json.dumps(document).encode(), "fuzz.ulp")
