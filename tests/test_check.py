@@ -23,9 +23,9 @@ def test_prepared_sample(built: dict[str, BuiltSample]) -> None:
     code, report = _check(built["basic"].prepared)
     assert code == 0
     assert report["prepared"] and report["usable"]
-    assert report["exported_functions"] == 7  # six functions, one of them with two names
-    assert report["trampolines"] == 6
-    assert report["patchable_functions"] == 7  # the six, plus the static `scale`
+    assert report["exported_functions"] == 8  # seven functions, one of them with two names
+    assert report["trampolines"] == 7
+    assert report["patchable_functions"] == 8  # the seven, plus the static `scale`
     assert report["tracked_not_patchable"] == [] and report["untracked"] == []
     assert report["errors"] == [] and report["warnings"] == []
 
@@ -34,7 +34,7 @@ def test_unprepared_sample_exits_1(built: dict[str, BuiltSample]) -> None:
     code, report = _check(built["basic"].raw)
     assert code == 1
     assert not report["prepared"]
-    assert report["patchable_functions"] == 7
+    assert report["patchable_functions"] == 8
     assert any("not prepared" in e for e in report["errors"])
 
 
@@ -47,7 +47,7 @@ def test_text_output(built: dict[str, BuiltSample]) -> None:
     result = ulp("check", str(built["cet"].prepared))
     assert result.returncode == 0
     assert result.stdout.splitlines()[0].startswith(f"{built['cet'].prepared}: prepared")
-    assert "trampolines             6" in result.stdout
+    assert "trampolines             7" in result.stdout
 
 
 def test_finds_unnormalized_entry(built: dict[str, BuiltSample], tmp_path: Path) -> None:
@@ -147,3 +147,10 @@ def _rela_offset(elf: ElfFile, target: int) -> int:
         if r_offset == target:
             return start + k * RELA.size
     raise AssertionError("relocation not found")
+
+
+def test_every_prepared_sample_checks_clean(built: dict[str, BuiltSample]) -> None:
+    for name, b in built.items():
+        code, report = _check(b.prepared)
+        assert code == 0, (name, report["errors"])
+        assert report["errors"] == [], name

@@ -229,6 +229,7 @@ class _Layout:
     rela: int
     r_size: int
     x_va: int
+    ulp_size: int  # the trampolines exactly; .ulp.track starts at the next 16-byte boundary
     track: int
     wrappers: int
     x_size: int
@@ -364,7 +365,8 @@ class _Rewriter:
         r_size = cursor - r_va
 
         x_va = _align(cursor, PAGE)
-        track = _align(x_va + codegen.trampoline_size(self.ibt) * (nfunctions + nifuncs), 16)
+        ulp_size = codegen.trampoline_size(self.ibt) * (nfunctions + nifuncs)
+        track = _align(x_va + ulp_size, 16)
         wrappers = track + _align(codegen.ULP_ENTRY_SIZE, 16)
         x_size = wrappers + self._wrapper_stride * nifuncs - x_va
         w_va = _align(x_va + x_size, PAGE)
@@ -380,6 +382,7 @@ class _Rewriter:
             rela,
             r_size,
             x_va,
+            ulp_size,
             track,
             wrappers,
             x_size,
@@ -608,7 +611,7 @@ class _Rewriter:
             self.out += SHDR.pack(*fields)
         code = SHF_ALLOC | SHF_EXECINSTR
         for name, flags, va, size, align in (
-            (SECTION_TRAMPOLINES, code, lay.x_va, lay.track - lay.x_va, 16),
+            (SECTION_TRAMPOLINES, code, lay.x_va, lay.ulp_size, 16),
             (SECTION_TRACK, code, lay.track, lay.x_va + lay.x_size - lay.track, 16),
             (SECTION_DATA, SHF_ALLOC | SHF_WRITE, lay.w_va, lay.w_size, 8),
         ):

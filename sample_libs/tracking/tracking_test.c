@@ -9,7 +9,7 @@
  *                     interrupted thread is inside it, N times
  *   fork              a child process calls into the library
  *   wait              call in, then wait on stdin (for reading the runtime's state)
- *   inside            wait on stdin inside a tracked call (read() in the library)
+ *   inside            wait on stdin inside a tracked call (from its callback)
  *   tail N            N calls that tail-call another tracked function, then wait
  *   deep N            recursion N tracked calls deep (callbacks calling back in); waits on
  *                     stdin at the bottom, exits 1 unless the result comes back right
@@ -99,6 +99,12 @@ static void wait_for_stdin(void)
     char line[16];
     if (!fgets(line, sizeof line, stdin))
         exit(0);
+}
+
+static long wait_inside(long x)
+{
+    wait_for_stdin();
+    return x;
 }
 
 static int jumps(long n)
@@ -230,10 +236,8 @@ int main(int argc, char **argv)
         wait_for_stdin();
         return 0;
     }
-    if (!strcmp(mode, "inside")) {
-        printf("ready\n");
-        return block_read(0) >= 0 ? 0 : 1;
-    }
+    if (!strcmp(mode, "inside"))
+        return call(wait_inside, 0) == 1 ? 0 : 1;
     if (!strcmp(mode, "wait")) {
         threads();
         printf("nested(3) = %ld\n", call(nested, 3));
