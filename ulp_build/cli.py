@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
         " Exit 1 when LIB is not usable as a prepared library.",
     )
     p.add_argument("library", metavar="LIB")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="also exit 1 when a tracked exported function is not patchable"
+        " (a CI gate: every entry point can be fixed live)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("cflags", help="print the compiler flags a patchable library needs")
@@ -138,6 +144,8 @@ def _names(names: list[str], limit: int = 12) -> str:
 def _cmd_check(args: argparse.Namespace) -> int:
     report = check(ElfFile.load(args.library))
     _emit(args, summary(report), _check_text(report))
+    if args.strict and report.tracked_not_patchable:
+        return 1
     return 0 if report.usable else 1
 
 

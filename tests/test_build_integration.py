@@ -1,0 +1,253 @@
+"""Meson, meson-python and setuptools builds that ship prepared libraries and modules, and the
+CI gate, each run for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run, ulp
+
+from sample_libs import zlib
+from ulp_build.check import check
+from ulp_build.elf import ElfFile
+
+EXAMPLES = REPO / "examples"
+
+
+def _copy(example: str, dest: Path) -> Path:
+    """The example as a user would have it: symlinks to the subproject resolved."""
+    out = dest / example
+    shutil.copytree(EXAMPLES / example, out, symlinks=False)
+    return out
+
+
+def _prepared(path: Path) -> bool:
+    return check(ElfFile.load(path)).usable
+
+
+def _pip(*args: str, cwd: Path, env: dict[str, str] | None = None):
+    result = run(
+        [sys.executable, "-m", "pip", *args], cwd=cwd, env=env or dict(os.environ), timeout=900
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def _unpack_wheel(dist: Path, dest: Path) -> Path:
+    (wheel,) = dist.glob("*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(dest)
+    return dest
+
+
+def test_meson_c_library(tmp_path: Path) -> None:
+    project = _copy("meson-c-library", tmp_path)
+    build = project / "build"
+    for cmd in (
+        ["meson", "setup", str(build)],
+        ["meson", "compile", "-C", str(build)],
+        ["meson", "test", "-C", str(build)],
+        ["meson", "install", "-C", str(build), "--destdir", str(tmp_path / "dest")],
+    ):
+        result = run(cmd, cwd=project, timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert _prepared(build / "libgreeter.so")
+    assert not _prepared(build / "raw" / "libgreeter.so")
+    # The test ran against the prepared library.
+    ldd = run(["ldd", str(build / "greeter_test")]).stdout
+    assert f"libgreeter.so => {build}/libgreeter.so" in ldd
+    (installed,) = (tmp_path / "dest").rglob("libgreeter.so*")
+    assert installed.parent.name in ("lib", "x86_64-linux-gnu", "lib64")
+    assert _prepared(installed)
+
+
+def test_meson_python_wheel(tmp_path: Path) -> None:
+    project = _copy("meson-python-extension", tmp_path)
+    _pip(
+        "wheel", "--no-build-isolation", "--no-deps", "-w", str(tmp_path / "dist"), ".", cwd=project
+    )
+    unpacked = _unpack_wheel(tmp_path / "dist", tmp_path / "wheel")
+    (module,) = unpacked.rglob("_shout*.so")
+    assert _prepared(module)
+    assert list(unpacked.rglob("_shout_raw*")) == []
+    out = run(
+        [sys.executable, "-c", "import shouter; print(shouter.shout('hey'))"],
+        env=dict(os.environ, PYTHONPATH=str(unpacked)),
+        cwd=tmp_path,
+    )
+    assert out.stdout == "hey!\n", out.stderr
+
+
+def _greeting_wheel_works(tmp_path: Path, project: Path, *extra: str) -> None:
+    dist = tmp_path / "dist"
+    _pip("wheel", *extra, "--no-deps", "-w", str(dist), ".", cwd=project)
+    unpacked = _unpack_wheel(dist, tmp_path / "wheel")
+    (module,) = unpacked.rglob("_greet*.so")
+    assert _prepared(module)
+    out = run(
+        [
+            sys.executable,
+            "-c",
+            "import greeting; print(greeting.greet('ulp'), greeting.shout('abc'))",
+        ],
+        env=dict(os.environ, PYTHONPATH=str(unpacked)),
+        cwd=tmp_path,
+    )
+    assert out.stdout == "hello, ulp ABC\n", out.stderr
+
+
+def test_setuptools_cmdclass(tmp_path: Path) -> None:
+    project = _copy("setuptools-extension", tmp_path)
+    _greeting_wheel_works(tmp_path, project, "--no-build-isolation")
+
+
+def test_setuptools_pyproject_table(tmp_path: Path) -> None:
+    project = _copy("setuptools-extension", tmp_path)
+    setup = project / "setup.py"
+    text = setup.read_text().replace("import ulp_build.setuptools\n", "")
+    text = "\n".join(line for line in text.splitlines() if "cmdclass" not in line)
+    setup.write_text(text + "\n")
+    assert "ulp_build" not in setup.read_text()
+    pyproject = project / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text() + "\n[tool.ulp_build]\nprepare-extensions = true\n")
+    _greeting_wheel_works(tmp_path, project, "--no-build-isolation")
+
+
+def test_setuptools_without_switch_builds_plain(tmp_path: Path) -> None:
+    """The entry point is installed everywhere ulp_build is: it must do nothing unasked."""
+    project = _copy("setuptools-extension", tmp_path)
+    setup = project / "setup.py"
+    text = setup.read_text().replace("import ulp_build.setuptools\n", "")
+    setup.write_text("\n".join(line for line in text.splitlines() if "cmdclass" not in line))
+    env = {k: v for k, v in os.environ.items() if k != "ULP_BUILD_PREPARE"}
+    _pip(
+        "wheel",
+        "--no-build-isolation",
+        "--no-deps",
+        "-w",
+        str(tmp_path / "dist"),
+        ".",
+        cwd=project,
+        env=env,
+    )
+    unpacked = _unpack_wheel(tmp_path / "dist", tmp_path / "wheel")
+    (module,) = unpacked.rglob("_greet*.so")
+    assert ElfFile.load(module).section(".ulp") is None
+
+
+def test_setuptools_editable_and_rebuild(tmp_path: Path) -> None:
+    project = _copy("setuptools-extension", tmp_path)
+    prefix = tmp_path / "prefix"
+    for _ in range(2):
+        _pip(
+            "install",
+            "--no-build-isolation",
+            "--no-deps",
+            "--prefix",
+            str(prefix),
+            "-e",
+            ".",
+            cwd=project,
+        )
+        (module,) = (project / "src" / "greeting").glob("_greet*.so")
+        assert _prepared(module)
+    first = module.read_bytes()
+    _pip(
+        "install",
+        "--no-build-isolation",
+        "--no-deps",
+        "--prefix",
+        str(prefix),
+        "-e",
+        ".",
+        cwd=project,
+    )
+    assert module.read_bytes() == first
+
+
+@pytest.fixture(scope="module")
+def ulp_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This project as a wheel, for isolated builds to find."""
+    out = tmp_path_factory.mktemp("ulp-wheel")
+    _pip("wheel", "--no-deps", "-w", str(out), str(REPO), cwd=out)
+    return out
+
+
+def test_setuptools_isolated_build(tmp_path: Path, ulp_wheel: Path) -> None:
+    project = _copy("setuptools-extension", tmp_path)
+    _greeting_wheel_works(tmp_path, project, "--find-links", str(ulp_wheel))
+
+
+def test_third_party_sdist_with_the_environment_switch(tmp_path: Path) -> None:
+    """MarkupSafe, built unchanged from its sdist, passes its own tests with the prepared
+    _speedups module. (Live-patching it in a running process belongs to the trigger.)"""
+    sdist_dir = tmp_path / "sdist"
+    _pip(
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "-d",
+        str(sdist_dir),
+        "markupsafe==2.1.5",
+        cwd=tmp_path,
+    )
+    (sdist,) = sdist_dir.glob("*.tar.gz")
+    env = dict(os.environ, ULP_BUILD_PREPARE="1")
+    _pip(
+        "wheel",
+        "--no-build-isolation",
+        "--no-deps",
+        "-w",
+        str(tmp_path / "dist"),
+        str(sdist),
+        cwd=tmp_path,
+        env=env,
+    )
+    unpacked = _unpack_wheel(tmp_path / "dist", tmp_path / "wheel")
+    (module,) = unpacked.rglob("_speedups*.so")
+    assert _prepared(module)
+    with tarfile.open(sdist) as tf:
+        tf.extractall(tmp_path / "src", filter="data")
+    (tests,) = (tmp_path / "src").glob("MarkupSafe-*/tests")
+    result = run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)],
+        env=dict(os.environ, PYTHONPATH=str(unpacked)),
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " passed" in result.stdout and "failed" not in result.stdout
+    where = run(
+        [sys.executable, "-c", "import markupsafe._speedups as s; print(s.__file__)"],
+        env=dict(os.environ, PYTHONPATH=str(unpacked)),
+        cwd=tmp_path,
+    )
+    assert where.stdout.strip() == str(module)
+
+
+def test_ci_gate(tmp_path: Path, libc_copy: Path) -> None:
+    plain = tmp_path / "libc.so.6"
+    assert ulp("rewrite", str(libc_copy), "-o", str(plain)).returncode == 0
+    lenient = ulp("check", "--json", str(plain))
+    assert lenient.returncode == 0
+    assert json.loads(lenient.stdout)["tracked_not_patchable"]
+    assert ulp("check", "--strict", "--json", str(plain)).returncode == 1
+
+
+def test_ci_example_script_on_zlib(tmp_path: Path) -> None:
+    tree = tmp_path / "zlib"
+    shutil.copytree(zlib.source(), tree)
+    result = run(["sh", str(REPO / "docs" / "ci" / "prepare-and-test.sh"), str(tree)], timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "zlib shared test OK" in result.stdout
+    (report,) = tree.glob("*.ulp-check.json")
+    data = json.loads(report.read_text())
+    assert data["usable"] and data["tracked_not_patchable"] == []
