@@ -16,6 +16,7 @@
 __attribute__((visibility("hidden"))) _Atomic uint64_t ulp_universe = 1;
 __attribute__((visibility("hidden"))) _Atomic int ulp_ready;
 __attribute__((visibility("hidden"))) uint64_t ulp_xsave_size;
+__attribute__((visibility("hidden"))) uint32_t ulp_xsave_mask;
 __attribute__((visibility("hidden"))) uint32_t ulp_shadow_frames = ULP_SHADOW_FRAMES;
 
 struct ulp_runtime_info {
@@ -79,8 +80,20 @@ __attribute__((constructor)) static void ulp_start(void)
         fputs("libulp: no XSAVE support; entry tracking disabled\n", stderr);
         return;
     }
-    __cpuid_count(0xD, 0, eax, ebx, ecx, edx);
-    ulp_xsave_size = (ebx + 63) & ~(uint64_t)63;
+    /* Only what the ABI lets a caller keep live across our slow paths: x87, SSE, AVX and
+     * AVX-512 (not, say, 8 KiB of AMX tiles, which would not fit a small signal stack). */
+    uint32_t xcr0_lo, xcr0_hi;
+    __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+    ulp_xsave_mask = xcr0_lo & 0xE7;
+    uint64_t size = 576; /* legacy area and XSAVE header */
+    for (unsigned component = 2; component < 8; component++) {
+        if (!(ulp_xsave_mask & (1u << component)))
+            continue;
+        __cpuid_count(0xD, component, eax, ebx, ecx, edx);
+        if ((uint64_t)ebx + eax > size)
+            size = (uint64_t)ebx + eax;
+    }
+    ulp_xsave_size = (size + 63) & ~(uint64_t)63;
     const char *frames = getenv("ULP_SHADOW_FRAMES");
     if (frames) {
         unsigned long n = strtoul(frames, NULL, 10);

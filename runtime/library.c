@@ -48,6 +48,10 @@ __attribute__((visibility("hidden"))) uint64_t ulp_library_register(struct ulp_d
 {
     if (memcmp(d->magic, magic, sizeof magic) != 0 || d->version != 1)
         return 0;
+    /* Signals blocked: a handler's first call into another new library would otherwise spin
+     * on the lock this thread holds. */
+    sigset_t saved;
+    ulp_signals_block(&saved);
     while (atomic_flag_test_and_set_explicit(&lock, memory_order_acquire))
         ;
     uint64_t offset = atomic_load(&d->runtime_private);
@@ -63,5 +67,6 @@ __attribute__((visibility("hidden"))) uint64_t ulp_library_register(struct ulp_d
         atomic_store(&d->runtime_private, offset);
     }
     atomic_flag_clear_explicit(&lock, memory_order_release);
+    ulp_signals_restore(&saved);
     return offset;
 }

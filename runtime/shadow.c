@@ -8,60 +8,74 @@
  * frame's (ulp_prune), and a return whose frame is not the top one (ulp_discard_above).
  */
 #define _GNU_SOURCE
-#include <signal.h>
 #include <stdbool.h>
+#include <stdlib.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 #include "ulp.h"
 
 static void pop(struct ulp_thread *t)
 {
     t->top--;
-    t->top->lib->depth--;
+    if (t->top->lib)
+        t->top->lib->depth--;
+}
+
+/* A frame is live while its return slot (16 bytes above its sp) still holds ulp_return, where
+ * the call in ulp_track put it. Read through the kernel: an abandoned frame may lie on an
+ * alternate signal stack that has since been unmapped. */
+static bool returns_into_runtime(const struct ulp_frame *f)
+{
+    uintptr_t slot = 0;
+    struct iovec local = {&slot, sizeof slot};
+    struct iovec remote = {(void *)(f->sp + 16), sizeof slot};
+    if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) != sizeof slot)
+        return false;
+    return slot == (uintptr_t)ulp_return;
 }
 
 /*
- * Frames are compared by stack address, which is only meaningful on one stack: a signal
- * handler running on an alternate stack above the thread's stack must not prune the frames
- * of the code it interrupted. So: on the alternate stack, only frames on it are candidates;
- * off it, every frame still on it is gone (the handler was left by longjmp or returned).
+ * Called when the top frame's return slot is not above the new entry's. Stack addresses alone
+ * cannot decide: a signal handler may run on an alternate stack above the frames it
+ * interrupted, and an abandoned frame's slot may still hold ulp_return. So a frame is known
+ * dead when it lies at or below the new entry and its return slot no longer returns into the
+ * runtime; then every younger frame went with it. (At the same slot, a tail call from a frame
+ * keeps it: the caller's %rbx, saved at sp by ulp_track, still points at that frame.) Frames
+ * still being built or returned from (no library) belong to code this handler interrupted:
+ * nothing at or below them is touched.
  */
 __attribute__((visibility("hidden"))) void ulp_prune(struct ulp_thread *t, uintptr_t unused,
                                                      uintptr_t sp)
 {
     (void)unused;
-    stack_t alt;
-    bool have_alt = sigaltstack(NULL, &alt) == 0 && !(alt.ss_flags & SS_DISABLE);
-    bool on_alt = have_alt && (alt.ss_flags & SS_ONSTACK);
-    uintptr_t lo = have_alt ? (uintptr_t)alt.ss_sp : 0;
-    uintptr_t hi = have_alt ? lo + alt.ss_size : 0;
-
-    /* At the same return slot a frame is live only if this is a tail call from it: then the
-     * caller's %rbx (saved at sp by ulp_track) still points at that frame. */
+    sigset_t saved;
+    ulp_signals_block(&saved);
     uintptr_t caller_rbx = *(const uintptr_t *)sp;
-    while (t->top > t->base) {
-        struct ulp_frame *f = t->top - 1;
-        bool f_on_alt = have_alt && f->sp >= lo && f->sp < hi;
+    struct ulp_frame *oldest_dead = NULL;
+    for (struct ulp_frame *f = t->top - 1; f >= t->base && f->lib; f--) {
         bool below = f->sp < sp || (f->sp == sp && caller_rbx != (uintptr_t)f);
-        bool gone;
-        if (on_alt)
-            gone = f_on_alt && below;
-        else
-            gone = f_on_alt || below;
-        if (!gone)
-            break;
-        pop(t);
+        if (below && !returns_into_runtime(f))
+            oldest_dead = f;
     }
+    while (oldest_dead && t->top > oldest_dead)
+        pop(t);
+    ulp_signals_restore(&saved);
 }
 
 __attribute__((visibility("hidden"))) void ulp_discard_above(struct ulp_thread *t,
                                                              struct ulp_frame *frame)
 {
+    sigset_t saved;
+    ulp_signals_block(&saved);
+    if (t->top <= frame) {
+        /* A live frame was dropped: its contents may be reused, so returning through it
+         * could jump anywhere. Stop here, loudly, rather than that. */
+        static const char message[] = "libulp: shadow stack lost a live frame; aborting\n";
+        write(2, message, sizeof message - 1);
+        abort();
+    }
     while (t->top > frame + 1)
         pop(t);
-    if (t->top <= frame) {
-        /* Our own frame was pruned although it was live: take it back (its contents are still
-         * there, nothing reuses a slot between the prune and this return). */
-        t->top = frame + 1;
-        frame->lib->depth++;
-    }
+    ulp_signals_restore(&saved);
 }

@@ -56,34 +56,43 @@ static struct ulp_thread *create(pid_t tid)
 /* Called by track.S (through ulp_preserving_call) on a thread's first tracked call. */
 __attribute__((visibility("hidden"))) int ulp_thread_start(void)
 {
-    pid_t tid = gettid();
-    struct ulp_thread *t = claim_free(tid);
+    sigset_t saved;
+    ulp_signals_block(&saved);
+    /* A signal handler may have run the first tracked call before signals were blocked. */
+    struct ulp_thread *t = ulp_self;
     if (!t) {
-        t = create(tid);
+        pid_t tid = gettid();
+        t = claim_free(tid);
         if (!t)
-            return 0;
+            t = create(tid);
+        if (t) {
+            for (unsigned i = 0; i < ULP_MAX_LIBRARIES; i++) {
+                t->libs[i].depth = 0;
+                t->libs[i].universe = 0;
+            }
+            t->top = t->base;
+            ulp_self = t;
+            pthread_setspecific(exit_key, t);
+        }
     }
-    for (unsigned i = 0; i < ULP_MAX_LIBRARIES; i++) {
-        t->libs[i].depth = 0;
-        t->libs[i].universe = 0;
-    }
-    t->top = t->base;
-    ulp_self = t;
-    pthread_setspecific(exit_key, t);
-    return 1;
+    ulp_signals_restore(&saved);
+    return t != NULL;
 }
 
+/* Key destructors run after the thread's last call returned or was unwound (pthread_exit,
+ * cancellation): whatever its shadow stack still holds is dead. Free the entry for the next
+ * thread; a call made by a later destructor starts a fresh one. */
 static void thread_exit(void *arg)
 {
     struct ulp_thread *t = arg;
-    /* Still inside a tracked call (a destructor called from one): look again in the next
-     * round of key destructors. */
-    if (t->top != t->base) {
-        pthread_setspecific(exit_key, t);
-        return;
-    }
+    sigset_t saved;
+    ulp_signals_block(&saved);
     ulp_self = NULL;
+    t->top = t->base;
+    for (unsigned i = 0; i < ULP_MAX_LIBRARIES; i++)
+        t->libs[i].depth = 0;
     atomic_store(&t->tid, 0);
+    ulp_signals_restore(&saved);
 }
 
 /* In a fork child only the forking thread exists: free everybody else's state. */

@@ -31,6 +31,7 @@
         .hidden ulp_universe
         .hidden ulp_ready
         .hidden ulp_xsave_size
+        .hidden ulp_xsave_mask
         .hidden ulp_thread_start
         .hidden ulp_library_register
         .hidden ulp_prune
@@ -56,20 +57,23 @@ ulp_track:
         movq    ULP_DESC_PRIVATE(%r11), %rbx    /* offset of this library in thread->libs */
         testq   %rbx, %rbx
         jz      .Lnew_library
+        addq    %r10, %rbx                      /* %rbx = &thread->libs[library] */
         movq    ULP_THREAD_TOP(%r10), %r11
-        cmpq    ULP_THREAD_END(%r10), %r11
-        jae     .Luntracked
         /* A frame whose return slot is not above ours was left by longjmp, an exception or
          * cancellation without returning through ulp_return: prune it (in C, rarely). */
         cmpq    %rsp, ULP_FRAME_SP - ULP_FRAME_SIZE(%r11)
         jbe     .Lsame_or_below
 .Lreserve:
-        /* Write sp, reserve the frame, write sp again: a signal handler entering a tracked call
-         * between any two of these sees a free slot, or a reserved one with a correct sp. */
+        cmpq    ULP_THREAD_END(%r10), %r11
+        jae     .Luntracked
+        /* Fill, reserve, fill again: a signal handler entering a tracked call between any two
+         * of these sees a free slot, or a reserved one with a correct sp and no library yet
+         * (so that if the handler leaves by longjmp, pruning this frame changes no depth). */
         movq    %rsp, ULP_FRAME_SP(%r11)
+        movq    $0, ULP_FRAME_LIB(%r11)
         addq    $ULP_FRAME_SIZE, ULP_THREAD_TOP(%r10)
         movq    %rsp, ULP_FRAME_SP(%r11)
-        addq    %r10, %rbx                      /* %rbx = &thread->libs[library] */
+        movq    $0, ULP_FRAME_LIB(%r11)
         cmpl    $0, ULP_LIB_DEPTH(%rbx)
         jne     1f
         /* First entry into this library: from now until the thread leaves it, it sees the
@@ -118,8 +122,9 @@ ulp_return:
         movq    ULP_FRAME_LIB(%rbx), %rdi
         movq    ULP_FRAME_RBX(%rbx), %r8
         .cfi_register %rbx, %r8
-        movq    %rbx, ULP_THREAD_TOP(%rcx)
+        movq    $0, ULP_FRAME_LIB(%rbx)         /* a prune from here on changes no depth */
         decl    ULP_LIB_DEPTH(%rdi)
+        movq    %rbx, ULP_THREAD_TOP(%rcx)      /* release */
         movq    %r8, %rbx
         .cfi_restore %rbx
         /* push + ret, not jmp: the caller's call left R on the CPU's return stack buffer, and
@@ -145,11 +150,36 @@ ulp_return:
 .Lsame_or_below:
         jb      .Lprune
         /* The same return slot: a tail call (through the PLT) from the tracked function on
-         * top, which is still live: its %rbx, still pointing at its frame, is the caller's. */
+         * top, which is still live if its %rbx, still pointing at its frame, is the caller's.
+         * The callee takes the frame over (one frame per return slot keeps backtraces
+         * walkable): the return already goes to ulp_return with %rbx = that frame. */
         subq    $ULP_FRAME_SIZE, %r11
         cmpq    %r11, (%rsp)
-        leaq    ULP_FRAME_SIZE(%r11), %r11      /* lea keeps the flags of the cmp */
-        je      .Lreserve
+        jne     .Lprune_reload
+        cmpq    %rbx, ULP_FRAME_LIB(%r11)
+        je      .Ltail_same_library
+        movq    ULP_FRAME_LIB(%r11), %r10
+        movq    $0, ULP_FRAME_LIB(%r11)
+        testq   %r10, %r10
+        jz      2f
+        decl    ULP_LIB_DEPTH(%r10)
+2:      cmpl    $0, ULP_LIB_DEPTH(%rbx)
+        jne     3f
+        movq    ulp_universe(%rip), %r10
+        movq    %r10, ULP_LIB_UNIVERSE(%rbx)
+3:      incl    ULP_LIB_DEPTH(%rbx)
+        movq    %rbx, ULP_FRAME_LIB(%r11)
+.Ltail_same_library:
+        popq    %rbx
+        .cfi_adjust_cfa_offset -8
+        .cfi_restore %rbx
+        popq    %r11
+        .cfi_adjust_cfa_offset -8
+        jmp     *%r11
+        .cfi_adjust_cfa_offset 16
+        .cfi_rel_offset %rbx, 0
+.Lprune_reload:
+        addq    $ULP_FRAME_SIZE, %r11
 .Lprune:
         movq    %r10, %r11
         leaq    ulp_prune(%rip), %r10
@@ -165,7 +195,7 @@ ulp_return:
         je      .Luntracked
         leaq    ulp_thread_start(%rip), %r10
         call    ulp_preserving_call
-        testq   %r10, %r10
+        testl   %r10d, %r10d
         jz      .Luntracked
         jmp     .Lretry
 
@@ -224,16 +254,16 @@ ulp_preserving_call:
         movq    %rax, 552(%rsp)
         movq    %rax, 560(%rsp)
         movq    %rax, 568(%rsp)
-        movl    $-1, %eax
-        movl    $-1, %edx
+        movl    ulp_xsave_mask(%rip), %eax
+        xorl    %edx, %edx
         xsave   (%rsp)
         movq    %r11, %rdi
         movq    %rbx, %rsi
         leaq    16(%rbp), %rdx
         call    *%r10
         movq    %rax, %r10
-        movl    $-1, %eax
-        movl    $-1, %edx
+        movl    ulp_xsave_mask(%rip), %eax
+        xorl    %edx, %edx
         xrstor  (%rsp)
         leaq    -64(%rbp), %rsp
         popq    %r11

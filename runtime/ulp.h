@@ -28,6 +28,8 @@
 
 #ifndef __ASSEMBLER__
 
+#include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -91,6 +93,22 @@ struct ulp_library {
 
 /* track.S */
 void ulp_track(void);
+void ulp_return(void);
+
+/* The slow paths run inside somebody else's call, possibly in a signal handler, possibly
+ * interrupted by one: they run with every signal blocked, so that a handler's tracked call
+ * never finds their work half done. */
+static inline void ulp_signals_block(sigset_t *saved)
+{
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, saved);
+}
+
+static inline void ulp_signals_restore(const sigset_t *saved)
+{
+    pthread_sigmask(SIG_SETMASK, saved, NULL);
+}
 
 /* thread.c */
 extern _Atomic(struct ulp_thread *) ulp_threads;

@@ -184,6 +184,57 @@ def test_signal_handler_on_alternate_stack(built: dict[str, BuiltSample], runtim
         assert main.libraries[state.library("libtracking.so").index].depth == 0
 
 
+def test_alternate_stack_above_with_autodisarm(
+    built: dict[str, BuiltSample], runtime: Path
+) -> None:
+    """With SS_AUTODISARM the kernel hides that a handler runs on the alternate stack, here
+    placed above the frames it interrupts: they must not be taken for abandoned."""
+    with waiting(built, "autodisarm") as (pid, printed):
+        assert printed == ["autodisarm: returned 2, 1 handler calls"]
+        state = runtime_info.read(pid)
+        (main,) = [t for t in state.threads if t.tid == pid]
+        assert main.frames == 0
+
+
+def test_longjmp_from_a_full_shadow_stack(
+    built: dict[str, BuiltSample], runtime: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ULP_SHADOW_FRAMES", "64")
+    with waiting(built, "deepjump", "100") as (pid, printed):
+        assert printed == ["jumped out of 100"]
+        state = runtime_info.read(pid)
+        (main,) = [t for t in state.threads if t.tid == pid]
+        assert main.frames == 0
+        assert main.libraries[state.library("libtracking.so").index].depth == 0
+
+
+def test_cancelled_threads_leave_the_registry(built: dict[str, BuiltSample], runtime: Path) -> None:
+    with waiting(built, "cancel", "1") as (pid, printed):
+        assert printed[-1] == "cancel in pause: joined"
+        state = runtime_info.read(pid)
+        assert [t.tid for t in state.threads] == [pid]
+        assert all(lib.depth == 0 for lib in state.threads[0].libraries.values())
+
+
+def test_gdb_bt_through_a_tail_call(built: dict[str, BuiltSample], runtime: Path) -> None:
+    b = built["tracking"]
+    script = [
+        "-batch",
+        "-ex", f"set environment LD_PRELOAD={runtime}",
+        "-ex", f"set environment LD_LIBRARY_PATH={b.prepared.parent}",
+        "-ex", "set breakpoint pending on",
+        "-ex", "break tracking_spin",
+        "-ex", "run",
+        "-ex", "bt",
+        "--args", str(b.linked), "tail", "1",
+    ]  # fmt: skip
+    result = run(["gdb", "-q", "-nx", *script], timeout=120)
+    frames = [line for line in result.stdout.splitlines() if re.match(r"#\d+ ", line)]
+    assert frames and "tracking_spin" in frames[0], result.stdout + result.stderr
+    assert "main" in frames[-1], result.stdout
+    assert "previous frame identical" not in result.stdout + result.stderr
+
+
 def test_fork_child_calls_in(built: dict[str, BuiltSample], runtime: Path) -> None:
     result = _tracking(built, "fork")
     assert result.returncode == 0

@@ -7,6 +7,9 @@
  *   backtrace         backtrace() from inside a tracked call
  *   altstack N        a signal handler on an alternate stack calls into the library while the
  *                     interrupted thread is inside it, N times
+ *   autodisarm        like altstack, once, with SS_AUTODISARM and the alternate stack in
+ *                     main's frame (above the frames it interrupts), then wait
+ *   deepjump N        recurse N tracked calls deep, longjmp out from the bottom, then wait
  *   fork              a child process calls into the library
  *   wait              call in, then wait on stdin (for reading the runtime's state)
  *   inside            wait on stdin inside a tracked call (from its callback)
@@ -30,6 +33,10 @@
 
 #include "sample_api.h"
 #include "tracking.h"
+
+#ifndef SS_AUTODISARM
+#define SS_AUTODISARM (1U << 31) /* linux/signal.h; glibc 2.36 does not export it */
+#endif
 
 static void (*empty)(void);
 static long (*call)(tracking_callback, long);
@@ -137,7 +144,7 @@ static void *blocked(void *arg)
     return NULL;
 }
 
-static int cancel(void)
+static int cancel(long n)
 {
     static const char *names[] = {"read", "nanosleep", "pause"};
     for (int mode = 0; mode < 3; mode++) {
@@ -153,6 +160,10 @@ static int cancel(void)
         int rc = pthread_timedjoin_np(t, &result, &deadline);
         printf("cancel in %s: %s\n", names[mode],
                rc == 0 && result == PTHREAD_CANCELED ? "joined" : strerror(rc));
+    }
+    if (n) {
+        call(twice, 1);
+        wait_for_stdin();
     }
     return 0;
 }
@@ -181,6 +192,37 @@ static int altstack(long n)
     for (long i = 0; i < n; i++)
         ok += call(signal_self, 1) == 2;
     printf("altstack: %ld returns, %d handler calls\n", ok, (int)handled);
+    wait_for_stdin();
+    return 0;
+}
+
+static int autodisarm(void)
+{
+    char stack[1 << 16]; /* in main's frame: above the frames the handler interrupts */
+    stack_t ss = {.ss_sp = stack, .ss_size = sizeof stack, .ss_flags = SS_AUTODISARM};
+    sigaltstack(&ss, NULL);
+    struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_ONSTACK};
+    sigaction(SIGUSR1, &sa, NULL);
+    long got = call(signal_self, 1);
+    printf("autodisarm: returned %ld, %d handler calls\n", got, (int)handled);
+    call(twice, 1);
+    wait_for_stdin();
+    return 0;
+}
+
+static long descend_and_jump(long depth)
+{
+    if (depth == 0)
+        longjmp(escape, 1);
+    return call(descend_and_jump, depth - 1);
+}
+
+static int deepjump(long n)
+{
+    if (setjmp(escape) == 0)
+        call(descend_and_jump, n);
+    printf("jumped out of %ld\n", n);
+    call(twice, 1);
     wait_for_stdin();
     return 0;
 }
@@ -219,13 +261,17 @@ int main(int argc, char **argv)
     if (!strcmp(mode, "longjmp"))
         return jumps(n);
     if (!strcmp(mode, "cancel"))
-        return cancel();
+        return cancel(n);
     if (!strcmp(mode, "backtrace"))
         return do_backtrace() > 0 ? 0 : 1;
     if (!strcmp(mode, "altstack"))
         return altstack(n);
     if (!strcmp(mode, "fork"))
         return forked();
+    if (!strcmp(mode, "autodisarm"))
+        return autodisarm();
+    if (!strcmp(mode, "deepjump"))
+        return deepjump(n);
     if (!strcmp(mode, "deep"))
         return call(descend, n) == n + 1 ? 0 : 1;
     if (!strcmp(mode, "tail")) {
