@@ -37,6 +37,12 @@
         .hidden ulp_prune
         .hidden ulp_discard_above
 
+/* \reg = this thread's state (NULL before its first tracked call): initial-exec TLS. */
+.macro load_thread reg
+        movq    ulp_self@gottpoff(%rip), \reg
+        movq    %fs:(\reg), \reg
+.endm
+
         .text
         .globl  ulp_track
         .type   ulp_track, @function
@@ -50,8 +56,7 @@ ulp_track:
         .cfi_adjust_cfa_offset 8
         .cfi_rel_offset %rbx, 0
 .Lretry:
-        movq    ulp_self@gottpoff(%rip), %r10
-        movq    %fs:(%r10), %r10
+        load_thread %r10
         testq   %r10, %r10
         jz      .Lnew_thread
         movq    ULP_DESC_PRIVATE(%r11), %rbx    /* offset of this library in thread->libs */
@@ -108,8 +113,7 @@ ulp_track:
         .globl  ulp_return
         .hidden ulp_return
 ulp_return:
-        movq    ulp_self@gottpoff(%rip), %rcx
-        movq    %fs:(%rcx), %rcx
+        load_thread %rcx
         leaq    ULP_FRAME_SIZE(%rbx), %rsi
         cmpq    %rsi, ULP_THREAD_TOP(%rcx)
         jne     .Ldiscard
@@ -142,8 +146,7 @@ ulp_return:
         movq    %rcx, %r11
         leaq    ulp_discard_above(%rip), %r10
         call    ulp_preserving_call
-        movq    ulp_self@gottpoff(%rip), %rcx
-        movq    %fs:(%rcx), %rcx
+        load_thread %rcx
         jmp     .Lreturn
 
         .cfi_restore_state
@@ -170,22 +173,14 @@ ulp_return:
 3:      incl    ULP_LIB_DEPTH(%rbx)
         movq    %rbx, ULP_FRAME_LIB(%r11)
 .Ltail_same_library:
-        popq    %rbx
-        .cfi_adjust_cfa_offset -8
-        .cfi_restore %rbx
-        popq    %r11
-        .cfi_adjust_cfa_offset -8
-        jmp     *%r11
-        .cfi_adjust_cfa_offset 16
-        .cfi_rel_offset %rbx, 0
+        jmp     .Lenter_plain
 .Lprune_reload:
         addq    $ULP_FRAME_SIZE, %r11
 .Lprune:
         movq    %r10, %r11
         leaq    ulp_prune(%rip), %r10
         call    ulp_preserving_call
-        movq    ulp_self@gottpoff(%rip), %r10
-        movq    %fs:(%r10), %r10
+        load_thread %r10
         movq    ULP_THREAD_TOP(%r10), %r11
         jmp     .Lreserve
 
@@ -209,6 +204,8 @@ ulp_return:
 .Luntracked:
         /* No thread state, no room, or an unknown library: behave as if no runtime were
          * loaded. The function returns straight to the caller. */
+.Lenter_plain:
+        /* Also the end of a tail call: the frame on top already stands for this entry. */
         popq    %rbx
         .cfi_adjust_cfa_offset -8
         .cfi_restore %rbx

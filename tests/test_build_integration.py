@@ -108,13 +108,17 @@ def test_setuptools_cmdclass(tmp_path: Path) -> None:
     _greeting_wheel_works(tmp_path, project, "--no-build-isolation")
 
 
-def test_setuptools_pyproject_table(tmp_path: Path) -> None:
-    project = _copy("setuptools-extension", tmp_path)
+def _without_cmdclass(project: Path) -> None:
+    """The example's setup.py as a project that never heard of ulp_build."""
     setup = project / "setup.py"
     text = setup.read_text().replace("import ulp_build.setuptools\n", "")
-    text = "\n".join(line for line in text.splitlines() if "cmdclass" not in line)
-    setup.write_text(text + "\n")
+    setup.write_text("\n".join(line for line in text.splitlines() if "cmdclass" not in line))
     assert "ulp_build" not in setup.read_text()
+
+
+def test_setuptools_pyproject_table(tmp_path: Path) -> None:
+    project = _copy("setuptools-extension", tmp_path)
+    _without_cmdclass(project)
     pyproject = project / "pyproject.toml"
     pyproject.write_text(pyproject.read_text() + "\n[tool.ulp_build]\nprepare-extensions = true\n")
     _greeting_wheel_works(tmp_path, project, "--no-build-isolation")
@@ -123,9 +127,7 @@ def test_setuptools_pyproject_table(tmp_path: Path) -> None:
 def test_setuptools_without_switch_builds_plain(tmp_path: Path) -> None:
     """The entry point is installed everywhere ulp_build is: it must do nothing unasked."""
     project = _copy("setuptools-extension", tmp_path)
-    setup = project / "setup.py"
-    text = setup.read_text().replace("import ulp_build.setuptools\n", "")
-    setup.write_text("\n".join(line for line in text.splitlines() if "cmdclass" not in line))
+    _without_cmdclass(project)
     env = {k: v for k, v in os.environ.items() if k != "ULP_BUILD_PREPARE"}
     _pip(
         "wheel",
@@ -144,32 +146,22 @@ def test_setuptools_without_switch_builds_plain(tmp_path: Path) -> None:
 
 def test_setuptools_editable_and_rebuild(tmp_path: Path) -> None:
     project = _copy("setuptools-extension", tmp_path)
-    prefix = tmp_path / "prefix"
-    for _ in range(2):
+    built = []
+    for _ in range(3):  # the first builds, the others find everything up to date
         _pip(
             "install",
             "--no-build-isolation",
             "--no-deps",
             "--prefix",
-            str(prefix),
+            str(tmp_path / "prefix"),
             "-e",
             ".",
             cwd=project,
         )
         (module,) = (project / "src" / "greeting").glob("_greet*.so")
         assert _prepared(module)
-    first = module.read_bytes()
-    _pip(
-        "install",
-        "--no-build-isolation",
-        "--no-deps",
-        "--prefix",
-        str(prefix),
-        "-e",
-        ".",
-        cwd=project,
-    )
-    assert module.read_bytes() == first
+        built.append(module.read_bytes())
+    assert built[1] == built[2]
 
 
 @pytest.fixture(scope="module")

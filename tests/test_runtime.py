@@ -91,21 +91,26 @@ def test_backtrace_reaches_main(built: dict[str, BuiltSample], runtime: Path) ->
     assert any("(main+" in f for f in frames[2:])
 
 
-def test_gdb_bt_reaches_main(built: dict[str, BuiltSample], runtime: Path) -> None:
-    b = built["tracking"]
+def _gdb_backtrace(b: BuiltSample, runtime: Path, breakpoint: str, *args: str) -> list[str]:
     script = [
         "-batch",
         "-ex", f"set environment LD_PRELOAD={runtime}",
         "-ex", f"set environment LD_LIBRARY_PATH={b.prepared.parent}",
         "-ex", "set breakpoint pending on",
-        "-ex", "break tracking_backtrace",
+        "-ex", f"break {breakpoint}",
         "-ex", "run",
         "-ex", "bt",
-        "--args", str(b.linked), "backtrace",
+        "--args", str(b.linked), *args,
     ]  # fmt: skip
     result = run(["gdb", "-q", "-nx", *script], timeout=120)
+    assert "previous frame identical" not in result.stdout + result.stderr
     frames = [line for line in result.stdout.splitlines() if re.match(r"#\d+ ", line)]
-    assert frames and "tracking_backtrace" in frames[0], result.stdout + result.stderr
+    assert frames and breakpoint in frames[0], result.stdout + result.stderr
+    return frames
+
+
+def test_gdb_bt_reaches_main(built: dict[str, BuiltSample], runtime: Path) -> None:
+    frames = _gdb_backtrace(built["tracking"], runtime, "tracking_backtrace", "backtrace")
     assert any("ulp_track" in f for f in frames)
     assert "main" in frames[-1]
 
@@ -142,6 +147,19 @@ def waiting(
             proc.wait()
 
 
+def _main_thread(pid: int) -> tuple[runtime_info.RuntimeState, runtime_info.ThreadInfo, int]:
+    """The runtime's state, its record of the main thread, and libtracking.so's index."""
+    state = runtime_info.read(pid)
+    (main,) = [t for t in state.threads if t.tid == pid]
+    return state, main, state.library("libtracking.so").index
+
+
+def _assert_left_the_library(pid: int) -> None:
+    _state, main, lib = _main_thread(pid)
+    assert main.frames == 0
+    assert main.libraries[lib].depth == 0
+
+
 def _rss_kib(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
@@ -152,11 +170,7 @@ def test_longjmp_out_of_callbacks_is_pruned(built: dict[str, BuiltSample], runti
         small = _rss_kib(pid)
     with waiting(built, "longjmp", "100000") as (pid, printed):
         assert printed == ["landed 100000 of 100000"]
-        state = runtime_info.read(pid)
-        lib = state.library("libtracking.so")
-        (main,) = [t for t in state.threads if t.tid == pid]
-        assert main.frames == 0
-        assert main.libraries[lib.index].depth == 0
+        _assert_left_the_library(pid)
         # 100000 leaked shadow frames would be 3 MiB.
         assert _rss_kib(pid) - small < 1024
 
@@ -169,19 +183,13 @@ def test_tail_calls_between_tracked_functions(built: dict[str, BuiltSample], run
     assert "jmp" in body and "tracking_spin@plt" in body
     with waiting(built, "tail", "10000") as (pid, printed):
         assert printed == ["tail calls: 0 mismatches"]
-        state = runtime_info.read(pid)
-        (main,) = [t for t in state.threads if t.tid == pid]
-        assert main.frames == 0
-        assert main.libraries[state.library("libtracking.so").index].depth == 0
+        _assert_left_the_library(pid)
 
 
 def test_signal_handler_on_alternate_stack(built: dict[str, BuiltSample], runtime: Path) -> None:
     with waiting(built, "altstack", "1000") as (pid, printed):
         assert printed == ["altstack: 1000 returns, 1000 handler calls"]
-        state = runtime_info.read(pid)
-        (main,) = [t for t in state.threads if t.tid == pid]
-        assert main.frames == 0
-        assert main.libraries[state.library("libtracking.so").index].depth == 0
+        _assert_left_the_library(pid)
 
 
 def test_alternate_stack_above_with_autodisarm(
@@ -191,9 +199,7 @@ def test_alternate_stack_above_with_autodisarm(
     placed above the frames it interrupts: they must not be taken for abandoned."""
     with waiting(built, "autodisarm") as (pid, printed):
         assert printed == ["autodisarm: returned 2, 1 handler calls"]
-        state = runtime_info.read(pid)
-        (main,) = [t for t in state.threads if t.tid == pid]
-        assert main.frames == 0
+        _assert_left_the_library(pid)
 
 
 def test_longjmp_from_a_full_shadow_stack(
@@ -202,10 +208,7 @@ def test_longjmp_from_a_full_shadow_stack(
     monkeypatch.setenv("ULP_SHADOW_FRAMES", "64")
     with waiting(built, "deepjump", "100") as (pid, printed):
         assert printed == ["jumped out of 100"]
-        state = runtime_info.read(pid)
-        (main,) = [t for t in state.threads if t.tid == pid]
-        assert main.frames == 0
-        assert main.libraries[state.library("libtracking.so").index].depth == 0
+        _assert_left_the_library(pid)
 
 
 def test_cancelled_threads_leave_the_registry(built: dict[str, BuiltSample], runtime: Path) -> None:
@@ -217,22 +220,8 @@ def test_cancelled_threads_leave_the_registry(built: dict[str, BuiltSample], run
 
 
 def test_gdb_bt_through_a_tail_call(built: dict[str, BuiltSample], runtime: Path) -> None:
-    b = built["tracking"]
-    script = [
-        "-batch",
-        "-ex", f"set environment LD_PRELOAD={runtime}",
-        "-ex", f"set environment LD_LIBRARY_PATH={b.prepared.parent}",
-        "-ex", "set breakpoint pending on",
-        "-ex", "break tracking_spin",
-        "-ex", "run",
-        "-ex", "bt",
-        "--args", str(b.linked), "tail", "1",
-    ]  # fmt: skip
-    result = run(["gdb", "-q", "-nx", *script], timeout=120)
-    frames = [line for line in result.stdout.splitlines() if re.match(r"#\d+ ", line)]
-    assert frames and "tracking_spin" in frames[0], result.stdout + result.stderr
-    assert "main" in frames[-1], result.stdout
-    assert "previous frame identical" not in result.stdout + result.stderr
+    frames = _gdb_backtrace(built["tracking"], runtime, "tracking_spin", "tail", "1")
+    assert "main" in frames[-1]
 
 
 def test_fork_child_calls_in(built: dict[str, BuiltSample], runtime: Path) -> None:

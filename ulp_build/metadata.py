@@ -10,13 +10,12 @@ field's presence and type and turns anything else into one clear error.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ulp_build.errors import UlpError
+from ulp_build.files import write_atomically
 
 MAGIC = "ULPPATCH"
 VERSION = 1
@@ -78,19 +77,7 @@ def dumps(patch: Patch) -> str:
 
 
 def write(patch: Patch, path: Path) -> None:
-    """Atomically: a reader sees the old file or the new one, never a partial one."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise UlpError(f"{path}: cannot write: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(dumps(patch))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, dumps(patch).encode(), 0o644)
 
 
 def read(path: str | Path) -> Patch:

@@ -14,9 +14,7 @@ errors; the layout below is small enough to own, and it is byte-for-byte determi
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +65,7 @@ from ulp_build.elf import (
     Section,
     Symbol,
 )
-from ulp_build.errors import UlpError
+from ulp_build.files import write_atomically
 from ulp_build.prepared import (
     DEFAULT_UNTRACKED,
     DESCRIPTOR,
@@ -165,29 +163,8 @@ def rewrite(
     result.output = str(output if output is not None else source)
     if output is None and result.already_prepared:
         return result
-    _write_atomically(target, data, source.stat().st_mode & 0o7777)
+    write_atomically(target, data, source.stat().st_mode & 0o7777)
     return result
-
-
-def _write_atomically(target: Path, data: bytes | bytearray, mode: int) -> None:
-    # A temporary file in the same directory and a rename: a process or build step that opens
-    # the library meanwhile sees the old file or the new one, never a partial one. No fsync, as
-    # for the compiler and linker that wrote the input: this guards readers, not power loss.
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".ulp-tmp", dir=target.parent)
-    except OSError as exc:
-        raise UlpError(f"{target}: cannot write: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise UlpError(f"{target}: cannot write: {exc.strerror or exc}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def prepare(elf: ElfFile, untracked: Iterable[str] = ()) -> tuple[bytes | bytearray, RewriteResult]:

@@ -1,0 +1,30 @@
+"""Writing output files the way a build step must: atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from ulp_build.errors import UlpError
+
+
+def write_atomically(target: Path, data: bytes | bytearray, mode: int) -> None:
+    """A temporary file in the same directory and a rename: a process or build step that opens
+    `target` meanwhile sees the old file or the new one, never a partial one. No fsync, as for
+    the compiler and linker that wrote the input: this guards readers, not power loss."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".ulp-tmp", dir=target.parent)
+    except OSError as exc:
+        raise UlpError(f"{target}: cannot write: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise UlpError(f"{target}: cannot write: {exc.strerror or exc}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
