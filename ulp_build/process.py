@@ -51,6 +51,6 @@ def read_memory(pid: int, address: int, size: int) -> bytes:
 
 def thread_ids(pid: int) -> list[int]:
     try:
-        return sorted(int(t) for t in Path(f"/proc/{pid}/task").iterdir() if t.name.isdigit())
+        return sorted(int(t.name) for t in Path(f"/proc/{pid}/task").iterdir() if t.name.isdigit())
     except FileNotFoundError:
         raise UlpError(f"process {pid}: no such process") from None

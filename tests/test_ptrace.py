@@ -1,0 +1,89 @@
+"""Stopping a real process, calling into it and letting it go, without it noticing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import run
+
+from ulp_build.elf import ElfFile
+from ulp_build.errors import UlpError
+from ulp_build.process import maps
+from ulp_build.ptrace import Tracee
+
+PROGRAM = Path(__file__).parent / "programs" / "victim.c"
+
+
+@pytest.fixture(scope="module")
+def victim_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("victim") / "victim"
+    result = run(["gcc", "-O2", "-g", "-pthread", "-rdynamic", "-o", str(out), str(PROGRAM)])
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture
+def victim(victim_binary: Path) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(
+        [str(victim_binary)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline() == "ready\n"
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def _address(proc: subprocess.Popen[str], binary: Path, name: str) -> int:
+    (sym,) = [s for s in ElfFile.load(binary).symtab_symbols if s.name == name]
+    base = min(m.start for m in maps(proc.pid) if m.path == str(binary))
+    return base + sym.value
+
+
+def _finish(proc: subprocess.Popen[str]) -> str:
+    out, _ = proc.communicate("", timeout=30)
+    assert proc.returncode == 0
+    return out.strip()
+
+
+def test_call_and_let_go_unnoticed(victim: subprocess.Popen[str], victim_binary: Path) -> None:
+    add = _address(victim, victim_binary, "victim_add")
+    for i in range(30):
+        with Tracee(victim.pid) as tracee:
+            assert len(tracee.threads) == 3
+            # In turn in each thread: the spinning main thread, and the two stopped inside
+            # nanosleep() and read(), whose system calls must restart cleanly afterwards.
+            tid = sorted(tracee.threads)[i % 3]
+            assert tracee.call(add, 40, i, tid=tid) == 40 + i
+            if i == 10:
+                os.kill(victim.pid, signal.SIGUSR1)  # arrives while every thread is stopped
+        # The parent (this test) saw no stop and no continue.
+        assert os.waitpid(victim.pid, os.WNOHANG | os.WUNTRACED | os.WCONTINUED) == (0, 0)
+    assert _finish(victim) == "eintr_sleep=0 eintr_read=0 corrupt=0 usr1=1"
+
+
+def test_a_crashing_call_leaves_the_process_intact(
+    victim: subprocess.Popen[str], victim_binary: Path
+) -> None:
+    with Tracee(victim.pid) as tracee, pytest.raises(UlpError, match="crashed at 0x10"):
+        tracee.call(0x10)
+    assert _finish(victim) == "eintr_sleep=0 eintr_read=0 corrupt=0 usr1=0"
+
+
+def test_a_call_that_never_returns_times_out(
+    victim: subprocess.Popen[str], victim_binary: Path
+) -> None:
+    hang = _address(victim, victim_binary, "victim_hang")
+    with Tracee(victim.pid, timeout=0.5) as tracee, pytest.raises(UlpError, match="did not return"):
+        tracee.call(hang)
+    assert _finish(victim) == "eintr_sleep=0 eintr_read=0 corrupt=0 usr1=0"
+
+
+def test_no_such_process() -> None:
+    with pytest.raises(UlpError, match="no such process"), Tracee(2**22 + 12345):
+        pass

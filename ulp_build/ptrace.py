@@ -1,0 +1,277 @@
+"""Stopping a whole process with ptrace, calling a function inside it, and letting it go
+exactly as it was (DESIGN section 5). The syscall layer only: what to call is the trigger's.
+
+- Every thread is seized and interrupted (PTRACE_SEIZE, so neither the process nor a parent
+  waiting on it sees a stop), repeating until no new thread appears.
+- A signal that arrives meanwhile is held and handed back at detach, not lost.
+- General registers and the extended state (FP/SSE/AVX, NT_X86_XSTATE) of every thread are
+  saved on attach and written back on detach, whatever happened in between.
+- A call runs below the red zone, 16-byte aligned, with orig_rax = -1 so an interrupted system
+  call is neither restarted at the wrong place nor ends in EINTR; it returns to address 0 and
+  the resulting SIGSEGV stop, never delivered, ends it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import signal
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ulp_build.errors import UlpError
+from ulp_build.process import read_memory, thread_ids
+
+PTRACE_CONT = 7
+PTRACE_GETREGS = 12
+PTRACE_SETREGS = 13
+PTRACE_DETACH = 17
+PTRACE_GETREGSET = 0x4204
+PTRACE_SETREGSET = 0x4205
+PTRACE_SEIZE = 0x4206
+PTRACE_INTERRUPT = 0x4207
+PTRACE_EVENT_STOP = 128
+NT_X86_XSTATE = 0x202
+WALL = 0x40000000
+RED_ZONE = 128
+XSTATE_MAX = 1 << 16
+SYS_TGKILL = 234
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.ptrace.restype = ctypes.c_long
+_libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+
+
+class Registers(ctypes.Structure):
+    """struct user_regs_struct (x86-64)."""
+
+    _fields_ = [(name, ctypes.c_ulonglong) for name in (
+        "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx",
+        "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base",
+        "gs_base", "ds", "es", "fs", "gs",
+    )]  # fmt: skip
+
+    def copy(self) -> Registers:
+        out = Registers()
+        ctypes.pointer(out)[0] = self
+        return out
+
+
+def _tgkill(pid: int, tid: int, sig: int) -> None:
+    if _libc.syscall(SYS_TGKILL, pid, tid, sig) != 0:
+        raise PtraceError(
+            f"thread {tid}: tgkill: {os.strerror(ctypes.get_errno())}", ctypes.get_errno()
+        )
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+class PtraceError(UlpError):
+    def __init__(self, message: str, err: int) -> None:
+        super().__init__(message)
+        self.errno = err
+
+
+def _ptrace(request: int, tid: int, addr: int | None = 0, data: object = 0) -> int:
+    ctypes.set_errno(0)
+    result = _libc.ptrace(request, tid, addr, data)
+    if result == -1 and ctypes.get_errno():
+        err = ctypes.get_errno()
+        raise PtraceError(f"thread {tid}: ptrace request {request:#x}: {os.strerror(err)}", err)
+    return result
+
+
+@dataclass
+class _Thread:
+    tid: int
+    regs: Registers
+    xstate: bytes
+    pending: list[int] = field(default_factory=list)  # signals held while attached
+
+
+@dataclass
+class Tracee:
+    """A process with all its threads stopped. Use as a context manager: leaving it restores
+    every thread and detaches, also on errors and KeyboardInterrupt."""
+
+    pid: int
+    timeout: float = 5.0
+    threads: dict[int, _Thread] = field(default_factory=dict)
+
+    def __enter__(self) -> Tracee:
+        try:
+            self._attach_all()
+        except BaseException:
+            self.detach()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    # -- attach and detach -----------------------------------------------------------------
+
+    def _attach_all(self) -> None:
+        """Seize threads until listing /proc finds none we do not hold (threads may be born
+        while we attach)."""
+        if not Path(f"/proc/{self.pid}").exists():
+            raise UlpError(f"process {self.pid}: no such process")
+        while True:
+            new = [t for t in thread_ids(self.pid) if t not in self.threads]
+            if not new:
+                return
+            for tid in new:
+                try:
+                    _ptrace(PTRACE_SEIZE, tid)
+                except PtraceError as exc:
+                    if exc.errno == errno.ESRCH:
+                        continue  # exited meanwhile
+                    raise UlpError(
+                        f"process {self.pid}: cannot attach to thread {tid}:"
+                        f" {os.strerror(exc.errno)}"
+                    ) from None
+                _ptrace(PTRACE_INTERRUPT, tid)
+                pending = self._wait_stopped(tid)
+                if pending is None:
+                    continue  # exited before stopping
+                self.threads[tid] = _Thread(
+                    tid, self._get_regs(tid), self._get_xstate(tid), [pending] if pending else []
+                )
+
+    def _wait_stopped(self, tid: int) -> int | None:
+        """Wait until `tid` is in a ptrace stop; return the signal that stopped it if that is
+        a real signal to hand back later (0 for our interrupt), None if it exited."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                got, status = os.waitpid(tid, WALL | os.WNOHANG)
+            except ChildProcessError:
+                return None
+            if got == 0:
+                if time.monotonic() > deadline:
+                    raise UlpError(f"process {self.pid}: thread {tid} did not stop in time")
+                time.sleep(0.0002)
+                continue
+            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                return None
+            if os.WIFSTOPPED(status):
+                if status >> 16 == PTRACE_EVENT_STOP:
+                    return 0
+                return os.WSTOPSIG(status)
+
+    def detach(self) -> None:
+        """Put every thread's registers back and let it run. Signals held meanwhile go back:
+        the first with the detach, the others queued again to the thread."""
+        for thread in list(self.threads.values()):
+            try:
+                self._set_regs(thread.tid, thread.regs)
+                self._set_xstate(thread.tid, thread.xstate)
+                for sig in thread.pending[1:]:
+                    _tgkill(self.pid, thread.tid, sig)
+                _ptrace(PTRACE_DETACH, thread.tid, 0, thread.pending[0] if thread.pending else 0)
+            except PtraceError:
+                pass  # the thread exited: nothing to restore
+            del self.threads[thread.tid]
+
+    # -- registers -------------------------------------------------------------------------
+
+    @staticmethod
+    def _get_regs(tid: int) -> Registers:
+        regs = Registers()
+        _ptrace(PTRACE_GETREGS, tid, 0, ctypes.addressof(regs))
+        return regs
+
+    @staticmethod
+    def _set_regs(tid: int, regs: Registers) -> None:
+        _ptrace(PTRACE_SETREGS, tid, 0, ctypes.addressof(regs))
+
+    @staticmethod
+    def _get_xstate(tid: int) -> bytes:
+        buf = ctypes.create_string_buffer(XSTATE_MAX)
+        iov = _IoVec(ctypes.addressof(buf), XSTATE_MAX)
+        _ptrace(PTRACE_GETREGSET, tid, NT_X86_XSTATE, ctypes.addressof(iov))
+        return buf.raw[: iov.len]
+
+    @staticmethod
+    def _set_xstate(tid: int, xstate: bytes) -> None:
+        buf = ctypes.create_string_buffer(xstate, len(xstate))
+        iov = _IoVec(ctypes.addressof(buf), len(xstate))
+        _ptrace(PTRACE_SETREGSET, tid, NT_X86_XSTATE, ctypes.addressof(iov))
+
+    # -- memory ----------------------------------------------------------------------------
+
+    def read(self, address: int, size: int) -> bytes:
+        return read_memory(self.pid, address, size)
+
+    def write(self, address: int, data: bytes) -> None:
+        try:
+            with open(f"/proc/{self.pid}/mem", "r+b", buffering=0) as mem:
+                mem.seek(address)
+                written = mem.write(data)
+        except OSError as exc:
+            raise UlpError(
+                f"process {self.pid}: cannot write memory at {address:#x}: {exc.strerror}"
+            ) from None
+        if written != len(data):
+            raise UlpError(f"process {self.pid}: short write at {address:#x}")
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def call(self, function: int, *args: int, tid: int | None = None) -> int:
+        """Run `function(*args)` (at most six integer arguments) in one stopped thread and
+        return %rax. The thread's registers are restored afterwards."""
+        if len(args) > 6:
+            raise ValueError("at most six integer arguments")
+        thread = self.threads[tid if tid is not None else min(self.threads)]
+        regs = thread.regs.copy()
+        # Below the red zone, then aligned so that the callee sees %rsp = 8 mod 16.
+        sp = ((regs.rsp - RED_ZONE - 256) & ~0xF) - 8
+        self.write(sp, struct.pack("<Q", 0))
+        regs.rsp = sp
+        regs.rip = function
+        regs.rax = 0
+        regs.orig_rax = (1 << 64) - 1  # not in a system call: nothing to restart
+        for name, value in zip(("rdi", "rsi", "rdx", "rcx", "r8", "r9"), args, strict=False):
+            setattr(regs, name, value & ((1 << 64) - 1))
+        self._set_regs(thread.tid, regs)
+        try:
+            return self._run_until_return(thread)
+        finally:
+            self._set_regs(thread.tid, thread.regs)
+            self._set_xstate(thread.tid, thread.xstate)
+
+    def _run_until_return(self, thread: _Thread) -> int:
+        deadline = time.monotonic() + self.timeout
+        _ptrace(PTRACE_CONT, thread.tid, 0, 0)
+        while True:
+            got, status = os.waitpid(thread.tid, WALL | os.WNOHANG)
+            if got == 0:
+                if time.monotonic() > deadline:
+                    _ptrace(PTRACE_INTERRUPT, thread.tid)
+                    self._wait_stopped(thread.tid)
+                    raise UlpError(
+                        f"process {self.pid}: the call did not return within {self.timeout} s"
+                    )
+                time.sleep(0.0001)
+                continue
+            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                del self.threads[thread.tid]
+                raise UlpError(f"process {self.pid}: thread {thread.tid} died during the call")
+            sig = os.WSTOPSIG(status)
+            if sig == signal.SIGSEGV:
+                regs = self._get_regs(thread.tid)
+                if regs.rip == 0:
+                    return regs.rax
+                raise UlpError(f"process {self.pid}: the call crashed at {regs.rip:#x}")
+            if status >> 16 == PTRACE_EVENT_STOP:
+                _ptrace(PTRACE_CONT, thread.tid, 0, 0)
+                continue
+            # Another signal arrived for this thread: hold it for detach, keep the call going.
+            thread.pending.append(sig)
+            _ptrace(PTRACE_CONT, thread.tid, 0, 0)
