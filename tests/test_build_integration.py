@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import sys
-import tarfile
 import zipfile
 from pathlib import Path
 
@@ -207,8 +206,8 @@ def test_third_party_sdist_with_the_environment_switch(tmp_path: Path) -> None:
     unpacked = _unpack_wheel(tmp_path / "dist", tmp_path / "wheel")
     (module,) = unpacked.rglob("_speedups*.so")
     assert _prepared(module)
-    with tarfile.open(sdist) as tf:
-        tf.extractall(tmp_path / "src", filter="data")
+    (tmp_path / "src").mkdir()
+    assert run(["tar", "xzf", str(sdist), "-C", str(tmp_path / "src")]).returncode == 0
     (tests,) = (tmp_path / "src").glob("MarkupSafe-*/tests")
     result = run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)],
