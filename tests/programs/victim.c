@@ -35,9 +35,20 @@ long victim_hang(void)
         pause();
 }
 
+/* SIGUSR1 is for the main thread: a handler run in the sleeper would end its nanosleep()
+ * with EINTR by itself, whatever a tracer does. */
+static void leave_usr1_to_main(void)
+{
+    sigset_t usr1_only;
+    sigemptyset(&usr1_only);
+    sigaddset(&usr1_only, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &usr1_only, NULL);
+}
+
 static void *sleeper(void *arg)
 {
     (void)arg;
+    leave_usr1_to_main();
     for (;;) {
         struct timespec t = {0, 20 * 1000 * 1000};
         if (nanosleep(&t, NULL) != 0 && errno == EINTR)
@@ -49,6 +60,7 @@ static void *sleeper(void *arg)
 static void *reader(void *arg)
 {
     (void)arg;
+    leave_usr1_to_main();
     for (;;) {
         char c;
         ssize_t n = read(pipefd[0], &c, 1);
