@@ -43,7 +43,7 @@ static void copy_build_id(struct ulp_library *lib, const struct ulp_descriptor *
 }
 
 /* Called by track.S (through ulp_preserving_call) on a library's first tracked call. Returns
- * the libs[] offset, or 0 to run this call untracked. */
+ * the libs[] offset, or ULP_DESC_UNTRACKED / 0 to run this call untracked. */
 __attribute__((visibility("hidden"))) uint64_t ulp_library_register(struct ulp_descriptor *d)
 {
     if (memcmp(d->magic, magic, sizeof magic) != 0 || d->version != 1)
@@ -65,6 +65,9 @@ __attribute__((visibility("hidden"))) uint64_t ulp_library_register(struct ulp_d
         atomic_store(&ulp_library_count, n + 1);
         offset = ULP_THREAD_LIBS + (uint64_t)n * ULP_THREAD_LIB_SIZE;
         atomic_store(&d->runtime_private, offset);
+    } else if (offset == 0) {
+        /* No room: remember it, so that every later call skips this slow path. */
+        atomic_store(&d->runtime_private, ULP_DESC_UNTRACKED);
     }
     atomic_flag_clear_explicit(&lock, memory_order_release);
     ulp_signals_restore(&saved);

@@ -60,8 +60,10 @@ ulp_track:
         testq   %r10, %r10
         jz      .Lnew_thread
         movq    ULP_DESC_PRIVATE(%r11), %rbx    /* offset of this library in thread->libs */
-        testq   %rbx, %rbx
-        jz      .Lnew_library
+        /* Real offsets are at least ULP_THREAD_LIBS; below are 0 (not registered yet) and
+         * ULP_DESC_UNTRACKED (no room): both handled out of line. */
+        cmpq    $ULP_THREAD_LIBS, %rbx
+        jb      .Lnew_library
         addq    %r10, %rbx                      /* %rbx = &thread->libs[library] */
         movq    ULP_THREAD_TOP(%r10), %r11
         /* A frame whose return slot is not above ours was left by longjmp, an exception or
@@ -195,6 +197,8 @@ ulp_return:
         jmp     .Lretry
 
 .Lnew_library:
+        cmpq    $ULP_DESC_UNTRACKED, %rbx
+        je      .Luntracked
         leaq    ulp_library_register(%rip), %r10
         call    ulp_preserving_call
         testq   %r10, %r10

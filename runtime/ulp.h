@@ -25,6 +25,7 @@
 #define ULP_LIB_UNIVERSE 8
 
 #define ULP_DESC_PRIVATE 24  /* descriptor word the runtime owns: this library's libs[] offset */
+#define ULP_DESC_UNTRACKED 1 /* ... or this: no room for the library, its calls run untracked */
 
 #ifndef __ASSEMBLER__
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import BuiltSample, run, ulp
+from conftest import REPO, BuiltSample, run, ulp
 
 from ulp_build import runtime_info
 from ulp_build.elf import ElfFile
@@ -294,6 +295,31 @@ def test_process_without_runtime_is_reported(built: dict[str, BuiltSample]) -> N
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_libraries_past_the_limit_run_untracked(
+    built: dict[str, BuiltSample], runtime: Path, tmp_path: Path
+) -> None:
+    """1030 copies of a prepared library in one process: the first 1024 are tracked, the rest
+    run untracked (and correctly)."""
+    paths = []
+    for i in range(1030):
+        copy = tmp_path / str(i) / "libtracking.so"
+        copy.parent.mkdir()
+        shutil.copy(built["tracking"].prepared, copy)
+        paths.append(str(copy))
+    script = f"""
+import ctypes, os, sys
+sys.path.insert(0, {str(REPO)!r})
+from ulp_build import runtime_info
+libs = [ctypes.CDLL(p) for p in {paths!r}]
+results = {{lib.tracking_spin(100) for lib in libs for _ in range(3)}}
+state = runtime_info.read(os.getpid())
+print(len(state.libraries), len(results))
+"""
+    result = with_runtime([sys.executable, "-c", script], timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1024", "1"]
 
 
 def test_run_keeps_existing_preload(runtime: Path) -> None:
