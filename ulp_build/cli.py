@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         action="append",
         default=[],
-        help="keep a plain entry for this exported function (repeatable); added to"
+        help="keep a plain entry for these exported functions; added to"
         " the default list of functions that never return or return twice",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
