@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--untracked",
         metavar="NAME",
-        action="append",
+        action="extend",
+        nargs="+",
         default=[],
         help="keep a plain entry for these exported functions; added to"
         " the default list of functions that never return or return twice",
