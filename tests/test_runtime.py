@@ -328,6 +328,13 @@ def test_run_keeps_existing_preload(runtime: Path) -> None:
     assert result.stdout.strip() == f"{runtime}:{libm}"
 
 
+def test_the_runtime_refuses_to_be_prepared(runtime: Path, tmp_path: Path) -> None:
+    result = ulp("rewrite", str(runtime), "-o", str(tmp_path / "x.so"))
+    assert result.returncode == 1
+    assert "defines ulp_track: it is the ulp runtime" in result.stderr
+    assert not (tmp_path / "x.so").exists()
+
+
 def test_runtime_path(runtime: Path) -> None:
     result = ulp("runtime-path")
     assert result.returncode == 0 and result.stdout.strip() == str(runtime)

@@ -141,6 +141,10 @@ def check_input(elf: ElfFile) -> None:
         raise ElfError(f"{name}: no section headers (sstrip'ed?); rebuild or strip with strip")
     if all(s.shndx == SHN_UNDEF for s in elf.dynamic_symbols):
         raise ElfError(f"{name}: no dynamic symbols (the library exports nothing)")
+    if any(s.name == RUNTIME_SYMBOL and s.shndx != SHN_UNDEF for s in elf.dynamic_symbols):
+        raise ElfError(
+            f"{name}: defines {RUNTIME_SYMBOL}: it is the ulp runtime, which cannot track itself"
+        )
     for sec in elf.sections:
         if sec.type in (SHT_HASH, SHT_GNU_HASH) and not symhash.fits(
             elf.section_data(sec), sec.type == SHT_GNU_HASH
