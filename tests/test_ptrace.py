@@ -51,11 +51,12 @@ def _finish(proc: subprocess.Popen[str]) -> str:
     return out.strip()
 
 
+@pytest.mark.parametrize("victim", [[], ["mainexit"]], ids=["main", "main-exited"], indirect=True)
 def test_call_and_let_go_unnoticed(victim: subprocess.Popen[str], victim_binary: Path) -> None:
     add = _address(victim, victim_binary, "victim_add")
     for i in range(30):
         with Tracee(victim.pid) as tracee:
-            assert len(tracee.threads) == 3
+            assert len(tracee.threads) == 3  # the exited main thread is not one of them
             # In turn in each thread: the spinning main thread, and the two stopped inside
             # nanosleep() and read(), whose system calls must restart cleanly afterwards.
             tid = sorted(tracee.threads)[i % 3]
@@ -82,6 +83,36 @@ def test_a_call_that_never_returns_times_out(
     with Tracee(victim.pid, timeout=0.5) as tracee, pytest.raises(UlpError, match="did not return"):
         tracee.call(hang)
     assert _finish(victim) == "eintr_sleep=0 eintr_read=0 corrupt=0 usr1=0"
+
+
+def test_interrupted_tracer_leaves_the_process_intact(
+    victim: subprocess.Popen[str], victim_binary: Path
+) -> None:
+    """Ctrl-C in the middle of a call: the thread is stopped, restored and let go."""
+    hang = _address(victim, victim_binary, "victim_hang")
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with Tracee(victim.pid, timeout=10) as tracee, pytest.raises(KeyboardInterrupt):
+            tracee.call(hang)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert _finish(victim) == "eintr_sleep=0 eintr_read=0 corrupt=0 usr1=0"
+
+
+def test_signal_during_a_timed_out_call_is_delivered(
+    victim: subprocess.Popen[str], victim_binary: Path
+) -> None:
+    hang = _address(victim, victim_binary, "victim_hang")
+    with Tracee(victim.pid, timeout=0.5) as tracee, pytest.raises(UlpError, match="did not"):
+        os.kill(victim.pid, signal.SIGUSR1)
+        tracee.call(hang)
+    assert _finish(victim) == "eintr_sleep=0 eintr_read=0 corrupt=0 usr1=1"
 
 
 def test_no_such_process() -> None:

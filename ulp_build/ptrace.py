@@ -93,6 +93,7 @@ class _Thread:
     regs: Registers
     xstate: bytes
     pending: list[int] = field(default_factory=list)  # signals held while attached
+    running: bool = False  # continued for a call and not seen stopped since
 
 
 @dataclass
@@ -119,30 +120,43 @@ class Tracee:
 
     def _attach_all(self) -> None:
         """Seize threads until listing /proc finds none we do not hold (threads may be born
-        while we attach)."""
+        while we attach). Threads that are exiting, and a main thread that already exited
+        (a zombie that stays listed), cannot be seized and need not be."""
         if not Path(f"/proc/{self.pid}").exists():
             raise UlpError(f"process {self.pid}: no such process")
+        gone: set[int] = set()
         while True:
-            new = [t for t in thread_ids(self.pid) if t not in self.threads]
+            new = [t for t in thread_ids(self.pid) if t not in self.threads and t not in gone]
             if not new:
+                if not self.threads:
+                    raise UlpError(f"process {self.pid}: no live thread to attach to")
                 return
             for tid in new:
                 try:
                     _ptrace(PTRACE_SEIZE, tid)
+                    _ptrace(PTRACE_INTERRUPT, tid)
                 except PtraceError as exc:
-                    if exc.errno == errno.ESRCH:
-                        continue  # exited meanwhile
+                    if self._exiting(tid):
+                        gone.add(tid)
+                        continue
                     raise UlpError(
                         f"process {self.pid}: cannot attach to thread {tid}:"
                         f" {os.strerror(exc.errno)}"
                     ) from None
-                _ptrace(PTRACE_INTERRUPT, tid)
                 pending = self._wait_stopped(tid)
                 if pending is None:
-                    continue  # exited before stopping
+                    gone.add(tid)
+                    continue
                 self.threads[tid] = _Thread(
                     tid, self._get_regs(tid), self._get_xstate(tid), [pending] if pending else []
                 )
+
+    def _exiting(self, tid: int) -> bool:
+        try:
+            stat = Path(f"/proc/{self.pid}/task/{tid}/stat").read_text()
+        except OSError:
+            return True
+        return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
     def _wait_stopped(self, tid: int) -> int | None:
         """Wait until `tid` is in a ptrace stop; return the signal that stopped it if that is
@@ -166,18 +180,34 @@ class Tracee:
                 return os.WSTOPSIG(status)
 
     def detach(self) -> None:
-        """Put every thread's registers back and let it run. Signals held meanwhile go back:
-        the first with the detach, the others queued again to the thread."""
+        """Put every thread's registers back and let it run. Held signals are queued to the
+        thread again (a detach from an event stop would drop a signal passed with it)."""
         for thread in list(self.threads.values()):
+            del self.threads[thread.tid]
             try:
+                if thread.running:
+                    self._stop(thread)
                 self._set_regs(thread.tid, thread.regs)
                 self._set_xstate(thread.tid, thread.xstate)
-                for sig in thread.pending[1:]:
+                for sig in thread.pending:
                     _tgkill(self.pid, thread.tid, sig)
-                _ptrace(PTRACE_DETACH, thread.tid, 0, thread.pending[0] if thread.pending else 0)
-            except PtraceError:
-                pass  # the thread exited: nothing to restore
-            del self.threads[thread.tid]
+            except PtraceError as exc:
+                if exc.errno != errno.ESRCH:
+                    raise
+            finally:
+                try:
+                    _ptrace(PTRACE_DETACH, thread.tid, 0, 0)
+                except PtraceError as exc:
+                    if exc.errno != errno.ESRCH:
+                        raise
+
+    def _stop(self, thread: _Thread) -> None:
+        """Stop a thread we continued, holding any signal that stops it first."""
+        _ptrace(PTRACE_INTERRUPT, thread.tid)
+        sig = self._wait_stopped(thread.tid)
+        thread.running = False
+        if sig:
+            thread.pending.append(sig)
 
     # -- registers -------------------------------------------------------------------------
 
@@ -242,19 +272,30 @@ class Tracee:
         self._set_regs(thread.tid, regs)
         try:
             return self._run_until_return(thread)
+        except BaseException:
+            # Whatever interrupted us (a timeout, Ctrl-C): the thread must be stopped before
+            # its registers can be put back.
+            if thread.tid in self.threads and thread.running:
+                self._stop(thread)
+            raise
         finally:
-            self._set_regs(thread.tid, thread.regs)
-            self._set_xstate(thread.tid, thread.xstate)
+            if thread.tid in self.threads:
+                self._set_regs(thread.tid, thread.regs)
+                self._set_xstate(thread.tid, thread.xstate)
 
     def _run_until_return(self, thread: _Thread) -> int:
         deadline = time.monotonic() + self.timeout
         _ptrace(PTRACE_CONT, thread.tid, 0, 0)
+        thread.running = True
         while True:
             got, status = os.waitpid(thread.tid, WALL | os.WNOHANG)
             if got == 0:
                 if time.monotonic() > deadline:
-                    _ptrace(PTRACE_INTERRUPT, thread.tid)
-                    self._wait_stopped(thread.tid)
+                    self._stop(thread)
+                    regs = self._get_regs(thread.tid)
+                    if thread.pending[-1:] == [signal.SIGSEGV] and regs.rip == 0:
+                        thread.pending.pop()  # it returned just as time ran out
+                        return regs.rax
                     raise UlpError(
                         f"process {self.pid}: the call did not return within {self.timeout} s"
                     )
@@ -263,15 +304,15 @@ class Tracee:
             if os.WIFEXITED(status) or os.WIFSIGNALED(status):
                 del self.threads[thread.tid]
                 raise UlpError(f"process {self.pid}: thread {thread.tid} died during the call")
+            thread.running = False
             sig = os.WSTOPSIG(status)
             if sig == signal.SIGSEGV:
                 regs = self._get_regs(thread.tid)
                 if regs.rip == 0:
                     return regs.rax
                 raise UlpError(f"process {self.pid}: the call crashed at {regs.rip:#x}")
-            if status >> 16 == PTRACE_EVENT_STOP:
-                _ptrace(PTRACE_CONT, thread.tid, 0, 0)
-                continue
-            # Another signal arrived for this thread: hold it for detach, keep the call going.
-            thread.pending.append(sig)
+            if status >> 16 != PTRACE_EVENT_STOP:
+                # Another signal arrived for this thread: hold it for detach.
+                thread.pending.append(sig)
             _ptrace(PTRACE_CONT, thread.tid, 0, 0)
+            thread.running = True

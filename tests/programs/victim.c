@@ -2,7 +2,8 @@
  * A process that must not notice being stopped, called into and let go: the main thread keeps
  * a value in its red zone and in %xmm8 across a long spin, one thread sleeps in nanosleep(),
  * one blocks in read(). On end of stdin it prints what it saw: EINTRs, corrupted values, and
- * how many SIGUSR1 it handled.
+ * how many SIGUSR1 it handled. With the argument "mainexit" the checks run in a thread and the
+ * main thread exits first (it stays listed as a zombie).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -10,6 +11,8 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -97,23 +100,34 @@ static __attribute__((noinline)) int values_survive_a_spin(void)
     return bad;
 }
 
-int main(void)
+static void *checks(void *arg)
 {
-    signal(SIGUSR1, on_usr1);
-    if (pipe(pipefd) != 0)
-        return 1;
-    pthread_t s, r;
-    pthread_create(&s, NULL, sleeper, NULL);
-    pthread_create(&r, NULL, reader, NULL);
+    (void)arg;
     printf("ready\n");
     fflush(stdout);
     struct pollfd in = {.fd = 0, .events = POLLIN};
     while (poll(&in, 1, 0) == 0)
         corrupt += values_survive_a_spin();
     if (write(pipefd[1], "q", 1) != 1)
-        return 1;
-    pthread_join(r, NULL);
+        exit(1);
     printf("eintr_sleep=%d eintr_read=%d corrupt=%d usr1=%d\n", eintr_sleep, eintr_read,
            corrupt, (int)usr1);
+    exit(0);
+}
+
+int main(int argc, char **argv)
+{
+    signal(SIGUSR1, on_usr1);
+    if (pipe(pipefd) != 0)
+        return 1;
+    pthread_t s, r, c;
+    pthread_create(&s, NULL, sleeper, NULL);
+    pthread_create(&r, NULL, reader, NULL);
+    if (argc > 1 && strcmp(argv[1], "mainexit") == 0) {
+        leave_usr1_to_main(); /* now: to the checking thread */
+        pthread_create(&c, NULL, checks, NULL);
+        pthread_exit(NULL);
+    }
+    checks(NULL);
     return 0;
 }
