@@ -268,3 +268,31 @@ def test_reader_on_mutated_metadata(edits: list[tuple[int, int]], cut: int) -> N
 def test_reader_on_random_json(document: object) -> None:
     with contextlib.suppress(UlpError):
         metadata.parse(b"ULPPATCH 1\n" + json.dumps(document).encode(), "fuzz.ulp")
+
+
+def test_outputs_never_overwrite_inputs(tree: Path, tmp_path: Path) -> None:
+    desc = _describe(tmp_path, tree, '[replace]\nbasic_square = "basic_square_fixed"\n')
+    target = tree / "basic" / "libbasic.so"
+    before = target.read_bytes(), desc.read_text()
+    for output, message in (
+        (desc, "is the description"),
+        (target, "is the target"),
+        (desc.parent / "patch.so", "is the object"),
+        (tmp_path / "x.rev.ulp", "a .rev.ulp name is for the reverse"),
+    ):
+        result = ulp("pack", str(desc), "-o", str(output))
+        assert result.returncode == 1, output
+        assert message in result.stderr
+    assert (target.read_bytes(), desc.read_text()) == before
+    assert not list(desc.parent.glob("*.ulp"))
+
+
+def test_object_that_is_the_target(tree: Path, tmp_path: Path) -> None:
+    target = tree / "basic" / "libbasic.so"
+    desc = tmp_path / "self.toml"
+    desc.write_text(
+        f'target = "{target}"\nobject = "{target}"\n[replace]\nbasic_square = "basic_square"\n'
+    )
+    result = ulp("pack", str(desc))
+    assert result.returncode == 1
+    assert "self.toml:2: object: is the target itself" in result.stderr

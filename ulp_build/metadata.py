@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from ulp_build.errors import UlpError
-from ulp_build.files import write_atomically
 
 MAGIC = "ULPPATCH"
 VERSION = 1
@@ -74,10 +73,6 @@ def to_json(patch: Patch) -> dict[str, Any]:
 
 def dumps(patch: Patch) -> str:
     return f"{MAGIC} {VERSION}\n" + json.dumps(asdict(patch), indent=1) + "\n"
-
-
-def write(patch: Patch, path: Path) -> None:
-    write_atomically(path, dumps(patch).encode(), 0o644)
 
 
 def read(path: str | Path) -> Patch:

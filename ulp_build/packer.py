@@ -25,7 +25,8 @@ from ulp_build.elf import (
     Symbol,
 )
 from ulp_build.errors import UlpError
-from ulp_build.metadata import Function, Patch, Reference, write
+from ulp_build.files import write_all_atomically
+from ulp_build.metadata import Function, Patch, Reference, dumps
 from ulp_build.prepared import SECTION_TRAMPOLINES
 from ulp_build.rewrite import is_prepared
 
@@ -49,11 +50,23 @@ def reverse_path(metadata: Path) -> Path:
 def pack(description_path: str | Path, output: str | Path | None = None) -> Packed:
     desc = load_description(description_path)
     out = Path(output) if output is not None else desc.path.with_suffix(".ulp")
-    patch = _build(desc, out)
-    write(patch, out)
     rev = reverse_path(out)
-    write(patch.reverse(), rev)
+    _check_outputs(desc, out, rev)
+    patch = _build(desc, out)
+    write_all_atomically(
+        [(out, dumps(patch).encode(), 0o644), (rev, dumps(patch.reverse()).encode(), 0o644)]
+    )
     return Packed(out, rev, patch)
+
+
+def _check_outputs(desc: Description, out: Path, rev: Path) -> None:
+    if out.name.endswith(".rev.ulp"):
+        raise UlpError(f"{out}: a .rev.ulp name is for the reverse patch; choose another")
+    inputs = {"description": desc.path, "target": desc.target, "object": desc.object}
+    for path in (out, rev):
+        for role, source in inputs.items():
+            if path.resolve() == source.resolve():
+                raise UlpError(f"{path}: is the {role}; refusing to overwrite it")
 
 
 def _load(path: Path, role: str, desc: Description, problems: list[str]) -> ElfFile | None:
@@ -107,6 +120,9 @@ def _build(desc: Description, out: Path) -> Patch:
             " prepared (run `ulp rewrite` on it)"
         )
         target = None
+    if target is not None and obj is not None and desc.target.resolve() == desc.object.resolve():
+        problems.append(f"{desc.where(desc.lines.get('object'))}: object: is the target itself")
+        obj = None
     if target is None or obj is None:
         raise UlpError("\n".join(problems))
     if target.build_id is None:

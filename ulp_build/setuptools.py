@@ -41,8 +41,11 @@ def preparing(base: type[_setuptools_build_ext]) -> type[_setuptools_build_ext]:
             flags = [f for f in CFLAGS if f not in (ext.extra_compile_args or [])]
             ext.extra_compile_args = [*flags, *(ext.extra_compile_args or [])]
             super().build_extension(ext)
-            # Also on rebuilds where the compile was skipped: preparing is idempotent.
-            rewrite(self.get_ext_fullpath(ext.name))
+            # Also on rebuilds where the compile was skipped: preparing is idempotent. A
+            # package may skip an optional extension that failed to build: nothing to prepare.
+            path = self.get_ext_fullpath(ext.name)
+            if os.path.exists(path):
+                rewrite(path)
 
     PreparingBuildExt.__name__ = f"Preparing{base.__name__}"
     PreparingBuildExt.__qualname__ = PreparingBuildExt.__name__
@@ -53,11 +56,15 @@ build_ext = preparing(_setuptools_build_ext)
 
 
 def _enabled_in_pyproject(project: Path) -> bool:
+    # Runs in every setuptools build where ulp_build is installed: never fail on a pyproject
+    # that is not ours to judge.
     try:
         data = tomllib.loads((project / "pyproject.toml").read_text())
-    except (OSError, tomllib.TOMLDecodeError):
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return False
-    return bool(data.get("tool", {}).get("ulp_build", {}).get("prepare-extensions", False))
+    tool = data.get("tool")
+    ours = tool.get("ulp_build") if isinstance(tool, dict) else None
+    return isinstance(ours, dict) and ours.get("prepare-extensions") is True
 
 
 def finalize_distribution_options(dist: Distribution) -> None:
@@ -65,5 +72,14 @@ def finalize_distribution_options(dist: Distribution) -> None:
     project or the environment asks for prepared extensions."""
     if os.environ.get(ENVIRONMENT_SWITCH) != "1" and not _enabled_in_pyproject(Path.cwd()):
         return
-    base = dist.cmdclass.get("build_ext", _setuptools_build_ext)
-    dist.cmdclass["build_ext"] = preparing(base)
+    # Wrap at lookup time, not now: setuptools applies [tool.setuptools.cmdclass] after this
+    # hook, and the package's own build_ext must be the one wrapped.
+    lookup = dist.get_command_class
+
+    def get_command_class(command: str) -> type:
+        cls = lookup(command)
+        if command == "build_ext":
+            cls = dist.cmdclass[command] = preparing(cls)
+        return cls
+
+    dist.get_command_class = get_command_class  # type: ignore[method-assign]
