@@ -46,7 +46,16 @@ def _address(proc: subprocess.Popen[str], binary: Path, name: str) -> int:
 
 
 def _finish(proc: subprocess.Popen[str]) -> str:
-    out, _ = proc.communicate("", timeout=30)
+    try:
+        out, _ = proc.communicate("", timeout=30)
+    except subprocess.TimeoutExpired:
+        threads = {
+            t.name: [*(t / "stat").read_text().split(")")[1].split()[:1], (t / "wchan").read_text()]
+            for t in Path(f"/proc/{proc.pid}/task").iterdir()
+        }
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        tracer = [line for line in status.splitlines() if line.startswith("TracerPid")]
+        raise AssertionError(f"victim stuck: {threads} {tracer}") from None
     assert proc.returncode == 0
     return out.strip()
 

@@ -39,6 +39,7 @@ NT_X86_XSTATE = 0x202
 WALL = 0x40000000
 RED_ZONE = 128
 XSTATE_MAX = 1 << 16
+_ASYNC_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGALRM, signal.SIGHUP}
 SYS_TGKILL = 234
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -285,8 +286,7 @@ class Tracee:
 
     def _run_until_return(self, thread: _Thread) -> int:
         deadline = time.monotonic() + self.timeout
-        _ptrace(PTRACE_CONT, thread.tid, 0, 0)
-        thread.running = True
+        self._continue(thread)
         while True:
             got, status = os.waitpid(thread.tid, WALL | os.WNOHANG)
             if got == 0:
@@ -314,5 +314,15 @@ class Tracee:
             if status >> 16 != PTRACE_EVENT_STOP:
                 # Another signal arrived for this thread: hold it for detach.
                 thread.pending.append(sig)
+            self._continue(thread)
+
+    @staticmethod
+    def _continue(thread: _Thread) -> None:
+        # No Python signal handler (Ctrl-C, an alarm) may run between resuming the thread and
+        # recording that it runs: the cleanup would then treat a running thread as stopped.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNC_SIGNALS)
+        try:
             _ptrace(PTRACE_CONT, thread.tid, 0, 0)
             thread.running = True
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
