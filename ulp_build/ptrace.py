@@ -125,12 +125,13 @@ class Tracee:
         (a zombie that stays listed), cannot be seized and need not be."""
         if not Path(f"/proc/{self.pid}").exists():
             raise UlpError(f"process {self.pid}: no such process")
-        gone: set[int] = set()
+        gone: dict[int, str] = {}  # thread -> why it was passed over
         while True:
             new = [t for t in thread_ids(self.pid) if t not in self.threads and t not in gone]
             if not new:
                 if not self.threads:
-                    raise UlpError(f"process {self.pid}: no live thread to attach to")
+                    why = ", ".join(f"{t} {reason}" for t, reason in sorted(gone.items()))
+                    raise UlpError(f"process {self.pid}: no live thread to attach to ({why})")
                 return
             for tid in new:
                 try:
@@ -138,7 +139,7 @@ class Tracee:
                     _ptrace(PTRACE_INTERRUPT, tid)
                 except PtraceError as exc:
                     if self._exiting(tid):
-                        gone.add(tid)
+                        gone[tid] = f"exiting ({os.strerror(exc.errno)})"
                         continue
                     raise UlpError(
                         f"process {self.pid}: cannot attach to thread {tid}:"
@@ -146,7 +147,7 @@ class Tracee:
                     ) from None
                 pending = self._wait_stopped(tid)
                 if pending is None:
-                    gone.add(tid)
+                    gone[tid] = "exited"
                     continue
                 self.threads[tid] = _Thread(
                     tid, self._get_regs(tid), self._get_xstate(tid), [pending] if pending else []

@@ -2,8 +2,7 @@
  * A process that must not notice being stopped, called into and let go: the main thread keeps
  * a value in its red zone and in %xmm8 across a long spin, one thread sleeps in nanosleep(),
  * one blocks in read(). On end of stdin it prints what it saw: EINTRs, corrupted values, and
- * how many SIGUSR1 it handled. With the argument "mainexit" the checks run in a thread and the
- * main thread exits first (it stays listed as a zombie).
+ * how many SIGUSR1 it handled.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -12,7 +11,6 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -115,19 +113,14 @@ static void *checks(void *arg)
     exit(0);
 }
 
-int main(int argc, char **argv)
+int main(void)
 {
     signal(SIGUSR1, on_usr1);
     if (pipe(pipefd) != 0)
         return 1;
-    pthread_t s, r, c;
+    pthread_t s, r;
     pthread_create(&s, NULL, sleeper, NULL);
     pthread_create(&r, NULL, reader, NULL);
-    if (argc > 1 && strcmp(argv[1], "mainexit") == 0) {
-        leave_usr1_to_main(); /* now: to the checking thread */
-        pthread_create(&c, NULL, checks, NULL);
-        pthread_exit(NULL);
-    }
     checks(NULL);
     return 0;
 }
