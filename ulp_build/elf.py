@@ -25,10 +25,8 @@ ET_DYN = 3
 
 PT_LOAD = 1
 PT_DYNAMIC = 2
-PT_INTERP = 3
 PT_NOTE = 4
 PT_PHDR = 6
-PT_TLS = 7
 PF_X = 1
 PF_W = 2
 PF_R = 4
@@ -36,11 +34,8 @@ PF_R = 4
 SHT_NULL = 0
 SHT_PROGBITS = 1
 SHT_SYMTAB = 2
-SHT_STRTAB = 3
 SHT_RELA = 4
 SHT_HASH = 5
-SHT_DYNAMIC = 6
-SHT_NOTE = 7
 SHT_NOBITS = 8
 SHT_DYNSYM = 11
 SHT_GNU_HASH = 0x6FFFFFF6
@@ -52,29 +47,22 @@ SHF_EXECINSTR = 4
 SHN_UNDEF = 0
 SHN_LORESERVE = 0xFF00
 SHN_ABS = 0xFFF1
-SHN_XINDEX = 0xFFFF
 
 STT_NOTYPE = 0
 STT_OBJECT = 1
 STT_FUNC = 2
 STT_TLS = 6
 STT_GNU_IFUNC = 10
-STB_LOCAL = 0
 STB_GLOBAL = 1
 STB_WEAK = 2
-STV_DEFAULT = 0
-STV_PROTECTED = 3
 
 DT_NULL = 0
-DT_NEEDED = 1
 DT_HASH = 4
 DT_STRTAB = 5
 DT_SYMTAB = 6
 DT_RELA = 7
 DT_RELASZ = 8
-DT_RELAENT = 9
 DT_STRSZ = 10
-DT_SYMENT = 11
 DT_SONAME = 14
 DT_JMPREL = 23
 DT_PLTRELSZ = 2
@@ -85,9 +73,7 @@ DT_VERDEF = 0x6FFFFFFC
 DT_VERDEFNUM = 0x6FFFFFFD
 DF_1_PIE = 0x08000000
 
-R_X86_64_64 = 1
 R_X86_64_GLOB_DAT = 6
-R_X86_64_JUMP_SLOT = 7
 R_X86_64_RELATIVE = 8
 
 NT_GNU_BUILD_ID = 3
@@ -361,10 +347,6 @@ class ElfFile:
     def soname(self) -> str | None:
         value = self.dynamic_value(DT_SONAME)
         return None if value is None else self._dynstr(value)
-
-    @cached_property
-    def needed(self) -> list[str]:
-        return [self._dynstr(v) for t, v in self.dynamic if t == DT_NEEDED]
 
     @cached_property
     def is_pie_executable(self) -> bool:

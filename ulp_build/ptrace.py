@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ulp_build.errors import UlpError
-from ulp_build.process import read_memory, thread_ids
+from ulp_build.process import thread_ids
 
 PTRACE_CONT = 7
 PTRACE_GETREGS = 12
@@ -237,9 +237,6 @@ class Tracee:
         _ptrace(PTRACE_SETREGSET, tid, NT_X86_XSTATE, ctypes.addressof(iov))
 
     # -- memory ----------------------------------------------------------------------------
-
-    def read(self, address: int, size: int) -> bytes:
-        return read_memory(self.pid, address, size)
 
     def write(self, address: int, data: bytes) -> None:
         try:

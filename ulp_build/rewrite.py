@@ -80,7 +80,6 @@ from ulp_build.prepared import (
     SECTION_TRACK,
     SECTION_TRAMPOLINES,
 )
-from ulp_build.symhash import gnu_hash_shift, sysv_hash_insert
 
 PAGE = 0x1000
 VER_NDX_GLOBAL = 1
@@ -478,11 +477,11 @@ class _Rewriter:
             versym[2 * self.insert_at : 2 * self.insert_at] = struct.pack("<H", VER_NDX_GLOBAL)
             tables[lay.versym] = bytes(versym)
         if self.sec_gnu_hash is not None:
-            tables[lay.gnu_hash] = gnu_hash_shift(
+            tables[lay.gnu_hash] = symhash.gnu_hash_shift(
                 elf.section_data(self.sec_gnu_hash), self.insert_at
             )
         if self.sec_hash is not None:
-            tables[lay.hash] = sysv_hash_insert(
+            tables[lay.hash] = symhash.sysv_hash_insert(
                 elf.section_data(self.sec_hash), self.insert_at, RUNTIME_SYMBOL.encode()
             )
         return tables
