@@ -39,11 +39,16 @@ def _pip(*args: str, cwd: Path, env: dict[str, str] | None = None):
     return result
 
 
-def _unpack_wheel(dist: Path, dest: Path) -> Path:
+def _wheel(
+    source: Path | str, tmp_path: Path, *options: str, env: dict[str, str] | None = None
+) -> Path:
+    """`pip wheel` of `source` (with --no-deps and `options`), unpacked: its directory."""
+    dist = tmp_path / "dist"
+    _pip("wheel", *options, "--no-deps", "-w", str(dist), str(source), cwd=tmp_path, env=env)
     (wheel,) = dist.glob("*.whl")
     with zipfile.ZipFile(wheel) as zf:
-        zf.extractall(dest)
-    return dest
+        zf.extractall(tmp_path / "wheel")
+    return tmp_path / "wheel"
 
 
 def test_meson_c_library(tmp_path: Path) -> None:
@@ -70,10 +75,7 @@ def test_meson_c_library(tmp_path: Path) -> None:
 
 def test_meson_python_wheel(tmp_path: Path) -> None:
     project = _copy("meson-python-extension", tmp_path)
-    _pip(
-        "wheel", "--no-build-isolation", "--no-deps", "-w", str(tmp_path / "dist"), ".", cwd=project
-    )
-    unpacked = _unpack_wheel(tmp_path / "dist", tmp_path / "wheel")
+    unpacked = _wheel(project, tmp_path, "--no-build-isolation")
     (module,) = unpacked.rglob("_shout*.so")
     assert _prepared(module)
     assert list(unpacked.rglob("_shout_raw*")) == []
@@ -86,9 +88,7 @@ def test_meson_python_wheel(tmp_path: Path) -> None:
 
 
 def _greeting_wheel_works(tmp_path: Path, project: Path, *extra: str) -> None:
-    dist = tmp_path / "dist"
-    _pip("wheel", *extra, "--no-deps", "-w", str(dist), ".", cwd=project)
-    unpacked = _unpack_wheel(dist, tmp_path / "wheel")
+    unpacked = _wheel(project, tmp_path, *extra)
     (module,) = unpacked.rglob("_greet*.so")
     assert _prepared(module)
     out = run(
@@ -129,17 +129,7 @@ def test_setuptools_without_switch_builds_plain(tmp_path: Path) -> None:
     project = _copy("setuptools-extension", tmp_path)
     _without_cmdclass(project)
     env = {k: v for k, v in os.environ.items() if k != "ULP_BUILD_PREPARE"}
-    _pip(
-        "wheel",
-        "--no-build-isolation",
-        "--no-deps",
-        "-w",
-        str(tmp_path / "dist"),
-        ".",
-        cwd=project,
-        env=env,
-    )
-    unpacked = _unpack_wheel(tmp_path / "dist", tmp_path / "wheel")
+    unpacked = _wheel(project, tmp_path, "--no-build-isolation", env=env)
     (module,) = unpacked.rglob("_greet*.so")
     assert ElfFile.load(module).section(".ulp") is None
 
@@ -193,17 +183,7 @@ def test_third_party_sdist_with_the_environment_switch(tmp_path: Path) -> None:
     )
     (sdist,) = sdist_dir.glob("*.tar.gz")
     env = dict(os.environ, ULP_BUILD_PREPARE="1")
-    _pip(
-        "wheel",
-        "--no-build-isolation",
-        "--no-deps",
-        "-w",
-        str(tmp_path / "dist"),
-        str(sdist),
-        cwd=tmp_path,
-        env=env,
-    )
-    unpacked = _unpack_wheel(tmp_path / "dist", tmp_path / "wheel")
+    unpacked = _wheel(sdist, tmp_path, "--no-build-isolation", env=env)
     (module,) = unpacked.rglob("_speedups*.so")
     assert _prepared(module)
     (tmp_path / "src").mkdir()
