@@ -36,12 +36,13 @@ struct ulp_runtime_info {
     uint32_t thread_top_offset;
     uint32_t thread_base_offset;
     uint32_t frame_size;
-    uint32_t reserved;
+    uint32_t patch_size;                /* sizeof(struct ulp_patch), its functions follow */
+    struct ulp_patch *_Atomic *patches; /* every patch committed, newest first */
 };
 
 ULP_EXPORT const struct ulp_runtime_info ulp_runtime = {
     .magic = {'U', 'L', 'P', 'R', 'U', 'N', 0, 0},
-    .version = 1,
+    .version = 2,
     .size = sizeof(struct ulp_runtime_info),
     .universe = &ulp_universe,
     .libraries = ulp_libraries,
@@ -56,6 +57,8 @@ ULP_EXPORT const struct ulp_runtime_info ulp_runtime = {
     .thread_top_offset = offsetof(struct ulp_thread, top),
     .thread_base_offset = offsetof(struct ulp_thread, base),
     .frame_size = sizeof(struct ulp_frame),
+    .patch_size = sizeof(struct ulp_patch),
+    .patches = &ulp_patches,
 };
 
 _Static_assert(offsetof(struct ulp_frame, sp) == ULP_FRAME_SP, "track.S");
@@ -70,6 +73,13 @@ _Static_assert(sizeof(struct ulp_thread_lib) == ULP_THREAD_LIB_SIZE, "track.S");
 _Static_assert(offsetof(struct ulp_thread_lib, depth) == ULP_LIB_DEPTH, "track.S");
 _Static_assert(offsetof(struct ulp_thread_lib, universe) == ULP_LIB_UNIVERSE, "track.S");
 _Static_assert(offsetof(struct ulp_descriptor, runtime_private) == ULP_DESC_PRIVATE, "track.S");
+_Static_assert(offsetof(struct ulp_table, slots) == ULP_TABLE_SLOTS, "dispatch.S");
+_Static_assert(sizeof(struct ulp_table_slot) == 16, "dispatch.S");
+_Static_assert(offsetof(struct ulp_function, lib_offset) == ULP_FUNCTION_LIB, "dispatch.S");
+_Static_assert(offsetof(struct ulp_function, versions) == ULP_FUNCTION_VERSIONS, "dispatch.S");
+_Static_assert(offsetof(struct ulp_versions, entries) == ULP_VERSIONS_ENTRIES, "dispatch.S");
+_Static_assert(sizeof(struct ulp_version) == 16, "dispatch.S");
+_Static_assert(sizeof(struct ulp_request) == 1992, "ulp_build/trigger.py");
 
 __attribute__((constructor)) static void ulp_start(void)
 {

@@ -46,7 +46,7 @@ static void copy_build_id(struct ulp_library *lib, const struct ulp_descriptor *
  * the libs[] offset, or ULP_DESC_UNTRACKED / 0 to run this call untracked. */
 __attribute__((visibility("hidden"))) uint64_t ulp_library_register(struct ulp_descriptor *d)
 {
-    if (memcmp(d->magic, magic, sizeof magic) != 0 || d->version != 1)
+    if (memcmp(d->magic, magic, sizeof magic) != 0 || d->version != ULP_DESC_VERSION)
         return 0;
     /* Signals blocked: a handler's first call into another new library would otherwise spin
      * on the lock this thread holds. */

@@ -26,6 +26,15 @@
 
 #define ULP_DESC_PRIVATE 24  /* descriptor word the runtime owns: this library's libs[] offset */
 #define ULP_DESC_UNTRACKED 1 /* ... or this: no room for the library, its calls run untracked */
+#define ULP_DESC_VERSION 2
+
+/* The dispatcher's view of patched functions (patch.c builds them, dispatch.S reads them). */
+#define ULP_TABLE_MASK 0      /* struct ulp_table: mask, then 16-byte slots {pad, function} */
+#define ULP_TABLE_SLOTS 8
+#define ULP_FUNCTION_LIB 16   /* struct ulp_function: its library's libs[] offset */
+#define ULP_FUNCTION_VERSIONS 24
+#define ULP_VERSIONS_COUNT 0  /* struct ulp_versions: count, then 16-byte {universe, code} */
+#define ULP_VERSIONS_ENTRIES 16
 
 #ifndef __ASSEMBLER__
 
@@ -56,6 +65,7 @@ struct ulp_descriptor {
     uint64_t build_id;              /* link-time address of the build-id bytes, or 0 */
     uint32_t build_id_size;
     uint32_t reserved;
+    _Atomic uint64_t dispatch;      /* the universe checkers jump through it: ulp_dispatch */
 };
 
 /* One tracked entry that has not returned yet. */
@@ -91,6 +101,114 @@ struct ulp_library {
     uint8_t build_id[32];
     char name[256];
 };
+
+/* A patched function: every version it has had, by the universe in which each took effect. The
+ * universe checker in its pad sends every call to ulp_dispatch, which runs the newest version
+ * not newer than the calling thread's universe for the library. */
+struct ulp_version {
+    uint64_t universe;
+    uintptr_t code;
+};
+
+/* Append-only and never freed: a thread stopped in the middle of ulp_dispatch may still read a
+ * superseded array after it resumes. Entries are written before the count that covers them. */
+struct ulp_versions {
+    _Atomic uint32_t count;
+    uint32_t capacity;
+    uint64_t reserved;
+    struct ulp_version entries[];
+};
+
+struct ulp_function {
+    uintptr_t pad;                  /* the key: where its universe checker starts */
+    uintptr_t original;             /* the original code, past the entry nop */
+    uint64_t lib_offset;            /* its library's libs[] offset, or below ULP_THREAD_LIBS */
+    _Atomic(struct ulp_versions *) versions;
+};
+
+struct ulp_table_slot {
+    _Atomic uintptr_t pad;          /* 0: free; written after function */
+    struct ulp_function *_Atomic function;
+};
+
+/* Open addressing on pad >> 4 (pads are at least 16 bytes apart), linear probing. Replaced, not
+ * resized, when it fills; old tables are never freed, for the same reason as versions. */
+struct ulp_table {
+    uint64_t mask;
+    struct ulp_table_slot slots[];
+};
+
+/* The trigger's requests (ulp_build/trigger.py writes them). */
+#define ULP_PAD_BEFORE 14
+#define ULP_ID_SIZE 128
+#define ULP_DESCRIPTION_SIZE 256
+#define ULP_OBJECT_SIZE 1024
+#define ULP_REQ_REVERT_ALL 1u       /* revert every patch of the target, then... */
+#define ULP_REQ_APPLY 2u            /* ...apply this one */
+#define ULP_REQ_REVERT 4u           /* revert the patch with this id */
+#define ULP_REF_DATA 0
+#define ULP_REF_TLS 1
+#define ULP_REF_FUNCTION 2
+enum { ULP_EINVALID = 1, ULP_EALREADY = 2, ULP_ENOTAPPLIED = 3, ULP_EBUSY = 4 };
+
+struct ulp_request_function {
+    uint64_t entry;
+    uint64_t nop;
+    uint64_t replacement;           /* offset in the patch object */
+};
+
+struct ulp_request_reference {
+    uint32_t kind;
+    uint32_t reserved;
+    uint64_t pointer;               /* offset in the patch object of the variable to fill */
+    uint64_t value;                 /* address; for ULP_REF_TLS the offset in the TLS block */
+};
+
+struct ulp_request {
+    char magic[8];                  /* "ULPREQ\0\0" */
+    uint32_t version;               /* 1 */
+    uint32_t size;                  /* of the whole request */
+    uint32_t flags;
+    uint32_t function_count;
+    uint32_t reference_count;
+    uint32_t build_id_size;
+    uint64_t descriptor;            /* the target's descriptor, at its run-time address */
+    uint8_t build_id[32];           /* the target's, as the patch was made for */
+    char id[ULP_ID_SIZE];
+    char description[ULP_DESCRIPTION_SIZE];
+    char object[ULP_OBJECT_SIZE];   /* absolute path of the patch object */
+    char message[512];              /* out: why it failed */
+    /* then function_count ulp_request_function, then reference_count ulp_request_reference */
+};
+
+/* patch.c */
+struct ulp_patch_function {
+    struct ulp_function *function;
+    uintptr_t replacement;
+};
+
+/* Every patch ever committed, newest first (reverted ones stay, with their revert universe),
+ * read from outside by `ulp patches` through the introspection structure. */
+struct ulp_patch {
+    struct ulp_patch *next;
+    char id[ULP_ID_SIZE];
+    char description[ULP_DESCRIPTION_SIZE];
+    char object[ULP_OBJECT_SIZE];
+    const struct ulp_descriptor *target;
+    void *handle;
+    uint64_t applied;               /* the universe in which it took effect */
+    uint64_t reverted;              /* the universe in which it was reverted; 0 while active */
+    uint64_t time;                  /* CLOCK_REALTIME of the commit, in nanoseconds */
+    uint32_t function_count;
+    uint32_t reserved;
+    struct ulp_patch_function functions[];
+};
+
+extern struct ulp_table *_Atomic ulp_function_table;
+extern struct ulp_patch *_Atomic ulp_patches;
+
+/* dispatch.S */
+void ulp_dispatch(void);
 
 /* track.S */
 void ulp_track(void);

@@ -10,11 +10,12 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import sys
 from dataclasses import asdict
 from typing import Any
 
-from ulp_build import __version__, metadata
+from ulp_build import __version__, metadata, trigger
 from ulp_build.check import CheckReport, check, summary
 from ulp_build.elf import ElfFile
 from ulp_build.errors import UlpError
@@ -87,6 +88,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("runtime-path", help="print the path of the installed runtime libulp.so")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser(
+        "trigger",
+        help="apply or revert a patch in running processes",
+        description="Apply PATCH.ulp in each process given with -p (the target"
+        " library must be loaded there, with the runtime). A reverse patch"
+        " (.rev.ulp) or --revert reverts it; --revert-all LIB reverts every patch"
+        " of LIB first, in the same step as applying PATCH.ulp if one is given."
+        " One result line per process; exit 1 if any failed.",
+    )
+    p.add_argument("patch", metavar="PATCH.ulp", nargs="?")
+    p.add_argument(
+        "-p", "--pid", type=int, action="append", required=True, help="a process (repeatable)"
+    )
+    p.add_argument("--revert", action="store_true", help="revert PATCH.ulp")
+    p.add_argument("--revert-all", metavar="LIB", help="revert every patch of LIB first")
+    p.add_argument(
+        "--timeout", type=float, default=5.0, metavar="S", help="per stop and call (default 5)"
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=20,
+        metavar="N",
+        help="attempts after the first while the process is busy (default 20)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser(
@@ -224,6 +252,27 @@ def _cmd_runtime_path(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_trigger(args: argparse.Namespace) -> int:
+    op = trigger.operation(args.patch, revert=args.revert, revert_all=args.revert_all)
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM unwinds like Ctrl-C: every stopped thread is restored and let go.
+    signal.signal(signal.SIGTERM, stop)
+    results = []
+    for pid in args.pid:
+        result = trigger.run(pid, op, timeout=args.timeout, retries=args.retries)
+        results.append(result)
+        if not args.json:
+            detail = f" (universe {result.universe})" if result.universe else ""
+            text = result.message if result.failed else f"{result.message}{detail}"
+            print(f"{pid}: {result.status}: {text}", flush=True)
+    if args.json:
+        print(json.dumps([asdict(r) for r in results], indent=2))
+    return 1 if any(r.failed for r in results) else 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
@@ -239,5 +288,6 @@ _COMMANDS = {
     "pack": _cmd_pack,
     "dump": _cmd_dump,
     "runtime-path": _cmd_runtime_path,
+    "trigger": _cmd_trigger,
     "run": _cmd_run,
 }

@@ -162,3 +162,27 @@ def decode_ifunc_wrapper(code: bytes, at: int) -> tuple[int, int, int] | None:
     (slot,) = struct.unpack_from("<i", code, pos + 12)
     (tramp,) = struct.unpack_from("<i", code, pos + 19)
     return (at + pos + 9 + call, at + pos + 16 + slot, at + pos + 23 + tramp)
+
+
+# The universe checker (DESIGN section 4). The 14-byte pad before a patched entry becomes
+#     lea -7(%rip),%r11        r11 = the pad: the dispatcher's key for this function
+#     jmp *dispatch(%rip)      through the library's dispatch slot, into the runtime
+#     nop
+# and the entry's 2-byte nop becomes `jmp pad` (eb rel8). The pad is written first and is never
+# executed before the entry jump exists; the jump is one aligned 2-byte store over a 2-byte
+# instruction, so a thread sees either the nop or the jump, never half of each.
+_LEA_SELF_R11 = _LEA_R11 + struct.pack("<i", -7)
+_JMP_INDIRECT = bytes.fromhex("ff25")
+CHECKER_PAD = 14
+
+
+def checker_pad(pad_at: int, dispatch_slot: int) -> bytes:
+    code = _LEA_SELF_R11 + _JMP_INDIRECT + _rel32(dispatch_slot, pad_at + 13)
+    return code + b"\x90"
+
+
+def checker_jump(nop_at: int, pad_at: int) -> bytes:
+    disp = pad_at - (nop_at + 2)
+    if not -128 <= disp < 0:
+        raise UlpError(f"entry nop at {nop_at:#x} cannot reach its pad at {pad_at:#x}")
+    return bytes([0xEB, disp & 0xFF])

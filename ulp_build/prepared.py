@@ -5,7 +5,7 @@ Layout of `.ulp.data` (writable, one per library):
 
     +0   runtime slot: GOT entry of the weak undefined RUNTIME_SYMBOL (0 without the runtime)
     +8   descriptor (DESCRIPTOR, below): the pointer ulp_entry hands the runtime in %r11
-    +72  one 8-byte slot per IFUNC: the implementation its original resolver chose
+    +80  one 8-byte slot per IFUNC: the implementation its original resolver chose
 """
 
 from __future__ import annotations
@@ -24,13 +24,17 @@ RUNTIME_SYMBOL = "ulp_track"
 RUNTIME_SLOT_OFFSET = 0
 DESCRIPTOR_OFFSET = 8
 DESCRIPTOR_MAGIC = b"ULPLIB\0\0"
-DESCRIPTOR_VERSION = 1
+DESCRIPTOR_VERSION = 2
 DESCRIPTOR_FLAG_IBT = 1
 # magic, version, flags, link-time address of the descriptor itself (so the runtime gets the
 # load base by one subtraction), runtime-private word (0 in the file), trampolines' link-time
 # address, trampoline count, trampoline size, link-time address and size of the build-id bytes
-# (so the runtime reports the build-id without parsing headers), reserved.
-DESCRIPTOR = struct.Struct("<8sIIQQQIIQII")
+# (so the runtime reports the build-id without parsing headers), reserved, and the dispatch slot
+# (0 in the file): the runtime stores its dispatcher there before the first universe checker is
+# written, and every checker in this library jumps through it, so the checker reaches the
+# runtime wherever it was loaded, with a 32-bit displacement and no executable memory made.
+DESCRIPTOR = struct.Struct("<8sIIQQQIIQIIQ")
+DISPATCH_SLOT_OFFSET = DESCRIPTOR_OFFSET + DESCRIPTOR.size - 8
 IFUNC_SLOTS_OFFSET = DESCRIPTOR_OFFSET + DESCRIPTOR.size
 
 # The compiler flags a library needs: 14 bytes of padding before each entry for the universe

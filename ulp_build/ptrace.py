@@ -104,6 +104,7 @@ class Tracee:
 
     pid: int
     timeout: float = 5.0
+    only: frozenset[int] | None = None  # attach these threads alone, and let the others run
     threads: dict[int, _Thread] = field(default_factory=dict)
 
     def __enter__(self) -> Tracee:
@@ -128,6 +129,8 @@ class Tracee:
         gone: dict[int, str] = {}  # thread -> why it was passed over
         while True:
             new = [t for t in thread_ids(self.pid) if t not in self.threads and t not in gone]
+            if self.only is not None:
+                new = [t for t in new if t in self.only]
             if not new:
                 if not self.threads:
                     why = ", ".join(f"{t} {reason}" for t, reason in sorted(gone.items()))
@@ -235,6 +238,10 @@ class Tracee:
         buf = ctypes.create_string_buffer(xstate, len(xstate))
         iov = _IoVec(ctypes.addressof(buf), len(xstate))
         _ptrace(PTRACE_SETREGSET, tid, NT_X86_XSTATE, ctypes.addressof(iov))
+
+    def registers(self, tid: int) -> Registers:
+        """The registers `tid` was stopped with (a copy)."""
+        return self.threads[tid].regs.copy()
 
     # -- memory ----------------------------------------------------------------------------
 

@@ -422,6 +422,7 @@ class _Rewriter:
             build_id_addr,
             len(build_id),
             0,
+            0,
         )
         return bytes(data)
 

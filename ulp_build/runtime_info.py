@@ -15,10 +15,16 @@ from ulp_build.process import maps, read_memory
 
 INFO_SYMBOL = "ulp_runtime"
 INFO_MAGIC = b"ULPRUN\0\0"
-INFO_VERSION = 1
-HEADER = struct.Struct("<8sIIQQQIIQIIIIIIII")
+INFO_VERSION = 2
+HEADER = struct.Struct("<8sIIQQQIIQIIIIIIIIQ")
 LIBRARY = struct.Struct("<QQI32s256s")
 THREAD_LIB = struct.Struct("<IIQ")
+# struct ulp_patch: next, id, description, object, target descriptor, handle, applied and
+# reverted universes, time, function count; then per function its record and replacement.
+PATCH = struct.Struct("<Q128s256s1024sQQQQQII")
+PATCH_FUNCTION = struct.Struct("<QQ")
+PAD_BEFORE = 14
+MAX_PATCHES = 1 << 16
 # Bounds against a corrupt or hostile process: the runtime never has more.
 MAX_THREADS = 1 << 20
 
@@ -29,6 +35,23 @@ class LibraryInfo:
     name: str
     base: int
     build_id: str
+    descriptor: int
+
+
+@dataclass(frozen=True)
+class PatchInfo:
+    id: str
+    description: str
+    object: str
+    target: int  # the target library's descriptor address
+    applied: int  # universe
+    reverted: int  # universe, 0 while active
+    time_ns: int
+    entries: tuple[int, ...]  # run-time addresses of the functions it replaces
+
+    @property
+    def active(self) -> bool:
+        return self.reverted == 0
 
 
 @dataclass(frozen=True)
@@ -51,6 +74,7 @@ class RuntimeState:
     universe: int
     libraries: list[LibraryInfo]
     threads: list[ThreadInfo]
+    patches: list[PatchInfo]  # newest first, reverted ones included
 
     def library(self, name_part: str) -> LibraryInfo:
         for lib in self.libraries:
@@ -90,7 +114,8 @@ def read(pid: int) -> RuntimeState:
         top_off,
         base_off,
         frame_size,
-        _reserved,
+        patch_size,
+        patches_at,
     ) = header
     if magic != INFO_MAGIC or version != INFO_VERSION:
         raise UlpError(f"process {pid}: runtime introspection version {version} unsupported")
@@ -104,13 +129,14 @@ def read(pid: int) -> RuntimeState:
     libraries = []
     for i in range(count):
         raw = read_memory(pid, libraries_at + i * lib_size, LIBRARY.size)
-        _desc, lib_base, id_size, build_id, name = LIBRARY.unpack(raw)
+        desc, lib_base, id_size, build_id, name = LIBRARY.unpack(raw)
         libraries.append(
             LibraryInfo(
                 i,
                 name.split(b"\0", 1)[0].decode(errors="replace"),
                 lib_base,
                 build_id[: min(id_size, 32)].hex(),
+                desc,
             )
         )
     threads = []
@@ -129,4 +155,38 @@ def read(pid: int) -> RuntimeState:
                     info.libraries[i] = LibraryState(depth, lib_universe)
             threads.append(info)
         at = word(at + next_off)
-    return RuntimeState(pid, path, universe, libraries, threads)
+    patches = _patches(pid, patches_at, patch_size)
+    return RuntimeState(pid, path, universe, libraries, threads, patches)
+
+
+def _text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
+def _patches(pid: int, head_at: int, patch_size: int) -> list[PatchInfo]:
+    if patch_size != PATCH.size:
+        raise UlpError(f"process {pid}: runtime patch record of {patch_size} bytes unsupported")
+    out = []
+    (at,) = struct.unpack("<Q", read_memory(pid, head_at, 8))
+    while at and len(out) < MAX_PATCHES:
+        fields = PATCH.unpack(read_memory(pid, at, PATCH.size))
+        nxt, pid_, desc, obj, target, _handle, applied, reverted, when, count, _ = fields
+        raw = read_memory(pid, at + PATCH.size, PATCH_FUNCTION.size * count) if count else b""
+        entries = []
+        for record, _replacement in PATCH_FUNCTION.iter_unpack(raw):
+            (pad,) = struct.unpack("<Q", read_memory(pid, record, 8))
+            entries.append(pad + PAD_BEFORE)
+        out.append(
+            PatchInfo(
+                _text(pid_),
+                _text(desc),
+                _text(obj),
+                target,
+                applied,
+                reverted,
+                when,
+                tuple(entries),
+            )
+        )
+        at = nxt
+    return out

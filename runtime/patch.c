@@ -1,0 +1,438 @@
+/*
+ * Applying and reverting patches, in two steps the trigger drives (DESIGN section 5).
+ *
+ * ulp_prepare does everything that takes locks or can fail: it validates the request, loads
+ * the patch object (dlopen takes the loader's and the allocator's locks), fills its
+ * references, creates the function records and allocates every array the commit will need.
+ * The trigger runs it in one thread while the others keep running, so a lock another thread
+ * holds is released in due course. Nothing it does changes which code any thread runs.
+ *
+ * ulp_commit makes the prepared change visible: one new universe in which every affected
+ * function has its new version. The trigger runs it with every thread stopped, so it takes no
+ * lock that a stopped thread could hold (no malloc, no loader): only our own mutex, tried and
+ * never waited for. If anything happened in between (another trigger prepared or committed),
+ * it refuses and the trigger starts over.
+ *
+ * The trigger writes the universe checkers' code bytes itself (DESIGN section 5) after a
+ * successful prepare and before the commit: until the commit they lead every call to the
+ * version it ran before.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <link.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#include "ulp.h"
+
+struct ulp_patch *_Atomic ulp_patches;
+
+static struct {
+    uint64_t mask;
+    struct ulp_table_slot slots[1];
+} empty_table;
+struct ulp_table *_Atomic ulp_function_table = (struct ulp_table *)&empty_table;
+static uint32_t table_used;
+
+/* One function's next version, worked out by ulp_prepare. */
+struct change {
+    struct ulp_function *function;
+    uintptr_t code;
+    struct ulp_versions *grown;     /* a larger copy to publish, or NULL if there is room */
+};
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t generation;         /* bumped by every prepare and commit */
+static struct {
+    uint64_t ticket;                /* 0: nothing prepared */
+    struct ulp_patch *patch;        /* to apply, or NULL */
+    struct ulp_patch **reverts;
+    uint32_t revert_count;
+    struct change *changes;
+    uint32_t change_count;
+} staged;
+
+static const char request_magic[8] = {'U', 'L', 'P', 'R', 'E', 'Q', 0, 0};
+static const char descriptor_magic[8] = {'U', 'L', 'P', 'L', 'I', 'B', 0, 0};
+
+__attribute__((format(printf, 2, 3))) static int64_t fail(struct ulp_request *r,
+                                                          const char *format, ...)
+{
+    va_list args;
+    va_start(args, format);
+    vsnprintf(r->message, sizeof r->message, format, args);
+    va_end(args);
+    return -ULP_EINVALID;
+}
+
+/* ---- function records ------------------------------------------------------------------- */
+
+static struct ulp_function *lookup(uintptr_t pad)
+{
+    struct ulp_table *table = atomic_load(&ulp_function_table);
+    for (uint64_t i = (pad >> 4) & table->mask;; i = (i + 1) & table->mask) {
+        uintptr_t key = atomic_load(&table->slots[i].pad);
+        if (key == pad)
+            return atomic_load(&table->slots[i].function);
+        if (key == 0)
+            return NULL;
+    }
+}
+
+static void insert(struct ulp_table *table, struct ulp_function *f)
+{
+    uint64_t i = (f->pad >> 4) & table->mask;
+    while (atomic_load(&table->slots[i].pad))
+        i = (i + 1) & table->mask;
+    /* The function before the key: a reader that finds the key finds the function. */
+    atomic_store(&table->slots[i].function, f);
+    atomic_store(&table->slots[i].pad, f->pad);
+}
+
+/* Room for `more` records at most half full, so that probes stay short and always end. */
+static int reserve(uint32_t more)
+{
+    struct ulp_table *old = atomic_load(&ulp_function_table);
+    uint64_t size = old->mask + 1;
+    if ((table_used + more) * 2 <= size)
+        return 0;
+    while ((table_used + more) * 2 > size)
+        size *= 2;
+    struct ulp_table *table = calloc(1, sizeof *table + size * sizeof table->slots[0]);
+    if (!table)
+        return -1;
+    table->mask = size - 1;
+    for (uint64_t i = 0; i <= old->mask; i++) {
+        struct ulp_function *f = atomic_load(&old->slots[i].function);
+        if (atomic_load(&old->slots[i].pad))
+            insert(table, f);
+    }
+    atomic_store(&ulp_function_table, table);
+    return 0;
+}
+
+static struct ulp_function *function_for(uintptr_t entry, uintptr_t nop, uint64_t lib_offset)
+{
+    uintptr_t pad = entry - ULP_PAD_BEFORE;
+    struct ulp_function *f = lookup(pad);
+    if (f)
+        return f;
+    f = calloc(1, sizeof *f);
+    struct ulp_versions *v = calloc(1, sizeof *v + 4 * sizeof v->entries[0]);
+    if (!f || !v || reserve(1) != 0) {
+        free(f);
+        free(v);
+        return NULL;
+    }
+    f->pad = pad;
+    f->original = nop + 2;
+    f->lib_offset = lib_offset;
+    v->capacity = 4;
+    v->entries[0] = (struct ulp_version){0, f->original};
+    atomic_store(&v->count, 1);
+    atomic_store(&f->versions, v);
+    /* Visible at once, and harmless: with only the original version it changes nothing. */
+    insert(atomic_load(&ulp_function_table), f);
+    table_used++;
+    return f;
+}
+
+/* ---- what a request changes --------------------------------------------------------------- */
+
+static int active(const struct ulp_patch *p)
+{
+    return p->reverted == 0;
+}
+
+static int reverted_now(const struct ulp_patch *p)
+{
+    for (uint32_t i = 0; i < staged.revert_count; i++)
+        if (staged.reverts[i] == p)
+            return 1;
+    return 0;
+}
+
+/* The code `f` runs once the staged request is committed: the newest patch still active that
+ * replaces it, or its original. */
+static uintptr_t next_code(const struct ulp_function *f)
+{
+    if (staged.patch)
+        for (uint32_t i = 0; i < staged.patch->function_count; i++)
+            if (staged.patch->functions[i].function == f)
+                return staged.patch->functions[i].replacement;
+    for (struct ulp_patch *p = atomic_load(&ulp_patches); p; p = p->next) {
+        if (!active(p) || reverted_now(p))
+            continue;
+        for (uint32_t i = 0; i < p->function_count; i++)
+            if (p->functions[i].function == f)
+                return p->functions[i].replacement;
+    }
+    return f->original;
+}
+
+static int stage_change(struct ulp_function *f)
+{
+    for (uint32_t i = 0; i < staged.change_count; i++)
+        if (staged.changes[i].function == f)
+            return 0;
+    struct change *c = &staged.changes[staged.change_count++];
+    c->function = f;
+    c->code = next_code(f);
+    c->grown = NULL;
+    struct ulp_versions *v = atomic_load(&f->versions);
+    uint32_t n = atomic_load(&v->count);
+    if (n < v->capacity)
+        return 0;
+    c->grown = malloc(sizeof *v + 2 * (size_t)v->capacity * sizeof v->entries[0]);
+    if (!c->grown)
+        return -1;
+    c->grown->capacity = 2 * v->capacity;
+    memcpy(c->grown->entries, v->entries, n * sizeof v->entries[0]);
+    atomic_store(&c->grown->count, n);
+    return 0;
+}
+
+static void unstage(void)
+{
+    for (uint32_t i = 0; i < staged.change_count; i++)
+        free(staged.changes[i].grown);
+    free(staged.changes);
+    free(staged.reverts);
+    if (staged.patch) {
+        dlclose(staged.patch->handle);
+        free(staged.patch);
+    }
+    memset(&staged, 0, sizeof staged);
+}
+
+/* ---- loading the patch object ------------------------------------------------------------ */
+
+struct tls_search {
+    uintptr_t base;
+    size_t module;
+};
+
+static int find_tls_module(struct dl_phdr_info *info, size_t size, void *data)
+{
+    (void)size;
+    struct tls_search *search = data;
+    if (info->dlpi_addr != search->base)
+        return 0;
+    search->module = info->dlpi_tls_modid;
+    return 1;
+}
+
+static int64_t fill_references(struct ulp_request *r, uintptr_t object, uintptr_t target)
+{
+    const struct ulp_request_reference *refs =
+        (const void *)((const char *)(r + 1) + r->function_count * sizeof(struct ulp_request_function));
+    for (uint32_t i = 0; i < r->reference_count; i++) {
+        uint64_t *slot = (uint64_t *)(object + refs[i].pointer);
+        if (refs[i].kind == ULP_REF_TLS) {
+            struct tls_search search = {target, 0};
+            dl_iterate_phdr(find_tls_module, &search);
+            if (search.module == 0)
+                return fail(r, "the target has no thread-local storage module");
+            slot[0] = search.module;
+            slot[1] = refs[i].value;
+        } else {
+            slot[0] = refs[i].value;
+        }
+    }
+    return 0;
+}
+
+static int64_t load(struct ulp_request *r, const struct ulp_descriptor *d, uint64_t lib_offset)
+{
+    const struct ulp_request_function *funcs = (const void *)(r + 1);
+    struct ulp_patch *p = calloc(1, sizeof *p + r->function_count * sizeof p->functions[0]);
+    if (!p)
+        return fail(r, "out of memory");
+    memcpy(p->id, r->id, sizeof p->id);
+    memcpy(p->description, r->description, sizeof p->description);
+    memcpy(p->object, r->object, sizeof p->object);
+    p->target = d;
+    p->function_count = r->function_count;
+    p->handle = dlopen(r->object, RTLD_NOW | RTLD_LOCAL);
+    if (!p->handle) {
+        const char *why = dlerror();
+        free(p);
+        return fail(r, "cannot load the patch object: %s", why ? why : "unknown error");
+    }
+    staged.patch = p;
+    struct link_map *map = NULL;
+    if (dlinfo(p->handle, RTLD_DI_LINKMAP, &map) != 0 || !map)
+        return fail(r, "cannot find where the patch object was loaded");
+    int64_t status = fill_references(r, map->l_addr, (uintptr_t)d - d->link_address);
+    if (status)
+        return status;
+    for (uint32_t i = 0; i < r->function_count; i++) {
+        struct ulp_function *f = function_for(funcs[i].entry, funcs[i].nop, lib_offset);
+        if (!f)
+            return fail(r, "out of memory");
+        p->functions[i] = (struct ulp_patch_function){f, map->l_addr + funcs[i].replacement};
+    }
+    return 0;
+}
+
+/* ---- the entry points --------------------------------------------------------------------- */
+
+static int64_t check_request(struct ulp_request *r, const struct ulp_descriptor **target)
+{
+    if (memcmp(r->magic, request_magic, sizeof request_magic) != 0 || r->version != 1)
+        return -ULP_EINVALID;
+    r->message[sizeof r->message - 1] = '\0';
+    r->id[sizeof r->id - 1] = r->description[sizeof r->description - 1] = '\0';
+    r->object[sizeof r->object - 1] = '\0';
+    uint64_t need = sizeof *r + (uint64_t)r->function_count * sizeof(struct ulp_request_function) +
+                    (uint64_t)r->reference_count * sizeof(struct ulp_request_reference);
+    if (r->size < need || r->build_id_size > 32)
+        return fail(r, "malformed request");
+    const struct ulp_descriptor *d = (const void *)r->descriptor;
+    if (memcmp(d->magic, descriptor_magic, sizeof descriptor_magic) != 0 ||
+        d->version != ULP_DESC_VERSION)
+        return fail(r, "the target is not a library prepared by this version of ulp");
+    const uint8_t *id = (const uint8_t *)((uintptr_t)d - d->link_address + d->build_id);
+    if (d->build_id_size != r->build_id_size || !d->build_id ||
+        memcmp(id, r->build_id, r->build_id_size) != 0)
+        return fail(r, "build-id mismatch");
+    *target = d;
+    return 0;
+}
+
+static struct ulp_patch *find_active(const char *id, const struct ulp_descriptor *d)
+{
+    for (struct ulp_patch *p = atomic_load(&ulp_patches); p; p = p->next)
+        if (active(p) && p->target == d && strcmp(p->id, id) == 0)
+            return p;
+    return NULL;
+}
+
+static int64_t stage(struct ulp_request *r, const struct ulp_descriptor *d)
+{
+    uint64_t lib_offset = ulp_library_register((struct ulp_descriptor *)d);
+    if (lib_offset == 0)
+        return fail(r, "the runtime cannot track the target");
+    if ((r->flags & ULP_REQ_APPLY) && !(r->flags & ULP_REQ_REVERT_ALL) && find_active(r->id, d)) {
+        snprintf(r->message, sizeof r->message, "patch %s is already applied", r->id);
+        return -ULP_EALREADY;
+    }
+    uint32_t patches = 0, functions = r->function_count;
+    for (struct ulp_patch *p = atomic_load(&ulp_patches); p; p = p->next) {
+        patches++;
+        functions += p->function_count;
+    }
+    staged.reverts = calloc(patches + 1, sizeof *staged.reverts);
+    staged.changes = calloc(functions + 1, sizeof *staged.changes);
+    if (!staged.reverts || !staged.changes)
+        return fail(r, "out of memory");
+    for (struct ulp_patch *p = atomic_load(&ulp_patches); p; p = p->next) {
+        int all = (r->flags & ULP_REQ_REVERT_ALL) && p->target == d;
+        int named = (r->flags & ULP_REQ_REVERT) && p->target == d && !strcmp(p->id, r->id);
+        if (active(p) && (all || named))
+            staged.reverts[staged.revert_count++] = p;
+    }
+    if (staged.revert_count == 0 && !(r->flags & ULP_REQ_APPLY)) {
+        if (r->flags & ULP_REQ_REVERT)
+            snprintf(r->message, sizeof r->message, "patch %s is not applied", r->id);
+        else
+            snprintf(r->message, sizeof r->message, "no patch is applied to the target");
+        return -ULP_ENOTAPPLIED;
+    }
+    if (r->flags & ULP_REQ_APPLY) {
+        int64_t status = load(r, d, lib_offset);
+        if (status)
+            return status;
+    }
+    for (uint32_t i = 0; i < staged.revert_count; i++)
+        for (uint32_t j = 0; j < staged.reverts[i]->function_count; j++)
+            if (stage_change(staged.reverts[i]->functions[j].function) != 0)
+                return fail(r, "out of memory");
+    if (staged.patch)
+        for (uint32_t j = 0; j < staged.patch->function_count; j++)
+            if (stage_change(staged.patch->functions[j].function) != 0)
+                return fail(r, "out of memory");
+    /* Before the trigger writes the first checker into this library. */
+    atomic_store((_Atomic uint64_t *)&d->dispatch, (uint64_t)(uintptr_t)ulp_dispatch);
+    return 0;
+}
+
+/* Returns a ticket for ulp_commit (> 0), or -ULP_E... with r->message saying why. */
+ULP_EXPORT int64_t ulp_prepare(struct ulp_request *r)
+{
+    const struct ulp_descriptor *d = NULL;
+    int64_t status = check_request(r, &d);
+    if (status)
+        return status;
+    pthread_mutex_lock(&lock);
+    /* Whatever an earlier trigger prepared and never committed (it died, or it gave up). */
+    unstage();
+    status = stage(r, d);
+    if (status) {
+        unstage();
+        generation++;
+    } else {
+        status = (int64_t)(staged.ticket = ++generation);
+    }
+    pthread_mutex_unlock(&lock);
+    return status;
+}
+
+/* Runs with every thread stopped: no waiting, no allocation. Returns the new universe. */
+ULP_EXPORT int64_t ulp_commit(uint64_t ticket)
+{
+    if (pthread_mutex_trylock(&lock) != 0)
+        return -ULP_EBUSY;
+    if (staged.ticket == 0 || staged.ticket != ticket || ticket != generation) {
+        pthread_mutex_unlock(&lock);
+        return -ULP_EBUSY;
+    }
+    uint64_t universe = atomic_load(&ulp_universe) + 1;
+    for (uint32_t i = 0; i < staged.change_count; i++) {
+        struct change *c = &staged.changes[i];
+        struct ulp_versions *v = c->grown ? c->grown : atomic_load(&c->function->versions);
+        uint32_t n = atomic_load(&v->count);
+        v->entries[n] = (struct ulp_version){universe, c->code};
+        atomic_store(&v->count, n + 1);
+        if (c->grown)
+            atomic_store(&c->function->versions, c->grown);
+    }
+    for (uint32_t i = 0; i < staged.revert_count; i++)
+        staged.reverts[i]->reverted = universe;
+    if (staged.patch) {
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        staged.patch->applied = universe;
+        staged.patch->time = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+        staged.patch->next = atomic_load(&ulp_patches);
+        atomic_store(&ulp_patches, staged.patch);
+    }
+    /* Last: a thread entering the library from now on gets the new universe, and with it the
+     * versions just written; threads already inside keep theirs. */
+    atomic_store(&ulp_universe, universe);
+    /* The arrays are published or superseded now; only the bookkeeping is freed (later, by
+     * the next prepare, which may allocate). */
+    staged.patch = NULL;
+    for (uint32_t i = 0; i < staged.change_count; i++)
+        staged.changes[i].grown = NULL;
+    staged.ticket = 0;
+    generation++;
+    pthread_mutex_unlock(&lock);
+    return (int64_t)universe;
+}
+
+/* Request buffers for the trigger, which writes into them through /proc/PID/mem. */
+ULP_EXPORT void *ulp_buffer(uint64_t size)
+{
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+ULP_EXPORT int ulp_buffer_free(void *buffer, uint64_t size)
+{
+    return munmap(buffer, size);
+}

@@ -1,0 +1,170 @@
+"""A patch's target library as one process has it loaded: which file, where, which build (read
+from the process's memory, not from the file on disk, which may have been rebuilt since), its
+prepared-library descriptor, and the state of each patched function's bytes."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from ulp_build import codegen
+from ulp_build.elf import ElfFile
+from ulp_build.errors import UlpError
+from ulp_build.metadata import Function
+from ulp_build.prepared import (
+    DESCRIPTOR,
+    DESCRIPTOR_MAGIC,
+    DESCRIPTOR_OFFSET,
+    DESCRIPTOR_VERSION,
+    DISPATCH_SLOT_OFFSET,
+    PAD_BEFORE,
+    SECTION_DATA,
+)
+from ulp_build.process import Mapping, maps, read_memory
+
+_PRISTINE_PAD = b"\x90" * PAD_BEFORE
+
+
+class CodeState(Enum):
+    PRISTINE = "pristine"  # the prepared padding: never patched in this process
+    CHECKER = "checker"  # our universe checker: patched now or before
+
+
+@dataclass(frozen=True)
+class FunctionCode:
+    function: Function
+    pad: int  # run-time address of the 14-byte pad
+    nop: int  # run-time address of the entry nop
+    state: CodeState
+
+    def checker(self, dispatch_slot: int) -> tuple[bytes, bytes]:
+        """The bytes of the universe checker: (pad, entry jump)."""
+        return (
+            codegen.checker_pad(self.pad, dispatch_slot),
+            codegen.checker_jump(self.nop, self.pad),
+        )
+
+
+@dataclass(frozen=True)
+class LoadedLibrary:
+    pid: int
+    path: str
+    base: int
+    build_id: str
+    elf: ElfFile
+
+    @property
+    def descriptor(self) -> int:
+        return self.base + self._data_section() + DESCRIPTOR_OFFSET
+
+    @property
+    def dispatch_slot(self) -> int:
+        return self.base + self._data_section() + DISPATCH_SLOT_OFFSET
+
+    def _data_section(self) -> int:
+        data = self.elf.section(SECTION_DATA)
+        if data is None:
+            raise UlpError(f"process {self.pid}: {self.path} is not a prepared library")
+        return data.addr
+
+    def check_prepared(self) -> None:
+        magic, version, *_ = DESCRIPTOR.unpack(
+            read_memory(self.pid, self.descriptor, DESCRIPTOR.size)
+        )
+        if magic != DESCRIPTOR_MAGIC or version != DESCRIPTOR_VERSION:
+            raise UlpError(
+                f"process {self.pid}: {self.path} was not prepared by this version of ulp"
+                f" (descriptor version {version}, this ulp makes {DESCRIPTOR_VERSION})"
+            )
+
+    def function_code(self, function: Function) -> FunctionCode:
+        """Where `function` is and what its padding holds now; an error naming the function
+        unless it is exactly the prepared padding or our checker."""
+        pad = self.base + function.offset - PAD_BEFORE
+        nop = self.base + function.nop_offset
+        raw = read_memory(self.pid, pad, nop + 2 - pad)
+        code = FunctionCode(function, pad, nop, CodeState.PRISTINE)
+        head, entry_nop = raw[:PAD_BEFORE], raw[-2:]
+        if head == _PRISTINE_PAD and entry_nop == codegen.NOP2:
+            return code
+        checker = code.checker(self.dispatch_slot)
+        if (head, entry_nop) == checker:
+            return FunctionCode(function, pad, nop, CodeState.CHECKER)
+        raise UlpError(
+            f"process {self.pid}: {function.name} in {self.path}: the bytes at {pad:#x} are not"
+            f" as recorded (padding {head.hex()}, entry {entry_nop.hex()})"
+        )
+
+
+def _build_id_in_memory(pid: int, base: int, elf: ElfFile) -> str | None:
+    note = elf.build_id_note
+    if note is None:
+        return None
+    value, at = note
+    return read_memory(pid, base + at, len(value)).hex()
+
+
+def _loaded_files(pid: int) -> dict[str, Mapping]:
+    """Each mapped file's first mapping (offset 0), by path."""
+    first: dict[str, Mapping] = {}
+    for m in maps(pid):
+        if m.path.startswith("/") and m.offset == 0 and m.path not in first:
+            first[m.path] = m
+    return first
+
+
+def _open_mapped(pid: int, m: Mapping) -> ElfFile | None:
+    # map_files is the inode the process mapped, even if the path now names a rebuilt file.
+    for path in (f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}", m.path):
+        try:
+            return ElfFile.load(path)
+        except (UlpError, OSError):
+            continue
+    return None
+
+
+def find(pid: int, name: str, build_id: str) -> LoadedLibrary:
+    """The library loaded in `pid` whose file name or SONAME is `name` and whose build-id is
+    `build_id`; a clear error when it is not loaded or is another build."""
+    files = _loaded_files(pid)
+    named = [m for path, m in files.items() if Path(path).name == name]
+    others = [m for path, m in files.items() if Path(path).name != name]
+    seen: list[str] = []
+    for group in (named, others):
+        for m in group:
+            elf = _open_mapped(pid, m)
+            if elf is None or (group is others and elf.soname != name):
+                continue
+            loaded = _build_id_in_memory(pid, m.start, elf)
+            if loaded == build_id:
+                return LoadedLibrary(pid, m.path, m.start, build_id, elf)
+            seen.append(f"{m.path} has build-id {loaded or 'none'}")
+        if seen:
+            break
+    if seen:
+        raise UlpError(
+            f"process {pid}: build-id mismatch: {'; '.join(seen)}; the patch is for {build_id}"
+        )
+    raise UlpError(f"process {pid}: target {name} is not loaded")
+
+
+def find_by_name(pid: int, name: str) -> LoadedLibrary:
+    """The prepared library loaded in `pid` with this path, file name or SONAME."""
+    for path, m in _loaded_files(pid).items():
+        if name not in (path, Path(path).name):
+            elf = _open_mapped(pid, m)
+            if elf is None or elf.soname != name:
+                continue
+        else:
+            elf = _open_mapped(pid, m)
+            if elf is None:
+                continue
+        build_id = _build_id_in_memory(pid, m.start, elf) or ""
+        return LoadedLibrary(pid, m.path, m.start, build_id, elf)
+    raise UlpError(f"process {pid}: library {name} is not loaded")
+
+
+def read_word(pid: int, address: int) -> int:
+    return struct.unpack("<Q", read_memory(pid, address, 8))[0]

@@ -1,0 +1,345 @@
+"""The patching protocol (DESIGN section 5): apply, revert or revert-all in one running process.
+
+Everything that can be checked from outside is checked before the process is touched: the
+runtime is loaded, the target is loaded with the patch's build-id, every function's bytes are
+the prepared padding or our own checker, the patch object has every replacement and reference
+variable. Then two stops:
+
+1. **Prepare**, in one thread while the others run: the runtime loads the patch object and
+   allocates what the commit needs. The loader and the allocator take locks; a lock held by a
+   running thread is released in due course, so only the chosen thread itself must hold none:
+   it must not be stopped inside the dynamic loader, the C library's code, the runtime, or an
+   allocator system call. When no thread qualifies, the attempt is let go and retried.
+2. **Commit**, with every thread stopped: the trigger writes the universe checkers (harmless
+   until the commit: they lead to the versions that ran before), then the runtime's lock-free
+   commit publishes every new version in one new universe. If it cannot (another trigger got
+   in between), the checkers just written are put back and the whole attempt is retried.
+
+The process is never left stopped (ptrace.Tracee restores and detaches on every path) and
+never half-patched: until the commit nothing any thread runs has changed, and the commit is one
+call that runs to completion with Ctrl-C and SIGTERM held off.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ulp_build import metadata, runtime_info, target
+from ulp_build import request as rq
+from ulp_build.elf import SHN_UNDEF, STT_FUNC, STT_OBJECT, ElfFile
+from ulp_build.errors import UlpError
+from ulp_build.metadata import Patch
+from ulp_build.process import Mapping, maps, read_memory, thread_ids
+from ulp_build.ptrace import Registers, Tracee
+
+# System calls the allocator makes while holding its locks.
+_ALLOCATOR_SYSCALLS = {
+    9: "mmap", 10: "mprotect", 11: "munmap", 12: "brk", 25: "mremap", 28: "madvise",
+}  # fmt: skip
+_NO_SYSCALL = (1 << 64) - 1
+_HELD = {signal.SIGINT, signal.SIGTERM}
+
+
+@dataclass(frozen=True)
+class Operation:
+    """What to do in each process: revert everything of one library, then apply a patch, or
+    revert one patch."""
+
+    patch: Patch | None = None
+    patch_path: Path | None = None
+    revert: bool = False  # revert `patch` instead of applying it
+    revert_all: str | None = None  # a library: revert all its patches first
+
+    def describe(self) -> str:
+        if self.patch is None:
+            return f"revert all patches of {self.revert_all}"
+        verb = "revert" if self.revert else "apply"
+        prefix = f"revert all patches of {self.revert_all}, then " if self.revert_all else ""
+        return f"{prefix}{verb} {self.patch.id}"
+
+
+@dataclass(frozen=True)
+class Result:
+    pid: int
+    status: str  # applied | reverted | already applied | failed
+    message: str
+    universe: int = 0
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+
+class _Busy(UlpError):
+    """This attempt could not proceed now; let the process go and try again."""
+
+
+class _AlreadyApplied(UlpError):
+    pass
+
+
+def run(pid: int, op: Operation, *, timeout: float = 5.0, retries: int = 20) -> Result:
+    """Carry `op` out in process `pid`; never raises for a problem of that process."""
+    try:
+        plan = _Plan.make(pid, op)
+        last = ""
+        for attempt in range(retries + 1):
+            if attempt:
+                time.sleep(min(0.01 * attempt, 0.2))
+            try:
+                universe = plan.execute(timeout)
+            except _Busy as exc:
+                last = str(exc)
+                continue
+            return Result(pid, "reverted" if plan.reverting else "applied", plan.summary, universe)
+        return Result(pid, "failed", f"gave up after {retries + 1} attempts: {last}")
+    except _AlreadyApplied as exc:
+        return Result(pid, "already applied", str(exc))
+    except UlpError as exc:
+        return Result(pid, "failed", str(exc))
+
+
+@dataclass
+class _Plan:
+    pid: int
+    op: Operation
+    runtime: str
+    runtime_base: int
+    symbols: dict[str, int]
+    library: target.LoadedLibrary
+    code: list[target.FunctionCode]
+    request: rq.Request
+
+    @property
+    def reverting(self) -> bool:
+        return self.op.revert or self.op.patch is None
+
+    @property
+    def summary(self) -> str:
+        return self.op.describe()
+
+    # -- checks, all before the process is touched -------------------------------------------
+
+    @classmethod
+    def make(cls, pid: int, op: Operation) -> _Plan:
+        state = runtime_info.read(pid)
+        elf = ElfFile.load(state.runtime)
+        symbols = {s.name: s.value for s in elf.dynamic_symbols if s.defined}
+        for name in ("ulp_buffer", "ulp_buffer_free", "ulp_prepare", "ulp_commit"):
+            if name not in symbols:
+                raise UlpError(f"{state.runtime}: no {name}: a runtime too old for this trigger")
+        base = next(m.start for m in maps(pid) if m.path == state.runtime and m.offset == 0)
+        patch = op.patch
+        if patch is not None:
+            library = target.find(pid, patch.target_name, patch.target_build_id)
+            if op.revert_all and op.revert_all not in (
+                patch.target_name,
+                library.path,
+                Path(library.path).name,
+            ):
+                raise UlpError(
+                    f"--revert-all {op.revert_all}: the patch {patch.id} is for"
+                    f" {patch.target_name}, not that library"
+                )
+        else:
+            assert op.revert_all is not None
+            library = target.find_by_name(pid, op.revert_all)
+        library.check_prepared()
+        active = [p for p in state.patches if p.active and p.target == library.descriptor]
+        flags = rq.REVERT_ALL if op.revert_all else 0
+        req = rq.Request(flags, library.descriptor, bytes.fromhex(library.build_id))
+        code: list[target.FunctionCode] = []
+        plan = cls(pid, op, state.runtime, base, symbols, library, code, req)
+        if op.revert_all and not active and patch is None:
+            raise UlpError(f"process {pid}: no patch is applied to {library.path}")
+        if patch is None:
+            return plan
+        req.id, req.description = patch.id, patch.description
+        applied = any(p.id == patch.id for p in active)
+        if op.revert:
+            req.flags |= rq.REVERT
+            if not applied:
+                raise UlpError(f"process {pid}: patch {patch.id} is not applied")
+            return plan
+        if applied and not op.revert_all:
+            raise _AlreadyApplied(f"process {pid}: patch {patch.id} is already applied")
+        req.flags |= rq.APPLY
+        assert op.patch_path is not None
+        obj = patch.object_path(op.patch_path)
+        req.object = str(obj)
+        replacements, pointers = _object_symbols(obj, patch)
+        patched = {f.offset: f for f in patch.functions}
+        for f in patch.functions:
+            code.append(library.function_code(f))
+            req.functions.append(
+                rq.FunctionEntry(library.base + f.offset, library.base + f.nop_offset,
+                                 replacements[f.replacement])
+            )  # fmt: skip
+        for r in patch.references:
+            if r.kind == "tls":
+                value = r.offset
+            elif r.kind == "function" and r.offset in patched:
+                # The replacement calls the original: past the checker, or it would call itself.
+                value = library.base + patched[r.offset].nop_offset + 2
+            else:
+                value = library.base + r.offset
+            req.references.append(rq.ReferenceEntry(r.kind, pointers[r.pointer], value))
+        return plan
+
+    # -- the two stops -------------------------------------------------------------------------
+
+    def execute(self, timeout: float) -> int:
+        ticket, tid = self._prepare(timeout)
+        return self._commit(ticket, tid, timeout)
+
+    def _call(self, tracee: Tracee, name: str, *args: int, tid: int) -> int:
+        value = tracee.call(self.runtime_base + self.symbols[name], *args, tid=tid)
+        return value - (1 << 64) if value >= 1 << 63 else value
+
+    def _prepare(self, timeout: float) -> tuple[int, int]:
+        raw = self.request.encode()
+        regions = maps(self.pid)
+        reasons: list[str] = []
+        for tid in _thread_ids(self.pid):
+            with Tracee(self.pid, timeout, only=frozenset({tid})) as tracee:
+                if tid not in tracee.threads:
+                    continue
+                why = _unsafe_to_load(tracee.registers(tid), regions, self.runtime)
+                if why:
+                    reasons.append(f"thread {tid} {why}")
+                    continue
+                with _held_signals():
+                    buffer = self._call(tracee, "ulp_buffer", len(raw), tid=tid)
+                    if buffer <= 0:
+                        raise UlpError(f"process {self.pid}: the runtime could not map memory")
+                    try:
+                        tracee.write(buffer, raw)
+                        status = self._call(tracee, "ulp_prepare", buffer, tid=tid)
+                        why = rq.message(read_memory(self.pid, buffer + rq.MESSAGE_OFFSET, 512))
+                    finally:
+                        self._call(tracee, "ulp_buffer_free", buffer, len(raw), tid=tid)
+                if status > 0:
+                    return status, tid
+                if status == -rq.EALREADY:
+                    raise _AlreadyApplied(f"process {self.pid}: {why}")
+                raise UlpError(f"process {self.pid}: {why or f'the runtime refused ({status})'}")
+        raise _Busy(
+            f"process {self.pid}: no thread is outside the loader and the allocator"
+            f" ({'; '.join(reasons) or 'no thread'})"
+        )
+
+    def _commit(self, ticket: int, tid: int, timeout: float) -> int:
+        slot = self.library.dispatch_slot
+        fresh = [c for c in self.code if c.state is target.CodeState.PRISTINE]
+        with Tracee(self.pid, timeout) as tracee:
+            caller = tid if tid in tracee.threads else min(tracee.threads)
+            written: list[target.FunctionCode] = []
+            try:
+                # The pads first: a pad is reached only through its entry jump.
+                for c in fresh:
+                    tracee.write(c.pad, c.checker(slot)[0])
+                    written.append(c)
+                for c in fresh:
+                    tracee.write(c.nop, c.checker(slot)[1])
+                with _held_signals():
+                    universe = self._call(tracee, "ulp_commit", ticket, tid=caller)
+            except BaseException:
+                _restore(tracee, written)
+                raise
+            if universe == -rq.EBUSY:
+                _restore(tracee, written)
+                raise _Busy(f"process {self.pid}: another trigger is patching it")
+            if universe <= 0:
+                _restore(tracee, written)
+                raise UlpError(f"process {self.pid}: the runtime refused the commit ({universe})")
+            return universe
+
+
+def _restore(tracee: Tracee, written: list[target.FunctionCode]) -> None:
+    """Put the prepared padding back where this attempt wrote checkers (jumps first)."""
+    for c in written:
+        tracee.write(c.nop, b"\x66\x90")
+    for c in written:
+        tracee.write(c.pad, b"\x90" * len(c.checker(0)[0]))
+
+
+def _object_symbols(obj: Path, patch: Patch) -> tuple[dict[str, int], dict[str, int]]:
+    """Offsets of the replacements and reference variables in the patch object; an error
+    naming every missing one, before anything is loaded."""
+    try:
+        elf = ElfFile.load(obj)
+    except OSError as exc:
+        raise UlpError(f"{obj}: {exc.strerror or exc}") from None
+    symbols = {s.name: s for s in elf.dynamic_symbols if s.shndx != SHN_UNDEF}
+    missing = []
+    replacements: dict[str, int] = {}
+    pointers: dict[str, int] = {}
+    for f in patch.functions:
+        s = symbols.get(f.replacement)
+        if s is None or s.type != STT_FUNC:
+            missing.append(f"function {f.replacement}")
+        else:
+            replacements[f.replacement] = s.value
+    for r in patch.references:
+        s = symbols.get(r.pointer)
+        if s is None or s.type != STT_OBJECT or s.size < (16 if r.kind == "tls" else 8):
+            missing.append(f"variable {r.pointer}")
+        else:
+            pointers[r.pointer] = s.value
+    if missing:
+        raise UlpError(f"{obj}: the patch object lacks {', '.join(missing)}")
+    return replacements, pointers
+
+
+def _thread_ids(pid: int) -> list[int]:
+    """Threads to try for the prepare step, the main thread first (often the idlest)."""
+    return sorted(thread_ids(pid), key=lambda t: t != pid)
+
+
+def _unsafe_to_load(regs: Registers, regions: list[Mapping], runtime: str) -> str | None:
+    """Why a thread stopped with `regs` may hold a lock that loading the patch object needs."""
+    where = next((m.path for m in regions if m.start <= regs.rip < m.end), "")
+    name = Path(where).name
+    if name.startswith("ld-linux") or name.startswith("ld-"):
+        return "is inside the dynamic loader"
+    if where == runtime:
+        return "is inside the ulp runtime"
+    if regs.orig_rax != _NO_SYSCALL:
+        call = _ALLOCATOR_SYSCALLS.get(regs.orig_rax)
+        return f"is in {call}() (maybe inside the allocator)" if call else None
+    if name.startswith("libc.so") or name.startswith("libc-"):
+        return "is running C library code"
+    return None
+
+
+@contextmanager
+def _held_signals() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the runtime call in progress has returned: abandoning it
+    halfway would leave its lock held in the process."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def operation(
+    patch_file: str | None, *, revert: bool = False, revert_all: str | None = None
+) -> Operation:
+    """The operation a command line asks for. A reverse patch (`.rev.ulp`) reverts."""
+    if patch_file is None:
+        if revert_all is None:
+            raise UlpError("nothing to do: give a patch file, --revert-all LIB, or both")
+        if revert:
+            raise UlpError("--revert needs the patch file to revert")
+        return Operation(revert_all=revert_all)
+    patch = metadata.read(patch_file)
+    revert = revert or patch.kind == "revert"
+    if revert and revert_all:
+        raise UlpError("--revert-all with a patch applies that patch; it cannot revert it")
+    return Operation(patch, Path(patch_file), revert, revert_all)
