@@ -7,11 +7,23 @@
  *   load PATH      dlopen the library           square N / add A B / scaled X / calls
  *   hold           a thread enters basic_apply, whose callback waits inside the library
  *   release        the callback calls basic_square(3) from inside, the thread prints it
- *   stats          eintr and signal counts      quit
+ *   watch N F      a thread calls basic_square(N) in a loop, counting results equal to F
+ *   unwatch        stop it: "seen C of T"
+ *   hammer PATH    15 threads malloc/free and dlopen/dlclose PATH until quit
+ *   rwx ADDR       make the page at ADDR readable, writable and executable
+ *   seccomp        forbid mprotect with PROT_EXEC from now on (EPERM)
+ *   open PATH      dlopen the C++ sample; bump N calls ThrowerCounter::bump(N) on one object
+ *   stats          EINTRs seen, SIGUSR1 and SIGRTMIN handled        quit
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <pthread.h>
 #include <semaphore.h>
 #include <signal.h>
@@ -26,14 +38,67 @@ static int (*apply)(int (*)(int), int);
 static int *calls;
 static sem_t entered, released;
 static pthread_t holder;
-static volatile int stop;
+static int stop;
 static int eintr, pipefd[2];
-static volatile sig_atomic_t usr1;
+static volatile sig_atomic_t usr1, rt;
+static int watch_n, watch_forbidden;
+static long watch_seen, watch_total;
+static pthread_t watcher;
+static const char *hammer_path;
+static int (*bump)(void *, int);
+static struct {
+    int value;
+} counter;
 
-static void on_usr1(int sig)
+static void on_signal(int sig)
 {
-    (void)sig;
-    usr1++;
+    if (sig == SIGUSR1)
+        usr1++;
+    else
+        rt++;
+}
+
+static void *watch(void *arg)
+{
+    (void)arg;
+    while (!__atomic_load_n(&stop, __ATOMIC_RELAXED) && __atomic_load_n(&watch_n, __ATOMIC_RELAXED)) {
+        if (square(watch_n) == watch_forbidden)
+            watch_seen++;
+        watch_total++;
+    }
+    return NULL;
+}
+
+static void *hammer(void *arg)
+{
+    (void)arg;
+    while (!__atomic_load_n(&stop, __ATOMIC_RELAXED)) {
+        void *blocks[16];
+        for (int i = 0; i < 16; i++)
+            blocks[i] = malloc(16 + 997 * i);
+        for (int i = 0; i < 16; i++)
+            free(blocks[i]);
+        void *lib = dlopen(hammer_path, RTLD_NOW | RTLD_LOCAL);
+        if (lib)
+            dlclose(lib);
+    }
+    return NULL;
+}
+
+static int forbid_exec_mprotect(void)
+{
+    struct sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_mprotect, 0, 3),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[2])),
+        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, PROT_EXEC, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {sizeof filter / sizeof filter[0], filter};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+        return -1;
+    return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog);
 }
 
 static void *need(void *lib, const char *name)
@@ -77,10 +142,21 @@ static void *hold(void *arg)
     return NULL;
 }
 
+/* The blocked threads keep signals masked: an EINTR they see comes from the patching. */
+static void mask_signals(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGUSR1);
+    sigaddset(&set, SIGRTMIN);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+
 static void *sleeper(void *arg)
 {
     (void)arg;
-    while (!stop) {
+    mask_signals();
+    while (!__atomic_load_n(&stop, __ATOMIC_RELAXED)) {
         struct timespec t = {0, 50 * 1000 * 1000};
         if (nanosleep(&t, NULL) != 0 && errno == EINTR)
             __atomic_add_fetch(&eintr, 1, __ATOMIC_RELAXED);
@@ -91,6 +167,7 @@ static void *sleeper(void *arg)
 static void *reader(void *arg)
 {
     (void)arg;
+    mask_signals();
     char c;
     while (read(pipefd[0], &c, 1) != 1)
         if (errno == EINTR)
@@ -101,7 +178,9 @@ static void *reader(void *arg)
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
-    signal(SIGUSR1, on_usr1);
+    struct sigaction action = {.sa_handler = on_signal, .sa_flags = SA_RESTART};
+    sigaction(SIGUSR1, &action, NULL);
+    sigaction(SIGRTMIN, &action, NULL);
     sem_init(&entered, 0, 0);
     sem_init(&released, 0, 0);
     if (pipe(pipefd) != 0)
@@ -113,6 +192,7 @@ int main(int argc, char **argv)
         load(argv[1]);
     char line[4200], word[32], path[4096];
     int a, b;
+    unsigned long address;
     printf("ready\n");
     while (fgets(line, sizeof line, stdin)) {
         if (sscanf(line, "load %4095s", path) == 1) {
@@ -134,15 +214,44 @@ int main(int argc, char **argv)
         } else if (!strcmp(word, "release")) {
             sem_post(&released);
             pthread_join(holder, NULL);
+        } else if (sscanf(line, "watch %d %d", &a, &b) == 2) {
+            watch_n = a;
+            watch_forbidden = b;
+            watch_seen = watch_total = 0;
+            pthread_create(&watcher, NULL, watch, NULL);
+            printf("watching\n");
+        } else if (!strcmp(word, "unwatch")) {
+            __atomic_store_n(&watch_n, 0, __ATOMIC_RELAXED);
+            pthread_join(watcher, NULL);
+            printf("seen %ld of %ld\n", watch_seen, watch_total);
+        } else if (sscanf(line, "hammer %4095s", path) == 1) {
+            hammer_path = strdup(path);
+            for (int i = 0; i < 15; i++) {
+                pthread_t t;
+                pthread_create(&t, NULL, hammer, NULL);
+                pthread_detach(t);
+            }
+            printf("hammering\n");
+        } else if (sscanf(line, "rwx %lx", &address) == 1) {
+            void *page = (void *)(address & ~4095ul);
+            printf("%d\n", mprotect(page, 4096, PROT_READ | PROT_WRITE | PROT_EXEC));
+        } else if (!strcmp(word, "seccomp")) {
+            printf("%d\n", forbid_exec_mprotect());
+        } else if (sscanf(line, "open %4095s", path) == 1) {
+            void *lib = dlopen(path, RTLD_NOW);
+            bump = lib ? dlsym(lib, "_ZN14ThrowerCounter4bumpEi") : NULL;
+            printf("%s\n", bump ? "opened" : dlerror());
+        } else if (sscanf(line, "bump %d", &a) == 1) {
+            printf("%d\n", bump(&counter, a));
         } else if (!strcmp(word, "stats")) {
-            printf("eintr %d usr1 %d\n", eintr, (int)usr1);
+            printf("eintr %d usr1 %d rt %d\n", eintr, (int)usr1, (int)rt);
         } else if (!strcmp(word, "quit")) {
             break;
         } else {
             printf("? %s", line);
         }
     }
-    stop = 1;
+    __atomic_store_n(&stop, 1, __ATOMIC_RELAXED);
     if (write(pipefd[1], "x", 1) != 1)
         return 2;
     pthread_join(s, NULL);

@@ -1,0 +1,460 @@
+"""Live patching of real processes: `ulp trigger` and the runtime's prepare/commit, with real
+ptrace on programs that load the sample libraries (tests/programs/patchee.c)."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import REPO, BuiltSample, run, ulp
+
+from sample_libs import samples
+from ulp_build import runtime_info, trigger
+from ulp_build.elf import ElfFile
+from ulp_build.packer import pack
+from ulp_build.process import maps, read_memory
+
+PROGRAMS = REPO / "tests" / "programs"
+OVERFLOWED = 1410065408  # basic_square(100000) in 32-bit arithmetic
+SATURATED = 2**31 - 1
+
+
+@pytest.fixture(scope="session")
+def tree(tmp_path_factory: pytest.TempPathFactory, runtime: Path) -> Path:
+    """The prepared libbasic.so and every sample patch, packed."""
+    build = samples.build_patch_tree(tmp_path_factory.mktemp("patch-tree"))
+    for name in samples.patch_names():
+        pack(build / "patches" / name / "patch.toml")
+    return build
+
+
+@pytest.fixture(scope="session")
+def patchee(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("patchee") / "patchee"
+    result = run(["gcc", "-O2", "-g", "-pthread", "-o", str(out), str(PROGRAMS / "patchee.c")])
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def patch_file(tree: Path, name: str, reverse: bool = False) -> str:
+    return str(tree / "patches" / name / ("patch.rev.ulp" if reverse else "patch.ulp"))
+
+
+class Process:
+    """A patchee: one command line in, one line out."""
+
+    def __init__(self, binary: Path, runtime: Path | None, *args: str) -> None:
+        env = dict(os.environ)
+        if runtime is not None:
+            env["LD_PRELOAD"] = str(runtime)
+        self.proc = subprocess.Popen(
+            [str(binary), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.pid = self.proc.pid
+        assert self.line() == "ready"
+
+    def line(self, timeout: float = 20.0) -> str:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        assert ready, f"process {self.pid} did not answer"
+        return self.proc.stdout.readline().strip()
+
+    def ask(self, command: str) -> str:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self.line()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.ask("stats")  # still answering: not stopped, not dead
+            assert self.proc.stdin is not None
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.flush()
+            assert self.proc.wait(timeout=20) == 0
+        self.proc.kill()
+
+
+@contextmanager
+def running(binary: Path, runtime: Path | None, *args: str) -> Iterator[Process]:
+    p = Process(binary, runtime, *args)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def trigger_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return ulp("trigger", *args)
+
+
+def code_bytes(pid: int, library: Path) -> bytes:
+    """The library's executable mappings in the process, as they are now."""
+    out = b""
+    for m in maps(pid):
+        if m.path == str(library) and "x" in m.perms:
+            out += read_memory(pid, m.start, m.end - m.start)
+    return out
+
+
+def base_of(pid: int, library: Path) -> int:
+    return next(m.start for m in maps(pid) if m.path == str(library) and m.offset == 0)
+
+
+def entry_of(library: Path, name: str) -> int:
+    return next(s.value for s in ElfFile.load(library).symtab_symbols if s.name == name)
+
+
+# -- applying and reverting --------------------------------------------------------------------
+
+
+def test_apply_then_revert(tree: Path, patchee: Path, runtime: Path) -> None:
+    lib = tree / "basic" / "libbasic.so"
+    with running(patchee, runtime, str(lib)) as p:
+        assert p.ask("square 100000") == str(OVERFLOWED)
+        result = trigger_cli("-p", str(p.pid), patch_file(tree, "square_fix"))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.startswith(f"{p.pid}: applied:"), result.stdout
+        assert p.ask("square 100000") == str(SATURATED)
+        assert p.ask("square 12") == "144"
+        # The checker is in place: the entry nop became a short jump back into the pad.
+        base = base_of(p.pid, lib)
+        entry = entry_of(lib, "basic_square")
+        assert read_memory(p.pid, base + entry, 2) == bytes([0xEB, 0xF0])
+
+        again = trigger_cli("-p", str(p.pid), patch_file(tree, "square_fix"))
+        assert again.returncode == 0 and "already applied" in again.stdout
+
+        reverted = trigger_cli("-p", str(p.pid), patch_file(tree, "square_fix", reverse=True))
+        assert reverted.returncode == 0 and f"{p.pid}: reverted:" in reverted.stdout
+        assert p.ask("square 100000") == str(OVERFLOWED)
+
+        not_applied = trigger_cli("-p", str(p.pid), "--revert", patch_file(tree, "square_fix"))
+        assert not_applied.returncode == 1
+        assert "not applied" in not_applied.stdout
+        state = runtime_info.read(p.pid)
+        assert [(x.id, x.active) for x in state.patches] == [("basic-square-saturate", False)]
+
+
+def test_json_output_and_several_processes(tree: Path, patchee: Path, runtime: Path) -> None:
+    lib = str(tree / "basic" / "libbasic.so")
+    with running(patchee, runtime, lib) as a, running(patchee, runtime, lib) as b:
+        result = trigger_cli(
+            "-p", str(a.pid), "-p", str(b.pid), "--json", patch_file(tree, "square_stack_a")
+        )
+        assert result.returncode == 0, result.stderr
+        rows = json.loads(result.stdout)
+        assert [(r["pid"], r["status"]) for r in rows] == [(a.pid, "applied"), (b.pid, "applied")]
+        assert all(r["universe"] == 2 for r in rows)
+        assert a.ask("square 3") == b.ask("square 3") == "1009"
+
+
+def test_static_function_static_data_tls_and_calling_the_original(
+    tree: Path, patchee: Path, runtime: Path
+) -> None:
+    with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
+        assert p.ask("scaled 5") == "36"  # 5 * 7 + 1
+        assert trigger_cli("-p", str(p.pid), patch_file(tree, "scale_static")).returncode == 0
+        assert p.ask("scaled 5") == "41"  # the static scale() now multiplies by 8
+        assert trigger_cli("-p", str(p.pid), patch_file(tree, "scaled_factor")).returncode == 0
+        # The replacement bumps the target's static `factor` (7) through its reference.
+        assert [p.ask("scaled 1") for _ in range(3)] == ["9", "10", "11"]
+
+        assert p.ask("add 2 3") == "5"
+        calls = int(p.ask("calls"))
+        assert trigger_cli("-p", str(p.pid), patch_file(tree, "calls_tls")).returncode == 0
+        assert p.ask("add 2 3") == "5"
+        assert int(p.ask("calls")) == calls + 10  # this thread's instance, through tls_index
+        assert trigger_cli("-p", str(p.pid), "--revert-all", "libbasic.so").returncode == 0
+        assert trigger_cli("-p", str(p.pid), patch_file(tree, "add_logged")).returncode == 0
+        assert p.ask("add 2 3") == "500"  # the original, called past the checker, times 100
+
+
+def test_stacked_patches_revert_middle_top_bottom(
+    tree: Path, patchee: Path, runtime: Path
+) -> None:
+    with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
+        pid = str(p.pid)
+        for name in ("square_fix", "square_stack_a", "square_stack_b"):
+            assert trigger_cli("-p", pid, patch_file(tree, name)).returncode == 0
+        assert p.ask("square 100000") == str(OVERFLOWED + 2000)
+        steps = [
+            ("square_stack_a", OVERFLOWED + 2000),  # middle: the top one still rules
+            ("square_stack_b", SATURATED),  # top: back to the bottom one
+            ("square_fix", OVERFLOWED),  # bottom: the original
+        ]
+        for name, expected in steps:
+            result = trigger_cli("-p", pid, patch_file(tree, name, reverse=True))
+            assert result.returncode == 0, result.stdout
+            assert p.ask("square 100000") == str(expected), name
+        assert not [x for x in runtime_info.read(p.pid).patches if x.active]
+
+
+def test_revert_all_and_apply_in_one_step(tree: Path, patchee: Path, runtime: Path) -> None:
+    """A thread calling basic_square without pause never sees the unpatched result."""
+    with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
+        pid = str(p.pid)
+        for name in ("square_stack_a", "square_stack_b"):
+            assert trigger_cli("-p", pid, patch_file(tree, name)).returncode == 0
+        assert p.ask(f"watch 100000 {OVERFLOWED}") == "watching"
+        time.sleep(0.2)
+        result = trigger_cli(
+            "-p", pid, "--revert-all", "libbasic.so", patch_file(tree, "square_fix")
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        time.sleep(0.2)
+        seen, total = p.ask("unwatch").split()[1::2]
+        assert int(total) > 1000 and int(seen) == 0
+        assert p.ask("square 100000") == str(SATURATED)
+        active = [x.id for x in runtime_info.read(p.pid).patches if x.active]
+        assert active == ["basic-square-saturate"]
+
+
+def test_target_dlopened_after_start(tree: Path, patchee: Path, runtime: Path) -> None:
+    lib = tree / "basic" / "libbasic.so"
+    with running(patchee, runtime) as p:
+        result = trigger_cli("-p", str(p.pid), patch_file(tree, "square_fix"))
+        assert result.returncode == 1 and "libbasic.so is not loaded" in result.stdout
+        assert p.ask(f"load {lib}") == "loaded"
+        assert trigger_cli("-p", str(p.pid), patch_file(tree, "square_fix")).returncode == 0
+        assert p.ask("square 100000") == str(SATURATED)
+
+
+# -- universes -----------------------------------------------------------------------------------
+
+
+def test_a_thread_inside_keeps_the_old_code(tree: Path, patchee: Path, runtime: Path) -> None:
+    with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
+        assert p.ask("hold") == "holding"  # a thread waits inside basic_apply
+        assert trigger_cli("-p", str(p.pid), patch_file(tree, "square_stack_a")).returncode == 0
+        assert p.ask("square 3") == "1009"  # a new call: the new code
+        assert p.ask("release") == "held 9"  # the held thread: the old code, to the end
+        assert p.ask("hold") == "holding"
+        assert p.ask("release") == "held 1009"  # its next call: the new code
+
+
+def _contract(tmp: Path) -> tuple[Path, Path, Path]:
+    src = PROGRAMS / "contract"
+    cflags = ["-O2", "-fPIC", "-fpatchable-function-entry=16,14", "-fno-ipa-ra"]
+    lib = tmp / "libcontract.so"
+    for cmd in (
+        ["gcc", *cflags, "-shared", "-o", str(lib), str(src / "contract.c")],
+        ["gcc", "-O2", "-fPIC", "-shared", "-o", str(tmp / "contract_v2.so"),
+         str(src / "contract_v2.c")],
+        ["gcc", "-O2", "-pthread", "-o", str(tmp / "contract_threads"),
+         str(src / "contract_threads.c"), "-ldl"],
+    ):  # fmt: skip
+        result = run(cmd)
+        assert result.returncode == 0, result.stderr
+    assert ulp("rewrite", str(lib)).returncode == 0
+    (tmp / "contract_v2.toml").write_text((src / "contract_v2.toml").read_text())
+    packed = pack(tmp / "contract_v2.toml")
+    return lib, packed.metadata, tmp / "contract_threads"
+
+
+def test_contract_change_is_never_observed_mixed(tmp_path: Path, runtime: Path) -> None:
+    """8 threads run a library call that encodes and then decodes, for at least 10 seconds,
+    while the patch changing both sides is applied and reverted 50 times."""
+    lib, patch, program = _contract(tmp_path)
+    env = dict(os.environ, LD_PRELOAD=str(runtime))
+    proc = subprocess.Popen(
+        [str(program), str(lib)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    apply = trigger.operation(str(patch))
+    revert = trigger.operation(str(patch), revert=True)
+    end = time.monotonic() + 10
+    for cycle in range(50):
+        for op in (apply, revert):
+            result = trigger.run(proc.pid, op)
+            assert not result.failed, result.message
+        time.sleep(max(0.0, (end - time.monotonic()) / (50 - cycle)))
+    out, _ = proc.communicate(timeout=60)
+    fields = dict(zip(out.split()[::2], map(int, out.split()[1::2]), strict=True))
+    assert proc.returncode == 0
+    assert fields["mixed"] == 0, out
+    assert fields["v1"] > 0 and fields["v2"] > 0, out  # both formats really ran
+
+
+# -- refusals leave the process untouched ---------------------------------------------------------
+
+
+def _untouched(p: Process, lib: Path, args: list[str], message: str) -> None:
+    before = code_bytes(p.pid, lib)
+    universe = runtime_info.read(p.pid).universe
+    result = trigger_cli("-p", str(p.pid), *args)
+    assert result.returncode == 1, result.stdout
+    assert message in result.stdout, result.stdout
+    assert len(result.stdout.splitlines()) == 1
+    assert code_bytes(p.pid, lib) == before
+    assert runtime_info.read(p.pid).universe == universe
+    assert p.ask("square 100000") == str(OVERFLOWED)
+
+
+def test_refusals(tree: Path, patchee: Path, runtime: Path, tmp_path: Path) -> None:
+    lib = tree / "basic" / "libbasic.so"
+    fix = patch_file(tree, "square_fix")
+    with running(patchee, None, str(lib)) as p:
+        result = trigger_cli("-p", str(p.pid), fix)
+        assert result.returncode == 1 and "runtime not loaded" in result.stdout
+
+    # The same library built differently: another build-id.
+    other = samples.build_library(samples.load()["basic"], tmp_path / "o1", ["-O1"])
+    rebuilt = tmp_path / "rebuilt" / "libbasic.so"
+    rebuilt.parent.mkdir()
+    assert ulp("rewrite", str(other), "-o", str(rebuilt)).returncode == 0
+    with running(patchee, runtime, str(rebuilt)) as p:
+        _untouched(p, rebuilt, [fix], "build-id mismatch")
+
+    with running(patchee, runtime, str(lib)) as p:
+        # A replacement the object lacks.
+        meta = Path(fix).read_text().replace('"basic_square_fixed"', '"basic_square_gone"')
+        broken = Path(fix).with_name("broken.ulp")
+        broken.write_text(meta)
+        _untouched(p, lib, [str(broken)], "lacks function basic_square_gone")
+        _untouched(p, lib, ["--revert", fix], "not applied")
+
+        # Bytes that are not the prepared padding (somebody else patched the function).
+        pad = base_of(p.pid, lib) + entry_of(lib, "basic_square") - 14
+        with open(f"/proc/{p.pid}/mem", "r+b", buffering=0) as mem:
+            mem.seek(pad)
+            mem.write(b"\xcc")
+        _untouched(p, lib, [fix], "not as recorded")
+
+
+# -- kinds of libraries ------------------------------------------------------------------------------
+
+
+def _retarget(tree: Path, tmp: Path, sample: BuiltSample, name: str) -> str:
+    """The sample patch `name`, described for another build of the basic library."""
+    out = tmp / name
+    out.mkdir()
+    src = tree / "patches" / name
+    (out / "patch.so").write_bytes((src / "patch.so").read_bytes())
+    text = (src / "patch.toml").read_text()
+    text = text.replace('"../../basic/libbasic.so"', json.dumps(str(sample.prepared)))
+    (out / "patch.toml").write_text(text)
+    return str(pack(out / "patch.toml").metadata)
+
+
+@pytest.mark.parametrize("variant", ["symbolic", "cet"])
+def test_symbolic_and_endbr64_libraries(
+    variant: str,
+    tree: Path,
+    patchee: Path,
+    runtime: Path,
+    built: dict[str, BuiltSample],
+    tmp_path: Path,
+) -> None:
+    sample = built[variant]
+    fix = _retarget(tree, tmp_path, sample, "square_fix")
+    scale = _retarget(tree, tmp_path, sample, "scale_static")
+    with running(patchee, runtime, str(sample.prepared)) as p:
+        for patch in (fix, scale):
+            result = trigger_cli("-p", str(p.pid), patch)
+            assert result.returncode == 0, result.stdout
+        assert p.ask("square 100000") == str(SATURATED)
+        assert p.ask("scaled 5") == "41"
+        entry = base_of(p.pid, sample.prepared) + entry_of(sample.prepared, "basic_square")
+        if variant == "cet":  # endbr64 stays first; the jump replaces the nop after it
+            assert read_memory(p.pid, entry, 6) == bytes.fromhex("f30f1efa") + b"\xeb\xec"
+
+
+def test_cxx_method(tmp_path: Path, patchee: Path, runtime: Path, built: dict[str, BuiltSample]):
+    lib = built["cxx"].prepared
+    src = tmp_path / "bump.c"
+    src.write_text(
+        "struct counter { int value; };\n"
+        "int bump_twice(struct counter *self, int by) { return self->value += 2 * by; }\n"
+    )
+    assert run(["gcc", "-O2", "-fPIC", "-shared", "-o", str(tmp_path / "bump.so"),
+                str(src)]).returncode == 0  # fmt: skip
+    (tmp_path / "bump.toml").write_text(
+        f"target = {json.dumps(str(lib))}\nobject = 'bump.so'\nid = 'bump-twice'\n"
+        "[replace]\n_ZN14ThrowerCounter4bumpEi = 'bump_twice'\n"
+    )
+    patch = str(pack(tmp_path / "bump.toml").metadata)
+    with running(patchee, runtime) as p:
+        assert p.ask(f"open {lib}") == "opened"
+        assert p.ask("bump 1") == "1"
+        assert trigger_cli("-p", str(p.pid), patch).returncode == 0
+        assert p.ask("bump 1") == "3"
+
+
+# -- process hygiene -----------------------------------------------------------------------------
+
+
+def test_no_eintr_and_no_lost_signals(tree: Path, patchee: Path, runtime: Path) -> None:
+    """Real-time signals queue, so each one sent must be handled exactly once; threads blocked
+    in nanosleep() and read() during 20 patch operations never see EINTR."""
+    with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
+        ops = [
+            trigger.operation(patch_file(tree, "square_fix")),
+            trigger.operation(patch_file(tree, "square_fix"), revert=True),
+        ]
+        sent = 0
+        for i in range(20):
+            os.kill(p.pid, signal.SIGRTMIN)
+            sent += 1
+            result = trigger.run(p.pid, ops[i % 2])
+            assert not result.failed, result.message
+            os.kill(p.pid, signal.SIGRTMIN)
+            sent += 1
+        time.sleep(0.2)
+        assert p.ask("stats") == f"eintr 0 usr1 0 rt {sent}"
+
+
+def test_rwx_page_keeps_its_protection(tree: Path, patchee: Path, runtime: Path) -> None:
+    lib = tree / "basic" / "libbasic.so"
+    with running(patchee, runtime, str(lib)) as p:
+        entry = base_of(p.pid, lib) + entry_of(lib, "basic_square")
+        assert p.ask(f"rwx {entry:x}") == "0"
+
+        def perms() -> str:
+            return next(m.perms for m in maps(p.pid) if m.start <= entry < m.end)
+
+        assert perms() == "rwxp"
+        assert trigger_cli("-p", str(p.pid), patch_file(tree, "square_fix")).returncode == 0
+        assert perms() == "rwxp"
+        assert p.ask("square 100000") == str(SATURATED)
+
+
+def test_seccomp_forbidding_exec_mprotect(tree: Path, patchee: Path, runtime: Path) -> None:
+    lib = tree / "basic" / "libbasic.so"
+    with running(patchee, runtime, str(lib)) as p:
+        assert p.ask("seccomp") == "0"
+        entry = base_of(p.pid, lib) + entry_of(lib, "basic_square")
+        assert p.ask(f"rwx {entry:x}") == "-1"  # the filter is in force
+        result = trigger_cli("-p", str(p.pid), patch_file(tree, "square_fix"))
+        assert result.returncode == 0, result.stdout
+        assert p.ask("square 100000") == str(SATURATED)
+
+
+def test_allocator_and_loader_hammered_during_200_operations(
+    tree: Path, patchee: Path, runtime: Path
+) -> None:
+    """15 threads malloc/free and dlopen/dlclose without pause: every operation succeeds (after
+    retries if it must), none deadlocks."""
+    with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
+        assert p.ask(f"hammer {tree / 'patches' / 'square_stack_a' / 'patch.so'}") == "hammering"
+        ops = [
+            trigger.operation(patch_file(tree, "square_fix")),
+            trigger.operation(patch_file(tree, "square_fix"), revert=True),
+        ]
+        for i in range(200):
+            result = trigger.run(p.pid, ops[i % 2], timeout=10, retries=100)
+            assert not result.failed, f"operation {i}: {result.message}"
+        assert p.ask("square 100000") == str(OVERFLOWED)
