@@ -183,9 +183,7 @@ def test_static_function_static_data_tls_and_calling_the_original(
         assert p.ask("add 2 3") == "500"  # the original, called past the checker, times 100
 
 
-def test_stacked_patches_revert_middle_top_bottom(
-    tree: Path, patchee: Path, runtime: Path
-) -> None:
+def test_stacked_patches_revert_middle_top_bottom(tree: Path, patchee: Path, runtime: Path) -> None:
     with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
         pid = str(p.pid)
         for name in ("square_fix", "square_stack_a", "square_stack_b"):
@@ -335,7 +333,7 @@ def test_refusals(tree: Path, patchee: Path, runtime: Path, tmp_path: Path) -> N
         _untouched(p, lib, [fix], "not as recorded")
 
 
-# -- kinds of libraries ------------------------------------------------------------------------------
+# -- kinds of libraries ----------------------------------------------------------------------------
 
 
 def _retarget(tree: Path, tmp: Path, sample: BuiltSample, name: str) -> str:
@@ -458,3 +456,16 @@ def test_allocator_and_loader_hammered_during_200_operations(
             result = trigger.run(p.pid, ops[i % 2], timeout=10, retries=100)
             assert not result.failed, f"operation {i}: {result.message}"
         assert p.ask("square 100000") == str(OVERFLOWED)
+
+
+# -- the demo ------------------------------------------------------------------------------------
+
+
+def test_demo(runtime: Path) -> None:
+    result = ulp("demo")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Done: 540 -> 480 -> 540 in one process" in result.stdout
+    work = Path(result.stdout.split(" its fix in ", 1)[1].split()[0])
+    assert not work.exists()  # it cleaned up after itself: files...
+    pid = int(result.stdout.split("till[", 1)[1].split("]")[0])
+    assert not Path(f"/proc/{pid}").exists()  # ...and the program

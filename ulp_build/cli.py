@@ -15,7 +15,7 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from ulp_build import __version__, metadata, trigger
+from ulp_build import __version__, demo, metadata, trigger
 from ulp_build.check import CheckReport, check, summary
 from ulp_build.elf import ElfFile
 from ulp_build.errors import UlpError
@@ -116,6 +116,16 @@ def _parser() -> argparse.ArgumentParser:
         help="attempts after the first while the process is busy (default 20)",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser(
+        "demo",
+        help="build, run and live-patch a sample program, then revert",
+        description="Build a small library with a bug and its fix, prepare the"
+        " library, run a program that uses it under the runtime, patch it live,"
+        " show the output change without a restart, revert, and clean up."
+        " Needs gcc.",
+    )
+    p.add_argument("--keep", action="store_true", help="keep the build directory")
 
     p = sub.add_parser(
         "run",
@@ -273,6 +283,11 @@ def _cmd_trigger(args: argparse.Namespace) -> int:
     return 1 if any(r.failed for r in results) else 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    demo.run(lambda line: print(line, flush=True), keep=args.keep)
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
@@ -289,5 +304,6 @@ _COMMANDS = {
     "dump": _cmd_dump,
     "runtime-path": _cmd_runtime_path,
     "trigger": _cmd_trigger,
+    "demo": _cmd_demo,
     "run": _cmd_run,
 }
