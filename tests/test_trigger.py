@@ -336,14 +336,14 @@ def test_refusals(tree: Path, patchee: Path, runtime: Path, tmp_path: Path) -> N
 # -- kinds of libraries ----------------------------------------------------------------------------
 
 
-def _retarget(tree: Path, tmp: Path, sample: BuiltSample, name: str) -> str:
+def _retarget(tree: Path, tmp: Path, library: Path, name: str) -> str:
     """The sample patch `name`, described for another build of the basic library."""
     out = tmp / name
     out.mkdir()
     src = tree / "patches" / name
     (out / "patch.so").write_bytes((src / "patch.so").read_bytes())
     text = (src / "patch.toml").read_text()
-    text = text.replace('"../../basic/libbasic.so"', json.dumps(str(sample.prepared)))
+    text = text.replace('"../../basic/libbasic.so"', json.dumps(str(library)))
     (out / "patch.toml").write_text(text)
     return str(pack(out / "patch.toml").metadata)
 
@@ -358,8 +358,8 @@ def test_symbolic_and_endbr64_libraries(
     tmp_path: Path,
 ) -> None:
     sample = built[variant]
-    fix = _retarget(tree, tmp_path, sample, "square_fix")
-    scale = _retarget(tree, tmp_path, sample, "scale_static")
+    fix = _retarget(tree, tmp_path, sample.prepared, "square_fix")
+    scale = _retarget(tree, tmp_path, sample.prepared, "scale_static")
     with running(patchee, runtime, str(sample.prepared)) as p:
         for patch in (fix, scale):
             result = trigger_cli("-p", str(p.pid), patch)
@@ -369,6 +369,23 @@ def test_symbolic_and_endbr64_libraries(
         entry = base_of(p.pid, sample.prepared) + entry_of(sample.prepared, "basic_square")
         if variant == "cet":  # endbr64 stays first; the jump replaces the nop after it
             assert read_memory(p.pid, entry, 6) == bytes.fromhex("f30f1efa") + b"\xeb\xec"
+
+
+def test_pad_crossing_a_page(tree: Path, patchee: Path, runtime: Path, tmp_path: Path) -> None:
+    """The static scale() placed so that its 14-byte pad straddles a page boundary."""
+    header = tmp_path / "cross.h"
+    header.write_text('__asm__(".text\\n.balign 4096\\n.skip 4088\\n");\n')
+    flags = ["-fno-toplevel-reorder", "-falign-functions=1", "-include", str(header)]
+    raw = samples.build_library(samples.load()["basic"], tmp_path / "raw", flags)
+    lib = tmp_path / "libbasic.so"
+    assert ulp("rewrite", str(raw), "-o", str(lib)).returncode == 0
+    entry = entry_of(lib, "scale")
+    assert (entry - 14) // 4096 != (entry - 1) // 4096
+    patch = _retarget(tree, tmp_path, lib, "scale_static")
+    with running(patchee, runtime, str(lib)) as p:
+        assert p.ask("scaled 5") == "36"
+        assert trigger_cli("-p", str(p.pid), patch).returncode == 0
+        assert p.ask("scaled 5") == "41"
 
 
 def test_cxx_method(tmp_path: Path, patchee: Path, runtime: Path, built: dict[str, BuiltSample]):
