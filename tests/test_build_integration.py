@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -167,9 +169,9 @@ def test_setuptools_isolated_build(tmp_path: Path, ulp_wheel: Path) -> None:
     _greeting_wheel_works(tmp_path, project, "--find-links", str(ulp_wheel))
 
 
-def test_third_party_sdist_with_the_environment_switch(tmp_path: Path) -> None:
+def test_third_party_sdist_with_the_environment_switch(tmp_path: Path, runtime: Path) -> None:
     """MarkupSafe, built unchanged from its sdist, passes its own tests with the prepared
-    _speedups module. (Live-patching it in a running process belongs to the trigger.)"""
+    _speedups module, and its static `escape` is live-patched in a running Python."""
     sdist_dir = tmp_path / "sdist"
     _pip(
         "download",
@@ -203,6 +205,68 @@ def test_third_party_sdist_with_the_environment_switch(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert where.stdout.strip() == str(module)
+    _live_patch_markupsafe(tmp_path, module, unpacked, runtime)
+
+
+MARKUPSAFE_PATCH = """
+#include <Python.h>
+/* The original escape(), past its universe checker: filled by the runtime. */
+PyObject *(*escape_original)(PyObject *, PyObject *);
+
+PyObject *escape_marked(PyObject *self, PyObject *text)
+{
+    PyObject *escaped = escape_original(self, text);
+    if (!escaped)
+        return NULL;
+    PyObject *out = PyUnicode_FromFormat("%S [patched]", escaped);
+    Py_DECREF(escaped);
+    return out;
+}
+"""
+
+
+def _live_patch_markupsafe(tmp: Path, module: Path, unpacked: Path, runtime: Path) -> None:
+    work = tmp / "live"
+    work.mkdir()
+    (work / "patch.c").write_text(MARKUPSAFE_PATCH)
+    include = sysconfig.get_paths()["include"]
+    cc = ["gcc", "-O2", "-fPIC", "-shared", f"-I{include}", "-o", "patch.so", "patch.c"]
+    assert run(cc, cwd=work).returncode == 0
+    (work / "patch.toml").write_text(
+        f"target = {json.dumps(str(module))}\nobject = 'patch.so'\nid = 'markupsafe-marked'\n"
+        "[replace]\nescape = 'escape_marked'\n[references]\nescape = 'escape_original'\n"
+    )
+    assert ulp("pack", str(work / "patch.toml")).returncode == 0
+    loop = "import sys, markupsafe\nprint('ready', flush=True)\n" + (
+        "for line in sys.stdin: print(markupsafe.escape(line.strip()), flush=True)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(unpacked), LD_PRELOAD=str(runtime))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", loop],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def escape(text: str) -> str:
+        proc.stdin.write(text + "\n")  # type: ignore[union-attr]
+        proc.stdin.flush()  # type: ignore[union-attr]
+        return proc.stdout.readline().strip()  # type: ignore[union-attr]
+
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        assert escape("<a>") == "&lt;a&gt;"
+        result = ulp("trigger", "-p", str(proc.pid), str(work / "patch.ulp"))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert escape("<a>") == "&lt;a&gt; [patched]"
+        assert ulp("trigger", "-p", str(proc.pid), str(work / "patch.rev.ulp")).returncode == 0
+        assert escape("<a>") == "&lt;a&gt;"
+    finally:
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
 
 
 def test_ci_gate(tmp_path: Path, libc_copy: Path) -> None:
