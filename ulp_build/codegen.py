@@ -173,7 +173,6 @@ def decode_ifunc_wrapper(code: bytes, at: int) -> tuple[int, int, int] | None:
 # instruction, so a thread sees either the nop or the jump, never half of each.
 _LEA_SELF_R11 = _LEA_R11 + struct.pack("<i", -7)
 _JMP_INDIRECT = bytes.fromhex("ff25")
-CHECKER_PAD = 14
 
 
 def checker_pad(pad_at: int, dispatch_slot: int) -> bytes:

@@ -23,10 +23,9 @@ REVERT = 4
 
 REF_KINDS = {"data": 0, "tls": 1, "function": 2}
 
-# Statuses ulp_prepare and ulp_commit return, negated.
-EINVALID = 1
+# Statuses ulp_prepare and ulp_commit return, negated, that the trigger acts on (the others
+# come with a message).
 EALREADY = 2
-ENOTAPPLIED = 3
 EBUSY = 4
 
 

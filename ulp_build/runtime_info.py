@@ -20,10 +20,8 @@ HEADER = struct.Struct("<8sIIQQQIIQIIIIIIIIQ")
 LIBRARY = struct.Struct("<QQI32s256s")
 THREAD_LIB = struct.Struct("<IIQ")
 # struct ulp_patch: next, id, description, object, target descriptor, handle, applied and
-# reverted universes, time, function count; then per function its record and replacement.
+# reverted universes, time, function count (its functions follow).
 PATCH = struct.Struct("<Q128s256s1024sQQQQQII")
-PATCH_FUNCTION = struct.Struct("<QQ")
-PAD_BEFORE = 14
 MAX_PATCHES = 1 << 16
 # Bounds against a corrupt or hostile process: the runtime never has more.
 MAX_THREADS = 1 << 20
@@ -47,7 +45,7 @@ class PatchInfo:
     applied: int  # universe
     reverted: int  # universe, 0 while active
     time_ns: int
-    entries: tuple[int, ...]  # run-time addresses of the functions it replaces
+    functions: int
 
     @property
     def active(self) -> bool:
@@ -170,22 +168,17 @@ def _patches(pid: int, head_at: int, patch_size: int) -> list[PatchInfo]:
     (at,) = struct.unpack("<Q", read_memory(pid, head_at, 8))
     while at and len(out) < MAX_PATCHES:
         fields = PATCH.unpack(read_memory(pid, at, PATCH.size))
-        nxt, pid_, desc, obj, target, _handle, applied, reverted, when, count, _ = fields
-        raw = read_memory(pid, at + PATCH.size, PATCH_FUNCTION.size * count) if count else b""
-        entries = []
-        for record, _replacement in PATCH_FUNCTION.iter_unpack(raw):
-            (pad,) = struct.unpack("<Q", read_memory(pid, record, 8))
-            entries.append(pad + PAD_BEFORE)
+        nxt, patch_id, desc, obj, target, _handle, applied, reverted, when, count, _ = fields
         out.append(
             PatchInfo(
-                _text(pid_),
+                _text(patch_id),
                 _text(desc),
                 _text(obj),
                 target,
                 applied,
                 reverted,
                 when,
-                tuple(entries),
+                count,
             )
         )
         at = nxt

@@ -4,7 +4,6 @@ prepared-library descriptor, and the state of each patched function's bytes."""
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -164,7 +163,3 @@ def find_by_name(pid: int, name: str) -> LoadedLibrary:
         build_id = _build_id_in_memory(pid, m.start, elf) or ""
         return LoadedLibrary(pid, m.path, m.start, build_id, elf)
     raise UlpError(f"process {pid}: library {name} is not loaded")
-
-
-def read_word(pid: int, address: int) -> int:
-    return struct.unpack("<Q", read_memory(pid, address, 8))[0]
