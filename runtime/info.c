@@ -79,7 +79,7 @@ _Static_assert(offsetof(struct ulp_function, lib_offset) == ULP_FUNCTION_LIB, "d
 _Static_assert(offsetof(struct ulp_function, versions) == ULP_FUNCTION_VERSIONS, "dispatch.S");
 _Static_assert(offsetof(struct ulp_versions, entries) == ULP_VERSIONS_ENTRIES, "dispatch.S");
 _Static_assert(sizeof(struct ulp_version) == 16, "dispatch.S");
-_Static_assert(sizeof(struct ulp_request) == 1992, "ulp_build/trigger.py");
+_Static_assert(sizeof(struct ulp_request) == 2032, "ulp_build/trigger.py");
 
 __attribute__((constructor)) static void ulp_start(void)
 {

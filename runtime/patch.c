@@ -115,15 +115,25 @@ static int reserve(uint32_t more)
     return 0;
 }
 
+static void replace(struct ulp_function *f)
+{
+    struct ulp_table *table = atomic_load(&ulp_function_table);
+    uint64_t i = (f->pad >> 4) & table->mask;
+    while (atomic_load(&table->slots[i].pad) != f->pad)
+        i = (i + 1) & table->mask;
+    atomic_store(&table->slots[i].function, f);
+}
+
 static struct ulp_function *function_for(uintptr_t entry, uintptr_t nop, uint64_t lib_offset)
 {
     uintptr_t pad = entry - ULP_PAD_BEFORE;
-    struct ulp_function *f = lookup(pad);
-    if (f)
-        return f;
+    struct ulp_function *old = lookup(pad), *f;
+    /* A record of another library once loaded here (closed since) is stale: replaced. */
+    if (old && old->lib_offset == lib_offset && old->original == nop + 2)
+        return old;
     f = calloc(1, sizeof *f);
     struct ulp_versions *v = calloc(1, sizeof *v + 4 * sizeof v->entries[0]);
-    if (!f || !v || reserve(1) != 0) {
+    if (!f || !v || (!old && reserve(1) != 0)) {
         free(f);
         free(v);
         return NULL;
@@ -136,8 +146,12 @@ static struct ulp_function *function_for(uintptr_t entry, uintptr_t nop, uint64_
     atomic_store(&v->count, 1);
     atomic_store(&f->versions, v);
     /* Visible at once, and harmless: with only the original version it changes nothing. */
-    insert(atomic_load(&ulp_function_table), f);
-    table_used++;
+    if (old) {
+        replace(f);
+    } else {
+        insert(atomic_load(&ulp_function_table), f);
+        table_used++;
+    }
     return f;
 }
 
@@ -146,6 +160,13 @@ static struct ulp_function *function_for(uintptr_t entry, uintptr_t nop, uint64_
 static int active(const struct ulp_patch *p)
 {
     return p->reverted == 0;
+}
+
+/* Active on this load of the target (a patch of an earlier load of a library dlclose'd and
+ * loaded again at the same address is not). */
+static int active_on(const struct ulp_patch *p, const struct ulp_descriptor *d, uint64_t lib)
+{
+    return active(p) && p->target == d && p->lib_offset == lib;
 }
 
 static int reverted_now(const struct ulp_patch *p)
@@ -211,18 +232,39 @@ static void unstage(void)
 
 /* ---- loading the patch object ------------------------------------------------------------ */
 
-struct tls_search {
+struct object_search {
     uintptr_t base;
-    size_t module;
+    size_t module;                  /* its TLS module id */
+    const uint8_t *build_id;        /* its NT_GNU_BUILD_ID descriptor */
+    uint32_t build_id_size;
 };
 
-static int find_tls_module(struct dl_phdr_info *info, size_t size, void *data)
+static void find_build_id(struct object_search *search, const ElfW(Phdr) *ph)
+{
+    const char *at = (const char *)(search->base + ph->p_vaddr), *end = at + ph->p_memsz;
+    while (at + sizeof(ElfW(Nhdr)) <= end) {
+        const ElfW(Nhdr) *note = (const void *)at;
+        const char *name = at + sizeof *note;
+        const char *desc = name + ((note->n_namesz + 3) & ~3u);
+        if (note->n_type == NT_GNU_BUILD_ID && note->n_namesz == 4 && !memcmp(name, "GNU", 4)) {
+            search->build_id = (const uint8_t *)desc;
+            search->build_id_size = note->n_descsz;
+            return;
+        }
+        at = desc + ((note->n_descsz + 3) & ~3u);
+    }
+}
+
+static int find_object(struct dl_phdr_info *info, size_t size, void *data)
 {
     (void)size;
-    struct tls_search *search = data;
+    struct object_search *search = data;
     if (info->dlpi_addr != search->base)
         return 0;
     search->module = info->dlpi_tls_modid;
+    for (int i = 0; i < info->dlpi_phnum; i++)
+        if (info->dlpi_phdr[i].p_type == PT_NOTE && !search->build_id)
+            find_build_id(search, &info->dlpi_phdr[i]);
     return 1;
 }
 
@@ -233,8 +275,8 @@ static int64_t fill_references(struct ulp_request *r, uintptr_t object, uintptr_
     for (uint32_t i = 0; i < r->reference_count; i++) {
         uint64_t *slot = (uint64_t *)(object + refs[i].pointer);
         if (refs[i].kind == ULP_REF_TLS) {
-            struct tls_search search = {target, 0};
-            dl_iterate_phdr(find_tls_module, &search);
+            struct object_search search = {target, 0, NULL, 0};
+            dl_iterate_phdr(find_object, &search);
             if (search.module == 0)
                 return fail(r, "the target has no thread-local storage module");
             slot[0] = search.module;
@@ -256,6 +298,7 @@ static int64_t load(struct ulp_request *r, const struct ulp_descriptor *d, uint6
     memcpy(p->description, r->description, sizeof p->description);
     memcpy(p->object, r->object, sizeof p->object);
     p->target = d;
+    p->lib_offset = (uint32_t)lib_offset;
     p->function_count = r->function_count;
     p->handle = dlopen(r->object, RTLD_NOW | RTLD_LOCAL);
     if (!p->handle) {
@@ -267,6 +310,15 @@ static int64_t load(struct ulp_request *r, const struct ulp_descriptor *d, uint6
     struct link_map *map = NULL;
     if (dlinfo(p->handle, RTLD_DI_LINKMAP, &map) != 0 || !map)
         return fail(r, "cannot find where the patch object was loaded");
+    /* dlopen hands back an object already loaded from the same path (a reverted patch stays
+     * loaded), even if the file was rebuilt since: the offsets would then be wrong. */
+    struct object_search object = {map->l_addr, 0, NULL, 0};
+    dl_iterate_phdr(find_object, &object);
+    if (r->object_build_id_size &&
+        (object.build_id_size != r->object_build_id_size ||
+         memcmp(object.build_id, r->object_build_id, r->object_build_id_size) != 0))
+        return fail(r, "%s is loaded already, from another build (rename the new one)",
+                    r->object);
     int64_t status = fill_references(r, map->l_addr, (uintptr_t)d - d->link_address);
     if (status)
         return status;
@@ -290,7 +342,7 @@ static int64_t check_request(struct ulp_request *r, const struct ulp_descriptor 
     r->object[sizeof r->object - 1] = '\0';
     uint64_t need = sizeof *r + (uint64_t)r->function_count * sizeof(struct ulp_request_function) +
                     (uint64_t)r->reference_count * sizeof(struct ulp_request_reference);
-    if (r->size < need || r->build_id_size > 32)
+    if (r->size < need || r->build_id_size > 32 || r->object_build_id_size > 32)
         return fail(r, "malformed request");
     const struct ulp_descriptor *d = (const void *)r->descriptor;
     if (memcmp(d->magic, descriptor_magic, sizeof descriptor_magic) != 0 ||
@@ -304,20 +356,26 @@ static int64_t check_request(struct ulp_request *r, const struct ulp_descriptor 
     return 0;
 }
 
-static struct ulp_patch *find_active(const char *id, const struct ulp_descriptor *d)
+static struct ulp_patch *find_active(const char *id, const struct ulp_descriptor *d,
+                                     uint64_t lib)
 {
     for (struct ulp_patch *p = atomic_load(&ulp_patches); p; p = p->next)
-        if (active(p) && p->target == d && strcmp(p->id, id) == 0)
+        if (active_on(p, d, lib) && strcmp(p->id, id) == 0)
             return p;
     return NULL;
 }
 
 static int64_t stage(struct ulp_request *r, const struct ulp_descriptor *d)
 {
+    /* Below ULP_THREAD_LIBS (no room in the runtime's table): the library's calls are not
+     * tracked, and its patched functions always run their newest version. */
     uint64_t lib_offset = ulp_library_register((struct ulp_descriptor *)d);
     if (lib_offset == 0)
+        lib_offset = atomic_load(&d->runtime_private);
+    if (lib_offset == 0)
         return fail(r, "the runtime cannot track the target");
-    if ((r->flags & ULP_REQ_APPLY) && !(r->flags & ULP_REQ_REVERT_ALL) && find_active(r->id, d)) {
+    if ((r->flags & ULP_REQ_APPLY) && !(r->flags & ULP_REQ_REVERT_ALL) &&
+        find_active(r->id, d, lib_offset)) {
         snprintf(r->message, sizeof r->message, "patch %s is already applied", r->id);
         return -ULP_EALREADY;
     }
@@ -331,9 +389,9 @@ static int64_t stage(struct ulp_request *r, const struct ulp_descriptor *d)
     if (!staged.reverts || !staged.changes)
         return fail(r, "out of memory");
     for (struct ulp_patch *p = atomic_load(&ulp_patches); p; p = p->next) {
-        int all = (r->flags & ULP_REQ_REVERT_ALL) && p->target == d;
-        int named = (r->flags & ULP_REQ_REVERT) && p->target == d && !strcmp(p->id, r->id);
-        if (active(p) && (all || named))
+        int all = r->flags & ULP_REQ_REVERT_ALL;
+        int named = (r->flags & ULP_REQ_REVERT) && !strcmp(p->id, r->id);
+        if (active_on(p, d, lib_offset) && (all || named))
             staged.reverts[staged.revert_count++] = p;
     }
     if (staged.revert_count == 0 && !(r->flags & ULP_REQ_APPLY)) {
@@ -368,7 +426,10 @@ ULP_EXPORT int64_t ulp_prepare(struct ulp_request *r)
     int64_t status = check_request(r, &d);
     if (status)
         return status;
-    pthread_mutex_lock(&lock);
+    if (pthread_mutex_trylock(&lock) != 0) {
+        snprintf(r->message, sizeof r->message, "another trigger is patching the process");
+        return -ULP_EBUSY;
+    }
     /* Whatever an earlier trigger prepared and never committed (it died, or it gave up). */
     unstage();
     status = stage(r, d);

@@ -177,6 +177,9 @@ struct ulp_request {
     char id[ULP_ID_SIZE];
     char description[ULP_DESCRIPTION_SIZE];
     char object[ULP_OBJECT_SIZE];   /* absolute path of the patch object */
+    uint8_t object_build_id[32];    /* the object's, as the trigger read it (size 0: none) */
+    uint32_t object_build_id_size;
+    uint32_t reserved;
     char message[512];              /* out: why it failed */
     /* then function_count ulp_request_function, then reference_count ulp_request_reference */
 };
@@ -200,7 +203,7 @@ struct ulp_patch {
     uint64_t reverted;              /* the universe in which it was reverted; 0 while active */
     uint64_t time;                  /* CLOCK_REALTIME of the commit, in nanoseconds */
     uint32_t function_count;
-    uint32_t reserved;
+    uint32_t lib_offset;            /* the target's registration: a reloaded target gets another */
     struct ulp_patch_function functions[];
 };
 

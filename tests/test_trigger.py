@@ -231,6 +231,52 @@ def test_target_dlopened_after_start(tree: Path, patchee: Path, runtime: Path) -
         assert p.ask("square 100000") == str(SATURATED)
 
 
+def test_patched_library_closed_and_loaded_again(tree: Path, patchee: Path, runtime: Path) -> None:
+    """The new load of the library is unpatched, and the patch applies to it again."""
+    lib = tree / "basic" / "libbasic.so"
+    with running(patchee, runtime, str(lib)) as p:
+        assert trigger_cli("-p", str(p.pid), patch_file(tree, "square_fix")).returncode == 0
+        assert p.ask("square 100000") == str(SATURATED)
+        assert p.ask("close") == "0"
+        assert not [m for m in maps(p.pid) if m.path == str(lib)]
+        assert p.ask(f"load {lib}") == "loaded"
+        assert p.ask("square 100000") == str(OVERFLOWED)
+        result = trigger_cli("-p", str(p.pid), patch_file(tree, "square_fix"))
+        assert result.returncode == 0 and "applied" in result.stdout, result.stdout
+        assert p.ask("square 100000") == str(SATURATED)
+        assert p.ask("hold") == "holding"
+        assert trigger_cli("-p", str(p.pid), patch_file(tree, "square_stack_a")).returncode == 0
+        assert p.ask("release") == "held 9"  # universes still tracked on the new load
+
+
+def test_patch_object_rebuilt_at_the_same_path(
+    tree: Path, patchee: Path, runtime: Path, tmp_path: Path
+) -> None:
+    """A reverted patch's object stays loaded; a rebuilt file at its path is refused, not
+    confused with it."""
+    out = tmp_path / "stack_a"
+    out.mkdir()
+    src = tree / "patches" / "square_stack_a"
+    (out / "patch.toml").write_text((src / "patch.toml").read_text().replace(
+        '"../../basic/libbasic.so"', json.dumps(str(tree / "basic" / "libbasic.so"))))  # fmt: skip
+    source = samples.PATCHES / "square_stack_a" / "patch.c"
+
+    def build(*flags: str) -> str:
+        cmd = ["gcc", *flags, "-fPIC", "-shared", "-o", str(out / "patch.so"), str(source)]
+        assert run(cmd).returncode == 0
+        return str(pack(out / "patch.toml").metadata)
+
+    patch = build("-O2")
+    with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
+        assert trigger_cli("-p", str(p.pid), patch).returncode == 0
+        assert trigger_cli("-p", str(p.pid), "--revert", patch).returncode == 0
+        (out / "patch.so").unlink()
+        patch = build("-O0", "-g")
+        result = trigger_cli("-p", str(p.pid), patch)
+        assert result.returncode == 1 and "from another build" in result.stdout, result.stdout
+        assert p.ask("square 3") == "9"
+
+
 # -- universes -----------------------------------------------------------------------------------
 
 

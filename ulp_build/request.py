@@ -12,7 +12,7 @@ from ulp_build.errors import UlpError
 
 MAGIC = b"ULPREQ\0\0"
 VERSION = 1
-HEADER = struct.Struct("<8sIIIIIIQ32s128s256s1024s512s")
+HEADER = struct.Struct("<8sIIIIIIQ32s128s256s1024s32sII512s")
 FUNCTION = struct.Struct("<QQQ")
 REFERENCE = struct.Struct("<IIQQ")
 MESSAGE_OFFSET = HEADER.size - 512
@@ -51,6 +51,7 @@ class Request:
     id: str = ""
     description: str = ""
     object: str = ""
+    object_build_id: bytes = b""
     functions: list[FunctionEntry] = field(default_factory=list)
     references: list[ReferenceEntry] = field(default_factory=list)
 
@@ -74,6 +75,9 @@ class Request:
                 _field(self.id, 128, "patch id"),
                 _truncated(self.description, 256),
                 _field(self.object, 1024, "patch object path"),
+                self.object_build_id,
+                len(self.object_build_id),
+                0,
                 b"",
             )
         )

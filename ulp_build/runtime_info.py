@@ -20,7 +20,8 @@ HEADER = struct.Struct("<8sIIQQQIIQIIIIIIIIQ")
 LIBRARY = struct.Struct("<QQI32s256s")
 THREAD_LIB = struct.Struct("<IIQ")
 # struct ulp_patch: next, id, description, object, target descriptor, handle, applied and
-# reverted universes, time, function count (its functions follow).
+# reverted universes, time, function count (its functions follow), the target's registration
+# (its libs[] offset: another after the target was closed and loaded again).
 PATCH = struct.Struct("<Q128s256s1024sQQQQQII")
 MAX_PATCHES = 1 << 16
 # Bounds against a corrupt or hostile process: the runtime never has more.
@@ -46,6 +47,7 @@ class PatchInfo:
     reverted: int  # universe, 0 while active
     time_ns: int
     functions: int
+    lib_offset: int
 
     @property
     def active(self) -> bool:
@@ -168,7 +170,7 @@ def _patches(pid: int, head_at: int, patch_size: int) -> list[PatchInfo]:
     (at,) = struct.unpack("<Q", read_memory(pid, head_at, 8))
     while at and len(out) < MAX_PATCHES:
         fields = PATCH.unpack(read_memory(pid, at, PATCH.size))
-        nxt, patch_id, desc, obj, target, _handle, applied, reverted, when, count, _ = fields
+        nxt, patch_id, desc, obj, target, _handle, applied, reverted, when, count, lib = fields
         out.append(
             PatchInfo(
                 _text(patch_id),
@@ -179,6 +181,7 @@ def _patches(pid: int, head_at: int, patch_size: int) -> list[PatchInfo]:
                 reverted,
                 when,
                 count,
+                lib,
             )
         )
         at = nxt

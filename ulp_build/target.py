@@ -68,8 +68,10 @@ class LoadedLibrary:
             raise UlpError(f"process {self.pid}: {self.path} is not a prepared library")
         return data.addr
 
-    def check_prepared(self) -> None:
-        magic, version, *_ = DESCRIPTOR.unpack(
+    def registration(self) -> int:
+        """The descriptor's runtime-private word in the process: this load's place in the
+        runtime's tables (0 before its first tracked call)."""
+        magic, version, _flags, _link, private, *_ = DESCRIPTOR.unpack(
             read_memory(self.pid, self.descriptor, DESCRIPTOR.size)
         )
         if magic != DESCRIPTOR_MAGIC or version != DESCRIPTOR_VERSION:
@@ -77,6 +79,7 @@ class LoadedLibrary:
                 f"process {self.pid}: {self.path} was not prepared by this version of ulp"
                 f" (descriptor version {version}, this ulp makes {DESCRIPTOR_VERSION})"
             )
+        return private
 
     def function_code(self, function: Function) -> FunctionCode:
         """Where `function` is and what its padding holds now; an error naming the function

@@ -13,7 +13,7 @@ variable. Then two stops:
 2. **Commit**, with every thread stopped: the trigger writes the universe checkers (harmless
    until the commit: they lead to the versions that ran before), then the runtime's lock-free
    commit publishes every new version in one new universe. If it cannot (another trigger got
-   in between), the checkers just written are put back and the whole attempt is retried.
+   in between), the whole attempt is retried; the checkers stay, still harmless.
 
 The process is never left stopped (ptrace.Tracee restores and detaches on every path) and
 never half-patched: until the commit nothing any thread runs has changed, and the commit is one
@@ -149,8 +149,12 @@ class _Plan:
         else:
             assert op.revert_all is not None
             library = target.find_by_name(pid, op.revert_all)
-        library.check_prepared()
-        active = [p for p in state.patches if p.active and p.target == library.descriptor]
+        registration = library.registration()
+        active = [
+            p
+            for p in state.patches
+            if p.active and p.target == library.descriptor and p.lib_offset == registration
+        ]
         flags = rq.REVERT_ALL if op.revert_all else 0
         req = rq.Request(flags, library.descriptor, bytes.fromhex(library.build_id))
         code: list[target.FunctionCode] = []
@@ -172,7 +176,7 @@ class _Plan:
         assert op.patch_path is not None
         obj = patch.object_path(op.patch_path)
         req.object = str(obj)
-        replacements, pointers = _object_symbols(obj, patch)
+        replacements, pointers, req.object_build_id = _object_symbols(obj, patch)
         patched = {f.offset: f for f in patch.functions}
         for f in patch.functions:
             code.append(library.function_code(f))
@@ -227,6 +231,8 @@ class _Plan:
                     return status, tid
                 if status == -rq.EALREADY:
                     raise _AlreadyApplied(f"process {self.pid}: {why}")
+                if status == -rq.EBUSY:
+                    raise _Busy(f"process {self.pid}: {why}")
                 raise UlpError(f"process {self.pid}: {why or f'the runtime refused ({status})'}")
         raise _Busy(
             f"process {self.pid}: no thread is outside the loader and the allocator"
@@ -234,43 +240,31 @@ class _Plan:
         )
 
     def _commit(self, ticket: int, tid: int, timeout: float) -> int:
+        """Write the checkers that are missing, then commit. A checker written by an attempt
+        that does not commit stays, harmlessly: the prepare made its function's record, with
+        the versions that run now, before any checker could lead there."""
         slot = self.library.dispatch_slot
-        fresh = [c for c in self.code if c.state is target.CodeState.PRISTINE]
-        with Tracee(self.pid, timeout) as tracee:
+        with _held_signals(), Tracee(self.pid, timeout) as tracee:
+            # Read again now that nothing runs: another trigger may have written some since.
+            code = [self.library.function_code(c.function) for c in self.code]
+            fresh = [c for c in code if c.state is target.CodeState.PRISTINE]
+            # The pads first: a pad is reached only through its entry jump.
+            for c in fresh:
+                tracee.write(c.pad, c.checker(slot)[0])
+            for c in fresh:
+                tracee.write(c.nop, c.checker(slot)[1])
             caller = tid if tid in tracee.threads else min(tracee.threads)
-            written: list[target.FunctionCode] = []
-            try:
-                # The pads first: a pad is reached only through its entry jump.
-                for c in fresh:
-                    tracee.write(c.pad, c.checker(slot)[0])
-                    written.append(c)
-                for c in fresh:
-                    tracee.write(c.nop, c.checker(slot)[1])
-                with _held_signals():
-                    universe = self._call(tracee, "ulp_commit", ticket, tid=caller)
-            except BaseException:
-                _restore(tracee, written)
-                raise
-            if universe == -rq.EBUSY:
-                _restore(tracee, written)
-                raise _Busy(f"process {self.pid}: another trigger is patching it")
-            if universe <= 0:
-                _restore(tracee, written)
-                raise UlpError(f"process {self.pid}: the runtime refused the commit ({universe})")
-            return universe
+            universe = self._call(tracee, "ulp_commit", ticket, tid=caller)
+        if universe == -rq.EBUSY:
+            raise _Busy(f"process {self.pid}: another trigger is patching it")
+        if universe <= 0:
+            raise UlpError(f"process {self.pid}: the runtime refused the commit ({universe})")
+        return universe
 
 
-def _restore(tracee: Tracee, written: list[target.FunctionCode]) -> None:
-    """Put the prepared padding back where this attempt wrote checkers (jumps first)."""
-    for c in written:
-        tracee.write(c.nop, b"\x66\x90")
-    for c in written:
-        tracee.write(c.pad, b"\x90" * len(c.checker(0)[0]))
-
-
-def _object_symbols(obj: Path, patch: Patch) -> tuple[dict[str, int], dict[str, int]]:
-    """Offsets of the replacements and reference variables in the patch object; an error
-    naming every missing one, before anything is loaded."""
+def _object_symbols(obj: Path, patch: Patch) -> tuple[dict[str, int], dict[str, int], bytes]:
+    """Offsets of the replacements and reference variables in the patch object, and its
+    build-id; an error naming every missing one, before anything is loaded."""
     try:
         elf = ElfFile.load(obj)
     except OSError as exc:
@@ -293,7 +287,8 @@ def _object_symbols(obj: Path, patch: Patch) -> tuple[dict[str, int], dict[str, 
             pointers[r.pointer] = s.value
     if missing:
         raise UlpError(f"{obj}: the patch object lacks {', '.join(missing)}")
-    return replacements, pointers
+    note = elf.build_id_note
+    return replacements, pointers, note[0][:32] if note else b""
 
 
 def _thread_ids(pid: int) -> list[int]:

@@ -5,6 +5,7 @@
  * blocks in read() for the whole run, counting EINTRs, and SIGUSR1 is counted.
  *
  *   load PATH      dlopen the library           square N / add A B / scaled X / calls
+ *   close          dlclose it
  *   hold           a thread enters basic_apply, whose callback waits inside the library
  *   release        the callback calls basic_square(3) from inside, the thread prints it
  *   watch N F      a thread calls basic_square(N) in a loop, counting results equal to F
@@ -36,6 +37,7 @@
 static int (*square)(int), (*add)(int, int), (*scaled)(int);
 static int (*apply)(int (*)(int), int);
 static int *calls;
+static void *library;
 static sem_t entered, released;
 static pthread_t holder;
 static int stop;
@@ -113,16 +115,16 @@ static void *need(void *lib, const char *name)
 
 static void load(const char *path)
 {
-    void *lib = dlopen(path, RTLD_NOW);
-    if (!lib) {
+    library = dlopen(path, RTLD_NOW);
+    if (!library) {
         fprintf(stderr, "patchee: %s\n", dlerror());
         exit(2);
     }
-    square = need(lib, "basic_square");
-    add = need(lib, "basic_add");
-    scaled = need(lib, "basic_scaled");
-    apply = need(lib, "basic_apply");
-    calls = need(lib, "basic_calls");
+    square = need(library, "basic_square");
+    add = need(library, "basic_add");
+    scaled = need(library, "basic_scaled");
+    apply = need(library, "basic_apply");
+    calls = need(library, "basic_calls");
 }
 
 static int waiting(int x)
@@ -206,6 +208,8 @@ int main(int argc, char **argv)
             printf("%d\n", scaled(a));
         } else if (sscanf(line, "%31s", word) == 1 && !strcmp(word, "calls")) {
             printf("%d\n", *calls);
+        } else if (!strcmp(word, "close")) {
+            printf("%d\n", dlclose(library));
         } else if (!strcmp(word, "hold")) {
             pthread_create(&holder, NULL, hold, NULL);
             while (sem_wait(&entered) != 0)
