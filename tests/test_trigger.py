@@ -82,8 +82,8 @@ class Process:
         if self.proc.poll() is None:
             self.ask("stats")  # still answering: not stopped, not dead
             assert self.proc.stdin is not None
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.flush()
+            self.proc.stdin.write("quit\n")  # the patchee stops here, the drivers at the end
+            self.proc.stdin.close()
             assert self.proc.wait(timeout=20) == 0
         self.proc.kill()
 
@@ -434,7 +434,74 @@ def test_pad_crossing_a_page(tree: Path, patchee: Path, runtime: Path, tmp_path:
         assert p.ask("scaled 5") == "41"
 
 
-def test_cxx_method(tmp_path: Path, patchee: Path, runtime: Path, built: dict[str, BuiltSample]):
+def _small_project(
+    tmp: Path, src: Path, lib: str, patch: str, driver: str
+) -> tuple[Path, str, Path]:
+    """Build lib<name>.so (prepared), its patch object and description, and a driver program,
+    from tests/programs/<dir>: (library, patch metadata, driver)."""
+    cflags = ["-O2", "-fPIC", "-fpatchable-function-entry=16,14", "-fno-ipa-ra", f"-I{src}"]
+    library = tmp / f"lib{lib}.so"
+    for cmd in (
+        ["gcc", *cflags, "-shared", "-o", str(library), str(src / f"{lib}.c")],
+        ["gcc", "-O2", "-fPIC", f"-I{src}", "-shared", "-o", str(tmp / f"{patch}.so"),
+         str(src / f"{patch}.c")],
+        ["gcc", "-O2", f"-I{src}", "-o", str(tmp / driver), str(src / f"{driver}.c"), "-ldl"],
+    ):  # fmt: skip
+        result = run(cmd)
+        assert result.returncode == 0, result.stderr
+    assert ulp("rewrite", str(library)).returncode == 0
+    (tmp / f"{patch}.toml").write_text((src / f"{patch}.toml").read_text())
+    return library, str(pack(tmp / f"{patch}.toml").metadata), tmp / driver
+
+
+def test_calling_conventions_through_the_dispatcher(
+    tmp_path: Path, runtime: Path, built: dict[str, BuiltSample]
+) -> None:
+    """10+10 arguments (stack-passed too), variadics with %al, struct returns in memory and in
+    registers, and an x87 long double, through replacements that call the originals."""
+    abi = built["abi"].sample.sources[0].parent
+    src = PROGRAMS / "abi"
+    for name in ("abi_driver.c", "abi_plus.c", "abi_plus.toml"):
+        (tmp_path / name).write_text((src / name).read_text())
+    (tmp_path / "abi.c").write_text((abi / "abi.c").read_text())
+    (tmp_path / "abi.h").write_text((abi / "abi.h").read_text())
+    lib, patch, driver = _small_project(tmp_path, tmp_path, "abi", "abi_plus", "abi_driver")
+    with running(driver, runtime, str(lib)) as p:
+        before = p.ask("go")
+        assert before == "742.5 15 2.62 8,16,24,2.00 5,6.00 2.500000"
+        assert trigger_cli("-p", str(p.pid), patch).returncode == 0
+        after = p.ask("go")
+        assert after == "1742.5 1015 1002.62 1008,1016,1024,1002.00 1005,1006.00 1002.500000"
+        assert trigger_cli("-p", str(p.pid), "--revert", patch).returncode == 0
+        assert p.ask("go") == before
+
+
+def test_recursive_function_whose_replacement_calls_the_original(
+    tmp_path: Path, runtime: Path
+) -> None:
+    lib, patch, driver = _small_project(tmp_path, PROGRAMS / "fib", "fib", "fib_plus", "fib_driver")
+    with running(driver, runtime, str(lib)) as p:
+        assert p.ask("20") == "6765"
+        assert trigger_cli("-p", str(p.pid), patch).returncode == 0
+        # Every level of the recursion went through the replacement: R(n) = R(n-1) + R(n-2) + 1.
+        r = [1, 2]
+        for _ in range(19):
+            r.append(r[-1] + r[-2] + 1)
+        assert p.ask("20") == str(r[20])
+
+
+def test_patched_function_called_from_a_signal_handler(
+    tree: Path, patchee: Path, runtime: Path
+) -> None:
+    with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
+        assert p.ask("raise 1000") == "sat 0 other 1000"
+        assert trigger_cli("-p", str(p.pid), patch_file(tree, "square_fix")).returncode == 0
+        assert p.ask("raise 1000") == "sat 1000 other 0"
+
+
+def test_cxx_method_and_two_libraries(
+    tmp_path: Path, tree: Path, patchee: Path, runtime: Path, built: dict[str, BuiltSample]
+) -> None:
     lib = built["cxx"].prepared
     src = tmp_path / "bump.c"
     src.write_text(
@@ -448,11 +515,14 @@ def test_cxx_method(tmp_path: Path, patchee: Path, runtime: Path, built: dict[st
         "[replace]\n_ZN14ThrowerCounter4bumpEi = 'bump_twice'\n"
     )
     patch = str(pack(tmp_path / "bump.toml").metadata)
-    with running(patchee, runtime) as p:
+    # Two prepared libraries in one process, a patch for each.
+    with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
         assert p.ask(f"open {lib}") == "opened"
         assert p.ask("bump 1") == "1"
         assert trigger_cli("-p", str(p.pid), patch).returncode == 0
+        assert trigger_cli("-p", str(p.pid), patch_file(tree, "square_fix")).returncode == 0
         assert p.ask("bump 1") == "3"
+        assert p.ask("square 100000") == str(SATURATED)
 
 
 # -- process hygiene -----------------------------------------------------------------------------

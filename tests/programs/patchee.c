@@ -14,6 +14,7 @@
  *   rwx ADDR       make the page at ADDR readable, writable and executable
  *   seccomp        forbid mprotect with PROT_EXEC from now on (EPERM)
  *   open PATH      dlopen the C++ sample; bump N calls ThrowerCounter::bump(N) on one object
+ *   raise N        raise SIGUSR2 N times; its handler calls basic_square(100000): "sat S other O"
  *   stats          EINTRs seen, SIGUSR1 and SIGRTMIN handled        quit
  */
 #define _GNU_SOURCE
@@ -51,6 +52,17 @@ static int (*bump)(void *, int);
 static struct {
     int value;
 } counter;
+
+static volatile int saturated, other;
+
+static void on_usr2(int sig)
+{
+    (void)sig;
+    if (square(100000) == 2147483647)
+        saturated++;
+    else
+        other++;
+}
 
 static void on_signal(int sig)
 {
@@ -208,6 +220,12 @@ int main(int argc, char **argv)
             printf("%d\n", scaled(a));
         } else if (sscanf(line, "%31s", word) == 1 && !strcmp(word, "calls")) {
             printf("%d\n", *calls);
+        } else if (sscanf(line, "raise %d", &a) == 1) {
+            saturated = other = 0;
+            signal(SIGUSR2, on_usr2);
+            for (int i = 0; i < a; i++)
+                raise(SIGUSR2);
+            printf("sat %d other %d\n", (int)saturated, (int)other);
         } else if (!strcmp(word, "close")) {
             printf("%d\n", dlclose(library));
         } else if (!strcmp(word, "hold")) {
