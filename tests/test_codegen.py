@@ -8,6 +8,7 @@ import keystone
 import pytest
 
 from ulp_build import codegen
+from ulp_build.errors import UlpError
 
 AT = 0x6000
 FUNCTION = 0x111E
@@ -100,3 +101,32 @@ def test_decoders_refuse_foreign_bytes() -> None:
 def test_displacement_out_of_range_is_an_error() -> None:
     with pytest.raises(Exception, match="32-bit"):
         codegen.trampoline(0, 1 << 40, 0, False)
+
+
+def test_universe_checker() -> None:
+    pad = 0x5FF2  # 14 bytes before an entry at 0x6000
+    code = codegen.checker_pad(pad, SLOT)
+    assert len(code) == 14
+    assert disassemble(code, pad) == [
+        "lea r11, [rip - 7]",
+        f"jmp qword ptr [rip + {SLOT - (pad + 13):#x}]",
+        "nop",
+    ]
+    assert disassemble(codegen.checker_jump(0x6000, pad), 0x6000) == [f"jmp {pad:#x}"]
+    assert disassemble(codegen.checker_jump(0x6004, pad), 0x6004) == [f"jmp {pad:#x}"]
+    with pytest.raises(UlpError):
+        codegen.checker_jump(0x6100, pad)
+
+
+@pytest.mark.parametrize("target", [0x7FF0_0000_1000, 0x6000 + (1 << 30)])
+def test_direct_pad(target: int) -> None:
+    pad = 0x5FF2
+    code = codegen.direct_pad(pad, target)
+    assert len(code) == 14
+    listing = disassemble(code, pad)
+    if target - pad < 1 << 31:
+        assert listing == [f"jmp {target:#x}"] + ["nop"] * 9
+    else:
+        assert listing[0] == "jmp qword ptr [rip]"
+    assert codegen.direct_target(pad, code) == target
+    assert codegen.direct_target(pad, codegen.checker_pad(pad, SLOT)) is None

@@ -602,3 +602,91 @@ def test_demo(runtime: Path) -> None:
     assert not work.exists()  # it cleaned up after itself: files...
     pid = int(result.stdout.split("till[", 1)[1].split("]")[0])
     assert not Path(f"/proc/{pid}").exists()  # ...and the program
+
+
+# -- transitions, status, many processes ----------------------------------------------------------
+
+
+def _replacement_address(pid: int, obj: Path, name: str) -> int:
+    return base_of(pid, obj) + next(
+        s.value for s in ElfFile.load(obj).dynamic_symbols if s.name == name
+    )
+
+
+def test_finished_transition_is_a_direct_jump(tree: Path, patchee: Path, runtime: Path) -> None:
+    lib = tree / "basic" / "libbasic.so"
+    with running(patchee, runtime, str(lib)) as p:
+        assert trigger_cli("-p", str(p.pid), patch_file(tree, "square_fix")).returncode == 0
+        entry = base_of(p.pid, lib) + entry_of(lib, "basic_square")
+        new = _replacement_address(
+            p.pid, tree / "patches" / "square_fix" / "patch.so", "basic_square_fixed"
+        )
+        # The entry jumps back 16 bytes into the pad, which jumps straight to the new code.
+        assert read_memory(p.pid, entry, 2) == b"\xeb\xf0"
+        pad = read_memory(p.pid, entry - 14, 14)
+        assert (
+            pad[:1] == b"\xe9"
+            and entry - 14 + 5 + int.from_bytes(pad[1:5], "little", signed=True) == new
+        )
+        assert p.ask("square 100000") == str(SATURATED)
+        status = json.loads(ulp("patches", "-p", str(p.pid), "--json").stdout)
+        assert status[0]["libraries"][0]["transition"] == "done"
+
+        assert (
+            trigger_cli("-p", str(p.pid), patch_file(tree, "square_fix", reverse=True)).returncode
+            == 0
+        )
+        # Fully reverted: the prepared padding again.
+        assert read_memory(p.pid, entry - 14, 16) == b"\x90" * 14 + b"\x66\x90"
+        assert p.ask("square 100000") == str(OVERFLOWED)
+        # And patchable again from there.
+        assert trigger_cli("-p", str(p.pid), patch_file(tree, "square_stack_a")).returncode == 0
+        assert p.ask("square 3") == "1009"
+
+
+def test_a_thread_inside_holds_the_transition_open(
+    tree: Path, patchee: Path, runtime: Path
+) -> None:
+    lib = tree / "basic" / "libbasic.so"
+    with running(patchee, runtime, str(lib)) as p:
+        assert p.ask("hold") == "holding"
+        state = runtime_info.read(p.pid)
+        (held,) = [t.tid for t in state.threads if any(s.depth for s in t.libraries.values())]
+        result = trigger_cli("-p", str(p.pid), "--wait", "0.3", patch_file(tree, "square_stack_a"))
+        assert result.returncode == 0
+        assert f"transition pending: held by thread {held} (patchee)" in result.stdout
+        entry = base_of(p.pid, lib) + entry_of(lib, "basic_square")
+        assert read_memory(p.pid, entry - 14, 3) == bytes.fromhex("4c8d1d")  # still the checker
+        text = ulp("patches", "-p", str(p.pid)).stdout
+        assert f"transition pending: {held} (patchee, universe 1)" in text
+        assert "basic-square-stack-a" in text and "8 patchable functions" in text
+        status = json.loads(ulp("patches", "-p", str(p.pid), "--json").stdout)
+        library = status[0]["libraries"][0]
+        assert library["transition"] == "pending"
+        assert [h["tid"] for h in library["holders"]] == [held]
+
+        assert p.ask("release") == "held 9"
+        finished = json.loads(ulp("patches", "-p", str(p.pid), "--finish", "--json").stdout)
+        assert finished[0]["libraries"][0]["transition"] == "done"
+        assert read_memory(p.pid, entry - 14, 1) == b"\xe9"
+        assert p.ask("square 3") == "1009"
+
+
+def test_all_processes(tree: Path, patchee: Path, runtime: Path) -> None:
+    lib = str(tree / "basic" / "libbasic.so")
+    procs = [Process(patchee, runtime, lib) for _ in range(50)]
+    without = Process(patchee, runtime)  # the runtime, but not the target
+    try:
+        result = trigger_cli("--all", patch_file(tree, "square_fix"))
+        assert result.returncode == 0, result.stdout + result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[-1] == "50 processes: 50 applied"
+        assert sorted(int(line.split(":")[0]) for line in lines[:-1]) == sorted(
+            p.pid for p in procs
+        )
+        assert all(p.ask("square 100000") == str(SATURATED) for p in procs)
+        again = trigger_cli("--all", patch_file(tree, "square_fix"))
+        assert again.stdout.splitlines()[-1] == "50 processes: 50 already applied"
+    finally:
+        for p in [*procs, without]:
+            p.close()

@@ -15,7 +15,7 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from ulp_build import __version__, demo, metadata, trigger
+from ulp_build import __version__, demo, metadata, status, transition, trigger
 from ulp_build.check import CheckReport, check, summary
 from ulp_build.elf import ElfFile
 from ulp_build.errors import UlpError
@@ -97,11 +97,27 @@ def _parser() -> argparse.ArgumentParser:
         " library must be loaded there, with the runtime). A reverse patch"
         " (.rev.ulp) or --revert reverts it; --revert-all LIB reverts every patch"
         " of LIB first, in the same step as applying PATCH.ulp if one is given."
-        " One result line per process; exit 1 if any failed.",
+        " Then it waits for the transition to finish (--wait). One result line per"
+        " process; exit 1 if any failed.",
     )
     p.add_argument("patch", metavar="PATCH.ulp", nargs="?")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("-p", "--pid", type=int, action="append", help="a process (repeatable)")
+    who.add_argument(
+        "--all",
+        action="store_true",
+        help="every process with the runtime and the target loaded (matching build-id)",
+    )
     p.add_argument(
-        "-p", "--pid", type=int, action="append", required=True, help="a process (repeatable)"
+        "--jobs", type=int, default=8, metavar="N", help="processes patched at once with --all"
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=3.0,
+        metavar="S",
+        help="how long to wait for threads to leave the old universe before finishing the"
+        " transition with direct jumps (default 3); an unfinished one stays correct",
     )
     p.add_argument("--revert", action="store_true", help="revert PATCH.ulp")
     p.add_argument("--revert-all", metavar="LIB", help="revert every patch of LIB first")
@@ -115,6 +131,19 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="attempts after the first while the process is busy (default 20)",
     )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser(
+        "patches",
+        help="processes with the runtime, their prepared libraries and patches",
+        description="For each process with the runtime (or those given with -p):"
+        " its prepared libraries (path, build-id, patchable functions), the patches"
+        " applied to them, and for a transition not finished yet the threads that"
+        " still hold the old universe. --finish finishes what can be finished.",
+    )
+    p.add_argument("-p", "--pid", type=int, action="append", help="a process (repeatable)")
+    p.add_argument("--finish", action="store_true", help="finish pending transitions")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="per stop (default 5)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser(
@@ -270,17 +299,88 @@ def _cmd_trigger(args: argparse.Namespace) -> int:
 
     # SIGTERM unwinds like Ctrl-C: every stopped thread is restored and let go.
     signal.signal(signal.SIGTERM, stop)
-    results = []
-    for pid in args.pid:
-        result = trigger.run(pid, op, timeout=args.timeout, retries=args.retries)
-        results.append(result)
-        if not args.json:
-            detail = f" (universe {result.universe})" if result.universe else ""
-            text = result.message if result.failed else f"{result.message}{detail}"
-            print(f"{pid}: {result.status}: {text}", flush=True)
+    options = {"timeout": args.timeout, "retries": args.retries, "wait": args.wait}
+    show = None if args.json else _result_line
+    if args.all:
+        terminal = sys.stderr.isatty() and not args.json
+
+        def progress(result: trigger.Result, done: int, total: int) -> None:
+            if terminal:
+                print("\r\033[K", end="", file=sys.stderr)
+            if show:
+                show(result)
+            if terminal:
+                print(f"[{done}/{total}] {op.describe()}", end="", file=sys.stderr, flush=True)
+
+        results = trigger.run_all(op, jobs=args.jobs, progress=progress, **options)
+        if terminal:
+            print("\r\033[K", end="", file=sys.stderr)
+    else:
+        results = []
+        for pid in args.pid:
+            results.append(trigger.run(pid, op, **options))
+            if show:
+                show(results[-1])
     if args.json:
         print(json.dumps([asdict(r) for r in results], indent=2))
+    elif args.all:
+        print(_summary(results))
     return 1 if any(r.failed for r in results) else 0
+
+
+def _result_line(result: trigger.Result) -> None:
+    text = result.message
+    if result.universe and not result.failed:
+        text += f" (universe {result.universe})"
+    if result.pending:
+        held = ", ".join(f"{h.tid} ({h.name})" for h in result.pending)
+        text += f"; transition pending: held by thread {held}"
+    print(f"{result.pid}: {result.status}: {text}", flush=True)
+
+
+def _summary(results: list[trigger.Result]) -> str:
+    if not results:
+        return "no process has the target loaded"
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    return f"{len(results)} processes: {parts}"
+
+
+def _cmd_patches(args: argparse.Namespace) -> int:
+    pids = args.pid or status.processes()
+    out = []
+    for pid in pids:
+        try:
+            if args.finish:
+                transition.finish(pid, args.timeout)
+            out.append(status.of(pid))
+        except UlpError as exc:
+            if args.pid:
+                raise
+            print(f"ulp: {exc}", file=sys.stderr)
+    _emit(args, [asdict(p) for p in out], "\n".join(map(_process_text, out)) or "no process")
+    return 0
+
+
+def _process_text(p: status.ProcessStatus) -> str:
+    lines = [f"{p.pid}  {p.command}  (universe {p.universe})"]
+    for lib in p.libraries:
+        lines.append(
+            f"  {lib.path}  build-id {lib.build_id[:12] or '-'}"
+            f"  {lib.patchable_functions} patchable functions"
+        )
+        for patch in lib.patches:
+            what = f"  {patch.description}" if patch.description else ""
+            lines.append(
+                f"    {patch.id}  applied {patch.applied} (universe {patch.universe}),"
+                f" {patch.functions} function(s){what}"
+            )
+        if lib.transition == "pending":
+            held = ", ".join(f"{h.tid} ({h.name}, universe {h.universe})" for h in lib.holders)
+            lines.append(f"    transition pending: {held or 'a thread is inside the runtime'}")
+    return "\n".join(lines)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -304,6 +404,7 @@ _COMMANDS = {
     "dump": _cmd_dump,
     "runtime-path": _cmd_runtime_path,
     "trigger": _cmd_trigger,
+    "patches": _cmd_patches,
     "demo": _cmd_demo,
     "run": _cmd_run,
 }

@@ -185,3 +185,25 @@ def checker_jump(nop_at: int, pad_at: int) -> bytes:
     if not -128 <= disp < 0:
         raise UlpError(f"entry nop at {nop_at:#x} cannot reach its pad at {pad_at:#x}")
     return bytes([0xEB, disp & 0xFF])
+
+
+# A finished transition: the pad jumps straight to the function's newest version, with a
+# 32-bit displacement when it is in reach, else through the absolute address stored right after
+# the jump.
+_JMP_NEXT_QWORD = _JMP_INDIRECT + struct.pack("<i", 0)
+
+
+def direct_pad(pad_at: int, target: int) -> bytes:
+    disp = target - (pad_at + 5)
+    if -(1 << 31) <= disp < (1 << 31):
+        return _JMP_REL32 + struct.pack("<i", disp) + b"\x90" * 9
+    return _JMP_NEXT_QWORD + struct.pack("<Q", target)
+
+
+def direct_target(pad_at: int, pad: bytes) -> int | None:
+    """Inverse of `direct_pad`."""
+    if len(pad) == 14 and pad[:1] == _JMP_REL32 and pad[5:] == b"\x90" * 9:
+        return pad_at + 5 + struct.unpack_from("<i", pad, 1)[0]
+    if len(pad) == 14 and pad[:6] == _JMP_NEXT_QWORD:
+        return struct.unpack_from("<Q", pad, 6)[0]
+    return None

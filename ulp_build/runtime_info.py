@@ -23,6 +23,9 @@ THREAD_LIB = struct.Struct("<IIQ")
 # reverted universes, time, function count (its functions follow), the target's registration
 # (its libs[] offset: another after the target was closed and loaded again).
 PATCH = struct.Struct("<Q128s256s1024sQQQQQII")
+PATCH_FUNCTION = struct.Struct("<QQ")  # its record, its replacement
+FUNCTION = struct.Struct("<QQQQ")  # struct ulp_function: pad, original, lib offset, versions
+VERSIONS_HEADER = 16  # struct ulp_versions: count, capacity, reserved; then {universe, code}
 MAX_PATCHES = 1 << 16
 # Bounds against a corrupt or hostile process: the runtime never has more.
 MAX_THREADS = 1 << 20
@@ -38,6 +41,19 @@ class LibraryInfo:
 
 
 @dataclass(frozen=True)
+class FunctionRecord:
+    """A patched function as the runtime has it: where, and the code it runs now."""
+
+    pad: int
+    original: int  # the original code, right after the entry nop
+    newest: int  # the code of its newest version (the original after a full revert)
+
+    @property
+    def entry_nop(self) -> int:
+        return self.original - 2
+
+
+@dataclass(frozen=True)
 class PatchInfo:
     id: str
     description: str
@@ -46,7 +62,7 @@ class PatchInfo:
     applied: int  # universe
     reverted: int  # universe, 0 while active
     time_ns: int
-    functions: int
+    functions: tuple[FunctionRecord, ...]
     lib_offset: int
 
     @property
@@ -168,9 +184,16 @@ def _patches(pid: int, head_at: int, patch_size: int) -> list[PatchInfo]:
         raise UlpError(f"process {pid}: runtime patch record of {patch_size} bytes unsupported")
     out = []
     (at,) = struct.unpack("<Q", read_memory(pid, head_at, 8))
+    records: dict[int, FunctionRecord] = {}
     while at and len(out) < MAX_PATCHES:
         fields = PATCH.unpack(read_memory(pid, at, PATCH.size))
         nxt, patch_id, desc, obj, target, _handle, applied, reverted, when, count, lib = fields
+        raw = read_memory(pid, at + PATCH.size, PATCH_FUNCTION.size * count) if count else b""
+        functions = []
+        for record, _replacement in PATCH_FUNCTION.iter_unpack(raw):
+            if record not in records:
+                records[record] = _function(pid, record)
+            functions.append(records[record])
         out.append(
             PatchInfo(
                 _text(patch_id),
@@ -180,9 +203,18 @@ def _patches(pid: int, head_at: int, patch_size: int) -> list[PatchInfo]:
                 applied,
                 reverted,
                 when,
-                count,
+                tuple(functions),
                 lib,
             )
         )
         at = nxt
     return out
+
+
+def _function(pid: int, at: int) -> FunctionRecord:
+    pad, original, _lib, versions = FUNCTION.unpack(read_memory(pid, at, FUNCTION.size))
+    (count,) = struct.unpack("<I", read_memory(pid, versions, 4))
+    (newest,) = struct.unpack(
+        "<Q", read_memory(pid, versions + VERSIONS_HEADER + 16 * count - 8, 8)
+    )
+    return FunctionRecord(pad, original, newest)

@@ -27,8 +27,9 @@ _PRISTINE_PAD = b"\x90" * PAD_BEFORE
 
 
 class CodeState(Enum):
-    PRISTINE = "pristine"  # the prepared padding: never patched in this process
-    CHECKER = "checker"  # our universe checker: patched now or before
+    PRISTINE = "pristine"  # the prepared padding: not patched (or reverted, transition done)
+    CHECKER = "checker"  # our universe checker: a transition is under way
+    DIRECT = "direct"  # a jump straight to the newest version: the transition is done
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,8 @@ class LoadedLibrary:
         checker = code.checker(self.dispatch_slot)
         if (head, entry_nop) == checker:
             return FunctionCode(function, pad, nop, CodeState.CHECKER)
+        if entry_nop == checker[1] and codegen.direct_target(pad, head) is not None:
+            return FunctionCode(function, pad, nop, CodeState.DIRECT)
         raise UlpError(
             f"process {self.pid}: {function.name} in {self.path}: the bytes at {pad:#x} are not"
             f" as recorded (padding {head.hex()}, entry {entry_nop.hex()})"

@@ -22,18 +22,22 @@ call that runs to completion with Ctrl-C and SIGTERM held off.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from ulp_build import metadata, runtime_info, target
+from ulp_build import metadata, runtime_info, status, target, transition
 from ulp_build import request as rq
 from ulp_build.elf import SHN_UNDEF, STT_FUNC, STT_OBJECT, ElfFile
 from ulp_build.errors import UlpError
-from ulp_build.metadata import Patch
+from ulp_build.metadata import Function, Patch
+from ulp_build.prepared import PAD_BEFORE
 from ulp_build.process import Mapping, maps, read_memory, thread_ids
 from ulp_build.ptrace import Registers, Tracee
 
@@ -66,9 +70,10 @@ class Operation:
 @dataclass(frozen=True)
 class Result:
     pid: int
-    status: str  # applied | reverted | already applied | failed
+    status: str  # applied | reverted | already applied | exited | failed
     message: str
     universe: int = 0
+    pending: list[transition.Holder] = field(default_factory=list)  # transition not finished
 
     @property
     def failed(self) -> bool:
@@ -83,8 +88,11 @@ class _AlreadyApplied(UlpError):
     pass
 
 
-def run(pid: int, op: Operation, *, timeout: float = 5.0, retries: int = 20) -> Result:
-    """Carry `op` out in process `pid`; never raises for a problem of that process."""
+def run(
+    pid: int, op: Operation, *, timeout: float = 5.0, retries: int = 20, wait: float = 3.0
+) -> Result:
+    """Carry `op` out in process `pid`, then wait up to `wait` seconds to finish transitions;
+    never raises for a problem of that process."""
     try:
         plan = _Plan.make(pid, op)
         last = ""
@@ -96,12 +104,68 @@ def run(pid: int, op: Operation, *, timeout: float = 5.0, retries: int = 20) -> 
             except _Busy as exc:
                 last = str(exc)
                 continue
-            return Result(pid, "reverted" if plan.reverting else "applied", plan.summary, universe)
+            status = "reverted" if plan.reverting else "applied"
+            return _finished(Result(pid, status, plan.summary, universe), wait, timeout)
         return Result(pid, "failed", f"gave up after {retries + 1} attempts: {last}")
     except _AlreadyApplied as exc:
-        return Result(pid, "already applied", str(exc))
+        return _finished(Result(pid, "already applied", str(exc)), wait, timeout)
     except UlpError as exc:
+        if not Path(f"/proc/{pid}").exists():
+            return Result(pid, "exited", "the process exited")
         return Result(pid, "failed", str(exc))
+
+
+def candidates(op: Operation) -> list[int]:
+    """Every process with the runtime and the operation's target loaded (with the patch's
+    build-id)."""
+    out = []
+    for pid in status.processes():
+        try:
+            if op.patch is not None:
+                target.find(pid, op.patch.target_name, op.patch.target_build_id)
+            else:
+                assert op.revert_all is not None
+                target.find_by_name(pid, op.revert_all)
+        except UlpError:
+            continue
+        out.append(pid)
+    return out
+
+
+def run_all(
+    op: Operation,
+    *,
+    jobs: int = 8,
+    progress: Callable[[Result, int, int], None] | None = None,
+    **kwargs: Any,
+) -> list[Result]:
+    """`run` in every candidate process, `jobs` at a time (each process entirely in one
+    worker thread: ptrace belongs to the thread that attached). Processes that start
+    meanwhile are found by a new scan at the end, until a scan finds none."""
+    results: dict[int, Result] = {}
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        while True:
+            new = [pid for pid in candidates(op) if pid not in results and pid != os.getpid()]
+            if not new:
+                break
+            total = len(results) + len(new)
+            futures = [pool.submit(run, pid, op, **kwargs) for pid in new]
+            for future in as_completed(futures):
+                result = future.result()
+                results[result.pid] = result
+                if progress:
+                    progress(result, len(results), total)
+    return [results[pid] for pid in sorted(results)]
+
+
+def _finished(result: Result, wait: float, timeout: float) -> Result:
+    """`result`, with the threads that keep a transition of the process from finishing."""
+    try:
+        found = transition.wait_and_finish(result.pid, wait, timeout)
+    except UlpError as exc:
+        return replace(result, message=f"{result.message}; transition not finished: {exc}")
+    holders = [h for t in found if not t.done for h in t.holders]
+    return replace(result, pending=holders)
 
 
 @dataclass
@@ -161,14 +225,17 @@ class _Plan:
         plan = cls(pid, op, state.runtime, base, symbols, library, code, req)
         if op.revert_all and not active and patch is None:
             raise UlpError(f"process {pid}: no patch is applied to {library.path}")
+        if op.revert_all:
+            plan.add_reverted(active)
         if patch is None:
             return plan
         req.id, req.description = patch.id, patch.description
-        applied = any(p.id == patch.id for p in active)
+        applied = [p for p in active if p.id == patch.id]
         if op.revert:
             req.flags |= rq.REVERT
             if not applied:
                 raise UlpError(f"process {pid}: patch {patch.id} is not applied")
+            plan.add_reverted(applied)
             return plan
         if applied and not op.revert_all:
             raise _AlreadyApplied(f"process {pid}: patch {patch.id} is already applied")
@@ -194,6 +261,20 @@ class _Plan:
                 value = library.base + r.offset
             req.references.append(rq.ReferenceEntry(r.kind, pointers[r.pointer], value))
         return plan
+
+    def add_reverted(self, patches: list[runtime_info.PatchInfo]) -> None:
+        """The functions that reverting `patches` changes need a checker again, wherever
+        their transition was finished with a direct jump."""
+        seen = {c.pad for c in self.code}
+        for p in patches:
+            for f in p.functions:
+                if f.pad in seen:
+                    continue
+                seen.add(f.pad)
+                entry = f.pad + PAD_BEFORE - self.library.base
+                name = self.library.elf.name_at(entry)
+                meta = Function(name, entry, f.entry_nop - self.library.base, "")
+                self.code.append(self.library.function_code(meta))
 
     # -- the two stops -------------------------------------------------------------------------
 
@@ -247,12 +328,15 @@ class _Plan:
         with _held_signals(), Tracee(self.pid, timeout) as tracee:
             # Read again now that nothing runs: another trigger may have written some since.
             code = [self.library.function_code(c.function) for c in self.code]
-            fresh = [c for c in code if c.state is target.CodeState.PRISTINE]
-            # The pads first: a pad is reached only through its entry jump.
-            for c in fresh:
-                tracee.write(c.pad, c.checker(slot)[0])
-            for c in fresh:
-                tracee.write(c.nop, c.checker(slot)[1])
+            # The pads first: a pad is reached only through its entry jump. A direct jump's
+            # pad is one instruction at the pad's start: a thread stopped there runs the
+            # checker's first instruction instead.
+            for c in code:
+                if c.state is not target.CodeState.CHECKER:
+                    tracee.write(c.pad, c.checker(slot)[0])
+            for c in code:
+                if c.state is target.CodeState.PRISTINE:
+                    tracee.write(c.nop, c.checker(slot)[1])
             caller = tid if tid in tracee.threads else min(tracee.threads)
             universe = self._call(tracee, "ulp_commit", ticket, tid=caller)
         if universe == -rq.EBUSY:

@@ -1,0 +1,97 @@
+"""What `ulp patches` shows: the processes that have the runtime, their prepared libraries, the
+patches applied to them, and the threads that keep a transition from finishing. Read from
+outside (/proc and the runtime's introspection structure): looking changes nothing."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+from ulp_build import padding, runtime_info, transition
+from ulp_build.elf import ElfFile
+from ulp_build.errors import UlpError
+from ulp_build.process import maps
+
+
+@dataclass(frozen=True)
+class AppliedPatch:
+    id: str
+    description: str
+    object: str
+    applied: str  # ISO 8601, local time
+    universe: int
+    functions: int
+
+
+@dataclass
+class LibraryStatus:
+    path: str
+    build_id: str
+    patchable_functions: int
+    patches: list[AppliedPatch] = field(default_factory=list)
+    transition: str = "none"  # none | done | pending
+    holders: list[transition.Holder] = field(default_factory=list)
+
+
+@dataclass
+class ProcessStatus:
+    pid: int
+    command: str
+    universe: int
+    libraries: list[LibraryStatus] = field(default_factory=list)
+
+
+def processes() -> list[int]:
+    """Every process whose mappings include the runtime (that we may read)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "maps").read_text()
+        except OSError:
+            continue
+        if "/libulp" in text:
+            out.append(int(entry.name))
+    return sorted(out)
+
+
+@cache
+def _patchable(path: str) -> int:
+    try:
+        return len(padding.find(ElfFile.load(path)).functions)
+    except (UlpError, OSError):
+        return 0
+
+
+def _command(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "?"
+    return " ".join(a.decode(errors="replace") for a in raw.split(b"\0") if a) or "?"
+
+
+def of(pid: int) -> ProcessStatus:
+    state = runtime_info.read(pid)
+    status = ProcessStatus(pid, _command(pid), state.universe)
+    moving = {t.library.index: t for t in transition.transitions(state)}
+    paths = {m.start: m.path for m in maps(pid) if m.offset == 0}
+    for lib in state.libraries:
+        path = paths.get(lib.base, lib.name)
+        out = LibraryStatus(path, lib.build_id, _patchable(path))
+        offset = transition.LIB_RECORDS + transition.LIB_RECORD_SIZE * lib.index
+        for p in state.patches:
+            if p.active and p.target == lib.descriptor and p.lib_offset == offset:
+                when = datetime.datetime.fromtimestamp(p.time_ns / 1e9).isoformat("T", "seconds")
+                out.patches.append(
+                    AppliedPatch(p.id, p.description, p.object, when, p.applied, len(p.functions))
+                )
+        t = moving.get(lib.index)
+        if t is not None:
+            out.transition = "done" if t.done else "pending"
+            out.holders = t.holders if not t.done else []
+        status.libraries.append(out)
+    return status

@@ -1,0 +1,147 @@
+"""Finishing transitions (DESIGN section 4).
+
+After an apply or a revert, a patched function's universe checker sends every call through
+the dispatcher, because a thread that was inside the library at that moment must keep the
+versions of its universe. Once no thread holds an older universe of the library than its last
+change, the checker has nothing left to decide: its pad becomes a direct jump to the newest
+version, or, when that is the original code, the entry nop comes back (`66 90`). One short stop
+of the process, and only when it is safe:
+
+- no thread holds an old universe (read again while every thread is stopped);
+- no thread is inside the runtime, where it may have read the global universe and not yet
+  stored it as its own (it would enter the library with an old universe unseen);
+- no thread is stopped at a checker's second instruction (its indirect jump), which the new pad
+  may cut in the middle (a thread at the pad's first instruction is fine: the new one starts
+  there too).
+
+Otherwise the transition stays as it is, correct, and is reported as pending.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ulp_build import codegen, runtime_info
+from ulp_build.prepared import PAD_BEFORE
+from ulp_build.process import maps, read_memory
+from ulp_build.ptrace import Tracee
+
+LIB_RECORDS = 64  # ULP_THREAD_LIBS: offset of the first library's record in a thread
+LIB_RECORD_SIZE = 16
+_CHECKER_JUMP = 7  # the checker's `jmp *dispatch(%rip)`, after its 7-byte lea
+
+
+@dataclass(frozen=True)
+class Holder:
+    tid: int
+    name: str
+    universe: int
+
+
+@dataclass
+class Transition:
+    """One library's patched functions and whether they can be finished."""
+
+    library: runtime_info.LibraryInfo
+    universe: int  # of the library's last change
+    functions: list[runtime_info.FunctionRecord]
+    holders: list[Holder] = field(default_factory=list)
+    unfinished: list[runtime_info.FunctionRecord] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return not self.unfinished
+
+
+def thread_name(pid: int, tid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def transitions(state: runtime_info.RuntimeState) -> list[Transition]:
+    """Per library with patches on its current load: its functions, which still run through a
+    checker, and which threads hold an older universe than its last change."""
+    out = []
+    for lib in state.libraries:
+        offset = LIB_RECORDS + LIB_RECORD_SIZE * lib.index
+        mine = [p for p in state.patches if p.target == lib.descriptor and p.lib_offset == offset]
+        if not mine:
+            continue
+        universe = max(max(p.applied, p.reverted) for p in mine)
+        functions = list({f.pad: f for p in mine for f in p.functions}.values())
+        t = Transition(lib, universe, functions)
+        for f in functions:
+            if _needs_finishing(state.pid, f):
+                t.unfinished.append(f)
+        for thread in state.threads:
+            held = thread.libraries.get(lib.index)
+            if held and held.depth > 0 and held.universe < universe:
+                t.holders.append(
+                    Holder(thread.tid, thread_name(state.pid, thread.tid), held.universe)
+                )
+        out.append(t)
+    return out
+
+
+def _finished_bytes(f: runtime_info.FunctionRecord) -> tuple[bytes, bytes]:
+    """The pad and entry nop of `f` once its transition is done (no nop: the entry jump
+    stays)."""
+    if f.newest == f.original:
+        return b"\x90" * PAD_BEFORE, codegen.NOP2
+    return codegen.direct_pad(f.pad, f.newest), b""
+
+
+def _needs_finishing(pid: int, f: runtime_info.FunctionRecord) -> bool:
+    pad = read_memory(pid, f.pad, PAD_BEFORE)
+    nop = read_memory(pid, f.entry_nop, 2)
+    if f.newest == f.original:
+        return nop != codegen.NOP2
+    return codegen.direct_target(f.pad, pad) != f.newest
+
+
+def finish(pid: int, timeout: float = 5.0) -> list[Transition]:
+    """Finish every transition of `pid` that can be finished now; return them all, the ones
+    left pending with their holders (and `unfinished` functions)."""
+    found = transitions(runtime_info.read(pid))
+    if not any(t.unfinished and not t.holders for t in found):
+        return found
+    runtime = runtime_info.find_runtime(pid)[0]
+    runtime_code = [(m.start, m.end) for m in maps(pid) if m.path == runtime and "x" in m.perms]
+    with Tracee(pid, timeout) as tracee:
+        found = transitions(runtime_info.read(pid))  # nothing moves now
+        rips = [tracee.registers(tid).rip for tid in tracee.threads]
+        if any(start <= rip < end for rip in rips for start, end in runtime_code):
+            return found  # see the module's comment; the next trigger tries again
+        for t in found:
+            if t.holders or not t.unfinished:
+                continue
+            jumps = {f.pad + _CHECKER_JUMP for f in t.unfinished}
+            if any(rip in jumps for rip in rips):
+                continue
+            for f in t.unfinished:
+                pad, nop = _finished_bytes(f)
+                if nop:
+                    # Back to the prepared padding: the nop first, then the pad nothing
+                    # reaches any more (a thread stopped inside it runs nops into the entry).
+                    tracee.write(f.entry_nop, nop)
+                    tracee.write(f.pad, pad)
+                else:
+                    tracee.write(f.pad, pad)
+            t.unfinished = []
+    return found
+
+
+def wait_and_finish(pid: int, wait: float, timeout: float = 5.0) -> list[Transition]:
+    """Poll from outside (no stop) until no thread holds an old universe or `wait` seconds
+    pass, then finish what can be finished."""
+    deadline = time.monotonic() + wait
+    while True:
+        found = transitions(runtime_info.read(pid))
+        if all(not t.holders for t in found if t.unfinished) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.02)
+    return finish(pid, timeout)
