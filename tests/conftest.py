@@ -90,3 +90,24 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = build / "runtime" / "libulp.so"
     os.environ["ULP_RUNTIME"] = str(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tree(tmp_path_factory: pytest.TempPathFactory, runtime: Path) -> Path:
+    """The prepared libbasic.so and every sample patch, packed."""
+    from ulp_build.packer import pack
+
+    build = samples.build_patch_tree(tmp_path_factory.mktemp("patch-tree"))
+    for name in samples.patch_names():
+        pack(build / "patches" / name / "patch.toml")
+    return build
+
+
+@pytest.fixture(scope="session")
+def patchee(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/programs/patchee.c: a process that answers commands, to patch while it runs."""
+    out = tmp_path_factory.mktemp("patchee") / "patchee"
+    source = REPO / "tests" / "programs" / "patchee.c"
+    result = run(["gcc", "-O2", "-g", "-pthread", "-o", str(out), str(source)])
+    assert result.returncode == 0, result.stderr
+    return out

@@ -5,118 +5,31 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import REPO, BuiltSample, run, ulp
+from conftest import BuiltSample, run, ulp
+from live import (
+    OVERFLOWED,
+    PROGRAMS,
+    SATURATED,
+    Process,
+    base_of,
+    code_bytes,
+    entry_of,
+    patch_file,
+    running,
+    trigger_cli,
+)
 
 from sample_libs import samples
 from ulp_build import runtime_info, trigger
 from ulp_build.elf import ElfFile
 from ulp_build.packer import pack
 from ulp_build.process import maps, read_memory
-
-PROGRAMS = REPO / "tests" / "programs"
-OVERFLOWED = 1410065408  # basic_square(100000) in 32-bit arithmetic
-SATURATED = 2**31 - 1
-
-
-@pytest.fixture(scope="session")
-def tree(tmp_path_factory: pytest.TempPathFactory, runtime: Path) -> Path:
-    """The prepared libbasic.so and every sample patch, packed."""
-    build = samples.build_patch_tree(tmp_path_factory.mktemp("patch-tree"))
-    for name in samples.patch_names():
-        pack(build / "patches" / name / "patch.toml")
-    return build
-
-
-@pytest.fixture(scope="session")
-def patchee(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("patchee") / "patchee"
-    result = run(["gcc", "-O2", "-g", "-pthread", "-o", str(out), str(PROGRAMS / "patchee.c")])
-    assert result.returncode == 0, result.stderr
-    return out
-
-
-def patch_file(tree: Path, name: str, reverse: bool = False) -> str:
-    return str(tree / "patches" / name / ("patch.rev.ulp" if reverse else "patch.ulp"))
-
-
-class Process:
-    """A patchee: one command line in, one line out."""
-
-    def __init__(self, binary: Path, runtime: Path | None, *args: str) -> None:
-        env = dict(os.environ)
-        if runtime is not None:
-            env["LD_PRELOAD"] = str(runtime)
-        self.proc = subprocess.Popen(
-            [str(binary), *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        self.pid = self.proc.pid
-        assert self.line() == "ready"
-
-    def line(self, timeout: float = 20.0) -> str:
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        assert ready, f"process {self.pid} did not answer"
-        return self.proc.stdout.readline().strip()
-
-    def ask(self, command: str) -> str:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        return self.line()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.ask("stats")  # still answering: not stopped, not dead
-            assert self.proc.stdin is not None
-            self.proc.stdin.write("quit\n")  # the patchee stops here, the drivers at the end
-            self.proc.stdin.close()
-            assert self.proc.wait(timeout=20) == 0
-        self.proc.kill()
-
-
-@contextmanager
-def running(binary: Path, runtime: Path | None, *args: str) -> Iterator[Process]:
-    p = Process(binary, runtime, *args)
-    try:
-        yield p
-    finally:
-        p.close()
-
-
-def trigger_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return ulp("trigger", *args)
-
-
-def code_bytes(pid: int, library: Path) -> bytes:
-    """The library's executable mappings in the process, as they are now."""
-    out = b""
-    for m in maps(pid):
-        if m.path == str(library) and "x" in m.perms:
-            out += read_memory(pid, m.start, m.end - m.start)
-    return out
-
-
-def base_of(pid: int, library: Path) -> int:
-    return next(m.start for m in maps(pid) if m.path == str(library) and m.offset == 0)
-
-
-def entry_of(library: Path, name: str) -> int:
-    return next(s.value for s in ElfFile.load(library).symtab_symbols if s.name == name)
-
 
 # -- applying and reverting --------------------------------------------------------------------
 

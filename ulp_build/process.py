@@ -17,9 +17,28 @@ class Mapping:
     path: str
 
 
+def proc_dir(pid: int) -> str:
+    """/proc/PID, or, once the main thread has exited (the process lives on in its other
+    threads, but its /proc/PID/maps and mem read empty), a live thread's directory."""
+    leader = f"/proc/{pid}"
+    if _state(f"{leader}/stat") != "Z":
+        return leader
+    for tid in thread_ids(pid):
+        if tid != pid and _state(f"{leader}/task/{tid}/stat") not in ("Z", "X", ""):
+            return f"{leader}/task/{tid}"
+    return leader
+
+
+def _state(stat: str) -> str:
+    try:
+        return Path(stat).read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
 def maps(pid: int) -> list[Mapping]:
     try:
-        text = Path(f"/proc/{pid}/maps").read_text()
+        text = Path(f"{proc_dir(pid)}/maps").read_text()
     except FileNotFoundError:
         raise UlpError(f"process {pid}: no such process") from None
     except PermissionError:
@@ -35,7 +54,7 @@ def maps(pid: int) -> list[Mapping]:
 
 def read_memory(pid: int, address: int, size: int) -> bytes:
     try:
-        with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        with open(f"{proc_dir(pid)}/mem", "rb", buffering=0) as mem:
             mem.seek(address)
             data = mem.read(size)
     except FileNotFoundError:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ulp_build.errors import UlpError
-from ulp_build.process import thread_ids
+from ulp_build.process import proc_dir, thread_ids
 
 PTRACE_CONT = 7
 PTRACE_GETREGS = 12
@@ -104,7 +104,7 @@ class Tracee:
 
     pid: int
     timeout: float = 5.0
-    only: frozenset[int] | None = None  # attach these threads alone, and let the others run
+    only: frozenset[int] | None = None  # attach these alone (none, if gone); the others run
     threads: dict[int, _Thread] = field(default_factory=dict)
 
     def __enter__(self) -> Tracee:
@@ -132,7 +132,7 @@ class Tracee:
             if self.only is not None:
                 new = [t for t in new if t in self.only]
             if not new:
-                if not self.threads:
+                if not self.threads and self.only is None:
                     why = ", ".join(f"{t} {reason}" for t, reason in sorted(gone.items()))
                     raise UlpError(f"process {self.pid}: no live thread to attach to ({why})")
                 return
@@ -247,7 +247,7 @@ class Tracee:
 
     def write(self, address: int, data: bytes) -> None:
         try:
-            with open(f"/proc/{self.pid}/mem", "r+b", buffering=0) as mem:
+            with open(f"{proc_dir(self.pid)}/mem", "r+b", buffering=0) as mem:
                 mem.seek(address)
                 written = mem.write(data)
         except OSError as exc:

@@ -12,7 +12,7 @@ from pathlib import Path
 from ulp_build import padding, runtime_info, transition
 from ulp_build.elf import ElfFile
 from ulp_build.errors import UlpError
-from ulp_build.process import maps
+from ulp_build.process import maps, proc_dir
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def processes() -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            text = (entry / "maps").read_text()
+            text = Path(proc_dir(int(entry.name)), "maps").read_text()
         except OSError:
             continue
         if "/libulp" in text:

@@ -21,7 +21,7 @@ from ulp_build.prepared import (
     PAD_BEFORE,
     SECTION_DATA,
 )
-from ulp_build.process import Mapping, maps, read_memory
+from ulp_build.process import Mapping, maps, proc_dir, read_memory
 
 _PRISTINE_PAD = b"\x90" * PAD_BEFORE
 
@@ -122,7 +122,7 @@ def _loaded_files(pid: int) -> dict[str, Mapping]:
 
 def _open_mapped(pid: int, m: Mapping) -> ElfFile | None:
     # map_files is the inode the process mapped, even if the path now names a rebuilt file.
-    for path in (f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}", m.path):
+    for path in (f"{proc_dir(pid)}/map_files/{m.start:x}-{m.end:x}", m.path):
         try:
             return ElfFile.load(path)
         except (UlpError, OSError):

@@ -38,7 +38,7 @@ from ulp_build.elf import SHN_UNDEF, STT_FUNC, STT_OBJECT, ElfFile
 from ulp_build.errors import UlpError
 from ulp_build.metadata import Function, Patch
 from ulp_build.prepared import PAD_BEFORE
-from ulp_build.process import Mapping, maps, read_memory, thread_ids
+from ulp_build.process import Mapping, maps, proc_dir, read_memory, thread_ids
 from ulp_build.ptrace import Registers, Tracee
 
 # System calls the allocator makes while holding its locks.
@@ -242,7 +242,7 @@ class _Plan:
         req.flags |= rq.APPLY
         assert op.patch_path is not None
         obj = patch.object_path(op.patch_path)
-        req.object = str(obj)
+        req.object = _seen_from(pid, obj)
         replacements, pointers, req.object_build_id = _object_symbols(obj, patch)
         patched = {f.offset: f for f in patch.functions}
         for f in patch.functions:
@@ -344,6 +344,21 @@ class _Plan:
         if universe <= 0:
             raise UlpError(f"process {self.pid}: the runtime refused the commit ({universe})")
         return universe
+
+
+def _seen_from(pid: int, path: Path) -> str:
+    """`path` as the process opens it: relative to its root directory if it chroot'ed."""
+    try:
+        root = Path(os.readlink(f"{proc_dir(pid)}/root"))
+    except OSError as exc:
+        raise UlpError(f"process {pid}: cannot read its root directory: {exc.strerror}") from None
+    if root == Path("/"):
+        return str(path)
+    if not path.is_relative_to(root):
+        raise UlpError(
+            f"process {pid} runs in a chroot ({root}): the patch object {path} must be inside it"
+        )
+    return "/" + str(path.relative_to(root))
 
 
 def _object_symbols(obj: Path, patch: Patch) -> tuple[dict[str, int], dict[str, int], bytes]:

@@ -15,6 +15,10 @@
  *   seccomp        forbid mprotect with PROT_EXEC from now on (EPERM)
  *   open PATH      dlopen the C++ sample; bump N calls ThrowerCounter::bump(N) on one object
  *   raise N        raise SIGUSR2 N times; its handler calls basic_square(100000): "sat S other O"
+ *   threads N      N more threads, each calling basic_square in a sleep loop
+ *   churn          a thread that keeps creating short-lived threads that call basic_square
+ *   chroot DIR     chroot(DIR) and chdir("/")
+ *   exitmain       serve commands from a new thread and end the main thread (pthread_exit)
  *   stats          EINTRs seen, SIGUSR1 and SIGRTMIN handled        quit
  */
 #define _GNU_SOURCE
@@ -189,6 +193,44 @@ static void *reader(void *arg)
     return NULL;
 }
 
+static void *napper(void *arg)
+{
+    (void)arg;
+    while (!__atomic_load_n(&stop, __ATOMIC_RELAXED)) {
+        square(3);
+        struct timespec t = {0, 10 * 1000 * 1000};
+        nanosleep(&t, NULL);
+    }
+    return NULL;
+}
+
+static void *brief(void *arg)
+{
+    (void)arg;
+    square(3);
+    return NULL;
+}
+
+static void *churner(void *arg)
+{
+    (void)arg;
+    while (!__atomic_load_n(&stop, __ATOMIC_RELAXED)) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, brief, NULL) == 0)
+            pthread_join(t, NULL);
+    }
+    return NULL;
+}
+
+static void *serve(void *arg);
+
+static void finish(void)
+{
+    __atomic_store_n(&stop, 1, __ATOMIC_RELAXED);
+    if (write(pipefd[1], "x", 1) != 1)
+        exit(2);
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -204,10 +246,20 @@ int main(int argc, char **argv)
     pthread_create(&r, NULL, reader, NULL);
     if (argc > 1)
         load(argv[1]);
+    printf("ready\n");
+    serve(NULL);
+    finish();
+    pthread_join(s, NULL);
+    pthread_join(r, NULL);
+    return 0;
+}
+
+static void *serve(void *arg)
+{
+    (void)arg;
     char line[4200], word[32], path[4096];
     int a, b;
     unsigned long address;
-    printf("ready\n");
     while (fgets(line, sizeof line, stdin)) {
         if (sscanf(line, "load %4095s", path) == 1) {
             load(path);
@@ -265,6 +317,30 @@ int main(int argc, char **argv)
             printf("%s\n", bump ? "opened" : dlerror());
         } else if (sscanf(line, "bump %d", &a) == 1) {
             printf("%d\n", bump(&counter, a));
+        } else if (sscanf(line, "threads %d", &a) == 1) {
+            int made = 0;
+            for (int i = 0; i < a; i++) {
+                pthread_t t;
+                pthread_attr_t attr;
+                pthread_attr_init(&attr);
+                pthread_attr_setstacksize(&attr, 64 * 1024);
+                if (pthread_create(&t, &attr, napper, NULL) == 0 && pthread_detach(t) == 0)
+                    made++;
+                pthread_attr_destroy(&attr);
+            }
+            printf("%d\n", made);
+        } else if (!strcmp(word, "churn")) {
+            pthread_t t;
+            pthread_create(&t, NULL, churner, NULL);
+            pthread_detach(t);
+            printf("churning\n");
+        } else if (sscanf(line, "chroot %4095s", path) == 1) {
+            printf("%d\n", chroot(path) == 0 && chdir("/") == 0 ? 0 : -1);
+        } else if (!strcmp(word, "exitmain")) {
+            pthread_t t;
+            pthread_create(&t, NULL, serve, (void *)1);
+            printf("main exits\n");
+            pthread_exit(NULL);
         } else if (!strcmp(word, "stats")) {
             printf("eintr %d usr1 %d rt %d\n", eintr, (int)usr1, (int)rt);
         } else if (!strcmp(word, "quit")) {
@@ -273,10 +349,10 @@ int main(int argc, char **argv)
             printf("? %s", line);
         }
     }
-    __atomic_store_n(&stop, 1, __ATOMIC_RELAXED);
-    if (write(pipefd[1], "x", 1) != 1)
-        return 2;
-    pthread_join(s, NULL);
-    pthread_join(r, NULL);
-    return 0;
+    /* Serving from a thread, the main thread gone: nobody else will end the process. */
+    if (arg) {
+        finish();
+        exit(0);
+    }
+    return NULL;
 }
