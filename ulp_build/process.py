@@ -73,3 +73,40 @@ def thread_ids(pid: int) -> list[int]:
         return sorted(int(t.name) for t in Path(f"/proc/{pid}/task").iterdir() if t.name.isdigit())
     except FileNotFoundError:
         raise UlpError(f"process {pid}: no such process") from None
+
+
+class Snapshot:
+    """Bytes of a process read in spans (ranges less than `gap` apart read as one), and the
+    same spans with edits applied: one system call per span, however many functions a patch
+    has, and, under a stop, one comparison and one write per span."""
+
+    def __init__(self, pid: int, ranges: list[tuple[int, int]], gap: int = 4096) -> None:
+        bounds: list[list[int]] = []
+        for address, size in sorted(ranges):
+            if bounds and address <= bounds[-1][1] + gap:
+                bounds[-1][1] = max(bounds[-1][1], address + size)
+            else:
+                bounds.append([address, address + size])
+        self.spans = [(start, read_memory(pid, start, end - start)) for start, end in bounds]
+
+    def _span(self, address: int, size: int) -> tuple[int, bytes]:
+        for start, data in self.spans:
+            if start <= address and address + size <= start + len(data):
+                return start, data
+        raise KeyError(address)
+
+    def read(self, address: int, size: int) -> bytes:
+        start, data = self._span(address, size)
+        return data[address - start : address - start + size]
+
+    def edited(self, writes: list[tuple[int, bytes]]) -> list[tuple[int, bytes, bytes]]:
+        """(start, bytes now, bytes after the writes) of each span the writes touch."""
+        images = {start: bytearray(data) for start, data in self.spans}
+        touched: set[int] = set()
+        for address, data in writes:
+            start, _ = self._span(address, len(data))
+            images[start][address - start : address - start + len(data)] = data
+            touched.add(start)
+        return [
+            (start, data, bytes(images[start])) for start, data in self.spans if start in touched
+        ]

@@ -246,10 +246,41 @@ class Tracee:
     # -- memory ----------------------------------------------------------------------------
 
     def write(self, address: int, data: bytes) -> None:
+        fd = os.open(f"{proc_dir(self.pid)}/mem", os.O_RDWR)
         try:
-            with open(f"{proc_dir(self.pid)}/mem", "r+b", buffering=0) as mem:
-                mem.seek(address)
-                written = mem.write(data)
+            self._pwrite(fd, address, data)
+        finally:
+            os.close(fd)
+
+    def replace(self, edits: list[tuple[int, bytes, bytes]]) -> bool:
+        """For each (address, expected, new): if every span still holds what it is expected
+        to, write the new bytes over each and return True; else change nothing and return
+        False. Also into read-only code (/proc/PID/mem); one read and one write per span."""
+        fd = os.open(f"{proc_dir(self.pid)}/mem", os.O_RDWR)
+        try:
+            for address, expected, _new in edits:
+                if self._pread(fd, address, len(expected)) != expected:
+                    return False
+            for address, _expected, new in edits:
+                self._pwrite(fd, address, new)
+        finally:
+            os.close(fd)
+        return True
+
+    def _pread(self, fd: int, address: int, size: int) -> bytes:
+        try:
+            data = os.pread(fd, size, address)
+        except OSError as exc:
+            raise UlpError(
+                f"process {self.pid}: cannot read memory at {address:#x}: {exc.strerror}"
+            ) from None
+        if len(data) != size:
+            raise UlpError(f"process {self.pid}: short read at {address:#x}")
+        return data
+
+    def _pwrite(self, fd: int, address: int, data: bytes) -> None:
+        try:
+            written = os.pwrite(fd, data, address)
         except OSError as exc:
             raise UlpError(
                 f"process {self.pid}: cannot write memory at {address:#x}: {exc.strerror}"

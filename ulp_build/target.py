@@ -21,7 +21,7 @@ from ulp_build.prepared import (
     PAD_BEFORE,
     SECTION_DATA,
 )
-from ulp_build.process import Mapping, maps, proc_dir, read_memory
+from ulp_build.process import Mapping, Snapshot, maps, proc_dir, read_memory
 
 _PRISTINE_PAD = b"\x90" * PAD_BEFORE
 
@@ -82,12 +82,28 @@ class LoadedLibrary:
             )
         return private
 
-    def function_code(self, function: Function) -> FunctionCode:
-        """Where `function` is and what its padding holds now; an error naming the function
-        unless it is exactly the prepared padding or our checker."""
-        pad = self.base + function.offset - PAD_BEFORE
-        nop = self.base + function.nop_offset
-        raw = read_memory(self.pid, pad, nop + 2 - pad)
+    def snapshot(self, functions: list[Function]) -> Snapshot:
+        """The bytes of the functions' pads and entry nops, now."""
+        return Snapshot(self.pid, [self._place(f) for f in functions])
+
+    def _place(self, f: Function) -> tuple[int, int]:
+        pad = self.base + f.offset - PAD_BEFORE
+        return pad, self.base + f.nop_offset + 2 - pad
+
+    def function_codes(
+        self, functions: list[Function], snapshot: Snapshot | None = None
+    ) -> list[FunctionCode]:
+        """Where each function is and what its padding holds (in `snapshot`, or now); an
+        error naming the first that is neither the prepared padding, nor our checker, nor a
+        finished transition."""
+        snapshot = snapshot or self.snapshot(functions)
+        out = []
+        for f in functions:
+            pad, size = self._place(f)
+            out.append(self._classify(f, pad, pad + size - 2, snapshot.read(pad, size)))
+        return out
+
+    def _classify(self, function: Function, pad: int, nop: int, raw: bytes) -> FunctionCode:
         code = FunctionCode(function, pad, nop, CodeState.PRISTINE)
         head, entry_nop = raw[:PAD_BEFORE], raw[-2:]
         if head == _PRISTINE_PAD and entry_nop == codegen.NOP2:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ulp_build import codegen, runtime_info
 from ulp_build.prepared import PAD_BEFORE
-from ulp_build.process import maps, read_memory
+from ulp_build.process import Snapshot, maps
 from ulp_build.ptrace import Tracee
 
 LIB_RECORDS = 64  # ULP_THREAD_LIBS: offset of the first library's record in a thread
@@ -49,6 +49,7 @@ class Transition:
     functions: list[runtime_info.FunctionRecord]
     holders: list[Holder] = field(default_factory=list)
     unfinished: list[runtime_info.FunctionRecord] = field(default_factory=list)
+    edits: list[tuple[int, bytes, bytes]] = field(default_factory=list)  # to finish it
 
     @property
     def done(self) -> bool:
@@ -74,9 +75,20 @@ def transitions(state: runtime_info.RuntimeState) -> list[Transition]:
         universe = max(max(p.applied, p.reverted) for p in mine)
         functions = list({f.pad: f for p in mine for f in p.functions}.values())
         t = Transition(lib, universe, functions)
+        snapshot = Snapshot(state.pid, [(f.pad, f.entry_nop + 2 - f.pad) for f in functions])
+        writes = []
         for f in functions:
-            if _needs_finishing(state.pid, f):
+            pad, nop = _finished_bytes(f)
+            if snapshot.read(f.pad, PAD_BEFORE) != pad or (
+                nop and snapshot.read(f.entry_nop, 2) != nop
+            ):
                 t.unfinished.append(f)
+                # Back to the prepared padding, the nop included, or a direct jump in the pad
+                # (the entry jump stays).
+                writes.append((f.pad, pad))
+                if nop:
+                    writes.append((f.entry_nop, nop))
+        t.edits = snapshot.edited(writes)
         for thread in state.threads:
             held = thread.libraries.get(lib.index)
             if held and held.depth > 0 and held.universe < universe:
@@ -95,14 +107,6 @@ def _finished_bytes(f: runtime_info.FunctionRecord) -> tuple[bytes, bytes]:
     return codegen.direct_pad(f.pad, f.newest), b""
 
 
-def _needs_finishing(pid: int, f: runtime_info.FunctionRecord) -> bool:
-    pad = read_memory(pid, f.pad, PAD_BEFORE)
-    nop = read_memory(pid, f.entry_nop, 2)
-    if f.newest == f.original:
-        return nop != codegen.NOP2
-    return codegen.direct_target(f.pad, pad) != f.newest
-
-
 def finish(pid: int, timeout: float = 5.0) -> list[Transition]:
     """Finish every transition of `pid` that can be finished now; return them all, the ones
     left pending with their holders (and `unfinished` functions)."""
@@ -112,26 +116,24 @@ def finish(pid: int, timeout: float = 5.0) -> list[Transition]:
     runtime = runtime_info.find_runtime(pid)[0]
     runtime_code = [(m.start, m.end) for m in maps(pid) if m.path == runtime and "x" in m.perms]
     with Tracee(pid, timeout) as tracee:
-        found = transitions(runtime_info.read(pid))  # nothing moves now
+        # The bytes to write were worked out above, while the process ran; `replace` writes
+        # them only where nothing changed since. Who holds what is read again, now that
+        # nothing moves.
+        holders = {t.library.index: t.holders for t in transitions(runtime_info.read(pid))}
         rips = [tracee.registers(tid).rip for tid in tracee.threads]
         if any(start <= rip < end for rip in rips for start, end in runtime_code):
             return found  # see the module's comment; the next trigger tries again
         for t in found:
+            t.holders = holders.get(t.library.index, [])
             if t.holders or not t.unfinished:
                 continue
+            # A thread stopped in a checker's second instruction would resume in the middle
+            # of the new pad; one at its first runs the new first instruction.
             jumps = {f.pad + _CHECKER_JUMP for f in t.unfinished}
             if any(rip in jumps for rip in rips):
                 continue
-            for f in t.unfinished:
-                pad, nop = _finished_bytes(f)
-                if nop:
-                    # Back to the prepared padding: the nop first, then the pad nothing
-                    # reaches any more (a thread stopped inside it runs nops into the entry).
-                    tracee.write(f.entry_nop, nop)
-                    tracee.write(f.pad, pad)
-                else:
-                    tracee.write(f.pad, pad)
-            t.unfinished = []
+            if tracee.replace(t.edits):
+                t.unfinished = []
     return found
 
 

@@ -94,7 +94,7 @@ def run(
     """Carry `op` out in process `pid`, then wait up to `wait` seconds to finish transitions;
     never raises for a problem of that process."""
     try:
-        plan = _Plan.make(pid, op)
+        plan = Plan.make(pid, op)
         last = ""
         for attempt in range(retries + 1):
             if attempt:
@@ -169,7 +169,10 @@ def _finished(result: Result, wait: float, timeout: float) -> Result:
 
 
 @dataclass
-class _Plan:
+class Plan:
+    """One operation in one process: everything it needs, checked before the process is
+    touched (`make`), then its two stops (`prepare`, `commit`)."""
+
     pid: int
     op: Operation
     runtime: str
@@ -190,7 +193,7 @@ class _Plan:
     # -- checks, all before the process is touched -------------------------------------------
 
     @classmethod
-    def make(cls, pid: int, op: Operation) -> _Plan:
+    def make(cls, pid: int, op: Operation) -> Plan:
         state = runtime_info.read(pid)
         elf = ElfFile.load(state.runtime)
         symbols = {s.name: s.value for s in elf.dynamic_symbols if s.defined}
@@ -245,8 +248,8 @@ class _Plan:
         req.object = _seen_from(pid, obj)
         replacements, pointers, req.object_build_id = _object_symbols(obj, patch)
         patched = {f.offset: f for f in patch.functions}
+        code += library.function_codes(patch.functions)
         for f in patch.functions:
-            code.append(library.function_code(f))
             req.functions.append(
                 rq.FunctionEntry(library.base + f.offset, library.base + f.nop_offset,
                                  replacements[f.replacement])
@@ -266,6 +269,7 @@ class _Plan:
         """The functions that reverting `patches` changes need a checker again, wherever
         their transition was finished with a direct jump."""
         seen = {c.pad for c in self.code}
+        metas = []
         for p in patches:
             for f in p.functions:
                 if f.pad in seen:
@@ -273,20 +277,21 @@ class _Plan:
                 seen.add(f.pad)
                 entry = f.pad + PAD_BEFORE - self.library.base
                 name = self.library.elf.name_at(entry)
-                meta = Function(name, entry, f.entry_nop - self.library.base, "")
-                self.code.append(self.library.function_code(meta))
+                metas.append(Function(name, entry, f.entry_nop - self.library.base, ""))
+        self.code += self.library.function_codes(metas)
 
     # -- the two stops -------------------------------------------------------------------------
 
     def execute(self, timeout: float) -> int:
-        ticket, tid = self._prepare(timeout)
-        return self._commit(ticket, tid, timeout)
+        ticket, tid = self.prepare(timeout)
+        return self.commit(ticket, tid, timeout)
 
     def _call(self, tracee: Tracee, name: str, *args: int, tid: int) -> int:
         value = tracee.call(self.runtime_base + self.symbols[name], *args, tid=tid)
         return value - (1 << 64) if value >= 1 << 63 else value
 
-    def _prepare(self, timeout: float) -> tuple[int, int]:
+    def prepare(self, timeout: float) -> tuple[int, int]:
+        """The first stop: (ticket, thread that prepared)."""
         raw = self.request.encode()
         regions = maps(self.pid)
         reasons: list[str] = []
@@ -320,23 +325,29 @@ class _Plan:
             f" ({'; '.join(reasons) or 'no thread'})"
         )
 
-    def _commit(self, ticket: int, tid: int, timeout: float) -> int:
+    def commit(self, ticket: int, tid: int, timeout: float) -> int:
         """Write the checkers that are missing, then commit. A checker written by an attempt
         that does not commit stays, harmlessly: the prepare made its function's record, with
         the versions that run now, before any checker could lead there."""
         slot = self.library.dispatch_slot
+        # Worked out while the process runs; under the stop, each span is compared with what
+        # was read here (another trigger may have written since: then start over) and
+        # written in one go. Nothing runs meanwhile, so the order of the bytes written does
+        # not matter; a thread stopped at a direct jump's pad runs the checker's first
+        # instruction instead.
+        functions = [c.function for c in self.code]
+        snapshot = self.library.snapshot(functions)
+        writes = []
+        for c in self.library.function_codes(functions, snapshot):
+            pad, jump = c.checker(slot)
+            if c.state is not target.CodeState.CHECKER:
+                writes.append((c.pad, pad))
+            if c.state is target.CodeState.PRISTINE:
+                writes.append((c.nop, jump))
+        edits = snapshot.edited(writes)
         with _held_signals(), Tracee(self.pid, timeout) as tracee:
-            # Read again now that nothing runs: another trigger may have written some since.
-            code = [self.library.function_code(c.function) for c in self.code]
-            # The pads first: a pad is reached only through its entry jump. A direct jump's
-            # pad is one instruction at the pad's start: a thread stopped there runs the
-            # checker's first instruction instead.
-            for c in code:
-                if c.state is not target.CodeState.CHECKER:
-                    tracee.write(c.pad, c.checker(slot)[0])
-            for c in code:
-                if c.state is target.CodeState.PRISTINE:
-                    tracee.write(c.nop, c.checker(slot)[1])
+            if not tracee.replace(edits):
+                raise _Busy(f"process {self.pid}: its code changed while being patched")
             caller = tid if tid in tracee.threads else min(tracee.threads)
             universe = self._call(tracee, "ulp_commit", ticket, tid=caller)
         if universe == -rq.EBUSY:
