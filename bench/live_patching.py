@@ -104,15 +104,13 @@ def stop_ratio(pid: int, patch: Path, label: str, target: str) -> None:
     revert = trigger.operation(str(patch), revert=True)
     bare, stops = [], []
     for _ in range(ROUNDS):
-        started = time.perf_counter()
-        with Tracee(pid):
+        with Tracee(pid) as tracee:
             pass
-        bare.append(time.perf_counter() - started)
+        bare.append(tracee.stopped_for)
         plan = trigger.Plan.make(pid, apply)
         ticket, tid = plan.prepare(5.0)
-        started = time.perf_counter()
         plan.commit(ticket, tid, 5.0)
-        stops.append(time.perf_counter() - started)
+        stops.append(plan.stopped_for)
         result = trigger.run(pid, revert, wait=0)
         assert not result.failed, result.message
     b, s = statistics.median(bare) * 1e6, statistics.median(stops) * 1e6

@@ -73,12 +73,11 @@ _Static_assert(sizeof(struct ulp_thread_lib) == ULP_THREAD_LIB_SIZE, "track.S");
 _Static_assert(offsetof(struct ulp_thread_lib, depth) == ULP_LIB_DEPTH, "track.S");
 _Static_assert(offsetof(struct ulp_thread_lib, universe) == ULP_LIB_UNIVERSE, "track.S");
 _Static_assert(offsetof(struct ulp_descriptor, runtime_private) == ULP_DESC_PRIVATE, "track.S");
-_Static_assert(offsetof(struct ulp_table, slots) == ULP_TABLE_SLOTS, "dispatch.S");
-_Static_assert(sizeof(struct ulp_table_slot) == 16, "dispatch.S");
 _Static_assert(offsetof(struct ulp_function, lib_offset) == ULP_FUNCTION_LIB, "dispatch.S");
-_Static_assert(offsetof(struct ulp_function, versions) == ULP_FUNCTION_VERSIONS, "dispatch.S");
-_Static_assert(offsetof(struct ulp_versions, entries) == ULP_VERSIONS_ENTRIES, "dispatch.S");
+_Static_assert(offsetof(struct ulp_function, latest) == ULP_FUNCTION_LATEST, "dispatch.S");
+_Static_assert(offsetof(struct ulp_thread, padding) == ULP_THREAD_ZERO, "dispatch.S");
 _Static_assert(sizeof(struct ulp_version) == 16, "dispatch.S");
+_Static_assert(sizeof(struct ulp_function) == 48, "ulp_build/runtime_info.py");
 _Static_assert(sizeof(struct ulp_request) == 2032, "ulp_build/trigger.py");
 
 __attribute__((constructor)) static void ulp_start(void)

@@ -31,12 +31,9 @@
 
 struct ulp_patch *_Atomic ulp_patches;
 
-static struct {
-    uint64_t mask;
-    struct ulp_table_slot slots[1];
-} empty_table;
-struct ulp_table *_Atomic ulp_function_table = (struct ulp_table *)&empty_table;
-static uint32_t table_used;
+/* Every function record by index; grown by copying, the old arrays kept (see ulp.h). */
+struct ulp_function **_Atomic ulp_functions;
+static uint32_t function_count, function_capacity;
 
 /* One function's next version, worked out by ulp_prepare. */
 struct change {
@@ -71,69 +68,45 @@ __attribute__((format(printf, 2, 3))) static int64_t fail(struct ulp_request *r,
 
 /* ---- function records ------------------------------------------------------------------- */
 
-static struct ulp_function *lookup(uintptr_t pad)
+/* The newest record for a pad: a record of a library closed since and loaded again at the
+ * same address is stale (another library offset, or another original). */
+static struct ulp_function *lookup(uintptr_t pad, uintptr_t original, uint64_t lib_offset)
 {
-    struct ulp_table *table = atomic_load(&ulp_function_table);
-    for (uint64_t i = (pad >> 4) & table->mask;; i = (i + 1) & table->mask) {
-        uintptr_t key = atomic_load(&table->slots[i].pad);
-        if (key == pad)
-            return atomic_load(&table->slots[i].function);
-        if (key == 0)
-            return NULL;
-    }
+    struct ulp_function **all = atomic_load(&ulp_functions);
+    for (uint32_t i = function_count; i-- > 0;)
+        if (all[i]->pad == pad)
+            return all[i]->original == original && all[i]->lib_offset == lib_offset ? all[i]
+                                                                                     : NULL;
+    return NULL;
 }
 
-static void insert(struct ulp_table *table, struct ulp_function *f)
+static int reserve(void)
 {
-    uint64_t i = (f->pad >> 4) & table->mask;
-    while (atomic_load(&table->slots[i].pad))
-        i = (i + 1) & table->mask;
-    /* The function before the key: a reader that finds the key finds the function. */
-    atomic_store(&table->slots[i].function, f);
-    atomic_store(&table->slots[i].pad, f->pad);
-}
-
-/* Room for `more` records at most half full, so that probes stay short and always end. */
-static int reserve(uint32_t more)
-{
-    struct ulp_table *old = atomic_load(&ulp_function_table);
-    uint64_t size = old->mask + 1;
-    if ((table_used + more) * 2 <= size)
+    if (function_count < function_capacity)
         return 0;
-    while ((table_used + more) * 2 > size)
-        size *= 2;
-    struct ulp_table *table = calloc(1, sizeof *table + size * sizeof table->slots[0]);
-    if (!table)
+    uint32_t capacity = function_capacity ? 2 * function_capacity : 64;
+    struct ulp_function **all = malloc(capacity * sizeof *all);
+    if (!all)
         return -1;
-    table->mask = size - 1;
-    for (uint64_t i = 0; i <= old->mask; i++) {
-        struct ulp_function *f = atomic_load(&old->slots[i].function);
-        if (atomic_load(&old->slots[i].pad))
-            insert(table, f);
-    }
-    atomic_store(&ulp_function_table, table);
+    if (function_count)
+        memcpy(all, atomic_load(&ulp_functions), function_count * sizeof *all);
+    atomic_store(&ulp_functions, all);
+    function_capacity = capacity;
     return 0;
-}
-
-static void replace(struct ulp_function *f)
-{
-    struct ulp_table *table = atomic_load(&ulp_function_table);
-    uint64_t i = (f->pad >> 4) & table->mask;
-    while (atomic_load(&table->slots[i].pad) != f->pad)
-        i = (i + 1) & table->mask;
-    atomic_store(&table->slots[i].function, f);
 }
 
 static struct ulp_function *function_for(uintptr_t entry, uintptr_t nop, uint64_t lib_offset)
 {
     uintptr_t pad = entry - ULP_PAD_BEFORE;
-    struct ulp_function *old = lookup(pad), *f;
-    /* A record of another library once loaded here (closed since) is stale: replaced. */
-    if (old && old->lib_offset == lib_offset && old->original == nop + 2)
-        return old;
+    /* Untracked library: the dispatcher reads a depth of 0 from the thread's zero padding. */
+    if (lib_offset < ULP_THREAD_LIBS)
+        lib_offset = ULP_THREAD_ZERO;
+    struct ulp_function *f = lookup(pad, nop + 2, lib_offset);
+    if (f)
+        return f;
     f = calloc(1, sizeof *f);
     struct ulp_versions *v = calloc(1, sizeof *v + 4 * sizeof v->entries[0]);
-    if (!f || !v || (!old && reserve(1) != 0)) {
+    if (!f || !v || reserve() != 0) {
         free(f);
         free(v);
         return NULL;
@@ -142,16 +115,14 @@ static struct ulp_function *function_for(uintptr_t entry, uintptr_t nop, uint64_
     f->original = nop + 2;
     f->lib_offset = lib_offset;
     v->capacity = 4;
+    v->count = 1;
     v->entries[0] = (struct ulp_version){0, f->original};
-    atomic_store(&v->count, 1);
-    atomic_store(&f->versions, v);
+    f->versions = v;
+    atomic_store(&f->latest, &v->entries[0]);
     /* Visible at once, and harmless: with only the original version it changes nothing. */
-    if (old) {
-        replace(f);
-    } else {
-        insert(atomic_load(&ulp_function_table), f);
-        table_used++;
-    }
+    f->index = function_count;
+    atomic_store(&atomic_load(&ulp_functions)[function_count], f);
+    function_count++;
     return f;
 }
 
@@ -204,16 +175,15 @@ static int stage_change(struct ulp_function *f)
     c->function = f;
     c->code = next_code(f);
     c->grown = NULL;
-    struct ulp_versions *v = atomic_load(&f->versions);
-    uint32_t n = atomic_load(&v->count);
-    if (n < v->capacity)
+    struct ulp_versions *v = f->versions;
+    if (v->count < v->capacity)
         return 0;
     c->grown = malloc(sizeof *v + 2 * (size_t)v->capacity * sizeof v->entries[0]);
     if (!c->grown)
         return -1;
     c->grown->capacity = 2 * v->capacity;
-    memcpy(c->grown->entries, v->entries, n * sizeof v->entries[0]);
-    atomic_store(&c->grown->count, n);
+    c->grown->count = v->count;
+    memcpy(c->grown->entries, v->entries, v->count * sizeof v->entries[0]);
     return 0;
 }
 
@@ -290,7 +260,7 @@ static int64_t fill_references(struct ulp_request *r, uintptr_t object, uintptr_
 
 static int64_t load(struct ulp_request *r, const struct ulp_descriptor *d, uint64_t lib_offset)
 {
-    const struct ulp_request_function *funcs = (const void *)(r + 1);
+    struct ulp_request_function *funcs = (void *)(r + 1);
     struct ulp_patch *p = calloc(1, sizeof *p + r->function_count * sizeof p->functions[0]);
     if (!p)
         return fail(r, "out of memory");
@@ -327,6 +297,7 @@ static int64_t load(struct ulp_request *r, const struct ulp_descriptor *d, uint6
         if (!f)
             return fail(r, "out of memory");
         p->functions[i] = (struct ulp_patch_function){f, map->l_addr + funcs[i].replacement};
+        funcs[i].index = f->index;
     }
     return 0;
 }
@@ -455,12 +426,10 @@ ULP_EXPORT int64_t ulp_commit(uint64_t ticket)
     uint64_t universe = atomic_load(&ulp_universe) + 1;
     for (uint32_t i = 0; i < staged.change_count; i++) {
         struct change *c = &staged.changes[i];
-        struct ulp_versions *v = c->grown ? c->grown : atomic_load(&c->function->versions);
-        uint32_t n = atomic_load(&v->count);
-        v->entries[n] = (struct ulp_version){universe, c->code};
-        atomic_store(&v->count, n + 1);
-        if (c->grown)
-            atomic_store(&c->function->versions, c->grown);
+        struct ulp_versions *v = c->grown ? c->grown : c->function->versions;
+        v->entries[v->count] = (struct ulp_version){universe, c->code};
+        c->function->versions = v;
+        atomic_store(&c->function->latest, &v->entries[v->count++]);
     }
     for (uint32_t i = 0; i < staged.revert_count; i++)
         staged.reverts[i]->reverted = universe;

@@ -29,12 +29,9 @@
 #define ULP_DESC_VERSION 2
 
 /* The dispatcher's view of patched functions (patch.c builds them, dispatch.S reads them). */
-#define ULP_TABLE_MASK 0      /* struct ulp_table: mask, then 16-byte slots {pad, function} */
-#define ULP_TABLE_SLOTS 8
-#define ULP_FUNCTION_LIB 16   /* struct ulp_function: its library's libs[] offset */
-#define ULP_FUNCTION_VERSIONS 24
-#define ULP_VERSIONS_COUNT 0  /* struct ulp_versions: count, then 16-byte {universe, code} */
-#define ULP_VERSIONS_ENTRIES 16
+#define ULP_FUNCTION_LIB 16    /* struct ulp_function: its library's offset in a thread */
+#define ULP_FUNCTION_LATEST 24 /* ... and its newest struct ulp_version {universe, code} */
+#define ULP_THREAD_ZERO 40     /* a thread's padding, always 0: "depth 0" for untracked ones */
 
 #ifndef __ASSEMBLER__
 
@@ -111,31 +108,26 @@ struct ulp_version {
 };
 
 /* Append-only and never freed: a thread stopped in the middle of ulp_dispatch may still read a
- * superseded array after it resumes. Entries are written before the count that covers them. */
+ * superseded array after it resumes. Oldest first; entry 0 is the original, universe 0. */
 struct ulp_versions {
-    _Atomic uint32_t count;
+    uint32_t count;
     uint32_t capacity;
     uint64_t reserved;
     struct ulp_version entries[];
 };
 
+/* Records are never freed either. The universe checker names its record by index, in the
+ * pad's code bytes (`mov $index, %r11d`): the dispatcher's lookup is one load. */
 struct ulp_function {
-    uintptr_t pad;                  /* the key: where its universe checker starts */
+    uintptr_t pad;                  /* where its universe checker starts */
     uintptr_t original;             /* the original code, past the entry nop */
-    uint64_t lib_offset;            /* its library's libs[] offset, or below ULP_THREAD_LIBS */
-    _Atomic(struct ulp_versions *) versions;
-};
-
-struct ulp_table_slot {
-    _Atomic uintptr_t pad;          /* 0: free; written after function */
-    struct ulp_function *_Atomic function;
-};
-
-/* Open addressing on pad >> 4 (pads are at least 16 bytes apart), linear probing. Replaced, not
- * resized, when it fills; old tables are never freed, for the same reason as versions. */
-struct ulp_table {
-    uint64_t mask;
-    struct ulp_table_slot slots[];
+    uint64_t lib_offset;            /* its library's record in a thread, or ULP_THREAD_ZERO */
+    /* The newest entry of `versions`: written after the entry, so the dispatcher, walking
+     * down from it, only ever sees complete entries, down to the original's. */
+    const struct ulp_version *_Atomic latest;
+    struct ulp_versions *versions;
+    uint32_t index;
+    uint32_t reserved;
 };
 
 /* The trigger's requests (ulp_build/trigger.py writes them). */
@@ -155,6 +147,8 @@ struct ulp_request_function {
     uint64_t entry;
     uint64_t nop;
     uint64_t replacement;           /* offset in the patch object */
+    uint32_t index;                 /* out: the function's record, for its universe checker */
+    uint32_t reserved;
 };
 
 struct ulp_request_reference {
@@ -207,7 +201,7 @@ struct ulp_patch {
     struct ulp_patch_function functions[];
 };
 
-extern struct ulp_table *_Atomic ulp_function_table;
+extern struct ulp_function **_Atomic ulp_functions;
 extern struct ulp_patch *_Atomic ulp_patches;
 
 /* dispatch.S */

@@ -105,13 +105,16 @@ def test_displacement_out_of_range_is_an_error() -> None:
 
 def test_universe_checker() -> None:
     pad = 0x5FF2  # 14 bytes before an entry at 0x6000
-    code = codegen.checker_pad(pad, SLOT)
+    code = codegen.checker_pad(pad, SLOT, 4321)
     assert len(code) == 14
     assert disassemble(code, pad) == [
-        "lea r11, [rip - 7]",
-        f"jmp qword ptr [rip + {SLOT - (pad + 13):#x}]",
+        "mov r11d, 0x10e1",
+        f"jmp qword ptr [rip + {SLOT - (pad + 12):#x}]",
+        "nop",
         "nop",
     ]
+    assert codegen.checker_index(pad, code, SLOT) == 4321
+    assert codegen.checker_index(pad, code, SLOT + 8) is None
     assert disassemble(codegen.checker_jump(0x6000, pad), 0x6000) == [f"jmp {pad:#x}"]
     assert disassemble(codegen.checker_jump(0x6004, pad), 0x6004) == [f"jmp {pad:#x}"]
     with pytest.raises(UlpError):
@@ -129,4 +132,4 @@ def test_direct_pad(target: int) -> None:
     else:
         assert listing[0] == "jmp qword ptr [rip]"
     assert codegen.direct_target(pad, code) == target
-    assert codegen.direct_target(pad, codegen.checker_pad(pad, SLOT)) is None
+    assert codegen.direct_target(pad, codegen.checker_pad(pad, SLOT, 1)) is None

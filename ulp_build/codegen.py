@@ -165,19 +165,31 @@ def decode_ifunc_wrapper(code: bytes, at: int) -> tuple[int, int, int] | None:
 
 
 # The universe checker (DESIGN section 4). The 14-byte pad before a patched entry becomes
-#     lea -7(%rip),%r11        r11 = the pad: the dispatcher's key for this function
+#     mov $index, %r11d        the function's record in the runtime: the dispatcher's one load
 #     jmp *dispatch(%rip)      through the library's dispatch slot, into the runtime
-#     nop
-# and the entry's 2-byte nop becomes `jmp pad` (eb rel8). The pad is written first and is never
-# executed before the entry jump exists; the jump is one aligned 2-byte store over a 2-byte
-# instruction, so a thread sees either the nop or the jump, never half of each.
-_LEA_SELF_R11 = _LEA_R11 + struct.pack("<i", -7)
+#     nop; nop
+# and the entry's 2-byte nop becomes `jmp pad` (eb rel8). The pad is never executed before the
+# entry jump exists; the jump is one aligned 2-byte store over a 2-byte instruction.
+_MOV_R11D = bytes.fromhex("41bb")
 _JMP_INDIRECT = bytes.fromhex("ff25")
+CHECKER_JUMP_AT = 6  # the indirect jump's place in the pad
 
 
-def checker_pad(pad_at: int, dispatch_slot: int) -> bytes:
-    code = _LEA_SELF_R11 + _JMP_INDIRECT + _rel32(dispatch_slot, pad_at + 13)
-    return code + b"\x90"
+def checker_pad(pad_at: int, dispatch_slot: int, index: int) -> bytes:
+    code = _MOV_R11D + struct.pack("<I", index) + _JMP_INDIRECT
+    return code + _rel32(dispatch_slot, pad_at + 12) + b"\x90\x90"
+
+
+def checker_index(pad_at: int, pad: bytes, dispatch_slot: int) -> int | None:
+    """Inverse of `checker_pad`: the function's index, or None."""
+    if len(pad) != 14 or pad[:2] != _MOV_R11D or pad[6:8] != _JMP_INDIRECT:
+        return None
+    if (
+        pad[12:] != b"\x90\x90"
+        or pad_at + 12 + struct.unpack_from("<i", pad, 8)[0] != dispatch_slot
+    ):
+        return None
+    return struct.unpack_from("<I", pad, 2)[0]
 
 
 def checker_jump(nop_at: int, pad_at: int) -> bytes:

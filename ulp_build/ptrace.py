@@ -106,8 +106,10 @@ class Tracee:
     timeout: float = 5.0
     only: frozenset[int] | None = None  # attach these alone (none, if gone); the others run
     threads: dict[int, _Thread] = field(default_factory=dict)
+    stopped_for: float = 0.0  # seconds from the first attach to the last detach
 
     def __enter__(self) -> Tracee:
+        self._since = time.perf_counter()
         try:
             self._attach_all()
         except BaseException:
@@ -117,6 +119,7 @@ class Tracee:
 
     def __exit__(self, *exc: object) -> None:
         self.detach()
+        self.stopped_for = time.perf_counter() - self._since
 
     # -- attach and detach -----------------------------------------------------------------
 

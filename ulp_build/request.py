@@ -13,7 +13,7 @@ from ulp_build.errors import UlpError
 MAGIC = b"ULPREQ\0\0"
 VERSION = 1
 HEADER = struct.Struct("<8sIIIIIIQ32s128s256s1024s32sII512s")
-FUNCTION = struct.Struct("<QQQ")
+FUNCTION = struct.Struct("<QQQII")  # entry, nop, replacement; out: record index
 REFERENCE = struct.Struct("<IIQQ")
 MESSAGE_OFFSET = HEADER.size - 512
 
@@ -82,7 +82,7 @@ class Request:
             )
         )
         for f in self.functions:
-            out += FUNCTION.pack(f.entry, f.nop, f.replacement)
+            out += FUNCTION.pack(f.entry, f.nop, f.replacement, 0, 0)
         for r in self.references:
             out += REFERENCE.pack(REF_KINDS[r.kind], 0, r.pointer, r.value)
         return bytes(out)
@@ -102,3 +102,8 @@ def _truncated(text: str, size: int) -> bytes:
 
 def message(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
+def indexes(raw: bytes, count: int) -> list[int]:
+    """The record index ulp_prepare wrote back for each function of a request."""
+    return [FUNCTION.unpack_from(raw, HEADER.size + i * FUNCTION.size)[3] for i in range(count)]

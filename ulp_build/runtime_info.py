@@ -24,8 +24,8 @@ THREAD_LIB = struct.Struct("<IIQ")
 # (its libs[] offset: another after the target was closed and loaded again).
 PATCH = struct.Struct("<Q128s256s1024sQQQQQII")
 PATCH_FUNCTION = struct.Struct("<QQ")  # its record, its replacement
-FUNCTION = struct.Struct("<QQQQ")  # struct ulp_function: pad, original, lib offset, versions
-VERSIONS_HEADER = 16  # struct ulp_versions: count, capacity, reserved; then {universe, code}
+# struct ulp_function: pad, original, lib offset, newest version, versions, index
+FUNCTION = struct.Struct("<QQQQQII")
 MAX_PATCHES = 1 << 16
 # Bounds against a corrupt or hostile process: the runtime never has more.
 MAX_THREADS = 1 << 20
@@ -47,6 +47,7 @@ class FunctionRecord:
     pad: int
     original: int  # the original code, right after the entry nop
     newest: int  # the code of its newest version (the original after a full revert)
+    index: int  # in the runtime's records, named by its universe checker
 
     @property
     def entry_nop(self) -> int:
@@ -212,9 +213,8 @@ def _patches(pid: int, head_at: int, patch_size: int) -> list[PatchInfo]:
 
 
 def _function(pid: int, at: int) -> FunctionRecord:
-    pad, original, _lib, versions = FUNCTION.unpack(read_memory(pid, at, FUNCTION.size))
-    (count,) = struct.unpack("<I", read_memory(pid, versions, 4))
-    (newest,) = struct.unpack(
-        "<Q", read_memory(pid, versions + VERSIONS_HEADER + 16 * count - 8, 8)
+    pad, original, _lib, latest, _versions, index, _ = FUNCTION.unpack(
+        read_memory(pid, at, FUNCTION.size)
     )
-    return FunctionRecord(pad, original, newest)
+    (newest,) = struct.unpack("<Q", read_memory(pid, latest + 8, 8))
+    return FunctionRecord(pad, original, newest, index)

@@ -39,10 +39,11 @@ class FunctionCode:
     nop: int  # run-time address of the entry nop
     state: CodeState
 
-    def checker(self, dispatch_slot: int) -> tuple[bytes, bytes]:
-        """The bytes of the universe checker: (pad, entry jump)."""
+    def checker(self, dispatch_slot: int, index: int) -> tuple[bytes, bytes]:
+        """The bytes of the universe checker of the runtime's function record `index`:
+        (pad, entry jump)."""
         return (
-            codegen.checker_pad(self.pad, dispatch_slot),
+            codegen.checker_pad(self.pad, dispatch_slot, index),
             codegen.checker_jump(self.nop, self.pad),
         )
 
@@ -108,11 +109,11 @@ class LoadedLibrary:
         head, entry_nop = raw[:PAD_BEFORE], raw[-2:]
         if head == _PRISTINE_PAD and entry_nop == codegen.NOP2:
             return code
-        checker = code.checker(self.dispatch_slot)
-        if (head, entry_nop) == checker:
-            return FunctionCode(function, pad, nop, CodeState.CHECKER)
-        if entry_nop == checker[1] and codegen.direct_target(pad, head) is not None:
-            return FunctionCode(function, pad, nop, CodeState.DIRECT)
+        if entry_nop == codegen.checker_jump(nop, pad):
+            if codegen.checker_index(pad, head, self.dispatch_slot) is not None:
+                return FunctionCode(function, pad, nop, CodeState.CHECKER)
+            if codegen.direct_target(pad, head) is not None:
+                return FunctionCode(function, pad, nop, CodeState.DIRECT)
         raise UlpError(
             f"process {self.pid}: {function.name} in {self.path}: the bytes at {pad:#x} are not"
             f" as recorded (padding {head.hex()}, entry {entry_nop.hex()})"

@@ -30,7 +30,6 @@ from ulp_build.ptrace import Tracee
 
 LIB_RECORDS = 64  # ULP_THREAD_LIBS: offset of the first library's record in a thread
 LIB_RECORD_SIZE = 16
-_CHECKER_JUMP = 7  # the checker's `jmp *dispatch(%rip)`, after its 7-byte lea
 
 
 @dataclass(frozen=True)
@@ -129,7 +128,7 @@ def finish(pid: int, timeout: float = 5.0) -> list[Transition]:
                 continue
             # A thread stopped in a checker's second instruction would resume in the middle
             # of the new pad; one at its first runs the new first instruction.
-            jumps = {f.pad + _CHECKER_JUMP for f in t.unfinished}
+            jumps = {f.pad + codegen.CHECKER_JUMP_AT for f in t.unfinished}
             if any(rip in jumps for rip in rips):
                 continue
             if tracee.replace(t.edits):

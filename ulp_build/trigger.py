@@ -181,6 +181,8 @@ class Plan:
     library: target.LoadedLibrary
     code: list[target.FunctionCode]
     request: rq.Request
+    stopped_for: float = 0.0  # seconds every thread was stopped by the last commit
+    indexes: dict[int, int] = field(default_factory=dict)  # pad -> the runtime's record
 
     @property
     def reverting(self) -> bool:
@@ -275,6 +277,7 @@ class Plan:
                 if f.pad in seen:
                     continue
                 seen.add(f.pad)
+                self.indexes[f.pad] = f.index
                 entry = f.pad + PAD_BEFORE - self.library.base
                 name = self.library.elf.name_at(entry)
                 metas.append(Function(name, entry, f.entry_nop - self.library.base, ""))
@@ -310,10 +313,14 @@ class Plan:
                     try:
                         tracee.write(buffer, raw)
                         status = self._call(tracee, "ulp_prepare", buffer, tid=tid)
-                        why = rq.message(read_memory(self.pid, buffer + rq.MESSAGE_OFFSET, 512))
+                        back = read_memory(self.pid, buffer, len(raw))
+                        why = rq.message(back[rq.MESSAGE_OFFSET :])
                     finally:
                         self._call(tracee, "ulp_buffer_free", buffer, len(raw), tid=tid)
                 if status > 0:
+                    found = rq.indexes(back, len(self.request.functions))
+                    for f, index in zip(self.request.functions, found, strict=True):
+                        self.indexes[f.entry - PAD_BEFORE] = index
                     return status, tid
                 if status == -rq.EALREADY:
                     raise _AlreadyApplied(f"process {self.pid}: {why}")
@@ -339,7 +346,7 @@ class Plan:
         snapshot = self.library.snapshot(functions)
         writes = []
         for c in self.library.function_codes(functions, snapshot):
-            pad, jump = c.checker(slot)
+            pad, jump = c.checker(slot, self.indexes[c.pad])
             if c.state is not target.CodeState.CHECKER:
                 writes.append((c.pad, pad))
             if c.state is target.CodeState.PRISTINE:
@@ -350,6 +357,7 @@ class Plan:
                 raise _Busy(f"process {self.pid}: its code changed while being patched")
             caller = tid if tid in tracee.threads else min(tracee.threads)
             universe = self._call(tracee, "ulp_commit", ticket, tid=caller)
+        self.stopped_for = tracee.stopped_for
         if universe == -rq.EBUSY:
             raise _Busy(f"process {self.pid}: another trigger is patching it")
         if universe <= 0:
