@@ -126,13 +126,19 @@ def main() -> None:
         one = Driver(root, lib)
         stop_ratio(one.pid, patch, "stop to apply a 1-function patch, 1 thread", "<= 2x")
 
-        # fib(30): unpatched, in transition (checker kept: no finish), finished (direct jump).
-        unpatched = int(one.ask("time 30 15"))
-        plan = trigger.Plan.make(one.pid, trigger.operation(str(patch)))
-        plan.commit(*plan.prepare(5.0), 5.0)
-        during = int(one.ask("time 30 15"))
-        assert all(t.done for t in transition.finish(one.pid))
-        after = int(one.ask("time 30 15"))
+        # fib(30): unpatched, in transition (checker kept: no finish), finished (direct
+        # jump), in rounds, each state measured once per round; the fastest of each counts
+        # (this machine is shared: single runs move by tens of percent).
+        times: dict[str, list[int]] = {"unpatched": [], "transition": [], "finished": []}
+        for _ in range(8):
+            times["unpatched"].append(int(one.ask("time 30 5")))
+            plan = trigger.Plan.make(one.pid, trigger.operation(str(patch)))
+            plan.commit(*plan.prepare(5.0), 5.0)
+            times["transition"].append(int(one.ask("time 30 5")))
+            assert all(t.done for t in transition.finish(one.pid))
+            times["finished"].append(int(one.ask("time 30 5")))
+            assert trigger.run(one.pid, trigger.operation(str(patch), revert=True)).pending == []
+        unpatched, during, after = (min(times[k]) for k in ("unpatched", "transition", "finished"))
         print(f"fib(30): unpatched {unpatched / 1e6:.2f} ms, in transition {during / 1e6:.2f} ms,"
               f" finished {after / 1e6:.2f} ms")  # fmt: skip
         record("fib(30), fib patched, in transition", f"{during / 1e6:.2f} ms",
@@ -161,18 +167,19 @@ def main() -> None:
         crowd.wait(timeout=30)
 
         drivers = [Driver(root, lib) for _ in range(50)]
-        op = trigger.operation(str(patch))
-        started = time.perf_counter()
-        results = trigger.run_all(op, jobs=8, wait=0)
-        parallel = time.perf_counter() - started
-        assert sum(r.status == "applied" for r in results) == 50, results
+        apply = trigger.operation(str(patch))
         revert = trigger.operation(str(patch), revert=True)
         started = time.perf_counter()
+        results = trigger.run_all(apply, wait=0)
+        parallel = time.perf_counter() - started
+        assert sum(r.status == "applied" for r in results) == 50, results
+        assert all(not r.failed for r in trigger.run_all(revert, wait=0))
+        started = time.perf_counter()
         for d in drivers:
-            assert not trigger.run(d.pid, revert, wait=0).failed
+            assert not trigger.run(d.pid, apply, wait=0).failed
         sequential = time.perf_counter() - started
         print(f"--all over 50 processes: {parallel:.2f} s; one after the other {sequential:.2f} s")
-        record("trigger --all over 50 processes (8 jobs)", f"{parallel:.2f} s",
+        record(f"trigger --all over 50 processes ({os.cpu_count()} jobs)", f"{parallel:.2f} s",
                f"one after the other {sequential:.2f} s", parallel / sequential,
                "report")  # fmt: skip
         for d in drivers:

@@ -109,7 +109,11 @@ def _parser() -> argparse.ArgumentParser:
         help="every process with the runtime and the target loaded (matching build-id)",
     )
     p.add_argument(
-        "--jobs", type=int, default=8, metavar="N", help="processes patched at once with --all"
+        "--jobs",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        metavar="N",
+        help="processes patched at once with --all (default: CPUs, at most 8)",
     )
     p.add_argument(
         "--wait",

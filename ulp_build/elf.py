@@ -9,9 +9,10 @@ The test suite cross-checks this reader against pyelftools.
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
@@ -195,6 +196,17 @@ class ElfFile:
         except OSError as exc:
             raise ElfError(f"{path}: {exc.strerror or exc}") from None
         return cls(data, str(path))
+
+    @classmethod
+    def load_shared(cls, path: str | Path) -> ElfFile:
+        """`load`, sharing one parse among callers that read the same unchanged file (the
+        trigger reads the runtime and the target once per process: with `--all`, the same
+        files again and again). Only for reading."""
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise ElfError(f"{path}: {exc.strerror or exc}") from None
+        return _shared(str(path), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
 
     def _check_range(self, offset: int, size: int, what: str) -> None:
         if offset < 0 or size < 0 or offset + size > len(self.data):
@@ -572,3 +584,8 @@ def _cstring(table: bytes, index: int, name: str) -> str:
     if end < 0:
         raise ElfError(f"{name}: corrupt string table (unterminated string)")
     return table[index:end].decode("utf-8", "replace")
+
+
+@lru_cache(maxsize=64)
+def _shared(path: str, identity: tuple[int, int, int, int]) -> ElfFile:
+    return ElfFile.load(path)

@@ -69,6 +69,19 @@ def _tgkill(pid: int, tid: int, sig: int) -> None:
         )
 
 
+class _Backoff:
+    """Sleeps between polls that start short (a stop or a call usually takes microseconds)
+    and grow, so that waiting on a slow one, or on many processes at once, leaves the CPU to
+    the processes being waited on."""
+
+    def __init__(self) -> None:
+        self.delay = 0.00005
+
+    def __call__(self) -> None:
+        time.sleep(self.delay)
+        self.delay = min(self.delay * 2, 0.002)
+
+
 class _IoVec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 
@@ -170,6 +183,7 @@ class Tracee:
         """Wait until `tid` is in a ptrace stop; return the signal that stopped it if that is
         a real signal to hand back later (0 for our interrupt), None if it exited."""
         deadline = time.monotonic() + self.timeout
+        pause = _Backoff()
         while True:
             try:
                 got, status = os.waitpid(tid, WALL | os.WNOHANG)
@@ -178,7 +192,7 @@ class Tracee:
             if got == 0:
                 if time.monotonic() > deadline:
                     raise UlpError(f"process {self.pid}: thread {tid} did not stop in time")
-                time.sleep(0.0002)
+                pause()
                 continue
             if os.WIFEXITED(status) or os.WIFSIGNALED(status):
                 return None
@@ -326,6 +340,7 @@ class Tracee:
     def _run_until_return(self, thread: _Thread) -> int:
         deadline = time.monotonic() + self.timeout
         self._continue(thread)
+        pause = _Backoff()
         while True:
             got, status = os.waitpid(thread.tid, WALL | os.WNOHANG)
             if got == 0:
@@ -338,7 +353,7 @@ class Tracee:
                     raise UlpError(
                         f"process {self.pid}: the call did not return within {self.timeout} s"
                     )
-                time.sleep(0.0001)
+                pause()
                 continue
             if os.WIFEXITED(status) or os.WIFSIGNALED(status):
                 del self.threads[thread.tid]

@@ -110,7 +110,7 @@ def find_runtime(pid: int) -> tuple[str, int]:
 
 def read(pid: int) -> RuntimeState:
     path, base = find_runtime(pid)
-    symbols = {s.name: s for s in ElfFile.load(path).dynamic_symbols}
+    symbols = {s.name: s for s in ElfFile.load_shared(path).dynamic_symbols}
     if INFO_SYMBOL not in symbols:
         raise UlpError(f"{path}: no {INFO_SYMBOL} symbol; not a ulp_build runtime")
     header = HEADER.unpack(read_memory(pid, base + symbols[INFO_SYMBOL].value, HEADER.size))

@@ -61,7 +61,7 @@ def processes() -> list[int]:
 @cache
 def _patchable(path: str) -> int:
     try:
-        return len(padding.find(ElfFile.load(path)).functions)
+        return len(padding.find(ElfFile.load_shared(path)).functions)
     except (UlpError, OSError):
         return 0
 

@@ -141,7 +141,7 @@ def _open_mapped(pid: int, m: Mapping) -> ElfFile | None:
     # map_files is the inode the process mapped, even if the path now names a rebuilt file.
     for path in (f"{proc_dir(pid)}/map_files/{m.start:x}-{m.end:x}", m.path):
         try:
-            return ElfFile.load(path)
+            return ElfFile.load_shared(path)
         except (UlpError, OSError):
             continue
     return None

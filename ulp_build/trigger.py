@@ -26,7 +26,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -135,15 +135,16 @@ def candidates(op: Operation) -> list[int]:
 def run_all(
     op: Operation,
     *,
-    jobs: int = 8,
+    jobs: int = min(8, os.cpu_count() or 1),
     progress: Callable[[Result, int, int], None] | None = None,
     **kwargs: Any,
 ) -> list[Result]:
-    """`run` in every candidate process, `jobs` at a time (each process entirely in one
-    worker thread: ptrace belongs to the thread that attached). Processes that start
-    meanwhile are found by a new scan at the end, until a scan finds none."""
+    """`run` in every candidate process, `jobs` at a time, in worker processes (the work is
+    mostly Python, which threads would not spread over CPUs; and each target is traced from
+    start to end by one worker, as ptrace requires). Processes that start meanwhile are found
+    by a new scan at the end, until a scan finds none."""
     results: dict[int, Result] = {}
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
         while True:
             new = [pid for pid in candidates(op) if pid not in results and pid != os.getpid()]
             if not new:
@@ -197,7 +198,7 @@ class Plan:
     @classmethod
     def make(cls, pid: int, op: Operation) -> Plan:
         state = runtime_info.read(pid)
-        elf = ElfFile.load(state.runtime)
+        elf = ElfFile.load_shared(state.runtime)
         symbols = {s.name: s.value for s in elf.dynamic_symbols if s.defined}
         for name in ("ulp_buffer", "ulp_buffer_free", "ulp_prepare", "ulp_commit"):
             if name not in symbols:
@@ -384,7 +385,7 @@ def _object_symbols(obj: Path, patch: Patch) -> tuple[dict[str, int], dict[str, 
     """Offsets of the replacements and reference variables in the patch object, and its
     build-id; an error naming every missing one, before anything is loaded."""
     try:
-        elf = ElfFile.load(obj)
+        elf = ElfFile.load_shared(obj)
     except OSError as exc:
         raise UlpError(f"{obj}: {exc.strerror or exc}") from None
     symbols = {s.name: s for s in elf.dynamic_symbols if s.shndx != SHN_UNDEF}
