@@ -1,15 +1,21 @@
 """Processes that make patching hard: many threads, threads born and dying meanwhile, a main
-thread that has exited, a chroot."""
+thread that has exited, a chroot; and a trigger killed halfway."""
 
 from __future__ import annotations
 
+import os
+import random
 import shutil
+import signal
+import time
 from pathlib import Path
 
-from live import OVERFLOWED, SATURATED, patch_file, running, trigger_cli
+from live import OVERFLOWED, SATURATED, base_of, patch_file, running, trigger_cli
 
 from ulp_build import runtime_info, trigger
-from ulp_build.process import thread_ids
+from ulp_build.elf import ElfFile
+from ulp_build.process import maps, thread_ids
+from ulp_build.ptrace import Tracee
 
 
 def test_a_thousand_threads(tree: Path, patchee: Path, runtime: Path) -> None:
@@ -64,3 +70,63 @@ def test_chrooted_process(tree: Path, patchee: Path, runtime: Path, tmp_path: Pa
         assert p.ask("square 100000") == str(SATURATED)
         (patch,) = [x for x in runtime_info.read(p.pid).patches if x.active]
         assert patch.object == "/tree/patches/square_fix/patch.so"
+
+
+def test_trigger_killed_at_random_points(tree: Path, patchee: Path, runtime: Path) -> None:
+    """SIGKILL the trigger at a random moment of each of 100 runs: the process keeps running,
+    patched completely or not at all, and its threads blocked in read() and nanosleep() never
+    notice."""
+    lib = tree / "basic" / "libbasic.so"
+    apply = trigger.operation(patch_file(tree, "square_fix"))
+    revert = trigger.operation(patch_file(tree, "square_fix"), revert=True)
+    rng = random.Random(20261126)
+    outcomes = {"applied": 0, "not applied": 0}
+    with running(patchee, runtime, str(lib)) as p:
+        started = time.perf_counter()
+        assert not trigger.run(p.pid, apply).failed
+        assert not trigger.run(p.pid, revert).failed
+        typical = (time.perf_counter() - started) / 2
+        for _ in range(100):
+            child = os.fork()
+            if child == 0:  # the trigger, to be killed
+                trigger.run(p.pid, apply)
+                os._exit(0)
+            time.sleep(rng.uniform(0, typical * 1.5))
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+            answer = p.ask("square 100000")
+            applied = any(x.active for x in runtime_info.read(p.pid).patches)
+            assert answer == str(SATURATED if applied else OVERFLOWED)
+            outcomes["applied" if applied else "not applied"] += 1
+            if applied:
+                result = trigger.run(p.pid, revert, retries=50)
+                assert not result.failed, result.message
+                assert p.ask("square 100000") == str(OVERFLOWED)
+        assert p.ask("stats") == "eintr 0 usr1 0 rt 0"
+    # The kills landed before, during and after the patching.
+    assert outcomes["applied"] >= 5 and outcomes["not applied"] >= 5, outcomes
+
+
+def test_tracer_killed_during_a_call(tree: Path, patchee: Path, runtime: Path) -> None:
+    """The thread finishes the call alone, returns into ulp_resume and restores itself, down
+    to the read() it was blocked in, which it restarts."""
+    with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
+        regions = maps(p.pid)
+        libc = next(m for m in regions if Path(m.path).name.startswith("libc.so") and m.offset == 0)
+        usleep = libc.start + next(
+            s.value for s in ElfFile.load(libc.path).dynamic_symbols if s.name == "usleep"
+        )
+        resume = base_of(p.pid, runtime) + next(
+            s.value for s in ElfFile.load(runtime).dynamic_symbols if s.name == "ulp_resume"
+        )
+        child = os.fork()
+        if child == 0:
+            with Tracee(p.pid) as tracee:
+                tracee.call(usleep, 400_000, tid=p.pid, resume=resume)
+            os._exit(0)
+        time.sleep(0.15)
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        time.sleep(0.4)
+        assert p.ask("square 3") == "9"
+        assert p.ask("stats") == "eintr 0 usr1 0 rt 0"

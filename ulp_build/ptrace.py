@@ -23,10 +23,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ulp_build import sigframe
 from ulp_build.errors import UlpError
 from ulp_build.process import proc_dir, thread_ids
 
 PTRACE_CONT = 7
+PTRACE_SYSCALL = 24
+PTRACE_O_TRACESYSGOOD = 1
 PTRACE_GETREGS = 12
 PTRACE_SETREGS = 13
 PTRACE_DETACH = 17
@@ -41,6 +44,7 @@ RED_ZONE = 128
 XSTATE_MAX = 1 << 16
 _ASYNC_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGALRM, signal.SIGHUP}
 SYS_TGKILL = 234
+SYS_GETPID = 39
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.ptrace.restype = ctypes.c_long
@@ -154,7 +158,7 @@ class Tracee:
                 return
             for tid in new:
                 try:
-                    _ptrace(PTRACE_SEIZE, tid)
+                    _ptrace(PTRACE_SEIZE, tid, 0, PTRACE_O_TRACESYSGOOD)
                     _ptrace(PTRACE_INTERRUPT, tid)
                 except PtraceError as exc:
                     if self._exiting(tid):
@@ -209,8 +213,10 @@ class Tracee:
             try:
                 if thread.running:
                     self._stop(thread)
-                self._set_regs(thread.tid, thread.regs)
+                # The extended state first: until the general registers are back, a thread
+                # that a call left in ulp_resume restores both itself if we die here.
                 self._set_xstate(thread.tid, thread.xstate)
+                self._set_regs(thread.tid, thread.regs)
                 for sig in thread.pending:
                     _tgkill(self.pid, thread.tid, sig)
             except PtraceError as exc:
@@ -307,16 +313,29 @@ class Tracee:
 
     # -- calls -----------------------------------------------------------------------------
 
-    def call(self, function: int, *args: int, tid: int | None = None) -> int:
+    def call(
+        self, function: int, *args: int, tid: int | None = None, resume: int | None = None
+    ) -> int:
         """Run `function(*args)` (at most six integer arguments) in one stopped thread and
-        return %rax. The thread's registers are restored afterwards."""
+        return %rax. The thread's registers are restored afterwards.
+
+        With `resume` (the runtime's ulp_resume), the call returns there, and the thread's
+        state is left below its red zone as a signal frame first: should this process die
+        during the call, the thread restores itself and carries on. Without, it returns to
+        address 0, and the resulting SIGSEGV stop (never delivered) ends it."""
         if len(args) > 6:
             raise ValueError("at most six integer arguments")
         thread = self.threads[tid if tid is not None else min(self.threads)]
         regs = thread.regs.copy()
-        # Below the red zone, then aligned so that the callee sees %rsp = 8 mod 16.
-        sp = ((regs.rsp - RED_ZONE - 256) & ~0xF) - 8
-        self.write(sp, struct.pack("<Q", 0))
+        top = regs.rsp - RED_ZONE
+        if resume is not None:
+            frame, blob = sigframe.build(thread.regs, thread.xstate, top)
+            self.write(frame, blob)
+            regs.r12 = frame  # callee-saved: ulp_resume finds the frame there
+            top = frame
+        # Aligned so that the callee sees %rsp = 8 mod 16.
+        sp = ((top - 256) & ~0xF) - 8
+        self.write(sp, struct.pack("<Q", resume or 0))
         regs.rsp = sp
         regs.rip = function
         regs.rax = 0
@@ -325,7 +344,9 @@ class Tracee:
             setattr(regs, name, value & ((1 << 64) - 1))
         self._set_regs(thread.tid, regs)
         try:
-            return self._run_until_return(thread)
+            if resume is None:
+                return self._run_until_return(thread)
+            return self._run_until_resumed(thread, regs.r12)
         except BaseException:
             # Whatever interrupted us (a timeout, Ctrl-C): the thread must be stopped before
             # its registers can be put back.
@@ -334,8 +355,43 @@ class Tracee:
             raise
         finally:
             if thread.tid in self.threads:
+                self._set_xstate(thread.tid, thread.xstate)  # first: see detach
                 self._set_regs(thread.tid, thread.regs)
-                self._set_xstate(thread.tid, thread.xstate)
+
+    def _run_until_resumed(self, thread: _Thread, frame: int) -> int:
+        """Follow the thread's system calls until ulp_resume's getpid returns: the result is
+        in %rdi. The thread is then stopped at a system call's exit, where the kernel restarts
+        nothing: its registers are put back with any interrupted call restarted by hand."""
+        deadline = time.monotonic() + self.timeout
+        self._continue(thread, PTRACE_SYSCALL)
+        pause = _Backoff()
+        while True:
+            got, status = os.waitpid(thread.tid, WALL | os.WNOHANG)
+            if got == 0:
+                if time.monotonic() > deadline:
+                    self._stop(thread)
+                    raise UlpError(
+                        f"process {self.pid}: the call did not return within {self.timeout} s"
+                    )
+                pause()
+                continue
+            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                del self.threads[thread.tid]
+                raise UlpError(f"process {self.pid}: thread {thread.tid} died during the call")
+            thread.running = False
+            sig = os.WSTOPSIG(status)
+            if sig == signal.SIGTRAP | 0x80:
+                regs = self._get_regs(thread.tid)
+                at_exit = regs.rax != (1 << 64) - errno.ENOSYS
+                if regs.orig_rax == SYS_GETPID and regs.r12 == frame and at_exit:
+                    thread.regs = sigframe.restarted(thread.regs)
+                    return regs.rdi
+            elif sig == signal.SIGSEGV:
+                regs = self._get_regs(thread.tid)
+                raise UlpError(f"process {self.pid}: the call crashed at {regs.rip:#x}")
+            elif status >> 16 != PTRACE_EVENT_STOP:
+                thread.pending.append(sig)
+            self._continue(thread, PTRACE_SYSCALL)
 
     def _run_until_return(self, thread: _Thread) -> int:
         deadline = time.monotonic() + self.timeout
@@ -371,12 +427,12 @@ class Tracee:
             self._continue(thread)
 
     @staticmethod
-    def _continue(thread: _Thread) -> None:
+    def _continue(thread: _Thread, request: int = PTRACE_CONT) -> None:
         # No Python signal handler (Ctrl-C, an alarm) may run between resuming the thread and
         # recording that it runs: the cleanup would then treat a running thread as stopped.
         held = signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNC_SIGNALS)
         try:
-            _ptrace(PTRACE_CONT, thread.tid, 0, 0)
+            _ptrace(request, thread.tid, 0, 0)
             thread.running = True
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)

@@ -200,7 +200,7 @@ class Plan:
         state = runtime_info.read(pid)
         elf = ElfFile.load_shared(state.runtime)
         symbols = {s.name: s.value for s in elf.dynamic_symbols if s.defined}
-        for name in ("ulp_buffer", "ulp_buffer_free", "ulp_prepare", "ulp_commit"):
+        for name in ("ulp_buffer", "ulp_buffer_free", "ulp_prepare", "ulp_commit", "ulp_resume"):
             if name not in symbols:
                 raise UlpError(f"{state.runtime}: no {name}: a runtime too old for this trigger")
         base = next(m.start for m in maps(pid) if m.path == state.runtime and m.offset == 0)
@@ -291,7 +291,8 @@ class Plan:
         return self.commit(ticket, tid, timeout)
 
     def _call(self, tracee: Tracee, name: str, *args: int, tid: int) -> int:
-        value = tracee.call(self.runtime_base + self.symbols[name], *args, tid=tid)
+        resume = self.runtime_base + self.symbols["ulp_resume"]
+        value = tracee.call(self.runtime_base + self.symbols[name], *args, tid=tid, resume=resume)
         return value - (1 << 64) if value >= 1 << 63 else value
 
     def prepare(self, timeout: float) -> tuple[int, int]:
