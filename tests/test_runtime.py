@@ -37,6 +37,7 @@ def test_runtime_exports_only_its_symbols(runtime: Path) -> None:
         "ulp_buffer_free",
         "ulp_commit",
         "ulp_prepare",
+        "ulp_resume",
         "ulp_runtime",
         "ulp_track",
     ]
