@@ -10,10 +10,12 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from live import OVERFLOWED, SATURATED, base_of, patch_file, running, trigger_cli
 
 from ulp_build import runtime_info, trigger
 from ulp_build.elf import ElfFile
+from ulp_build.errors import UlpError
 from ulp_build.process import maps, thread_ids
 from ulp_build.ptrace import Tracee
 
@@ -116,9 +118,7 @@ def test_tracer_killed_during_a_call(tree: Path, patchee: Path, runtime: Path) -
         usleep = libc.start + next(
             s.value for s in ElfFile.load(libc.path).dynamic_symbols if s.name == "usleep"
         )
-        resume = base_of(p.pid, runtime) + next(
-            s.value for s in ElfFile.load(runtime).dynamic_symbols if s.name == "ulp_resume"
-        )
+        resume = runtime_info.landing(ElfFile.load(runtime), base_of(p.pid, runtime))
         child = os.fork()
         if child == 0:
             with Tracee(p.pid) as tracee:
@@ -128,5 +128,25 @@ def test_tracer_killed_during_a_call(tree: Path, patchee: Path, runtime: Path) -
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
         time.sleep(0.4)
+        assert p.ask("square 3") == "9"
+        assert p.ask("stats") == "eintr 0 usr1 0 rt 0"
+
+
+def test_call_that_times_out_finishes_alone(tree: Path, patchee: Path, runtime: Path) -> None:
+    """Cut short, a call could leave a lock held for ever: it is left to finish, and the
+    thread restores itself as if the trigger had died."""
+    with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
+        regions = maps(p.pid)
+        libc = next(m for m in regions if Path(m.path).name.startswith("libc.so") and m.offset == 0)
+        usleep = libc.start + next(
+            s.value for s in ElfFile.load(libc.path).dynamic_symbols if s.name == "usleep"
+        )
+        resume = runtime_info.landing(ElfFile.load(runtime), base_of(p.pid, runtime))
+        with (
+            Tracee(p.pid, timeout=0.1) as tracee,
+            pytest.raises(UlpError, match="finishes it alone"),
+        ):
+            tracee.call(usleep, 300_000, tid=p.pid, resume=resume)
+        time.sleep(0.5)
         assert p.ask("square 3") == "9"
         assert p.ask("stats") == "eintr 0 usr1 0 rt 0"

@@ -22,10 +22,11 @@ import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from ulp_build import sigframe
 from ulp_build.errors import UlpError
-from ulp_build.process import proc_dir, thread_ids
+from ulp_build.process import maps, proc_dir, thread_ids
 
 PTRACE_CONT = 7
 PTRACE_SYSCALL = 24
@@ -45,6 +46,7 @@ XSTATE_MAX = 1 << 16
 _ASYNC_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGALRM, signal.SIGHUP}
 SYS_TGKILL = 234
 SYS_GETPID = 39
+_SYSCALL_STOP = signal.SIGTRAP | 0x80  # with PTRACE_O_TRACESYSGOOD
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.ptrace.restype = ctypes.c_long
@@ -64,6 +66,16 @@ class Registers(ctypes.Structure):
         out = Registers()
         ctypes.pointer(out)[0] = self
         return out
+
+
+def _blocked_signals(pid: int, tid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
+            if line.startswith("SigBlk:"):
+                return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return 0
 
 
 def _tgkill(pid: int, tid: int, sig: int) -> None:
@@ -108,10 +120,20 @@ def _ptrace(request: int, tid: int, addr: int | None = 0, data: object = 0) -> i
 @dataclass
 class _Thread:
     tid: int
-    regs: Registers
+    regs: Registers  # to restore: as stopped, or with its system call restarted after a call
     xstate: bytes
     pending: list[int] = field(default_factory=list)  # signals held while attached
     running: bool = False  # continued for a call and not seen stopped since
+    abandoned: bool = False  # left in a call that timed out: it restores itself (ulp_resume)
+    stopped: Registers | None = None  # as stopped, once `regs` was changed
+
+
+class Landing(NamedTuple):
+    """Where calls return (the runtime's ulp_resume) and the address right after its getpid,
+    where the tracer takes over."""
+
+    address: int
+    marker: int
 
 
 @dataclass
@@ -201,33 +223,51 @@ class Tracee:
             if os.WIFEXITED(status) or os.WIFSIGNALED(status):
                 return None
             if os.WIFSTOPPED(status):
-                if status >> 16 == PTRACE_EVENT_STOP:
+                # Our interrupt, or a system call stop of a thread followed through a call.
+                if status >> 16 == PTRACE_EVENT_STOP or os.WSTOPSIG(status) == _SYSCALL_STOP:
                     return 0
                 return os.WSTOPSIG(status)
 
     def detach(self) -> None:
-        """Put every thread's registers back and let it run. Held signals are queued to the
-        thread again (a detach from an event stop would drop a signal passed with it)."""
+        """Put every thread's registers back and let it run, each one whatever happens to
+        another. Held signals are queued to the thread again (a detach from an event stop
+        would drop a signal passed with it)."""
+        failure: PtraceError | None = None
         for thread in list(self.threads.values()):
             del self.threads[thread.tid]
             try:
                 if thread.running:
                     self._stop(thread)
-                # The extended state first: until the general registers are back, a thread
-                # that a call left in ulp_resume restores both itself if we die here.
-                self._set_xstate(thread.tid, thread.xstate)
-                self._set_regs(thread.tid, thread.regs)
+                if not thread.abandoned:
+                    # The extended state first: until the general registers are back, a
+                    # thread that a call left in ulp_resume restores both itself if we die.
+                    self._set_xstate(thread.tid, thread.xstate)
+                    self._set_regs(thread.tid, self._final_regs(thread))
                 for sig in thread.pending:
                     _tgkill(self.pid, thread.tid, sig)
             except PtraceError as exc:
                 if exc.errno != errno.ESRCH:
-                    raise
+                    failure = failure or exc
             finally:
                 try:
                     _ptrace(PTRACE_DETACH, thread.tid, 0, 0)
                 except PtraceError as exc:
                     if exc.errno != errno.ESRCH:
-                        raise
+                        failure = failure or exc
+        if failure is not None:
+            raise failure
+
+    def _final_regs(self, thread: _Thread) -> Registers:
+        """After a call, `regs` restart the interrupted system call by hand, which is what the
+        kernel does when no signal intervenes. A held signal the thread does not block will be
+        delivered as it leaves: then the kernel must decide (restart, or EINTR for a handler
+        without SA_RESTART) from the registers as they were."""
+        if thread.stopped is None or not thread.pending:
+            return thread.regs
+        blocked = _blocked_signals(self.pid, thread.tid)
+        if any(not blocked >> (sig - 1) & 1 for sig in thread.pending):
+            return thread.stopped
+        return thread.regs
 
     def _stop(self, thread: _Thread) -> None:
         """Stop a thread we continued, holding any signal that stops it first."""
@@ -314,28 +354,36 @@ class Tracee:
     # -- calls -----------------------------------------------------------------------------
 
     def call(
-        self, function: int, *args: int, tid: int | None = None, resume: int | None = None
+        self, function: int, *args: int, tid: int | None = None, resume: Landing | None = None
     ) -> int:
         """Run `function(*args)` (at most six integer arguments) in one stopped thread and
         return %rax. The thread's registers are restored afterwards.
 
         With `resume` (the runtime's ulp_resume), the call returns there, and the thread's
         state is left below its red zone as a signal frame first: should this process die
-        during the call, the thread restores itself and carries on. Without, it returns to
-        address 0, and the resulting SIGSEGV stop (never delivered) ends it."""
+        during the call, the thread restores itself and carries on; and a call that does not
+        return in time is left to finish and restore itself the same way, rather than be cut
+        off holding locks. Without (or if the frame does not fit the thread's stack), it
+        returns to address 0, and the resulting SIGSEGV stop (never delivered) ends it."""
         if len(args) > 6:
             raise ValueError("at most six integer arguments")
         thread = self.threads[tid if tid is not None else min(self.threads)]
+        if thread.abandoned:
+            raise UlpError(f"process {self.pid}: thread {thread.tid} is still in a call")
         regs = thread.regs.copy()
         top = regs.rsp - RED_ZONE
+        frame = None
         if resume is not None:
             frame, blob = sigframe.build(thread.regs, thread.xstate, top)
-            self.write(frame, blob)
-            regs.r12 = frame  # callee-saved: ulp_resume finds the frame there
-            top = frame
+            if self._on_stack(regs.rsp, frame - 512):
+                self.write(frame, blob)
+                regs.r12 = frame  # callee-saved: ulp_resume finds the frame there
+                top = frame
+            else:
+                frame = None
         # Aligned so that the callee sees %rsp = 8 mod 16.
         sp = ((top - 256) & ~0xF) - 8
-        self.write(sp, struct.pack("<Q", resume or 0))
+        self.write(sp, struct.pack("<Q", resume.address if frame is not None and resume else 0))
         regs.rsp = sp
         regs.rip = function
         regs.rax = 0
@@ -344,9 +392,9 @@ class Tracee:
             setattr(regs, name, value & ((1 << 64) - 1))
         self._set_regs(thread.tid, regs)
         try:
-            if resume is None:
+            if frame is None or resume is None:
                 return self._run_until_return(thread)
-            return self._run_until_resumed(thread, regs.r12)
+            return self._run_until_resumed(thread, frame, resume.marker)
         except BaseException:
             # Whatever interrupted us (a timeout, Ctrl-C): the thread must be stopped before
             # its registers can be put back.
@@ -354,11 +402,17 @@ class Tracee:
                 self._stop(thread)
             raise
         finally:
-            if thread.tid in self.threads:
+            if thread.tid in self.threads and not thread.abandoned:
                 self._set_xstate(thread.tid, thread.xstate)  # first: see detach
                 self._set_regs(thread.tid, thread.regs)
 
-    def _run_until_resumed(self, thread: _Thread, frame: int) -> int:
+    def _on_stack(self, sp: int, lowest: int) -> bool:
+        """Whether [lowest, sp) lies in the mapping that holds `sp` (a thread's stack, or the
+        alternate signal stack it runs a handler on): writing below it would hit other data,
+        and a main thread's stack does not grow for /proc/PID/mem."""
+        return any(m.start <= lowest and sp <= m.end for m in maps(self.pid) if m.start <= sp)
+
+    def _run_until_resumed(self, thread: _Thread, frame: int, marker: int) -> int:
         """Follow the thread's system calls until ulp_resume's getpid returns: the result is
         in %rdi. The thread is then stopped at a system call's exit, where the kernel restarts
         nothing: its registers are put back with any interrupted call restarted by hand."""
@@ -369,9 +423,13 @@ class Tracee:
             got, status = os.waitpid(thread.tid, WALL | os.WNOHANG)
             if got == 0:
                 if time.monotonic() > deadline:
+                    # Cut short, the call could leave a lock held for ever: let it finish on
+                    # its own, and restore itself in ulp_resume as if we had died.
                     self._stop(thread)
+                    thread.abandoned = True
                     raise UlpError(
                         f"process {self.pid}: the call did not return within {self.timeout} s"
+                        f" (thread {thread.tid} finishes it alone)"
                     )
                 pause()
                 continue
@@ -380,10 +438,12 @@ class Tracee:
                 raise UlpError(f"process {self.pid}: thread {thread.tid} died during the call")
             thread.running = False
             sig = os.WSTOPSIG(status)
-            if sig == signal.SIGTRAP | 0x80:
+            if sig == _SYSCALL_STOP:
                 regs = self._get_regs(thread.tid)
                 at_exit = regs.rax != (1 << 64) - errno.ENOSYS
-                if regs.orig_rax == SYS_GETPID and regs.r12 == frame and at_exit:
+                ours = regs.rip == marker and regs.orig_rax == SYS_GETPID and regs.r12 == frame
+                if ours and at_exit:
+                    thread.stopped = thread.stopped or thread.regs
                     thread.regs = sigframe.restarted(thread.regs)
                     return regs.rdi
             elif sig == signal.SIGSEGV:

@@ -12,6 +12,7 @@ from pathlib import Path
 from ulp_build.elf import ElfFile
 from ulp_build.errors import UlpError
 from ulp_build.process import maps, read_memory
+from ulp_build.ptrace import Landing
 
 INFO_SYMBOL = "ulp_runtime"
 INFO_MAGIC = b"ULPRUN\0\0"
@@ -106,6 +107,19 @@ def find_runtime(pid: int) -> tuple[str, int]:
         if m.offset == 0 and Path(m.path).name.startswith("libulp"):
             return m.path, m.start
     raise UlpError(f"process {pid}: runtime not loaded (start it with `ulp run`)")
+
+
+def landing(runtime: ElfFile, base: int) -> Landing:
+    """Where the trigger's calls return: ulp_resume, and the address after its first system
+    call, where the trigger takes over (runtime/resume.S)."""
+    resume = next(
+        (s.value for s in runtime.dynamic_symbols if s.name == "ulp_resume" and s.defined), None
+    )
+    code = runtime.code_at(resume, 32) if resume is not None else None
+    at = code.find(b"\x0f\x05") if code else -1
+    if resume is None or at < 0:
+        raise UlpError(f"{runtime.name}: no ulp_resume: a runtime too old for this trigger")
+    return Landing(base + resume, base + resume + at + 2)
 
 
 def read(pid: int) -> RuntimeState:

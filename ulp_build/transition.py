@@ -118,12 +118,15 @@ def finish(pid: int, timeout: float = 5.0) -> list[Transition]:
         # The bytes to write were worked out above, while the process ran; `replace` writes
         # them only where nothing changed since. Who holds what is read again, now that
         # nothing moves.
-        holders = {t.library.index: t.holders for t in transitions(runtime_info.read(pid))}
+        now = {t.library.index: t for t in transitions(runtime_info.read(pid))}
         rips = [tracee.registers(tid).rip for tid in tracee.threads]
         if any(start <= rip < end for rip in rips for start, end in runtime_code):
             return found  # see the module's comment; the next trigger tries again
         for t in found:
-            t.holders = holders.get(t.library.index, [])
+            current = now.get(t.library.index)
+            if current is None or current.universe != t.universe:
+                continue  # changed since the bytes were worked out: the next time
+            t.holders = current.holders
             if t.holders or not t.unfinished:
                 continue
             # A thread stopped in a checker's second instruction would resume in the middle

@@ -27,7 +27,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from ulp_build.errors import UlpError
 from ulp_build.metadata import Function, Patch
 from ulp_build.prepared import PAD_BEFORE
 from ulp_build.process import Mapping, maps, proc_dir, read_memory, thread_ids
-from ulp_build.ptrace import Registers, Tracee
+from ulp_build.ptrace import Landing, Registers, Tracee
 
 # System calls the allocator makes while holding its locks.
 _ALLOCATOR_SYSCALLS = {
@@ -179,6 +179,7 @@ class Plan:
     runtime: str
     runtime_base: int
     symbols: dict[str, int]
+    landing: Landing
     library: target.LoadedLibrary
     code: list[target.FunctionCode]
     request: rq.Request
@@ -204,6 +205,7 @@ class Plan:
             if name not in symbols:
                 raise UlpError(f"{state.runtime}: no {name}: a runtime too old for this trigger")
         base = next(m.start for m in maps(pid) if m.path == state.runtime and m.offset == 0)
+        landing = runtime_info.landing(elf, base)
         patch = op.patch
         if patch is not None:
             library = target.find(pid, patch.target_name, patch.target_build_id)
@@ -228,7 +230,7 @@ class Plan:
         flags = rq.REVERT_ALL if op.revert_all else 0
         req = rq.Request(flags, library.descriptor, bytes.fromhex(library.build_id))
         code: list[target.FunctionCode] = []
-        plan = cls(pid, op, state.runtime, base, symbols, library, code, req)
+        plan = cls(pid, op, state.runtime, base, symbols, landing, library, code, req)
         if op.revert_all and not active and patch is None:
             raise UlpError(f"process {pid}: no patch is applied to {library.path}")
         if op.revert_all:
@@ -291,8 +293,8 @@ class Plan:
         return self.commit(ticket, tid, timeout)
 
     def _call(self, tracee: Tracee, name: str, *args: int, tid: int) -> int:
-        resume = self.runtime_base + self.symbols["ulp_resume"]
-        value = tracee.call(self.runtime_base + self.symbols[name], *args, tid=tid, resume=resume)
+        value = tracee.call(self.runtime_base + self.symbols[name], *args, tid=tid,
+                            resume=self.landing)  # fmt: skip
         return value - (1 << 64) if value >= 1 << 63 else value
 
     def prepare(self, timeout: float) -> tuple[int, int]:
@@ -318,7 +320,10 @@ class Plan:
                         back = read_memory(self.pid, buffer, len(raw))
                         why = rq.message(back[rq.MESSAGE_OFFSET :])
                     finally:
-                        self._call(tracee, "ulp_buffer_free", buffer, len(raw), tid=tid)
+                        # Not in a thread still finishing a call that timed out: the buffer
+                        # is then left, a few KiB.
+                        with suppress(UlpError):
+                            self._call(tracee, "ulp_buffer_free", buffer, len(raw), tid=tid)
                 if status > 0:
                     found = rq.indexes(back, len(self.request.functions))
                     for f, index in zip(self.request.functions, found, strict=True):
