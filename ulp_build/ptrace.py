@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 from ulp_build import sigframe
 from ulp_build.errors import UlpError
-from ulp_build.process import maps, proc_dir, thread_ids
+from ulp_build.process import Mapping, maps, proc_dir, thread_ids
 
 PTRACE_CONT = 7
 PTRACE_SYSCALL = 24
@@ -86,14 +86,19 @@ def _tgkill(pid: int, tid: int, sig: int) -> None:
 
 
 class _Backoff:
-    """Sleeps between polls that start short (a stop or a call usually takes microseconds)
-    and grow, so that waiting on a slow one, or on many processes at once, leaves the CPU to
-    the processes being waited on."""
+    """Pauses between polls: first a few yields of the CPU (a stop or a call usually takes
+    microseconds, and the process needs the CPU to get there), then sleeps that grow, so that
+    waiting on a slow one, or on many processes at once, leaves the CPU to them."""
 
     def __init__(self) -> None:
+        self.yields = 200
         self.delay = 0.00005
 
     def __call__(self) -> None:
+        if self.yields:
+            self.yields -= 1
+            os.sched_yield()
+            return
         time.sleep(self.delay)
         self.delay = min(self.delay * 2, 0.002)
 
@@ -146,9 +151,13 @@ class Tracee:
     only: frozenset[int] | None = None  # attach these alone (none, if gone); the others run
     threads: dict[int, _Thread] = field(default_factory=dict)
     stopped_for: float = 0.0  # seconds from the first attach to the last detach
+    # The process's mappings, for where a call may leave its frame: read once per stop, or
+    # given by a caller that read them before stopping the process (stacks stay put).
+    regions: list[Mapping] | None = None
 
     def __enter__(self) -> Tracee:
         self._since = time.perf_counter()
+        self._proc = proc_dir(self.pid)
         try:
             self._attach_all()
         except BaseException:
@@ -309,7 +318,7 @@ class Tracee:
     # -- memory ----------------------------------------------------------------------------
 
     def write(self, address: int, data: bytes) -> None:
-        fd = os.open(f"{proc_dir(self.pid)}/mem", os.O_RDWR)
+        fd = os.open(f"{self._proc}/mem", os.O_RDWR)
         try:
             self._pwrite(fd, address, data)
         finally:
@@ -319,7 +328,7 @@ class Tracee:
         """For each (address, expected, new): if every span still holds what it is expected
         to, write the new bytes over each and return True; else change nothing and return
         False. Also into read-only code (/proc/PID/mem); one read and one write per span."""
-        fd = os.open(f"{proc_dir(self.pid)}/mem", os.O_RDWR)
+        fd = os.open(f"{self._proc}/mem", os.O_RDWR)
         try:
             for address, expected, _new in edits:
                 if self._pread(fd, address, len(expected)) != expected:
@@ -372,18 +381,18 @@ class Tracee:
             raise UlpError(f"process {self.pid}: thread {thread.tid} is still in a call")
         regs = thread.regs.copy()
         top = regs.rsp - RED_ZONE
-        frame = None
+        frame, blob = None, b""
         if resume is not None:
             frame, blob = sigframe.build(thread.regs, thread.xstate, top)
             if self._on_stack(regs.rsp, frame - 512):
-                self.write(frame, blob)
                 regs.r12 = frame  # callee-saved: ulp_resume finds the frame there
                 top = frame
             else:
-                frame = None
-        # Aligned so that the callee sees %rsp = 8 mod 16.
+                frame, blob = None, b""
+        # Aligned so that the callee sees %rsp = 8 mod 16; its return address, then the frame.
         sp = ((top - 256) & ~0xF) - 8
-        self.write(sp, struct.pack("<Q", resume.address if frame is not None and resume else 0))
+        back = resume.address if frame is not None and resume is not None else 0
+        self.write(sp, struct.pack("<Q", back).ljust(top - sp, b"\0") + blob)
         regs.rsp = sp
         regs.rip = function
         regs.rax = 0
@@ -410,7 +419,9 @@ class Tracee:
         """Whether [lowest, sp) lies in the mapping that holds `sp` (a thread's stack, or the
         alternate signal stack it runs a handler on): writing below it would hit other data,
         and a main thread's stack does not grow for /proc/PID/mem."""
-        return any(m.start <= lowest and sp <= m.end for m in maps(self.pid) if m.start <= sp)
+        if self.regions is None:
+            self.regions = maps(self.pid)
+        return any(m.start <= lowest and sp <= m.end for m in self.regions if m.start <= sp)
 
     def _run_until_resumed(self, thread: _Thread, frame: int, marker: int) -> int:
         """Follow the thread's system calls until ulp_resume's getpid returns: the result is

@@ -303,7 +303,7 @@ class Plan:
         regions = maps(self.pid)
         reasons: list[str] = []
         for tid in _thread_ids(self.pid):
-            with Tracee(self.pid, timeout, only=frozenset({tid})) as tracee:
+            with Tracee(self.pid, timeout, only=frozenset({tid}), regions=regions) as tracee:
                 if tid not in tracee.threads:
                     continue
                 why = _unsafe_to_load(tracee.registers(tid), regions, self.runtime)
@@ -359,7 +359,8 @@ class Plan:
             if c.state is target.CodeState.PRISTINE:
                 writes.append((c.nop, jump))
         edits = snapshot.edited(writes)
-        with _held_signals(), Tracee(self.pid, timeout) as tracee:
+        regions = maps(self.pid)
+        with _held_signals(), Tracee(self.pid, timeout, regions=regions) as tracee:
             if not tracee.replace(edits):
                 raise _Busy(f"process {self.pid}: its code changed while being patched")
             caller = tid if tid in tracee.threads else min(tracee.threads)
