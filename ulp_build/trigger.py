@@ -17,7 +17,10 @@ variable. Then two stops:
 
 The process is never left stopped (ptrace.Tracee restores and detaches on every path) and
 never half-patched: until the commit nothing any thread runs has changed, and the commit is one
-call that runs to completion with Ctrl-C and SIGTERM held off.
+call that runs to completion with Ctrl-C and SIGTERM held off; a trigger killed outright leaves
+the call to finish alone (runtime/resume.S).
+
+Then the transition is finished when it can be (transition.py).
 """
 
 from __future__ import annotations
