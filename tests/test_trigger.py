@@ -167,11 +167,7 @@ def test_patch_object_rebuilt_at_the_same_path(
 ) -> None:
     """A reverted patch's object stays loaded; a rebuilt file at its path is refused, not
     confused with it."""
-    out = tmp_path / "stack_a"
-    out.mkdir()
-    src = tree / "patches" / "square_stack_a"
-    (out / "patch.toml").write_text((src / "patch.toml").read_text().replace(
-        '"../../basic/libbasic.so"', json.dumps(str(tree / "basic" / "libbasic.so"))))  # fmt: skip
+    out = Path(_retarget(tree, tmp_path, tree / "basic" / "libbasic.so", "square_stack_a")).parent
     source = samples.PATCHES / "square_stack_a" / "patch.c"
 
     def build(*flags: str) -> str:

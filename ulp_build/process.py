@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,11 +55,23 @@ def maps(pid: int) -> list[Mapping]:
 
 def read_memory(pid: int, address: int, size: int) -> bytes:
     try:
-        with open(f"{proc_dir(pid)}/mem", "rb", buffering=0) as mem:
-            mem.seek(address)
-            data = mem.read(size)
+        fd = os.open(f"{proc_dir(pid)}/mem", os.O_RDONLY)
     except FileNotFoundError:
         raise UlpError(f"process {pid}: no such process") from None
+    except OSError as exc:
+        raise UlpError(
+            f"process {pid}: cannot read memory at {address:#x}: {exc.strerror}"
+        ) from None
+    try:
+        return read_at(pid, fd, address, size)
+    finally:
+        os.close(fd)
+
+
+def read_at(pid: int, fd: int, address: int, size: int) -> bytes:
+    """Exactly `size` bytes at `address` of /proc/PID/mem open as `fd`, or a clear error."""
+    try:
+        data = os.pread(fd, size, address)
     except OSError as exc:
         raise UlpError(
             f"process {pid}: cannot read memory at {address:#x}: {exc.strerror}"
@@ -66,6 +79,19 @@ def read_memory(pid: int, address: int, size: int) -> bytes:
     if len(data) != size:
         raise UlpError(f"process {pid}: short read at {address:#x}")
     return data
+
+
+def write_at(pid: int, fd: int, address: int, data: bytes) -> None:
+    """All of `data` at `address` of /proc/PID/mem open as `fd` (read-only code too: the
+    kernel writes through the process's own mapping), or a clear error."""
+    try:
+        written = os.pwrite(fd, data, address)
+    except OSError as exc:
+        raise UlpError(
+            f"process {pid}: cannot write memory at {address:#x}: {exc.strerror}"
+        ) from None
+    if written != len(data):
+        raise UlpError(f"process {pid}: short write at {address:#x}")
 
 
 def thread_ids(pid: int) -> list[int]:

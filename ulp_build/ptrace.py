@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 from ulp_build import sigframe
 from ulp_build.errors import UlpError
-from ulp_build.process import Mapping, maps, proc_dir, thread_ids
+from ulp_build.process import Mapping, maps, proc_dir, read_at, thread_ids, write_at
 
 PTRACE_CONT = 7
 PTRACE_SYSCALL = 24
@@ -320,7 +320,7 @@ class Tracee:
     def write(self, address: int, data: bytes) -> None:
         fd = os.open(f"{self._proc}/mem", os.O_RDWR)
         try:
-            self._pwrite(fd, address, data)
+            write_at(self.pid, fd, address, data)
         finally:
             os.close(fd)
 
@@ -331,34 +331,13 @@ class Tracee:
         fd = os.open(f"{self._proc}/mem", os.O_RDWR)
         try:
             for address, expected, _new in edits:
-                if self._pread(fd, address, len(expected)) != expected:
+                if read_at(self.pid, fd, address, len(expected)) != expected:
                     return False
             for address, _expected, new in edits:
-                self._pwrite(fd, address, new)
+                write_at(self.pid, fd, address, new)
         finally:
             os.close(fd)
         return True
-
-    def _pread(self, fd: int, address: int, size: int) -> bytes:
-        try:
-            data = os.pread(fd, size, address)
-        except OSError as exc:
-            raise UlpError(
-                f"process {self.pid}: cannot read memory at {address:#x}: {exc.strerror}"
-            ) from None
-        if len(data) != size:
-            raise UlpError(f"process {self.pid}: short read at {address:#x}")
-        return data
-
-    def _pwrite(self, fd: int, address: int, data: bytes) -> None:
-        try:
-            written = os.pwrite(fd, data, address)
-        except OSError as exc:
-            raise UlpError(
-                f"process {self.pid}: cannot write memory at {address:#x}: {exc.strerror}"
-            ) from None
-        if written != len(data):
-            raise UlpError(f"process {self.pid}: short write at {address:#x}")
 
     # -- calls -----------------------------------------------------------------------------
 
