@@ -56,7 +56,7 @@ def main() -> None:
             "<= 4x",
         )
 
-        zraw = zlib.build(root / "zlib")
+        zraw = zlib.build(zlib.source(root / "zlib-source"), root / "zlib")
         zprep = root / "zlib-prepared" / zraw.name
         zprep.parent.mkdir()
         shutil.copy(zraw, zprep)

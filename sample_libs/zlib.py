@@ -1,5 +1,5 @@
-"""Debian's zlib as a real third-party sample: fetched with `apt-get source` (needs a deb-src
-entry; tools/install-deps adds one) and built with the flags `ulp cflags` prints."""
+"""Debian's zlib as a real third-party sample: fetched fresh with `apt-get source` (debian.py)
+and built with the flags `ulp cflags` prints."""
 
 from __future__ import annotations
 
@@ -8,39 +8,19 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from sample_libs import debian
 from ulp_build.prepared import CFLAGS
 
-CACHE = Path(os.environ.get("ULP_TEST_CACHE", Path.home() / ".cache" / "ulp_build-tests"))
+
+def source(root: Path) -> Path:
+    """Fetch the source into `root` (new or empty); return the unpacked tree."""
+    return debian.fetch("zlib", root)
 
 
-def source() -> Path:
-    """The unpacked source tree, fetched once into the cache."""
-    root = CACHE / "zlib"
-    found = sorted(root.glob("zlib-*/configure"))
-    if not found:
-        root.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run(
-            ["apt-get", "source", "zlib"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(
-                "apt-get source zlib failed (run tools/install-deps first):\n" + result.stderr
-            )
-        found = sorted(root.glob("zlib-*/configure"))
-    if not found:
-        raise RuntimeError(f"no zlib source tree in {root}")
-    return found[-1].parent
-
-
-def build(tree: Path) -> Path:
-    """Copy the source to `tree`, configure and build it; return the shared library (the real
-    file behind libz.so.1)."""
-    shutil.copytree(source(), tree)
+def build(source_tree: Path, tree: Path) -> Path:
+    """Copy `source_tree` to `tree`, configure and build it there; return the shared library
+    (the real file behind libz.so.1)."""
+    shutil.copytree(source_tree, tree)
     env = dict(os.environ, CFLAGS=" ".join(["-O2", "-g", *CFLAGS]))
     for cmd in (["./configure"], ["make", "-j2"]):
         result = subprocess.run(

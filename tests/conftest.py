@@ -64,6 +64,14 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def zlib_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Debian's zlib source, fetched fresh for this session (no cache outside the run)."""
+    from sample_libs import zlib
+
+    return zlib.source(tmp_path_factory.mktemp("zlib-source"))
+
+
+@pytest.fixture(scope="session")
 def libc_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the system's libc.so.6 (not built with padding: trampolines only)."""
     out = tmp_path_factory.mktemp("libc") / "libc.so.6"

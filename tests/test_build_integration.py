@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run, ulp
 
-from sample_libs import zlib
 from ulp_build.check import check
 from ulp_build.elf import ElfFile
 
@@ -278,9 +277,9 @@ def test_ci_gate(tmp_path: Path, libc_copy: Path) -> None:
     assert ulp("check", "--strict", "--json", str(plain)).returncode == 1
 
 
-def test_ci_example_script_on_zlib(tmp_path: Path) -> None:
+def test_ci_example_script_on_zlib(tmp_path: Path, zlib_source: Path) -> None:
     tree = tmp_path / "zlib"
-    shutil.copytree(zlib.source(), tree)
+    shutil.copytree(zlib_source, tree)
     result = run(["sh", str(REPO / "docs" / "ci" / "prepare-and-test.sh"), str(tree)], timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "zlib shared test OK" in result.stdout

@@ -3,21 +3,22 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
 import pytest
 from conftest import run, ulp
 
-from sample_libs import zlib
+from sample_libs import debian, zlib
 from ulp_build.check import check
 from ulp_build.elf import ElfFile
 
 
 @pytest.fixture(scope="module")
-def zlib_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def zlib_build(tmp_path_factory: pytest.TempPathFactory, zlib_source: Path) -> Path:
     tree = tmp_path_factory.mktemp("zlib") / "src"
-    zlib.build(tree)
+    zlib.build(zlib_source, tree)
     return tree
 
 
@@ -56,3 +57,15 @@ def test_zlib_make_test_under_the_runtime(
     zlib_build: Path, prepared_zlib: Path, runtime: Path
 ) -> None:
     _make_test(zlib_build, prepared_zlib, dict(os.environ, LD_PRELOAD=str(runtime)))
+
+
+def test_debian_versions_newest_first_by_dpkg() -> None:
+    listed = debian.versions("zlib")
+    assert len(listed) >= 2 and len(set(listed)) == len(listed)
+    for newer, older in itertools.pairwise(listed):
+        assert run(["dpkg", "--compare-versions", newer, "gt", older]).returncode == 0
+
+
+def test_debian_fetch_of_an_unknown_package_says_why(tmp_path: Path) -> None:
+    with pytest.raises(debian.SourceError, match="no-such-package-ulp.*lists no version"):
+        debian.fetch("no-such-package-ulp", tmp_path)
