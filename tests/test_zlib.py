@@ -67,5 +67,5 @@ def test_debian_versions_newest_first_by_dpkg() -> None:
 
 
 def test_debian_fetch_of_an_unknown_package_says_why(tmp_path: Path) -> None:
-    with pytest.raises(debian.SourceError, match="no-such-package-ulp.*lists no version"):
+    with pytest.raises(debian.SourceError, match=r"no-such-package-ulp.*lists no version"):
         debian.fetch("no-such-package-ulp", tmp_path)
