@@ -26,12 +26,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.results import record  # noqa: E402
-from ulp_build import transition, trigger  # noqa: E402
-from ulp_build.packer import pack  # noqa: E402
-from ulp_build.prepared import CFLAGS  # noqa: E402
-from ulp_build.ptrace import Tracee  # noqa: E402
-from ulp_build.rewrite import rewrite  # noqa: E402
-from ulp_build.runtime import runtime_path  # noqa: E402
+from ulp_build.live import transition, trigger  # noqa: E402
+from ulp_build.live.ptrace import Tracee  # noqa: E402
+from ulp_build.live.runtime import runtime_path  # noqa: E402
+from ulp_build.patch.packer import pack  # noqa: E402
+from ulp_build.prepare.layout import CFLAGS  # noqa: E402
+from ulp_build.prepare.rewrite import rewrite  # noqa: E402
 
 HERE = REPO / "bench" / "live"
 ROUNDS = 40
@@ -209,7 +209,7 @@ driver, lib = sys.argv[1], sys.argv[2]
 exe = driver + "-crowd"
 subprocess.run(["gcc", "-O2", "-pthread", "-x", "c", "-", "-o", exe, "-ldl"], input=src,
                text=True, check=True)
-from ulp_build.runtime import runtime_path
+from ulp_build.live.runtime import runtime_path
 p = subprocess.Popen([exe, lib], stdin=sys.stdin, stdout=subprocess.PIPE, text=True,
                      env=dict(os.environ, LD_PRELOAD=str(runtime_path())))
 print(p.stdout.readline().strip(), flush=True)

@@ -23,7 +23,7 @@ import lief
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.results import record
-from ulp_build.rewrite import rewrite
+from ulp_build.prepare.rewrite import rewrite
 
 
 def system_libc() -> Path:

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.results import record  # noqa: E402
 from sample_libs import samples, zlib  # noqa: E402
-from ulp_build.rewrite import rewrite  # noqa: E402
+from ulp_build.prepare.rewrite import rewrite  # noqa: E402
 
 
 def ratio(bench: Path, mode: str, raw: Path, prepared: Path) -> tuple[float, float]:

@@ -77,8 +77,8 @@ _Static_assert(offsetof(struct ulp_function, lib_offset) == ULP_FUNCTION_LIB, "d
 _Static_assert(offsetof(struct ulp_function, latest) == ULP_FUNCTION_LATEST, "dispatch.S");
 _Static_assert(offsetof(struct ulp_thread, padding) == ULP_THREAD_ZERO, "dispatch.S");
 _Static_assert(sizeof(struct ulp_version) == 16, "dispatch.S");
-_Static_assert(sizeof(struct ulp_function) == 48, "ulp_build/runtime_info.py");
-_Static_assert(sizeof(struct ulp_request) == 2032, "ulp_build/trigger.py");
+_Static_assert(sizeof(struct ulp_function) == 48, "ulp_build/live/runtime_state.py");
+_Static_assert(sizeof(struct ulp_request) == 2032, "ulp_build/live/request.py");
 
 __attribute__((constructor)) static void ulp_start(void)
 {

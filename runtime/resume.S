@@ -1,5 +1,5 @@
 /*
- * Where the trigger's calls into the process return (ulp_build/ptrace.py, Tracee.call).
+ * Where the trigger's calls into the process return (ulp_build/live/ptrace.py, Tracee.call).
  *
  * The trigger stops a thread wherever it is, makes it call one of our entry points and, when
  * the call is over, puts every register back. If the trigger dies meanwhile (SIGKILL, a crash)

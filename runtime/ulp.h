@@ -3,7 +3,7 @@
  *
  * Layouts here are read by assembly (the offsets below), by the trigger from outside the
  * process (through the introspection structure, see info.c), and by prepared libraries (the
- * descriptor, written by ulp_build/prepared.py). Change them together.
+ * descriptor, written by ulp_build/prepare/layout.py). Change them together.
  */
 #ifndef ULP_H
 #define ULP_H
@@ -49,7 +49,7 @@
 #define ULP_SHADOW_FRAMES (1u << 20)
 extern uint32_t ulp_shadow_frames;
 
-/* The descriptor a prepared library keeps in .ulp.data (ulp_build/prepared.py). */
+/* The descriptor a prepared library keeps in .ulp.data (ulp_build/prepare/layout.py). */
 struct ulp_descriptor {
     char magic[8];                  /* "ULPLIB\0\0" */
     uint32_t version;               /* 1 */
@@ -130,7 +130,7 @@ struct ulp_function {
     uint32_t reserved;
 };
 
-/* The trigger's requests (ulp_build/trigger.py writes them). */
+/* The trigger's requests (ulp_build/live/request.py writes them). */
 #define ULP_PAD_BEFORE 14
 #define ULP_ID_SIZE 128
 #define ULP_DESCRIPTION_SIZE 256

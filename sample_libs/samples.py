@@ -10,7 +10,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ulp_build.prepared import CFLAGS
+from ulp_build.prepare.layout import CFLAGS
 
 ROOT = Path(__file__).resolve().parent
 COMMON_CFLAGS = ["-O2", "-g", "-fPIC", "-Wall", "-Werror", f"-I{ROOT / 'include'}"]
@@ -130,7 +130,7 @@ def patch_names() -> list[str]:
 def build_patch_tree(build: Path) -> Path:
     """BUILD/basic/libbasic.so (prepared) and every sample patch under BUILD/patches/NAME/,
     as the descriptions expect; returns BUILD."""
-    from ulp_build.rewrite import rewrite
+    from ulp_build.prepare.rewrite import rewrite
 
     basic = load()["basic"]
     raw = build_library(basic, build / "raw")

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 from sample_libs import debian
-from ulp_build.prepared import CFLAGS
+from ulp_build.prepare.layout import CFLAGS
 
 
 def source(root: Path) -> Path:

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from sample_libs import samples  # noqa: E402
-from ulp_build.rewrite import rewrite  # noqa: E402
+from ulp_build.prepare.rewrite import rewrite  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tree(tmp_path_factory: pytest.TempPathFactory, runtime: Path) -> Path:
     """The prepared libbasic.so and every sample patch, packed."""
-    from ulp_build.packer import pack
+    from ulp_build.patch.packer import pack
 
     build = samples.build_patch_tree(tmp_path_factory.mktemp("patch-tree"))
     for name in samples.patch_names():

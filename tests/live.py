@@ -13,7 +13,7 @@ from pathlib import Path
 from conftest import REPO, ulp
 
 from ulp_build.elf import ElfFile
-from ulp_build.process import maps, read_memory
+from ulp_build.live.process import maps, read_memory
 
 PROGRAMS = REPO / "tests" / "programs"
 OVERFLOWED = 1410065408  # basic_square(100000) in 32-bit arithmetic

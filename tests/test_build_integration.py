@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run, ulp
 
-from ulp_build.check import check
 from ulp_build.elf import ElfFile
+from ulp_build.prepare.check import check
 
 EXAMPLES = REPO / "examples"
 
@@ -112,7 +112,7 @@ def test_setuptools_cmdclass(tmp_path: Path) -> None:
 def _without_cmdclass(project: Path) -> None:
     """The example's setup.py as a project that never heard of ulp_build."""
     setup = project / "setup.py"
-    text = setup.read_text().replace("import ulp_build.setuptools\n", "")
+    text = setup.read_text().replace("import ulp_build.integrations.setuptools\n", "")
     setup.write_text("\n".join(line for line in text.splitlines() if "cmdclass" not in line))
     assert "ulp_build" not in setup.read_text()
 

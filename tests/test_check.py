@@ -9,9 +9,9 @@ from pathlib import Path
 
 from conftest import BuiltSample, ulp
 
-from ulp_build import padding
 from ulp_build.elf import ElfFile
-from ulp_build.prepared import DESCRIPTOR_OFFSET, SECTION_DATA
+from ulp_build.prepare import patchable
+from ulp_build.prepare.layout import DESCRIPTOR_OFFSET, SECTION_DATA
 
 
 def _check(path: Path) -> tuple[int, dict]:
@@ -54,7 +54,7 @@ def test_finds_unnormalized_entry(built: dict[str, BuiltSample], tmp_path: Path)
     copy = tmp_path / "libbasic.so"
     shutil.copy(built["basic"].prepared, copy)
     elf = ElfFile.load(copy)
-    func = next(iter(padding.find(elf).functions.values()))
+    func = next(iter(patchable.find(elf).functions.values()))
     data = bytearray(copy.read_bytes())
     off = elf.offset_of(func.nop_at)
     data[off : off + 2] = b"\x90\x90"
@@ -127,9 +127,9 @@ def test_record_without_padding_and_padding_without_record(tmp_path: Path) -> No
     keep = next(s for s in elf.dynamic_symbols if s.name == "keep")
     data = bytearray(lib.read_bytes())
     for sec in elf.sections:
-        if sec.name == padding.RECORDS_SECTION:
+        if sec.name == patchable.RECORDS_SECTION:
             for r in elf.relocations_at(sec.addr, sec.size):
-                if r.addend == keep.value - padding.PAD_BEFORE:
+                if r.addend == keep.value - patchable.PAD_BEFORE:
                     rela_at = _rela_offset(elf, r.offset)
                     struct.pack_into("<QQq", data, rela_at, r.offset, 8, 0)
                     struct.pack_into("<Q", data, elf.offset_of(r.offset), 0)

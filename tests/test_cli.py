@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import BuiltSample, run, ulp
 
-from ulp_build.prepared import CFLAGS
+from ulp_build.prepare.layout import CFLAGS
 
 
 @pytest.mark.parametrize("command", ["rewrite", "check", "cflags"])

@@ -7,8 +7,8 @@ import capstone
 import keystone
 import pytest
 
-from ulp_build import codegen
 from ulp_build.errors import UlpError
+from ulp_build.prepare import codegen
 
 AT = 0x6000
 FUNCTION = 0x111E

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from live import OVERFLOWED, SATURATED, base_of, patch_file, running, trigger_cli
 
-from ulp_build import runtime_info, trigger
 from ulp_build.elf import ElfFile
 from ulp_build.errors import UlpError
-from ulp_build.process import maps, thread_ids
-from ulp_build.ptrace import Landing, Tracee
+from ulp_build.live import runtime_state, trigger
+from ulp_build.live.process import maps, thread_ids
+from ulp_build.live.ptrace import Landing, Tracee
 
 
 def test_a_thousand_threads(tree: Path, patchee: Path, runtime: Path) -> None:
@@ -70,7 +70,7 @@ def test_chrooted_process(tree: Path, patchee: Path, runtime: Path, tmp_path: Pa
         inside = trigger_cli("-p", str(p.pid), patch_file(root / "tree", "square_fix"))
         assert inside.returncode == 0, inside.stdout + inside.stderr
         assert p.ask("square 100000") == str(SATURATED)
-        (patch,) = [x for x in runtime_info.read(p.pid).patches if x.active]
+        (patch,) = [x for x in runtime_state.read(p.pid).patches if x.active]
         assert patch.object == "/tree/patches/square_fix/patch.so"
 
 
@@ -97,7 +97,7 @@ def test_trigger_killed_at_random_points(tree: Path, patchee: Path, runtime: Pat
             os.kill(child, signal.SIGKILL)
             os.waitpid(child, 0)
             answer = p.ask("square 100000")
-            applied = any(x.active for x in runtime_info.read(p.pid).patches)
+            applied = any(x.active for x in runtime_state.read(p.pid).patches)
             assert answer == str(SATURATED if applied else OVERFLOWED)
             outcomes["applied" if applied else "not applied"] += 1
             if applied:
@@ -116,7 +116,7 @@ def _usleep_and_landing(pid: int, runtime: Path) -> tuple[int, Landing]:
     usleep = libc.start + next(
         s.value for s in ElfFile.load(libc.path).dynamic_symbols if s.name == "usleep"
     )
-    return usleep, runtime_info.landing(ElfFile.load(runtime), base_of(pid, runtime))
+    return usleep, runtime_state.landing(ElfFile.load(runtime), base_of(pid, runtime))
 
 
 def test_tracer_killed_during_a_call(tree: Path, patchee: Path, runtime: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 from conftest import run, ulp
 
 from ulp_build.elf import ElfFile
-from ulp_build.rewrite import rewrite
+from ulp_build.prepare.rewrite import rewrite
 
 LOADER = "/lib64/ld-linux-x86-64.so.2"
 

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sample_libs import samples
-from ulp_build import metadata
 from ulp_build.errors import UlpError
+from ulp_build.patch import metadata
 
 
 @pytest.fixture(scope="module")

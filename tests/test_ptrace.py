@@ -13,8 +13,8 @@ from conftest import run
 
 from ulp_build.elf import ElfFile
 from ulp_build.errors import UlpError
-from ulp_build.process import maps
-from ulp_build.ptrace import Tracee
+from ulp_build.live.process import maps
+from ulp_build.live.ptrace import Tracee
 
 PROGRAM = Path(__file__).parent / "programs" / "victim.c"
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from conftest import BuiltSample, run, ulp
 
-from ulp_build import codegen, padding
 from ulp_build.elf import STT_FUNC, STT_GNU_IFUNC, ElfFile
-from ulp_build.prepared import SECTION_TRACK, SECTION_TRAMPOLINES
-from ulp_build.rewrite import exported_functions, rewrite
+from ulp_build.prepare import codegen, patchable
+from ulp_build.prepare.layout import SECTION_TRACK, SECTION_TRAMPOLINES
+from ulp_build.prepare.rewrite import exported_functions, rewrite
 
 SAMPLES = ["basic", "abi", "versioned", "ifunc", "symbolic", "cet", "cxx"]
 
@@ -126,13 +126,13 @@ def test_cet_library_gets_endbr64_everywhere(built: dict[str, BuiltSample]) -> N
 @pytest.mark.parametrize("name", SAMPLES)
 def test_every_padded_entry_is_one_two_byte_nop(built: dict[str, BuiltSample], name: str) -> None:
     raw, prepared = ElfFile.load(built[name].raw), ElfFile.load(built[name].prepared)
-    records = padding.records(raw)
+    records = patchable.records(raw)
     assert records, "the sample was built without padding"
     for pad in records:
-        nop_at, normalized = padding.entry_nop(prepared, pad + padding.PAD_BEFORE)
+        nop_at, normalized = patchable.entry_nop(prepared, pad + patchable.PAD_BEFORE)
         assert normalized
         assert prepared.read(nop_at, 2) == b"\x66\x90"
-        assert prepared.read(pad, padding.PAD_BEFORE) == b"\x90" * padding.PAD_BEFORE
+        assert prepared.read(pad, patchable.PAD_BEFORE) == b"\x90" * patchable.PAD_BEFORE
         assert raw.read(nop_at, 2) == b"\x90\x90"
 
 
@@ -142,7 +142,7 @@ def test_no_address_moves_and_only_entry_nops_change(
 ) -> None:
     raw, prepared = ElfFile.load(built[name].raw), ElfFile.load(built[name].prepared)
     assert raw.symtab_symbols == prepared.symtab_symbols
-    nops = {f.nop_at for f in padding.find(raw).functions.values()}
+    nops = {f.nop_at for f in patchable.find(raw).functions.values()}
     moved = {".dynsym", ".dynstr", ".gnu.version", ".gnu.hash", ".hash", ".rela.dyn"}
     after = {s.name: s for s in prepared.sections}
     for sec in raw.sections:

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, BuiltSample, run, ulp
 
-from ulp_build import runtime_info
 from ulp_build.elf import ElfFile
+from ulp_build.live import runtime_state
 
 SAMPLES = ["basic", "abi", "versioned", "ifunc", "symbolic", "cet", "cxx", "tracking"]
 
@@ -156,9 +156,9 @@ def waiting(
             proc.wait()
 
 
-def _main_thread(pid: int) -> tuple[runtime_info.RuntimeState, runtime_info.ThreadInfo, int]:
+def _main_thread(pid: int) -> tuple[runtime_state.RuntimeState, runtime_state.ThreadInfo, int]:
     """The runtime's state, its record of the main thread, and libtracking.so's index."""
-    state = runtime_info.read(pid)
+    state = runtime_state.read(pid)
     (main,) = [t for t in state.threads if t.tid == pid]
     return state, main, state.library("libtracking.so").index
 
@@ -223,7 +223,7 @@ def test_longjmp_from_a_full_shadow_stack(
 def test_cancelled_threads_leave_the_registry(built: dict[str, BuiltSample], runtime: Path) -> None:
     with waiting(built, "cancel", "1") as (pid, printed):
         assert printed[-1] == "cancel in pause: joined"
-        state = runtime_info.read(pid)
+        state = runtime_state.read(pid)
         assert [t.tid for t in state.threads] == [pid]
         assert all(lib.depth == 0 for lib in state.threads[0].libraries.values())
 
@@ -243,7 +243,7 @@ def test_fork_child_calls_in(built: dict[str, BuiltSample], runtime: Path) -> No
 def test_exited_threads_leave_the_registry(built: dict[str, BuiltSample], runtime: Path) -> None:
     with waiting(built, "wait") as (pid, printed):
         assert printed[0].startswith("8 threads agree")
-        state = runtime_info.read(pid)
+        state = runtime_state.read(pid)
         assert [t.tid for t in state.threads] == [pid]
 
 
@@ -253,7 +253,7 @@ def test_shadow_stack_exhaustion_fails_safe(
     """Past its limit, entries run untracked: the results stay right, nothing is corrupted."""
     monkeypatch.setenv("ULP_SHADOW_FRAMES", "64")
     with waiting(built, "deep", "1000") as (pid, _):
-        state = runtime_info.read(pid)
+        state = runtime_state.read(pid)
         (main,) = [t for t in state.threads if t.tid == pid]
         assert main.frames == 64
         assert main.libraries[state.library("libtracking.so").index].depth == 64
@@ -263,7 +263,7 @@ def test_shadow_stack_exhaustion_fails_safe(
 def test_introspection_of_a_thread_inside(built: dict[str, BuiltSample], runtime: Path) -> None:
     b = built["tracking"]
     with waiting(built, "inside") as (pid, _):
-        state = runtime_info.read(pid)
+        state = runtime_state.read(pid)
         assert Path(state.runtime) == runtime
         assert state.universe == 1
         lib = state.library("libtracking.so")
@@ -281,7 +281,7 @@ def test_library_dlopened_after_start_is_tracked(
     built: dict[str, BuiltSample], runtime: Path
 ) -> None:
     with waiting(built, "inside", dlopen=True) as (pid, _):
-        state = runtime_info.read(pid)
+        state = runtime_state.read(pid)
         lib = state.library("libtracking.so")
         (main,) = [t for t in state.threads if t.tid == pid]
         assert main.libraries[lib.index].depth == 1
@@ -298,8 +298,8 @@ def test_process_without_runtime_is_reported(built: dict[str, BuiltSample]) -> N
     )
     try:
         assert proc.stdout.readline().strip() == "ready"
-        with pytest.raises(runtime_info.UlpError, match="runtime not loaded"):
-            runtime_info.read(proc.pid)
+        with pytest.raises(runtime_state.UlpError, match="runtime not loaded"):
+            runtime_state.read(proc.pid)
     finally:
         proc.kill()
         proc.wait()
@@ -319,10 +319,10 @@ def test_libraries_past_the_limit_run_untracked(
     script = f"""
 import ctypes, os, sys
 sys.path.insert(0, {str(REPO)!r})
-from ulp_build import runtime_info
+from ulp_build.live import runtime_state
 libs = [ctypes.CDLL(p) for p in {paths!r}]
 results = {{lib.tracking_spin(100) for lib in libs for _ in range(3)}}
-state = runtime_info.read(os.getpid())
+state = runtime_state.read(os.getpid())
 print(len(state.libraries), len(results))
 """
     result = with_runtime([sys.executable, "-c", script], timeout=300)

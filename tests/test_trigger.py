@@ -26,10 +26,10 @@ from live import (
 )
 
 from sample_libs import samples
-from ulp_build import runtime_info, trigger
 from ulp_build.elf import ElfFile
-from ulp_build.packer import pack
-from ulp_build.process import maps, read_memory
+from ulp_build.live import runtime_state, trigger
+from ulp_build.live.process import maps, read_memory
+from ulp_build.patch.packer import pack
 
 # -- applying and reverting --------------------------------------------------------------------
 
@@ -58,7 +58,7 @@ def test_apply_then_revert(tree: Path, patchee: Path, runtime: Path) -> None:
         not_applied = trigger_cli("-p", str(p.pid), "--revert", patch_file(tree, "square_fix"))
         assert not_applied.returncode == 1
         assert "not applied" in not_applied.stdout
-        state = runtime_info.read(p.pid)
+        state = runtime_state.read(p.pid)
         assert [(x.id, x.active) for x in state.patches] == [("basic-square-saturate", False)]
 
 
@@ -111,7 +111,7 @@ def test_stacked_patches_revert_middle_top_bottom(tree: Path, patchee: Path, run
             result = trigger_cli("-p", pid, patch_file(tree, name, reverse=True))
             assert result.returncode == 0, result.stdout
             assert p.ask("square 100000") == str(expected), name
-        assert not [x for x in runtime_info.read(p.pid).patches if x.active]
+        assert not [x for x in runtime_state.read(p.pid).patches if x.active]
 
 
 def test_revert_all_and_apply_in_one_step(tree: Path, patchee: Path, runtime: Path) -> None:
@@ -130,7 +130,7 @@ def test_revert_all_and_apply_in_one_step(tree: Path, patchee: Path, runtime: Pa
         seen, total = p.ask("unwatch").split()[1::2]
         assert int(total) > 1000 and int(seen) == 0
         assert p.ask("square 100000") == str(SATURATED)
-        active = [x.id for x in runtime_info.read(p.pid).patches if x.active]
+        active = [x.id for x in runtime_state.read(p.pid).patches if x.active]
         assert active == ["basic-square-saturate"]
 
 
@@ -247,13 +247,13 @@ def test_contract_change_is_never_observed_mixed(tmp_path: Path, runtime: Path) 
 
 def _untouched(p: Process, lib: Path, args: list[str], message: str) -> None:
     before = code_bytes(p.pid, lib)
-    universe = runtime_info.read(p.pid).universe
+    universe = runtime_state.read(p.pid).universe
     result = trigger_cli("-p", str(p.pid), *args)
     assert result.returncode == 1, result.stdout
     assert message in result.stdout, result.stdout
     assert len(result.stdout.splitlines()) == 1
     assert code_bytes(p.pid, lib) == before
-    assert runtime_info.read(p.pid).universe == universe
+    assert runtime_state.read(p.pid).universe == universe
     assert p.ask("square 100000") == str(OVERFLOWED)
 
 
@@ -559,7 +559,7 @@ def test_a_thread_inside_holds_the_transition_open(
     lib = tree / "basic" / "libbasic.so"
     with running(patchee, runtime, str(lib)) as p:
         assert p.ask("hold") == "holding"
-        state = runtime_info.read(p.pid)
+        state = runtime_state.read(p.pid)
         (held,) = [t.tid for t in state.threads if any(s.depth for s in t.libraries.values())]
         result = trigger_cli("-p", str(p.pid), "--wait", "0.3", patch_file(tree, "square_stack_a"))
         assert result.returncode == 0

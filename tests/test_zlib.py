@@ -11,8 +11,8 @@ import pytest
 from conftest import run, ulp
 
 from sample_libs import debian, zlib
-from ulp_build.check import check
 from ulp_build.elf import ElfFile
+from ulp_build.prepare.check import check
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,16 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from ulp_build import __version__, demo, metadata, status, transition, trigger
-from ulp_build.check import CheckReport, check, summary
+from ulp_build import __version__, demo
 from ulp_build.elf import ElfFile
 from ulp_build.errors import UlpError
-from ulp_build.packer import pack
-from ulp_build.prepared import CFLAGS
-from ulp_build.rewrite import RewriteResult, rewrite
-from ulp_build.runtime import exec_with_runtime, runtime_path
+from ulp_build.live import inventory, transition, trigger
+from ulp_build.live.runtime import exec_with_runtime, runtime_path
+from ulp_build.patch import metadata
+from ulp_build.patch.packer import pack
+from ulp_build.prepare.check import CheckReport, check, summary
+from ulp_build.prepare.layout import CFLAGS
+from ulp_build.prepare.rewrite import RewriteResult, rewrite
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -353,13 +355,13 @@ def _summary(results: list[trigger.Result]) -> str:
 
 
 def _cmd_patches(args: argparse.Namespace) -> int:
-    pids = args.pid or status.processes()
+    pids = args.pid or inventory.processes()
     out = []
     for pid in pids:
         try:
             if args.finish:
                 transition.finish(pid, args.timeout)
-            out.append(status.of(pid))
+            out.append(inventory.of(pid))
         except UlpError as exc:
             if args.pid:
                 raise
@@ -368,7 +370,7 @@ def _cmd_patches(args: argparse.Namespace) -> int:
     return 0
 
 
-def _process_text(p: status.ProcessStatus) -> str:
+def _process_text(p: inventory.ProcessStatus) -> str:
     lines = [f"{p.pid}  {p.command}  (universe {p.universe})"]
     for lib in p.libraries:
         lines.append(

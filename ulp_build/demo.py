@@ -18,12 +18,12 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from ulp_build import trigger
 from ulp_build.errors import UlpError
-from ulp_build.packer import pack
-from ulp_build.prepared import CFLAGS
-from ulp_build.rewrite import rewrite
-from ulp_build.runtime import runtime_path
+from ulp_build.live import trigger
+from ulp_build.live.runtime import runtime_path
+from ulp_build.patch.packer import pack
+from ulp_build.prepare.layout import CFLAGS
+from ulp_build.prepare.rewrite import rewrite
 
 BEFORE, AFTER = 540, 480  # total(200, 3) with the bug and with the fix
 

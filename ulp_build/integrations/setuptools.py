@@ -3,7 +3,7 @@ prepared right after they are built.
 
 Three ways in, from most to least explicit:
 
-- `setup(cmdclass={"build_ext": ulp_build.setuptools.build_ext}, ...)` in setup.py;
+- `setup(cmdclass={"build_ext": ulp_build.integrations.setuptools.build_ext}, ...)` in setup.py;
 - `[tool.ulp_build] prepare-extensions = true` in pyproject.toml (list `ulp_build` in
   `[build-system] requires`);
 - `ULP_BUILD_PREPARE=1` in the environment, for packages you do not control (build them with
@@ -23,8 +23,8 @@ from typing import Any
 from setuptools import Distribution
 from setuptools.command.build_ext import build_ext as _setuptools_build_ext
 
-from ulp_build.prepared import CFLAGS
-from ulp_build.rewrite import rewrite
+from ulp_build.prepare.layout import CFLAGS
+from ulp_build.prepare.rewrite import rewrite
 
 ENVIRONMENT_SWITCH = "ULP_BUILD_PREPARE"
 

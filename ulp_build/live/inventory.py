@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from ulp_build import padding, runtime_info, transition
 from ulp_build.elf import ElfFile
 from ulp_build.errors import UlpError
-from ulp_build.process import maps, proc_dir
+from ulp_build.live import runtime_state, transition
+from ulp_build.live.process import maps, proc_dir
+from ulp_build.prepare import patchable
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def processes() -> list[int]:
 @cache
 def _patchable(path: str) -> int:
     try:
-        return len(padding.find(ElfFile.load_shared(path)).functions)
+        return len(patchable.find(ElfFile.load_shared(path)).functions)
     except (UlpError, OSError):
         return 0
 
@@ -75,7 +76,7 @@ def _command(pid: int) -> str:
 
 
 def of(pid: int) -> ProcessStatus:
-    state = runtime_info.read(pid)
+    state = runtime_state.read(pid)
     status = ProcessStatus(pid, _command(pid), state.universe)
     moving = {t.library.index: t for t in transition.transitions(state)}
     paths = {m.start: m.path for m in maps(pid) if m.offset == 0}

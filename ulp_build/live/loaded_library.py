@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from ulp_build import codegen
 from ulp_build.elf import ElfFile
 from ulp_build.errors import UlpError
-from ulp_build.metadata import Function
-from ulp_build.prepared import (
+from ulp_build.live.process import Mapping, Snapshot, maps, proc_dir, read_memory
+from ulp_build.patch.metadata import Function
+from ulp_build.prepare import codegen
+from ulp_build.prepare.layout import (
     DESCRIPTOR,
     DESCRIPTOR_MAGIC,
     DESCRIPTOR_OFFSET,
@@ -21,7 +22,6 @@ from ulp_build.prepared import (
     PAD_BEFORE,
     SECTION_DATA,
 )
-from ulp_build.process import Mapping, Snapshot, maps, proc_dir, read_memory
 
 _PRISTINE_PAD = b"\x90" * PAD_BEFORE
 

@@ -12,7 +12,7 @@ import struct
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ulp_build.ptrace import Registers
+    from ulp_build.live.ptrace import Registers
 
 # struct rt_sigframe: pretcode, struct ucontext (flags, link, stack_t, sigcontext, sigset),
 # struct siginfo.

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from ulp_build import sigframe
 from ulp_build.errors import UlpError
-from ulp_build.process import Mapping, maps, proc_dir, read_at, thread_ids, write_at
+from ulp_build.live import sigframe
+from ulp_build.live.process import Mapping, maps, proc_dir, read_at, thread_ids, write_at
 
 PTRACE_CONT = 7
 PTRACE_SYSCALL = 24

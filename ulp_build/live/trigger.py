@@ -35,14 +35,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ulp_build import metadata, runtime_info, status, target, transition
-from ulp_build import request as rq
 from ulp_build.elf import SHN_UNDEF, STT_FUNC, STT_OBJECT, ElfFile
 from ulp_build.errors import UlpError
-from ulp_build.metadata import Function, Patch
-from ulp_build.prepared import PAD_BEFORE
-from ulp_build.process import Mapping, maps, proc_dir, read_memory, thread_ids
-from ulp_build.ptrace import Landing, Registers, Tracee
+from ulp_build.live import inventory, loaded_library, runtime_state, transition
+from ulp_build.live import request as rq
+from ulp_build.live.process import Mapping, maps, proc_dir, read_memory, thread_ids
+from ulp_build.live.ptrace import Landing, Registers, Tracee
+from ulp_build.patch import metadata
+from ulp_build.patch.metadata import Function, Patch
+from ulp_build.prepare.layout import PAD_BEFORE
 
 # System calls the allocator makes while holding its locks.
 _ALLOCATOR_SYSCALLS = {
@@ -122,13 +123,13 @@ def candidates(op: Operation) -> list[int]:
     """Every process with the runtime and the operation's target loaded (with the patch's
     build-id)."""
     out = []
-    for pid in status.processes():
+    for pid in inventory.processes():
         try:
             if op.patch is not None:
-                target.find(pid, op.patch.target_name, op.patch.target_build_id)
+                loaded_library.find(pid, op.patch.target_name, op.patch.target_build_id)
             else:
                 assert op.revert_all is not None
-                target.find_by_name(pid, op.revert_all)
+                loaded_library.find_by_name(pid, op.revert_all)
         except UlpError:
             continue
         out.append(pid)
@@ -183,8 +184,8 @@ class Plan:
     runtime_base: int
     symbols: dict[str, int]
     landing: Landing
-    library: target.LoadedLibrary
-    code: list[target.FunctionCode]
+    library: loaded_library.LoadedLibrary
+    code: list[loaded_library.FunctionCode]
     request: rq.Request
     stopped_for: float = 0.0  # seconds every thread was stopped by the last commit
     indexes: dict[int, int] = field(default_factory=dict)  # pad -> the runtime's record
@@ -201,17 +202,17 @@ class Plan:
 
     @classmethod
     def make(cls, pid: int, op: Operation) -> Plan:
-        state = runtime_info.read(pid)
+        state = runtime_state.read(pid)
         elf = ElfFile.load_shared(state.runtime)
         symbols = {s.name: s.value for s in elf.dynamic_symbols if s.defined}
         for name in ("ulp_buffer", "ulp_buffer_free", "ulp_prepare", "ulp_commit", "ulp_resume"):
             if name not in symbols:
                 raise UlpError(f"{state.runtime}: no {name}: a runtime too old for this trigger")
         base = next(m.start for m in maps(pid) if m.path == state.runtime and m.offset == 0)
-        landing = runtime_info.landing(elf, base)
+        landing = runtime_state.landing(elf, base)
         patch = op.patch
         if patch is not None:
-            library = target.find(pid, patch.target_name, patch.target_build_id)
+            library = loaded_library.find(pid, patch.target_name, patch.target_build_id)
             if op.revert_all and op.revert_all not in (
                 patch.target_name,
                 library.path,
@@ -223,7 +224,7 @@ class Plan:
                 )
         else:
             assert op.revert_all is not None
-            library = target.find_by_name(pid, op.revert_all)
+            library = loaded_library.find_by_name(pid, op.revert_all)
         registration = library.registration()
         active = [
             p
@@ -232,7 +233,7 @@ class Plan:
         ]
         flags = rq.REVERT_ALL if op.revert_all else 0
         req = rq.Request(flags, library.descriptor, bytes.fromhex(library.build_id))
-        code: list[target.FunctionCode] = []
+        code: list[loaded_library.FunctionCode] = []
         plan = cls(pid, op, state.runtime, base, symbols, landing, library, code, req)
         if op.revert_all and not active and patch is None:
             raise UlpError(f"process {pid}: no patch is applied to {library.path}")
@@ -273,7 +274,7 @@ class Plan:
             req.references.append(rq.ReferenceEntry(r.kind, pointers[r.pointer], value))
         return plan
 
-    def add_reverted(self, patches: list[runtime_info.PatchInfo]) -> None:
+    def add_reverted(self, patches: list[runtime_state.PatchInfo]) -> None:
         """The functions that reverting `patches` changes need a checker again, wherever
         their transition was finished with a direct jump."""
         seen = {c.pad for c in self.code}
@@ -357,9 +358,9 @@ class Plan:
         writes = []
         for c in self.library.function_codes(functions, snapshot):
             pad, jump = c.checker(slot, self.indexes[c.pad])
-            if c.state is not target.CodeState.CHECKER:
+            if c.state is not loaded_library.CodeState.CHECKER:
                 writes.append((c.pad, pad))
-            if c.state is target.CodeState.PRISTINE:
+            if c.state is loaded_library.CodeState.PRISTINE:
                 writes.append((c.nop, jump))
         edits = snapshot.edited(writes)
         regions = maps(self.pid)

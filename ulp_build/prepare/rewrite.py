@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ulp_build import codegen, padding, symhash
+from ulp_build.atomic_write import write_atomically
 from ulp_build.elf import (
     DT_GNU_HASH,
     DT_HASH,
@@ -65,8 +65,8 @@ from ulp_build.elf import (
     Section,
     Symbol,
 )
-from ulp_build.files import write_atomically
-from ulp_build.prepared import (
+from ulp_build.prepare import codegen, patchable, symbol_hash
+from ulp_build.prepare.layout import (
     DEFAULT_UNTRACKED,
     DESCRIPTOR,
     DESCRIPTOR_FLAG_IBT,
@@ -145,7 +145,7 @@ def check_input(elf: ElfFile) -> None:
             f"{name}: defines {RUNTIME_SYMBOL}: it is the ulp runtime, which cannot track itself"
         )
     for sec in elf.sections:
-        if sec.type in (SHT_HASH, SHT_GNU_HASH) and not symhash.fits(
+        if sec.type in (SHT_HASH, SHT_GNU_HASH) and not symbol_hash.fits(
             elf.section_data(sec), sec.type == SHT_GNU_HASH
         ):
             raise ElfError(f"{name}: corrupt ELF file ({sec.name} is larger than its section)")
@@ -305,7 +305,7 @@ class _Rewriter:
     def _normalize_padding(self, functions: list[int]) -> None:
         """Make each entry's `90 90` one `66 90`: a thread is never stopped between two nops,
         so the universe checker's 2-byte jump can later replace it in one write."""
-        pads = padding.find(self.elf)
+        pads = patchable.find(self.elf)
         r = self.result
         r.patchable = len(pads.functions)
         no_padding = set(functions) - pads.functions.keys()
@@ -316,7 +316,7 @@ class _Rewriter:
         )
         r.padding_without_record = [self.elf.name_at(a) for a in pads.padding_without_record]
         r.records_without_padding = [
-            self.elf.name_at(a + padding.PAD_BEFORE) for a in pads.records_without_padding
+            self.elf.name_at(a + patchable.PAD_BEFORE) for a in pads.records_without_padding
         ]
         for func in pads.functions.values():
             if not func.normalized:
@@ -478,11 +478,11 @@ class _Rewriter:
             versym[2 * self.insert_at : 2 * self.insert_at] = struct.pack("<H", VER_NDX_GLOBAL)
             tables[lay.versym] = bytes(versym)
         if self.sec_gnu_hash is not None:
-            tables[lay.gnu_hash] = symhash.gnu_hash_shift(
+            tables[lay.gnu_hash] = symbol_hash.gnu_hash_shift(
                 elf.section_data(self.sec_gnu_hash), self.insert_at
             )
         if self.sec_hash is not None:
-            tables[lay.hash] = symhash.sysv_hash_insert(
+            tables[lay.hash] = symbol_hash.sysv_hash_insert(
                 elf.section_data(self.sec_hash), self.insert_at, RUNTIME_SYMBOL.encode()
             )
         return tables

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ulp_build import codegen, padding
 from ulp_build.elf import R_X86_64_GLOB_DAT, STT_GNU_IFUNC, ElfFile, Section
-from ulp_build.prepared import (
+from ulp_build.prepare import codegen, patchable
+from ulp_build.prepare.layout import (
     DEFAULT_UNTRACKED,
     DESCRIPTOR,
     DESCRIPTOR_MAGIC,
@@ -23,7 +23,7 @@ from ulp_build.prepared import (
     SECTION_TRACK,
     SECTION_TRAMPOLINES,
 )
-from ulp_build.rewrite import check_input, exported_functions, is_prepared
+from ulp_build.prepare.rewrite import check_input, exported_functions, is_prepared
 
 
 @dataclass
@@ -50,7 +50,7 @@ class CheckReport:
 def check(elf: ElfFile) -> CheckReport:
     check_input(elf)
     report = CheckReport(elf.name, is_prepared(elf), elf.build_id, elf.uses_ibt)
-    pads = padding.find(elf)
+    pads = patchable.find(elf)
     exported = exported_functions(elf)
     names = elf.versioned_names
     report.exported_functions = len(exported)

@@ -23,10 +23,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ulp_build import codegen, runtime_info
-from ulp_build.prepared import PAD_BEFORE
-from ulp_build.process import Snapshot, maps
-from ulp_build.ptrace import Tracee
+from ulp_build.live import runtime_state
+from ulp_build.live.process import Snapshot, maps
+from ulp_build.live.ptrace import Tracee
+from ulp_build.prepare import codegen
+from ulp_build.prepare.layout import PAD_BEFORE
 
 LIB_RECORDS = 64  # ULP_THREAD_LIBS: offset of the first library's record in a thread
 LIB_RECORD_SIZE = 16
@@ -43,11 +44,11 @@ class Holder:
 class Transition:
     """One library's patched functions and whether they can be finished."""
 
-    library: runtime_info.LibraryInfo
+    library: runtime_state.LibraryInfo
     universe: int  # of the library's last change
-    functions: list[runtime_info.FunctionRecord]
+    functions: list[runtime_state.FunctionRecord]
     holders: list[Holder] = field(default_factory=list)
-    unfinished: list[runtime_info.FunctionRecord] = field(default_factory=list)
+    unfinished: list[runtime_state.FunctionRecord] = field(default_factory=list)
     edits: list[tuple[int, bytes, bytes]] = field(default_factory=list)  # to finish it
 
     @property
@@ -62,7 +63,7 @@ def thread_name(pid: int, tid: int) -> str:
         return "?"
 
 
-def transitions(state: runtime_info.RuntimeState) -> list[Transition]:
+def transitions(state: runtime_state.RuntimeState) -> list[Transition]:
     """Per library with patches on its current load: its functions, which still run through a
     checker, and which threads hold an older universe than its last change."""
     out = []
@@ -98,7 +99,7 @@ def transitions(state: runtime_info.RuntimeState) -> list[Transition]:
     return out
 
 
-def _finished_bytes(f: runtime_info.FunctionRecord) -> tuple[bytes, bytes]:
+def _finished_bytes(f: runtime_state.FunctionRecord) -> tuple[bytes, bytes]:
     """The pad and entry nop of `f` once its transition is done (no nop: the entry jump
     stays)."""
     if f.newest == f.original:
@@ -109,16 +110,16 @@ def _finished_bytes(f: runtime_info.FunctionRecord) -> tuple[bytes, bytes]:
 def finish(pid: int, timeout: float = 5.0) -> list[Transition]:
     """Finish every transition of `pid` that can be finished now; return them all, the ones
     left pending with their holders (and `unfinished` functions)."""
-    found = transitions(runtime_info.read(pid))
+    found = transitions(runtime_state.read(pid))
     if not any(t.unfinished and not t.holders for t in found):
         return found
-    runtime = runtime_info.find_runtime(pid)[0]
+    runtime = runtime_state.find_runtime(pid)[0]
     runtime_code = [(m.start, m.end) for m in maps(pid) if m.path == runtime and "x" in m.perms]
     with Tracee(pid, timeout) as tracee:
         # The bytes to write were worked out above, while the process ran; `replace` writes
         # them only where nothing changed since. Who holds what is read again, now that
         # nothing moves.
-        now = {t.library.index: t for t in transitions(runtime_info.read(pid))}
+        now = {t.library.index: t for t in transitions(runtime_state.read(pid))}
         rips = [tracee.registers(tid).rip for tid in tracee.threads]
         if any(start <= rip < end for rip in rips for start, end in runtime_code):
             return found  # see the module's comment; the next trigger tries again
@@ -144,7 +145,7 @@ def wait_and_finish(pid: int, wait: float, timeout: float = 5.0) -> list[Transit
     pass, then finish what can be finished."""
     deadline = time.monotonic() + wait
     while True:
-        found = transitions(runtime_info.read(pid))
+        found = transitions(runtime_state.read(pid))
         if all(not t.holders for t in found if t.unfinished) or time.monotonic() >= deadline:
             break
         time.sleep(0.02)

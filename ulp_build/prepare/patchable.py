@@ -12,9 +12,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from ulp_build import codegen
 from ulp_build.elf import R_X86_64_RELATIVE, SHN_UNDEF, STT_FUNC, ElfFile
-from ulp_build.prepared import PAD_BEFORE
+from ulp_build.prepare import codegen
+from ulp_build.prepare.layout import PAD_BEFORE
 
 RECORDS_SECTION = "__patchable_function_entries"
 _PAD = b"\x90" * PAD_BEFORE

@@ -11,9 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ulp_build import codegen, padding
-from ulp_build.description import Description, Entry
-from ulp_build.description import load as load_description
+from ulp_build.atomic_write import write_all_atomically
 from ulp_build.elf import (
     ET_DYN,
     STT_FUNC,
@@ -25,10 +23,12 @@ from ulp_build.elf import (
     Symbol,
 )
 from ulp_build.errors import UlpError
-from ulp_build.files import write_all_atomically
-from ulp_build.metadata import Function, Patch, Reference, dumps
-from ulp_build.prepared import SECTION_TRAMPOLINES
-from ulp_build.rewrite import is_prepared
+from ulp_build.patch.description import Description, Entry
+from ulp_build.patch.description import load as load_description
+from ulp_build.patch.metadata import Function, Patch, Reference, dumps
+from ulp_build.prepare import codegen, patchable
+from ulp_build.prepare.layout import SECTION_TRAMPOLINES
+from ulp_build.prepare.rewrite import is_prepared
 
 _KIND_OF = {STT_OBJECT: "data", STT_TLS: "tls", STT_FUNC: "function"}
 _POINTER_SIZE = {"data": 8, "function": 8, "tls": 16}  # tls: a tls_index {module, offset}
@@ -211,7 +211,7 @@ def _functions(
             )
             continue
         first_line[addr] = entry
-        nop = padding.entry_nop(target.elf, addr)
+        nop = patchable.entry_nop(target.elf, addr)
         if nop is None:
             problems.append(
                 f"{where}: replace: {entry.name}: has no patchable padding (was"

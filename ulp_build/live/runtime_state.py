@@ -11,8 +11,8 @@ from pathlib import Path
 
 from ulp_build.elf import ElfFile
 from ulp_build.errors import UlpError
-from ulp_build.process import maps, read_memory
-from ulp_build.ptrace import Landing
+from ulp_build.live.process import maps, read_memory
+from ulp_build.live.ptrace import Landing
 
 INFO_SYMBOL = "ulp_runtime"
 INFO_MAGIC = b"ULPRUN\0\0"

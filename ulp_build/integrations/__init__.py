@@ -1,0 +1,1 @@
+"""Build-system integrations that prepare libraries as part of a build."""

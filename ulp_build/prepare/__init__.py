@@ -1,0 +1,2 @@
+"""Preparing libraries for live patching: finding patchable functions, generating the added code,
+rewriting the ELF file, and checking the result."""
