@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -130,6 +132,33 @@ REFUSALS = {
         {},
         '[replace]\nbasic_add = "basic_square_fixed"\nbasic_sum = "basic_square_fixed"\n',
         r"p\.toml:5: replace: basic_sum: the same function as basic_add \(line 4\)",
+    ),
+    "one replacement for two functions": (
+        {},
+        '[replace]\nbasic_square = "basic_square_fixed"\nbasic_add = "basic_square_fixed"\n',
+        r"p\.toml:5: replace: basic_add: has the same replacement basic_square_fixed as"
+        r" basic_square \(line 4\)",
+    ),
+    "misspelt table": (
+        {},
+        '[replce]\nbasic_square = "basic_square_fixed"\n',
+        r"p\.toml:3: unknown key 'replce'",
+    ),
+    "NUL in the target path": (
+        {"target": "libbasic\\u0000.so"},
+        '[replace]\nbasic_square = "basic_square_fixed"\n',
+        r"p\.toml:1: target contains the control character '\\x00'",
+    ),
+    "escape in the id": (
+        {},
+        'id = "x\\u001b[31my"\n[replace]\nbasic_square = "basic_square_fixed"\n',
+        r"p\.toml:3: id contains the control character '\\x1b'",
+    ),
+    "NUL in a symbol name": (
+        {},
+        '[replace]\n"basic_square\\u0000" = "basic_square_fixed"\n',
+        r"p\.toml:\?: replace: 'basic_square\\x00' = 'basic_square_fixed' contains the"
+        r" control character '\\x00'",
     ),
     "invalid toml": ({}, "[replace\nbasic_square = 1\n", r"p\.toml:3: invalid TOML"),
     "duplicate key": (
@@ -296,3 +325,27 @@ def test_object_that_is_the_target(tree: Path, tmp_path: Path) -> None:
     result = ulp("pack", str(desc))
     assert result.returncode == 1
     assert "self.toml:2: object: is the target itself" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (
+            lambda p: p.write_bytes(b'target = "libbasic.so"\nid = "caf\xe9"\n'),
+            "p.toml:2: not UTF-8",
+        ),
+        (lambda p: p.symlink_to("/dev/zero"), "p.toml: not a regular file"),
+        (lambda p: os.mkfifo(p), "p.toml: not a regular file"),
+        (lambda p: p.write_bytes(b"#" * (2 << 20)), "p.toml: larger than 1048576 bytes"),
+    ],
+    ids=["latin-1", "dev-zero", "fifo", "huge"],
+)
+def test_description_that_is_not_one(
+    tmp_path: Path, make: Callable[[Path], object], expected: str
+) -> None:
+    desc = tmp_path / "p.toml"
+    make(desc)
+    result = ulp("pack", str(desc), timeout=20)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.toml"]

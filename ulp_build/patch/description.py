@@ -3,13 +3,17 @@ shape, with the line of every entry so that each later problem can point at it."
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ulp_build.errors import UlpError
 
+# A description is a few lines; anything larger is not one (and /dev/zero never ends).
+MAX_SIZE = 1 << 20
 TOP_LEVEL_KEYS = {"target", "object", "id", "description", "replace", "references"}
 _HEADER = re.compile(r"^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]\s*(#.*)?$")
 _KEY = re.compile(r"""^\s*(?:"([^"]+)"|'([^']+)'|([A-Za-z0-9_.$@-]+))\s*=""")
@@ -45,6 +49,8 @@ def _line_numbers(text: str) -> dict[tuple[str, str], int]:
         header = _HEADER.match(line)
         if header:
             table = header.group(1)
+            # A misspelt table ([replce]) is an unknown top-level key: report its header's line.
+            out.setdefault(("", table), number)
             continue
         key = _KEY.match(line)
         if key:
@@ -53,13 +59,35 @@ def _line_numbers(text: str) -> dict[tuple[str, str], int]:
     return out
 
 
+def _read(path: Path) -> str:
+    """The text of a regular file of at most MAX_SIZE bytes, as UTF-8 (TOML's encoding)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError) as exc:
+        raise UlpError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise UlpError(f"{path}: not a regular file")
+        raw = file.read(MAX_SIZE + 1)
+    if len(raw) > MAX_SIZE:
+        raise UlpError(f"{path}: larger than {MAX_SIZE} bytes: not a patch description")
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise UlpError(f"{path}:{line}: not UTF-8 text (byte {exc.start})") from None
+
+
+def _unprintable(text: str) -> str | None:
+    """The first control character in `text` (NUL included), which no path or name here has."""
+    return next((c for c in text if ord(c) < 0x20 or ord(c) == 0x7F), None)
+
+
 def load(path: str | Path) -> Description:
     """Parse and shape-check a description; raise UlpError listing every problem found."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise UlpError(f"{path}: {exc.strerror or exc}") from None
+    text = _read(path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -80,6 +108,8 @@ def load(path: str | Path) -> Description:
     for key in ("target", "object", "id", "description"):
         if key in data and not isinstance(data[key], str):
             problems.append(f"{here('', key)}: {key} must be a string")
+        elif key in data and (bad := _unprintable(data[key])) is not None:
+            problems.append(f"{here('', key)}: {key} contains the control character {bad!r}")
         else:
             strings[key] = data.get(key)
     for key in ("target", "object"):
@@ -95,6 +125,13 @@ def load(path: str | Path) -> Description:
             if not isinstance(other, str):
                 problems.append(
                     f"{here(table, name)}: {table}.{name} must be a symbol name (a string)"
+                )
+                continue
+            bad = _unprintable(name + other)
+            if bad is not None:
+                problems.append(
+                    f"{here(table, name)}: {table}: {name!r} = {other!r} contains the control"
+                    f" character {bad!r}"
                 )
                 continue
             tables[table].append(Entry(name, other, lines.get((table, name), 0)))

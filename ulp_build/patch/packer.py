@@ -185,6 +185,7 @@ def _functions(
 ) -> list[Function]:
     out = []
     first_line: dict[int, Entry] = {}
+    by_replacement: dict[str, Entry] = {}
     for entry in desc.replace:
         where = desc.where(entry.line)
         found = _one(entry, "replace", target, f"target {desc.target}", desc, problems)
@@ -211,6 +212,15 @@ def _functions(
             )
             continue
         first_line[addr] = entry
+        # Two functions replaced by one: almost always a copy-and-paste slip, which would
+        # silently turn the second function into the first one's fix.
+        other = by_replacement.setdefault(entry.value, entry)
+        if other is not entry:
+            problems.append(
+                f"{where}: replace: {entry.name}: has the same replacement {entry.value} as"
+                f" {other.name} (line {other.line})"
+            )
+            continue
         nop = patchable.entry_nop(target.elf, addr)
         if nop is None:
             problems.append(
