@@ -1,8 +1,15 @@
-"""Writing output files the way a build step must: atomically."""
+"""Writing output files the way a build step must: atomically, and without changing who owns a
+file that is replaced.
+
+A file replaced in place keeps its owner and group, or is not replaced: as root, a rename would
+otherwise hand another user's library to root; as a user, a library in a shared directory would
+silently become that user's. The setuid and setgid bits are never carried over: a rewritten
+file is new code, and nobody reviewed it as a privileged program."""
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -32,14 +39,32 @@ def _temporary(target: Path, data: bytes | bytearray, mode: int) -> str:
         raise UlpError(f"{target}: cannot write: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as out:
+            _keep_owner(target, out.fileno())
             out.write(data)
-        os.chmod(tmp, mode)
+            os.fchmod(out.fileno(), mode & ~(stat.S_ISUID | stat.S_ISGID))
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise UlpError(f"{target}: cannot write: {exc.strerror or exc}") from None
         raise
     return tmp
+
+
+def _keep_owner(target: Path, fd: int) -> None:
+    try:
+        old = os.stat(target)
+    except FileNotFoundError:
+        return
+    new = os.fstat(fd)
+    if (old.st_uid, old.st_gid) == (new.st_uid, new.st_gid):
+        return
+    try:
+        os.fchown(fd, old.st_uid, old.st_gid)
+    except PermissionError:
+        raise UlpError(
+            f"{target}: owned by uid {old.st_uid} gid {old.st_gid}; replacing it would make it"
+            " yours: refusing (run as its owner or as root)"
+        ) from None
 
 
 def write_atomically(target: Path, data: bytes | bytearray, mode: int) -> None:
