@@ -12,7 +12,7 @@ TABLE = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = """# Benchmark results
 
 Written by the scripts in this directory (see README.md); every ratio is measured side by side
-in one run. Targets come from DESIGN section 7.
+in one run. Targets come from docs/design.md, "Cost targets".
 
 | benchmark | measured | baseline | ratio | target | machine | date |
 |---|---|---|---|---|---|---|

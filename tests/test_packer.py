@@ -147,18 +147,18 @@ REFUSALS = {
     "NUL in the target path": (
         {"target": "libbasic\\u0000.so"},
         '[replace]\nbasic_square = "basic_square_fixed"\n',
-        r"p\.toml:1: target contains the control character '\\x00'",
+        r"p\.toml:1: target contains the unprintable character '\\x00'",
     ),
     "escape in the id": (
         {},
         'id = "x\\u001b[31my"\n[replace]\nbasic_square = "basic_square_fixed"\n',
-        r"p\.toml:3: id contains the control character '\\x1b'",
+        r"p\.toml:3: id contains the unprintable character '\\x1b'",
     ),
     "NUL in a symbol name": (
         {},
         '[replace]\n"basic_square\\u0000" = "basic_square_fixed"\n',
         r"p\.toml:\?: replace: 'basic_square\\x00' = 'basic_square_fixed' contains the"
-        r" control character '\\x00'",
+        r" unprintable character '\\x00'",
     ),
     "invalid toml": ({}, "[replace\nbasic_square = 1\n", r"p\.toml:3: invalid TOML"),
     "duplicate key": (

@@ -1,4 +1,4 @@
-"""The patch description a patch author writes (TOML, DESIGN section 2), parsed and checked for
+"""The patch description a patch author writes (TOML, docs/design.md, "Patches: description and metadata"), parsed and checked for
 shape, with the line of every entry so that each later problem can point at it."""
 
 from __future__ import annotations
@@ -80,8 +80,9 @@ def _read(path: Path) -> str:
 
 
 def _unprintable(text: str) -> str | None:
-    """The first control character in `text` (NUL included), which no path or name here has."""
-    return next((c for c in text if ord(c) < 0x20 or ord(c) == 0x7F), None)
+    """The first character of `text` that does not print (NUL, escapes, C1 controls...): no path,
+    name or description here has one, and each ends up in messages printed to a terminal."""
+    return next((c for c in text if not c.isprintable()), None)
 
 
 def load(path: str | Path) -> Description:
@@ -109,7 +110,7 @@ def load(path: str | Path) -> Description:
         if key in data and not isinstance(data[key], str):
             problems.append(f"{here('', key)}: {key} must be a string")
         elif key in data and (bad := _unprintable(data[key])) is not None:
-            problems.append(f"{here('', key)}: {key} contains the control character {bad!r}")
+            problems.append(f"{here('', key)}: {key} contains the unprintable character {bad!r}")
         else:
             strings[key] = data.get(key)
     for key in ("target", "object"):
@@ -130,8 +131,8 @@ def load(path: str | Path) -> Description:
             bad = _unprintable(name + other)
             if bad is not None:
                 problems.append(
-                    f"{here(table, name)}: {table}: {name!r} = {other!r} contains the control"
-                    f" character {bad!r}"
+                    f"{here(table, name)}: {table}: {name!r} = {other!r} contains the"
+                    f" unprintable character {bad!r}"
                 )
                 continue
             tables[table].append(Entry(name, other, lines.get((table, name), 0)))
