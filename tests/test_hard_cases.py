@@ -17,7 +17,7 @@ from ulp_build.elf import ElfFile
 from ulp_build.errors import UlpError
 from ulp_build.live import runtime_state, trigger
 from ulp_build.live.process import maps, thread_ids
-from ulp_build.live.ptrace import Landing, Tracee
+from ulp_build.live.ptrace import ReturnPoint, Tracee
 
 
 def test_a_thousand_threads(tree: Path, patchee: Path, runtime: Path) -> None:
@@ -109,7 +109,7 @@ def test_trigger_killed_at_random_points(tree: Path, patchee: Path, runtime: Pat
     assert outcomes["applied"] >= 5 and outcomes["not applied"] >= 5, outcomes
 
 
-def _usleep_and_landing(pid: int, runtime: Path) -> tuple[int, Landing]:
+def _usleep_and_landing(pid: int, runtime: Path) -> tuple[int, ReturnPoint]:
     """libc's usleep in `pid` (a call that takes as long as we like) and the runtime's
     ulp_resume, where calls return."""
     libc = next(m for m in maps(pid) if Path(m.path).name.startswith("libc.so") and m.offset == 0)

@@ -40,7 +40,8 @@ from ulp_build.errors import UlpError
 from ulp_build.live import inventory, loaded_library, runtime_state, transition
 from ulp_build.live import request as rq
 from ulp_build.live.process import Mapping, maps, proc_dir, read_memory, thread_ids
-from ulp_build.live.ptrace import Landing, Registers, Tracee
+from ulp_build.live.ptrace import ReturnPoint, Tracee
+from ulp_build.live.registers import Registers
 from ulp_build.patch import metadata
 from ulp_build.patch.metadata import Function, Patch
 from ulp_build.prepare.layout import PAD_BEFORE
@@ -183,7 +184,7 @@ class Plan:
     runtime: str
     runtime_base: int
     symbols: dict[str, int]
-    landing: Landing
+    landing: ReturnPoint
     library: loaded_library.LoadedLibrary
     code: list[loaded_library.FunctionCode]
     request: rq.Request
