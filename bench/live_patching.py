@@ -26,7 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.results import record  # noqa: E402
-from ulp_build.live import transition, trigger  # noqa: E402
+from ulp_build.live import fleet, preflight, protocol, transition  # noqa: E402
+from ulp_build.live.operation import operation  # noqa: E402
 from ulp_build.live.ptrace import Tracee  # noqa: E402
 from ulp_build.live.runtime import runtime_path  # noqa: E402
 from ulp_build.patch.packer import pack  # noqa: E402
@@ -100,18 +101,18 @@ class Driver:
 
 def stop_ratio(pid: int, patch: Path, label: str, target: str) -> None:
     """Median commit stop against median bare attach/detach, interleaved."""
-    apply = trigger.operation(str(patch))
-    revert = trigger.operation(str(patch), revert=True)
+    apply = operation(str(patch))
+    revert = operation(str(patch), revert=True)
     bare, stops = [], []
     for _ in range(ROUNDS):
         with Tracee(pid) as tracee:
             pass
         bare.append(tracee.stopped_for)
-        plan = trigger.Plan.make(pid, apply)
-        ticket, tid = plan.prepare(5.0)
-        plan.commit(ticket, tid, 5.0)
-        stops.append(plan.stopped_for)
-        result = trigger.run(pid, revert, wait=0)
+        checked = preflight.check(pid, apply)
+        ticket, tid = protocol.prepare(checked, 5.0)
+        _universe, stopped_for = protocol.commit(checked, ticket, tid, 5.0)
+        stops.append(stopped_for)
+        result = protocol.run(pid, revert, wait=0)
         assert not result.failed, result.message
     b, s = statistics.median(bare) * 1e6, statistics.median(stops) * 1e6
     print(f"{label}: stopped {s:.0f} us, bare attach/detach {b:.0f} us, ratio {s / b:.2f}x")
@@ -132,12 +133,12 @@ def main() -> None:
         times: dict[str, list[int]] = {"unpatched": [], "transition": [], "finished": []}
         for _ in range(8):
             times["unpatched"].append(int(one.ask("time 30 5")))
-            plan = trigger.Plan.make(one.pid, trigger.operation(str(patch)))
-            plan.commit(*plan.prepare(5.0), 5.0)
+            checked = preflight.check(one.pid, operation(str(patch)))
+            protocol.commit(checked, *protocol.prepare(checked, 5.0), 5.0)
             times["transition"].append(int(one.ask("time 30 5")))
             assert all(t.done for t in transition.finish(one.pid))
             times["finished"].append(int(one.ask("time 30 5")))
-            assert trigger.run(one.pid, trigger.operation(str(patch), revert=True)).pending == []
+            assert protocol.run(one.pid, operation(str(patch), revert=True)).pending == []
         unpatched, during, after = (min(times[k]) for k in ("unpatched", "transition", "finished"))
         print(f"fib(30): unpatched {unpatched / 1e6:.2f} ms, in transition {during / 1e6:.2f} ms,"
               f" finished {after / 1e6:.2f} ms")  # fmt: skip
@@ -167,16 +168,16 @@ def main() -> None:
         crowd.wait(timeout=30)
 
         drivers = [Driver(root, lib) for _ in range(50)]
-        apply = trigger.operation(str(patch))
-        revert = trigger.operation(str(patch), revert=True)
+        apply = operation(str(patch))
+        revert = operation(str(patch), revert=True)
         started = time.perf_counter()
-        results = trigger.run_all(apply, wait=0)
+        results = fleet.run_all(apply, wait=0)
         parallel = time.perf_counter() - started
         assert sum(r.status == "applied" for r in results) == 50, results
-        assert all(not r.failed for r in trigger.run_all(revert, wait=0))
+        assert all(not r.failed for r in fleet.run_all(revert, wait=0))
         started = time.perf_counter()
         for d in drivers:
-            assert not trigger.run(d.pid, apply, wait=0).failed
+            assert not protocol.run(d.pid, apply, wait=0).failed
         sequential = time.perf_counter() - started
         print(f"--all over 50 processes: {parallel:.2f} s; one after the other {sequential:.2f} s")
         record(f"trigger --all over 50 processes ({os.cpu_count()} jobs)", f"{parallel:.2f} s",

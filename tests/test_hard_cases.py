@@ -15,9 +15,10 @@ from live import OVERFLOWED, SATURATED, base_of, patch_file, running, trigger_cl
 
 from ulp_build.elf import ElfFile
 from ulp_build.errors import UlpError
-from ulp_build.live import runtime_state, trigger
+from ulp_build.live import protocol, runtime_state
+from ulp_build.live.operation import operation
 from ulp_build.live.process import maps, thread_ids
-from ulp_build.live.ptrace import Landing, Tracee
+from ulp_build.live.ptrace import ReturnPoint, Tracee
 
 
 def test_a_thousand_threads(tree: Path, patchee: Path, runtime: Path) -> None:
@@ -35,11 +36,11 @@ def test_threads_created_and_exiting_meanwhile(tree: Path, patchee: Path, runtim
     with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
         assert p.ask("churn") == "churning"
         ops = [
-            trigger.operation(patch_file(tree, "square_fix")),
-            trigger.operation(patch_file(tree, "square_fix"), revert=True),
+            operation(patch_file(tree, "square_fix")),
+            operation(patch_file(tree, "square_fix"), revert=True),
         ]
         for i in range(40):
-            result = trigger.run(p.pid, ops[i % 2], wait=0.2)
+            result = protocol.run(p.pid, ops[i % 2], wait=0.2)
             assert not result.failed, f"operation {i}: {result.message}"
         assert p.ask("square 100000") == str(OVERFLOWED)
 
@@ -79,19 +80,19 @@ def test_trigger_killed_at_random_points(tree: Path, patchee: Path, runtime: Pat
     patched completely or not at all, and its threads blocked in read() and nanosleep() never
     notice."""
     lib = tree / "basic" / "libbasic.so"
-    apply = trigger.operation(patch_file(tree, "square_fix"))
-    revert = trigger.operation(patch_file(tree, "square_fix"), revert=True)
+    apply = operation(patch_file(tree, "square_fix"))
+    revert = operation(patch_file(tree, "square_fix"), revert=True)
     rng = random.Random(20261126)
     outcomes = {"applied": 0, "not applied": 0}
     with running(patchee, runtime, str(lib)) as p:
         started = time.perf_counter()
-        assert not trigger.run(p.pid, apply).failed
-        assert not trigger.run(p.pid, revert).failed
+        assert not protocol.run(p.pid, apply).failed
+        assert not protocol.run(p.pid, revert).failed
         typical = (time.perf_counter() - started) / 2
         for _ in range(100):
             child = os.fork()
             if child == 0:  # the trigger, to be killed
-                trigger.run(p.pid, apply)
+                protocol.run(p.pid, apply)
                 os._exit(0)
             time.sleep(rng.uniform(0, typical * 1.5))
             os.kill(child, signal.SIGKILL)
@@ -101,7 +102,7 @@ def test_trigger_killed_at_random_points(tree: Path, patchee: Path, runtime: Pat
             assert answer == str(SATURATED if applied else OVERFLOWED)
             outcomes["applied" if applied else "not applied"] += 1
             if applied:
-                result = trigger.run(p.pid, revert, retries=50)
+                result = protocol.run(p.pid, revert, retries=50)
                 assert not result.failed, result.message
                 assert p.ask("square 100000") == str(OVERFLOWED)
         assert p.ask("stats") == "eintr 0 usr1 0 rt 0"
@@ -109,7 +110,7 @@ def test_trigger_killed_at_random_points(tree: Path, patchee: Path, runtime: Pat
     assert outcomes["applied"] >= 5 and outcomes["not applied"] >= 5, outcomes
 
 
-def _usleep_and_landing(pid: int, runtime: Path) -> tuple[int, Landing]:
+def _usleep_and_landing(pid: int, runtime: Path) -> tuple[int, ReturnPoint]:
     """libc's usleep in `pid` (a call that takes as long as we like) and the runtime's
     ulp_resume, where calls return."""
     libc = next(m for m in maps(pid) if Path(m.path).name.startswith("libc.so") and m.offset == 0)

@@ -27,7 +27,8 @@ from live import (
 
 from sample_libs import samples
 from ulp_build.elf import ElfFile
-from ulp_build.live import runtime_state, trigger
+from ulp_build.live import protocol, runtime_state
+from ulp_build.live.operation import operation
 from ulp_build.live.process import maps, read_memory
 from ulp_build.patch.packer import pack
 
@@ -227,12 +228,12 @@ def test_contract_change_is_never_observed_mixed(tmp_path: Path, runtime: Path) 
         [str(program), str(lib)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    apply = trigger.operation(str(patch))
-    revert = trigger.operation(str(patch), revert=True)
+    apply = operation(str(patch))
+    revert = operation(str(patch), revert=True)
     end = time.monotonic() + 10
     for cycle in range(50):
         for op in (apply, revert):
-            result = trigger.run(proc.pid, op)
+            result = protocol.run(proc.pid, op)
             assert not result.failed, result.message
         time.sleep(max(0.0, (end - time.monotonic()) / (50 - cycle)))
     out, _ = proc.communicate(timeout=60)
@@ -442,14 +443,14 @@ def test_no_eintr_and_no_lost_signals(tree: Path, patchee: Path, runtime: Path) 
     in nanosleep() and read() during 20 patch operations never see EINTR."""
     with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
         ops = [
-            trigger.operation(patch_file(tree, "square_fix")),
-            trigger.operation(patch_file(tree, "square_fix"), revert=True),
+            operation(patch_file(tree, "square_fix")),
+            operation(patch_file(tree, "square_fix"), revert=True),
         ]
         sent = 0
         for i in range(20):
             os.kill(p.pid, signal.SIGRTMIN)
             sent += 1
-            result = trigger.run(p.pid, ops[i % 2])
+            result = protocol.run(p.pid, ops[i % 2])
             assert not result.failed, result.message
             os.kill(p.pid, signal.SIGRTMIN)
             sent += 1
@@ -491,11 +492,11 @@ def test_allocator_and_loader_hammered_during_200_operations(
     with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
         assert p.ask(f"hammer {tree / 'patches' / 'square_stack_a' / 'patch.so'}") == "hammering"
         ops = [
-            trigger.operation(patch_file(tree, "square_fix")),
-            trigger.operation(patch_file(tree, "square_fix"), revert=True),
+            operation(patch_file(tree, "square_fix")),
+            operation(patch_file(tree, "square_fix"), revert=True),
         ]
         for i in range(200):
-            result = trigger.run(p.pid, ops[i % 2], timeout=10, retries=100)
+            result = protocol.run(p.pid, ops[i % 2], timeout=10, retries=100)
             assert not result.failed, f"operation {i}: {result.message}"
         assert p.ask("square 100000") == str(OVERFLOWED)
 

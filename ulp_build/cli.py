@@ -18,7 +18,8 @@ from typing import Any
 from ulp_build import __version__, demo
 from ulp_build.elf import ElfFile
 from ulp_build.errors import UlpError
-from ulp_build.live import inventory, transition, trigger
+from ulp_build.live import fleet, inventory, protocol, transition
+from ulp_build.live.operation import operation
 from ulp_build.live.runtime import exec_with_runtime, runtime_path
 from ulp_build.patch import metadata
 from ulp_build.patch.packer import pack
@@ -113,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--jobs",
         type=int,
-        default=min(8, os.cpu_count() or 1),
+        default=fleet.JOBS,
         metavar="N",
         help="processes patched at once with --all (default: CPUs, at most 8)",
     )
@@ -298,7 +299,7 @@ def _cmd_runtime_path(args: argparse.Namespace) -> int:
 
 
 def _cmd_trigger(args: argparse.Namespace) -> int:
-    op = trigger.operation(args.patch, revert=args.revert, revert_all=args.revert_all)
+    op = operation(args.patch, revert=args.revert, revert_all=args.revert_all)
 
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -310,7 +311,7 @@ def _cmd_trigger(args: argparse.Namespace) -> int:
     if args.all:
         terminal = sys.stderr.isatty() and not args.json
 
-        def progress(result: trigger.Result, done: int, total: int) -> None:
+        def progress(result: protocol.Result, done: int, total: int) -> None:
             if terminal:
                 print("\r\033[K", end="", file=sys.stderr)
             if show:
@@ -318,13 +319,13 @@ def _cmd_trigger(args: argparse.Namespace) -> int:
             if terminal:
                 print(f"[{done}/{total}] {op.describe()}", end="", file=sys.stderr, flush=True)
 
-        results = trigger.run_all(op, jobs=args.jobs, progress=progress, **options)
+        results = fleet.run_all(op, jobs=args.jobs, progress=progress, **options)
         if terminal:
             print("\r\033[K", end="", file=sys.stderr)
     else:
         results = []
         for pid in args.pid:
-            results.append(trigger.run(pid, op, **options))
+            results.append(protocol.run(pid, op, **options))
             if show:
                 show(results[-1])
     if args.json:
@@ -334,7 +335,7 @@ def _cmd_trigger(args: argparse.Namespace) -> int:
     return 1 if any(r.failed for r in results) else 0
 
 
-def _result_line(result: trigger.Result) -> None:
+def _result_line(result: protocol.Result) -> None:
     text = result.message
     if result.universe and not result.failed:
         text += f" (universe {result.universe})"
@@ -344,7 +345,7 @@ def _result_line(result: trigger.Result) -> None:
     print(f"{result.pid}: {result.status}: {text}", flush=True)
 
 
-def _summary(results: list[trigger.Result]) -> str:
+def _summary(results: list[protocol.Result]) -> str:
     if not results:
         return "no process has the target loaded"
     counts: dict[str, int] = {}

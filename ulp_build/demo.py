@@ -19,7 +19,8 @@ from importlib import resources
 from pathlib import Path
 
 from ulp_build.errors import UlpError
-from ulp_build.live import trigger
+from ulp_build.live import protocol
+from ulp_build.live.operation import operation
 from ulp_build.live.runtime import runtime_path
 from ulp_build.patch.packer import pack
 from ulp_build.prepare.layout import CFLAGS
@@ -76,7 +77,7 @@ class _Program:
 def _step(pid: int, patch: Path, revert: bool, say: Callable[[str], None]) -> None:
     say(f"$ ulp trigger -p {pid} {'--revert ' if revert else ''}{patch.name}")
     started = time.monotonic()
-    result = trigger.run(pid, trigger.operation(str(patch), revert=revert))
+    result = protocol.run(pid, operation(str(patch), revert=revert))
     if result.failed:
         raise UlpError(f"demo: {result.message}")
     took = (time.monotonic() - started) * 1000

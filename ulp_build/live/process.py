@@ -1,4 +1,5 @@
-"""A live process seen from outside: its mappings, its memory, where an ELF file is loaded."""
+"""A live process seen from outside: its mappings, its memory, where an ELF file is loaded,
+and its root directory (a path handed to it is opened from there)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,21 @@ def proc_dir(pid: int) -> str:
         if tid != pid and _state(f"{leader}/task/{tid}/stat") not in ("Z", "X", ""):
             return f"{leader}/task/{tid}"
     return leader
+
+
+def path_seen_by(pid: int, path: Path) -> str:
+    """`path` as the process opens it: relative to its root directory if it chroot'ed."""
+    try:
+        root = Path(os.readlink(f"{proc_dir(pid)}/root"))
+    except OSError as exc:
+        raise UlpError(f"process {pid}: cannot read its root directory: {exc.strerror}") from None
+    if root == Path("/"):
+        return str(path)
+    if not path.is_relative_to(root):
+        raise UlpError(
+            f"process {pid} runs in a chroot ({root}): the patch object {path} must be inside it"
+        )
+    return "/" + str(path.relative_to(root))
 
 
 def _state(stat: str) -> str:

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ulp_build.errors import UlpError
-from ulp_build.live import sigframe
+from ulp_build.live import sigframe, tracer_signals
 from ulp_build.live.process import Mapping, maps, proc_dir, read_at, thread_ids, write_at
+from ulp_build.live.registers import NO_SYSCALL, Registers
 
 PTRACE_CONT = 7
 PTRACE_SYSCALL = 24
@@ -53,21 +54,6 @@ _libc.ptrace.restype = ctypes.c_long
 _libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
 
 
-class Registers(ctypes.Structure):
-    """struct user_regs_struct (x86-64)."""
-
-    _fields_ = [(name, ctypes.c_ulonglong) for name in (
-        "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx",
-        "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base",
-        "gs_base", "ds", "es", "fs", "gs",
-    )]  # fmt: skip
-
-    def copy(self) -> Registers:
-        out = Registers()
-        ctypes.pointer(out)[0] = self
-        return out
-
-
 def _blocked_signals(pid: int, tid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
@@ -85,16 +71,32 @@ def _tgkill(pid: int, tid: int, sig: int) -> None:
         )
 
 
-class _Backoff:
-    """Pauses between polls: first a few yields of the CPU (a stop or a call usually takes
-    microseconds, and the process needs the CPU to get there), then sleeps that grow, so that
-    waiting on a slow one, or on many processes at once, leaves the CPU to them."""
+class _Wait:
+    """Waiting for one thread's wait statuses (its stops, its exit) until a deadline. Polled,
+    so that the deadline holds, with pauses between polls: first a few yields of the CPU (a
+    stop or a call usually takes microseconds, and the process needs the CPU to get there),
+    then sleeps that grow, so that waiting on a slow one, or on many processes at once, leaves
+    the CPU to them. One per stop or call: the deadline and the pauses run on across the
+    stops that a call goes through."""
 
-    def __init__(self) -> None:
+    def __init__(self, tid: int, timeout: float) -> None:
+        self.tid = tid
+        self.deadline = time.monotonic() + timeout
         self.yields = 200
         self.delay = 0.00005
 
-    def __call__(self) -> None:
+    def status(self) -> int | None:
+        """The thread's next wait status, or None once the deadline has passed (raises
+        ChildProcessError if there is nothing left to wait for)."""
+        while True:
+            got, status = os.waitpid(self.tid, WALL | os.WNOHANG)
+            if got != 0:
+                return status
+            if time.monotonic() > self.deadline:
+                return None
+            self._pause()
+
+    def _pause(self) -> None:
         if self.yields:
             self.yields -= 1
             os.sched_yield()
@@ -133,7 +135,7 @@ class _Thread:
     stopped: Registers | None = None  # as stopped, once `regs` was changed
 
 
-class Landing(NamedTuple):
+class ReturnPoint(NamedTuple):
     """Where calls return (the runtime's ulp_resume) and the address right after its getpid,
     where the tracer takes over."""
 
@@ -217,18 +219,14 @@ class Tracee:
     def _wait_stopped(self, tid: int) -> int | None:
         """Wait until `tid` is in a ptrace stop; return the signal that stopped it if that is
         a real signal to hand back later (0 for our interrupt), None if it exited."""
-        deadline = time.monotonic() + self.timeout
-        pause = _Backoff()
+        wait = _Wait(tid, self.timeout)
         while True:
             try:
-                got, status = os.waitpid(tid, WALL | os.WNOHANG)
+                status = wait.status()
             except ChildProcessError:
                 return None
-            if got == 0:
-                if time.monotonic() > deadline:
-                    raise UlpError(f"process {self.pid}: thread {tid} did not stop in time")
-                pause()
-                continue
+            if status is None:
+                raise UlpError(f"process {self.pid}: thread {tid} did not stop in time")
             if os.WIFEXITED(status) or os.WIFSIGNALED(status):
                 return None
             if os.WIFSTOPPED(status):
@@ -342,7 +340,7 @@ class Tracee:
     # -- calls -----------------------------------------------------------------------------
 
     def call(
-        self, function: int, *args: int, tid: int | None = None, resume: Landing | None = None
+        self, function: int, *args: int, tid: int | None = None, resume: ReturnPoint | None = None
     ) -> int:
         """Run `function(*args)` (at most six integer arguments) in one stopped thread and
         return %rax. The thread's registers are restored afterwards.
@@ -375,7 +373,7 @@ class Tracee:
         regs.rsp = sp
         regs.rip = function
         regs.rax = 0
-        regs.orig_rax = (1 << 64) - 1  # not in a system call: nothing to restart
+        regs.orig_rax = NO_SYSCALL  # not in a system call: nothing to restart
         for name, value in zip(("rdi", "rsi", "rdx", "rcx", "r8", "r9"), args, strict=False):
             setattr(regs, name, value & ((1 << 64) - 1))
         self._set_regs(thread.tid, regs)
@@ -406,23 +404,19 @@ class Tracee:
         """Follow the thread's system calls until ulp_resume's getpid returns: the result is
         in %rdi. The thread is then stopped at a system call's exit, where the kernel restarts
         nothing: its registers are put back with any interrupted call restarted by hand."""
-        deadline = time.monotonic() + self.timeout
+        wait = _Wait(thread.tid, self.timeout)
         self._continue(thread, PTRACE_SYSCALL)
-        pause = _Backoff()
         while True:
-            got, status = os.waitpid(thread.tid, WALL | os.WNOHANG)
-            if got == 0:
-                if time.monotonic() > deadline:
-                    # Cut short, the call could leave a lock held for ever: let it finish on
-                    # its own, and restore itself in ulp_resume as if we had died.
-                    self._stop(thread)
-                    thread.abandoned = True
-                    raise UlpError(
-                        f"process {self.pid}: the call did not return within {self.timeout} s"
-                        f" (thread {thread.tid} finishes it alone)"
-                    )
-                pause()
-                continue
+            status = wait.status()
+            if status is None:
+                # Cut short, the call could leave a lock held for ever: let it finish on its
+                # own, and restore itself in ulp_resume as if we had died.
+                self._stop(thread)
+                thread.abandoned = True
+                raise UlpError(
+                    f"process {self.pid}: the call did not return within {self.timeout} s"
+                    f" (thread {thread.tid} finishes it alone)"
+                )
             if os.WIFEXITED(status) or os.WIFSIGNALED(status):
                 del self.threads[thread.tid]
                 raise UlpError(f"process {self.pid}: thread {thread.tid} died during the call")
@@ -444,23 +438,19 @@ class Tracee:
             self._continue(thread, PTRACE_SYSCALL)
 
     def _run_until_return(self, thread: _Thread) -> int:
-        deadline = time.monotonic() + self.timeout
+        wait = _Wait(thread.tid, self.timeout)
         self._continue(thread)
-        pause = _Backoff()
         while True:
-            got, status = os.waitpid(thread.tid, WALL | os.WNOHANG)
-            if got == 0:
-                if time.monotonic() > deadline:
-                    self._stop(thread)
-                    regs = self._get_regs(thread.tid)
-                    if thread.pending[-1:] == [signal.SIGSEGV] and regs.rip == 0:
-                        thread.pending.pop()  # it returned just as time ran out
-                        return regs.rax
-                    raise UlpError(
-                        f"process {self.pid}: the call did not return within {self.timeout} s"
-                    )
-                pause()
-                continue
+            status = wait.status()
+            if status is None:
+                self._stop(thread)
+                regs = self._get_regs(thread.tid)
+                if thread.pending[-1:] == [signal.SIGSEGV] and regs.rip == 0:
+                    thread.pending.pop()  # it returned just as time ran out
+                    return regs.rax
+                raise UlpError(
+                    f"process {self.pid}: the call did not return within {self.timeout} s"
+                )
             if os.WIFEXITED(status) or os.WIFSIGNALED(status):
                 del self.threads[thread.tid]
                 raise UlpError(f"process {self.pid}: thread {thread.tid} died during the call")
@@ -480,9 +470,6 @@ class Tracee:
     def _continue(thread: _Thread, request: int = PTRACE_CONT) -> None:
         # No Python signal handler (Ctrl-C, an alarm) may run between resuming the thread and
         # recording that it runs: the cleanup would then treat a running thread as stopped.
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNC_SIGNALS)
-        try:
+        with tracer_signals.held(_ASYNC_SIGNALS):
             _ptrace(request, thread.tid, 0, 0)
             thread.running = True
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)

@@ -12,7 +12,7 @@ from pathlib import Path
 from ulp_build.elf import ElfFile
 from ulp_build.errors import UlpError
 from ulp_build.live.process import maps, read_memory
-from ulp_build.live.ptrace import Landing
+from ulp_build.live.ptrace import ReturnPoint
 
 INFO_SYMBOL = "ulp_runtime"
 INFO_MAGIC = b"ULPRUN\0\0"
@@ -109,7 +109,7 @@ def find_runtime(pid: int) -> tuple[str, int]:
     raise UlpError(f"process {pid}: runtime not loaded (start it with `ulp run`)")
 
 
-def landing(runtime: ElfFile, base: int) -> Landing:
+def landing(runtime: ElfFile, base: int) -> ReturnPoint:
     """Where the trigger's calls return: ulp_resume, and the address after its first system
     call, where the trigger takes over (runtime/resume.S)."""
     resume = next(
@@ -119,7 +119,7 @@ def landing(runtime: ElfFile, base: int) -> Landing:
     at = code.find(b"\x0f\x05") if code else -1
     if resume is None or at < 0:
         raise UlpError(f"{runtime.name}: no ulp_resume: a runtime too old for this trigger")
-    return Landing(base + resume, base + resume + at + 2)
+    return ReturnPoint(base + resume, base + resume + at + 2)
 
 
 def read(pid: int) -> RuntimeState:

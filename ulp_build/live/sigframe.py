@@ -9,10 +9,8 @@ alternate signal stack and the signal mask from its last fields.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ulp_build.live.ptrace import Registers
+from ulp_build.live.registers import NO_SYSCALL, Registers
 
 # struct rt_sigframe: pretcode, struct ucontext (flags, link, stack_t, sigcontext, sigset),
 # struct siginfo.
@@ -31,7 +29,6 @@ FP_XSTATE_MAGIC2 = 0x46505845
 
 ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK = 512, 513, 514, 516
 SYS_RESTART_SYSCALL = 219
-_NO_SYSCALL = (1 << 64) - 1
 
 assert FRAME_SIZE == 440 and MCONTEXT_AT == 48
 
@@ -42,13 +39,13 @@ def restarted(regs: Registers) -> Registers:
     restart_syscall, which picks up an interrupted sleep where it was), and no system call in
     progress (orig_rax = -1)."""
     out = regs.copy()
-    if regs.orig_rax != _NO_SYSCALL:
+    if regs.orig_rax != NO_SYSCALL:
         error = (1 << 64) - regs.rax
         if error in (ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND):
             out.rax, out.rip = regs.orig_rax, regs.rip - 2
         elif error == ERESTART_RESTARTBLOCK:
             out.rax, out.rip = SYS_RESTART_SYSCALL, regs.rip - 2
-    out.orig_rax = _NO_SYSCALL
+    out.orig_rax = NO_SYSCALL
     return out
 
 

@@ -1,0 +1,62 @@
+"""`ulp trigger --all`: one operation in every process that has the runtime and its target
+loaded, several processes at a time, until no such process is left untried.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any
+
+from ulp_build.errors import UlpError
+from ulp_build.live import inventory, loaded_library
+from ulp_build.live.operation import Operation
+from ulp_build.live.protocol import Result, run
+
+# Processes patched at once unless told otherwise: one per CPU, at most 8.
+JOBS = min(8, os.cpu_count() or 1)
+
+
+def candidates(op: Operation) -> list[int]:
+    """Every process with the runtime and the operation's target loaded (with the patch's
+    build-id)."""
+    out = []
+    for pid in inventory.processes():
+        try:
+            if op.patch is not None:
+                loaded_library.find(pid, op.patch.target_name, op.patch.target_build_id)
+            else:
+                assert op.revert_all is not None
+                loaded_library.find_by_name(pid, op.revert_all)
+        except UlpError:
+            continue
+        out.append(pid)
+    return out
+
+
+def run_all(
+    op: Operation,
+    *,
+    jobs: int = JOBS,
+    progress: Callable[[Result, int, int], None] | None = None,
+    **kwargs: Any,
+) -> list[Result]:
+    """`run` in every candidate process, `jobs` at a time, in worker processes (the work is
+    mostly Python, which threads would not spread over CPUs; and each target is traced from
+    start to end by one worker, as ptrace requires). Processes that start meanwhile are found
+    by a new scan at the end, until a scan finds none."""
+    results: dict[int, Result] = {}
+    with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
+        while True:
+            new = [pid for pid in candidates(op) if pid not in results and pid != os.getpid()]
+            if not new:
+                break
+            total = len(results) + len(new)
+            futures = [pool.submit(run, pid, op, **kwargs) for pid in new]
+            for future in as_completed(futures):
+                result = future.result()
+                results[result.pid] = result
+                if progress:
+                    progress(result, len(results), total)
+    return [results[pid] for pid in sorted(results)]

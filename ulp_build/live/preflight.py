@@ -1,0 +1,176 @@
+"""Everything about one operation in one process that can be checked from outside, checked
+before the process is touched: the runtime is loaded (and new enough), the target is loaded
+with the patch's build-id, the patch is applied or not as the operation needs, the patch object
+has every replacement and reference variable. The result is the request for the runtime and
+the code the commit must change, all worked out while the process runs: the stops
+(protocol.py) then only do what cannot be done outside them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ulp_build.elf import SHN_UNDEF, STT_FUNC, STT_OBJECT, ElfFile
+from ulp_build.errors import UlpError
+from ulp_build.live import loaded_library, runtime_state
+from ulp_build.live import request as rq
+from ulp_build.live.operation import Operation
+from ulp_build.live.process import maps, path_seen_by
+from ulp_build.live.ptrace import ReturnPoint
+from ulp_build.patch.metadata import Function, Patch
+from ulp_build.prepare.layout import PAD_BEFORE
+
+
+class AlreadyApplied(UlpError):
+    """The patch to apply is applied in the process already: nothing to do, and no failure."""
+
+
+@dataclass
+class CheckedOperation:
+    """One operation in one process: everything it needs, checked before the process is
+    touched (`check`); protocol.py carries it out."""
+
+    pid: int
+    op: Operation
+    runtime: str
+    runtime_base: int
+    symbols: dict[str, int]
+    return_point: ReturnPoint
+    library: loaded_library.LoadedLibrary
+    code: list[loaded_library.FunctionCode]
+    request: rq.Request
+    # pad -> the runtime's record of the function: known here for the functions a revert
+    # changes, and told by each prepare (protocol.py) for the functions a patch replaces.
+    indexes: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def reverting(self) -> bool:
+        return self.op.revert or self.op.patch is None
+
+    @property
+    def summary(self) -> str:
+        return self.op.describe()
+
+    def add_reverted(self, patches: list[runtime_state.PatchInfo]) -> None:
+        """The functions that reverting `patches` changes need a checker again, wherever
+        their transition was finished with a direct jump."""
+        seen = {c.pad for c in self.code}
+        metas = []
+        for p in patches:
+            for f in p.functions:
+                if f.pad in seen:
+                    continue
+                seen.add(f.pad)
+                self.indexes[f.pad] = f.index
+                entry = f.pad + PAD_BEFORE - self.library.base
+                name = self.library.elf.name_at(entry)
+                metas.append(Function(name, entry, f.entry_nop - self.library.base, ""))
+        self.code += self.library.function_codes(metas)
+
+
+def check(pid: int, op: Operation) -> CheckedOperation:
+    """`op` in process `pid`, checked and worked out; raises AlreadyApplied, or UlpError for
+    anything that stands in its way."""
+    state = runtime_state.read(pid)
+    elf = ElfFile.load_shared(state.runtime)
+    symbols = {s.name: s.value for s in elf.dynamic_symbols if s.defined}
+    for name in ("ulp_buffer", "ulp_buffer_free", "ulp_prepare", "ulp_commit", "ulp_resume"):
+        if name not in symbols:
+            raise UlpError(f"{state.runtime}: no {name}: a runtime too old for this trigger")
+    base = next(m.start for m in maps(pid) if m.path == state.runtime and m.offset == 0)
+    return_point = runtime_state.landing(elf, base)
+    patch = op.patch
+    if patch is not None:
+        library = loaded_library.find(pid, patch.target_name, patch.target_build_id)
+        if op.revert_all and op.revert_all not in (
+            patch.target_name,
+            library.path,
+            Path(library.path).name,
+        ):
+            raise UlpError(
+                f"--revert-all {op.revert_all}: the patch {patch.id} is for"
+                f" {patch.target_name}, not that library"
+            )
+    else:
+        assert op.revert_all is not None
+        library = loaded_library.find_by_name(pid, op.revert_all)
+    registration = library.registration()
+    active = [
+        p
+        for p in state.patches
+        if p.active and p.target == library.descriptor and p.lib_offset == registration
+    ]
+    flags = rq.REVERT_ALL if op.revert_all else 0
+    req = rq.Request(flags, library.descriptor, bytes.fromhex(library.build_id))
+    code: list[loaded_library.FunctionCode] = []
+    checked = CheckedOperation(
+        pid, op, state.runtime, base, symbols, return_point, library, code, req
+    )
+    if op.revert_all and not active and patch is None:
+        raise UlpError(f"process {pid}: no patch is applied to {library.path}")
+    if op.revert_all:
+        checked.add_reverted(active)
+    if patch is None:
+        return checked
+    req.id, req.description = patch.id, patch.description
+    applied = [p for p in active if p.id == patch.id]
+    if op.revert:
+        req.flags |= rq.REVERT
+        if not applied:
+            raise UlpError(f"process {pid}: patch {patch.id} is not applied")
+        checked.add_reverted(applied)
+        return checked
+    if applied and not op.revert_all:
+        raise AlreadyApplied(f"process {pid}: patch {patch.id} is already applied")
+    req.flags |= rq.APPLY
+    assert op.patch_path is not None
+    obj = patch.object_path(op.patch_path)
+    req.object = path_seen_by(pid, obj)
+    replacements, pointers, req.object_build_id = _object_symbols(obj, patch)
+    patched = {f.offset: f for f in patch.functions}
+    code += library.function_codes(patch.functions)
+    for f in patch.functions:
+        req.functions.append(
+            rq.FunctionEntry(library.base + f.offset, library.base + f.nop_offset,
+                             replacements[f.replacement])
+        )  # fmt: skip
+    for r in patch.references:
+        if r.kind == "tls":
+            value = r.offset
+        elif r.kind == "function" and r.offset in patched:
+            # The replacement calls the original: past the checker, or it would call itself.
+            value = library.base + patched[r.offset].nop_offset + 2
+        else:
+            value = library.base + r.offset
+        req.references.append(rq.ReferenceEntry(r.kind, pointers[r.pointer], value))
+    return checked
+
+
+def _object_symbols(obj: Path, patch: Patch) -> tuple[dict[str, int], dict[str, int], bytes]:
+    """Offsets of the replacements and reference variables in the patch object, and its
+    build-id; an error naming every missing one, before anything is loaded."""
+    try:
+        elf = ElfFile.load_shared(obj)
+    except OSError as exc:
+        raise UlpError(f"{obj}: {exc.strerror or exc}") from None
+    symbols = {s.name: s for s in elf.dynamic_symbols if s.shndx != SHN_UNDEF}
+    missing = []
+    replacements: dict[str, int] = {}
+    pointers: dict[str, int] = {}
+    for f in patch.functions:
+        s = symbols.get(f.replacement)
+        if s is None or s.type != STT_FUNC:
+            missing.append(f"function {f.replacement}")
+        else:
+            replacements[f.replacement] = s.value
+    for r in patch.references:
+        s = symbols.get(r.pointer)
+        if s is None or s.type != STT_OBJECT or s.size < (16 if r.kind == "tls" else 8):
+            missing.append(f"variable {r.pointer}")
+        else:
+            pointers[r.pointer] = s.value
+    if missing:
+        raise UlpError(f"{obj}: the patch object lacks {', '.join(missing)}")
+    note = elf.build_id_note
+    return replacements, pointers, note[0][:32] if note else b""

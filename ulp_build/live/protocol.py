@@ -1,0 +1,189 @@
+"""The patching protocol (DESIGN section 5): apply, revert or revert-all in one running process.
+
+Everything that can be checked from outside has been checked (preflight.py). Then two stops:
+
+1. **Prepare**, in one thread while the others run: the runtime loads the patch object and
+   allocates what the commit needs. The loader and the allocator take locks, so the thread is
+   one that holds none (safe_thread.py); when no thread qualifies, the attempt is let go and
+   retried.
+2. **Commit**, with every thread stopped: the trigger writes the universe checkers (harmless
+   until the commit: they lead to the versions that ran before), then the runtime's lock-free
+   commit publishes every new version in one new universe. If it cannot (another trigger got
+   in between), the whole attempt is retried; the checkers stay, still harmless.
+
+The process is never left stopped (ptrace.Tracee restores and detaches on every path) and
+never half-patched: until the commit nothing any thread runs has changed, and the commit is one
+call that runs to completion with Ctrl-C and SIGTERM held off; a trigger killed outright leaves
+the call to finish alone (runtime/resume.S).
+
+Then the transition is finished when it can be (transition.py).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from contextlib import suppress
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ulp_build.errors import UlpError
+from ulp_build.live import loaded_library, tracer_signals, transition
+from ulp_build.live import request as rq
+from ulp_build.live.operation import Operation
+from ulp_build.live.preflight import AlreadyApplied, CheckedOperation, check
+from ulp_build.live.process import maps, read_memory
+from ulp_build.live.ptrace import Tracee
+from ulp_build.live.safe_thread import threads_to_try, unsafe_to_load
+from ulp_build.prepare.layout import PAD_BEFORE
+
+# Ctrl-C and SIGTERM wait until a call into the runtime has returned: abandoning it halfway
+# would leave its lock held in the process.
+_HELD = {signal.SIGINT, signal.SIGTERM}
+
+
+@dataclass(frozen=True)
+class Result:
+    """What became of the operation in one process."""
+
+    pid: int
+    status: str  # applied | reverted | already applied | exited | failed
+    message: str
+    universe: int = 0
+    pending: list[transition.Holder] = field(default_factory=list)  # transition not finished
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+
+class _Busy(UlpError):
+    """This attempt could not proceed now; let the process go and try again."""
+
+
+def run(
+    pid: int, op: Operation, *, timeout: float = 5.0, retries: int = 20, wait: float = 3.0
+) -> Result:
+    """Carry `op` out in process `pid`, then wait up to `wait` seconds to finish transitions;
+    never raises for a problem of that process."""
+    try:
+        checked = check(pid, op)
+        last = ""
+        for attempt in range(retries + 1):
+            if attempt:
+                time.sleep(min(0.01 * attempt, 0.2))
+            try:
+                universe = execute(checked, timeout)
+            except _Busy as exc:
+                last = str(exc)
+                continue
+            status = "reverted" if checked.reverting else "applied"
+            return _finished(Result(pid, status, checked.summary, universe), wait, timeout)
+        return Result(pid, "failed", f"gave up after {retries + 1} attempts: {last}")
+    except AlreadyApplied as exc:
+        return _finished(Result(pid, "already applied", str(exc)), wait, timeout)
+    except UlpError as exc:
+        if not Path(f"/proc/{pid}").exists():
+            return Result(pid, "exited", "the process exited")
+        return Result(pid, "failed", str(exc))
+
+
+def _finished(result: Result, wait: float, timeout: float) -> Result:
+    """`result`, with the threads that keep a transition of the process from finishing."""
+    try:
+        found = transition.wait_and_finish(result.pid, wait, timeout)
+    except UlpError as exc:
+        return replace(result, message=f"{result.message}; transition not finished: {exc}")
+    holders = [h for t in found if not t.done for h in t.holders]
+    return replace(result, pending=holders)
+
+
+def execute(checked: CheckedOperation, timeout: float) -> int:
+    """One attempt, both stops: the new universe."""
+    ticket, tid = prepare(checked, timeout)
+    universe, _stopped_for = commit(checked, ticket, tid, timeout)
+    return universe
+
+
+def _call(checked: CheckedOperation, tracee: Tracee, name: str, *args: int, tid: int) -> int:
+    value = tracee.call(checked.runtime_base + checked.symbols[name], *args, tid=tid,
+                        resume=checked.return_point)  # fmt: skip
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def prepare(checked: CheckedOperation, timeout: float) -> tuple[int, int]:
+    """The first stop: (ticket, thread that prepared)."""
+    pid = checked.pid
+    raw = checked.request.encode()
+    regions = maps(pid)
+    reasons: list[str] = []
+    for tid in threads_to_try(pid):
+        with Tracee(pid, timeout, only=frozenset({tid}), regions=regions) as tracee:
+            if tid not in tracee.threads:
+                continue
+            why = unsafe_to_load(tracee.registers(tid), regions, checked.runtime)
+            if why:
+                reasons.append(f"thread {tid} {why}")
+                continue
+            with tracer_signals.held(_HELD):
+                buffer = _call(checked, tracee, "ulp_buffer", len(raw), tid=tid)
+                if buffer <= 0:
+                    raise UlpError(f"process {pid}: the runtime could not map memory")
+                try:
+                    tracee.write(buffer, raw)
+                    status = _call(checked, tracee, "ulp_prepare", buffer, tid=tid)
+                    back = read_memory(pid, buffer, len(raw))
+                    why = rq.message(back[rq.MESSAGE_OFFSET :])
+                finally:
+                    # Not in a thread still finishing a call that timed out: the buffer is
+                    # then left, a few KiB.
+                    with suppress(UlpError):
+                        _call(checked, tracee, "ulp_buffer_free", buffer, len(raw), tid=tid)
+            if status > 0:
+                found = rq.indexes(back, len(checked.request.functions))
+                for f, index in zip(checked.request.functions, found, strict=True):
+                    checked.indexes[f.entry - PAD_BEFORE] = index
+                return status, tid
+            if status == -rq.EALREADY:
+                raise AlreadyApplied(f"process {pid}: {why}")
+            if status == -rq.EBUSY:
+                raise _Busy(f"process {pid}: {why}")
+            raise UlpError(f"process {pid}: {why or f'the runtime refused ({status})'}")
+    raise _Busy(
+        f"process {pid}: no thread is outside the loader and the allocator"
+        f" ({'; '.join(reasons) or 'no thread'})"
+    )
+
+
+def commit(checked: CheckedOperation, ticket: int, tid: int, timeout: float) -> tuple[int, float]:
+    """The second stop: write the checkers that are missing, then commit; (the new universe,
+    seconds every thread was stopped). A checker written by an attempt that does not commit
+    stays, harmlessly: the prepare made its function's record, with the versions that run now,
+    before any checker could lead there."""
+    pid, library = checked.pid, checked.library
+    slot = library.dispatch_slot
+    # Worked out while the process runs; under the stop, each span is compared with what was
+    # read here (another trigger may have written since: then start over) and written in one
+    # go. Nothing runs meanwhile, so the order of the bytes written does not matter; a thread
+    # stopped at a direct jump's pad runs the checker's first instruction instead.
+    functions = [c.function for c in checked.code]
+    snapshot = library.snapshot(functions)
+    writes = []
+    for c in library.function_codes(functions, snapshot):
+        pad, jump = c.checker(slot, checked.indexes[c.pad])
+        if c.state is not loaded_library.CodeState.CHECKER:
+            writes.append((c.pad, pad))
+        if c.state is loaded_library.CodeState.PRISTINE:
+            writes.append((c.nop, jump))
+    edits = snapshot.edited(writes)
+    regions = maps(pid)
+    with tracer_signals.held(_HELD), Tracee(pid, timeout, regions=regions) as tracee:
+        if not tracee.replace(edits):
+            raise _Busy(f"process {pid}: its code changed while being patched")
+        caller = tid if tid in tracee.threads else min(tracee.threads)
+        universe = _call(checked, tracee, "ulp_commit", ticket, tid=caller)
+    if universe == -rq.EBUSY:
+        raise _Busy(f"process {pid}: another trigger is patching it")
+    if universe <= 0:
+        raise UlpError(f"process {pid}: the runtime refused the commit ({universe})")
+    return universe, tracee.stopped_for
