@@ -1,5 +1,6 @@
 """Rewriting a libc-sized library against a plain LIEF parse-and-write round trip of the same
-file (docs/design.md, "Cost targets": at most 2x), in one run, interleaved so both see the same machine.
+file (docs/design.md, "Cost targets": at most 2x), in one run, interleaved so both see the same
+machine.
 
 Two views, both reported:
 - in process: `ulp_build.rewrite.rewrite()` against `lief.ELF.parse(); write()`, both with

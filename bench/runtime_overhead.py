@@ -1,5 +1,5 @@
-"""Cost of entry tracking (docs/design.md, "Cost targets"), each ratio measured in one process that loads an
-unprepared and a prepared build of the same library side by side, under the runtime:
+"""Cost of entry tracking (docs/design.md, "Cost targets"), each ratio measured in one process
+that loads an unprepared and a prepared build of the same library side by side, under the runtime:
 - an empty exported function called in a tight loop: tracked / unprepared, target at most 4x;
 - zlib deflating and inflating 4 MiB in 4 KiB chunks: tracked / unprepared, target at most 1.01x.
 """

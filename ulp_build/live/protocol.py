@@ -1,4 +1,5 @@
-"""The patching protocol (DESIGN section 5): apply, revert or revert-all in one running process.
+"""The patching protocol: apply, revert or revert-all in one running process (docs/design.md,
+"The two-stop protocol").
 
 Everything that can be checked from outside has been checked (preflight.py). Then two stops:
 

@@ -1,5 +1,6 @@
 """Stopping a whole process with ptrace, calling a function inside it, and letting it go
-exactly as it was (DESIGN section 5). The syscall layer only: what to call is the trigger's.
+exactly as it was (docs/design.md, "Stopping a process and calling into it"). The syscall layer
+only: what to call is the trigger's.
 
 - Every thread is seized and interrupted (PTRACE_SEIZE, so neither the process nor a parent
   waiting on it sees a stop), repeating until no new thread appears.

@@ -1,5 +1,6 @@
-"""The patch description a patch author writes (TOML, docs/design.md, "Patches: description and metadata"), parsed and checked for
-shape, with the line of every entry so that each later problem can point at it."""
+"""The patch description a patch author writes (TOML; docs/design.md, "Patches: description and
+metadata"), parsed and checked for shape, with the line of every entry so that each later
+problem can point at it."""
 
 from __future__ import annotations
 
