@@ -63,6 +63,10 @@ def test_round_trip(tree: Path, name: str, tmp_path: Path) -> None:
     assert dumped["target_name"] == "libbasic.so"
     assert dumped["target_build_id"] == _build_id(target)
     assert (out.parent / dumped["object"]).resolve() == (desc.parent / "patch.so").resolve()
+    obj = desc.parent / "patch.so"
+    assert dumped["object_build_id"] == reverse["object_build_id"] == _build_id(obj)
+    sha = run(["sha256sum", str(obj)]).stdout.split()[0]
+    assert dumped["object_sha256"] == reverse["object_sha256"] == sha
     assert {f["name"]: f["replacement"] for f in dumped["functions"]} == spec["replace"]
     for f in dumped["functions"]:
         assert f["offset"] == symbols[f["name"]]
@@ -230,7 +234,7 @@ def test_every_problem_in_one_run(tree: Path, tmp_path: Path) -> None:
 
 
 VALID = metadata.dumps(metadata.Patch(
-    "apply", "id-1", "a patch", "libbasic.so", "ab" * 20, "patch.so",
+    "apply", "id-1", "a patch", "libbasic.so", "ab" * 20, "patch.so", "cd" * 20, "ef" * 32,
     [metadata.Function("basic_square", 0x11AE, 0x11AE, "basic_square_fixed")],
     [metadata.Reference("factor", "data", 0x4010, "basic_factor")],
 )).encode()  # fmt: skip
@@ -246,7 +250,9 @@ def test_reader_accepts_what_the_writer_writes() -> None:
     [
         (b"", "not a ulp patch file"),
         (b"\x7fELF\x02\x01\x01", "not a ulp patch file"),
-        (b"ULPPATCH 2\n{}", "version '2' unsupported"),
+        (b"ULPPATCH 3\n{}", "version '3' unsupported"),
+        (b"ULPPATCH 1\n{}", "version '1' unsupported"),
+        (VALID.replace(b'"ef', b'"e'), "corrupt patch metadata (object_sha256"),
         (VALID[: len(VALID) // 2], "corrupt patch metadata"),
         (VALID.replace(b'"apply"', b'"sideways"'), "corrupt patch metadata (kind"),
         (VALID.replace(b"4526", b"-1"), "corrupt patch metadata"),
@@ -265,7 +271,7 @@ def test_reader_refuses(raw: bytes, message: str, tmp_path: Path) -> None:
 @settings(max_examples=400, deadline=None)
 @given(st.binary(max_size=2048))
 def test_reader_on_random_bytes(raw: bytes) -> None:
-    for data in (raw, b"ULPPATCH 1\n" + raw):
+    for data in (raw, b"ULPPATCH 2\n" + raw):
         with contextlib.suppress(UlpError):
             metadata.parse(data, "fuzz.ulp")
 
@@ -296,7 +302,7 @@ def test_reader_on_mutated_metadata(edits: list[tuple[int, int]], cut: int) -> N
 )
 def test_reader_on_random_json(document: object) -> None:
     with contextlib.suppress(UlpError):
-        metadata.parse(b"ULPPATCH 1\n" + json.dumps(document).encode(), "fuzz.ulp")
+        metadata.parse(b"ULPPATCH 2\n" + json.dumps(document).encode(), "fuzz.ulp")
 
 
 def test_outputs_never_overwrite_inputs(tree: Path, tmp_path: Path) -> None:

@@ -1,10 +1,14 @@
 """Patch metadata files (`.ulp`, and the reverse `.rev.ulp`): what the trigger needs to apply
 or revert a patch, with nothing left to look up in the description.
 
-Format: the magic line `ULPPATCH 1`, then one JSON object. Text, because people read these
+Format: the magic line `ULPPATCH 2`, then one JSON object. Text, because people read these
 when something goes wrong (`ulp dump` shows them), and because nothing in a running process
 parses them: the trigger does, and hands the runtime plain addresses. The reader checks every
 field's presence and type and turns anything else into one clear error.
+
+Version 2 records the patch object's build-id and SHA-256: the trigger loads exactly the bytes
+the packer saw, or nothing (docs/security.md). Version 1 files, which named the object by path
+alone, are refused: pack the description again.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 from ulp_build.errors import UlpError
 
 MAGIC = "ULPPATCH"
-VERSION = 1
+VERSION = 2
 KINDS = ("apply", "revert")
 REFERENCE_KINDS = ("data", "tls", "function")
 MAX_SIZE = 64 << 20
@@ -47,6 +51,8 @@ class Patch:
     target_name: str  # SONAME, or the file name without one
     target_build_id: str  # hex, as `readelf -n` prints it
     object: str  # the patch object, relative to the metadata file's directory
+    object_build_id: str  # hex
+    object_sha256: str  # hex, of the whole file
     functions: list[Function] = field(default_factory=list)
     references: list[Reference] = field(default_factory=list)
 
@@ -62,6 +68,8 @@ class Patch:
             self.target_name,
             self.target_build_id,
             self.object,
+            self.object_build_id,
+            self.object_sha256,
             list(self.functions),
             list(self.references),
         )
@@ -152,16 +160,28 @@ def _patch(data: Any, name: str) -> Patch:
         references.append(ref)
     if not functions:
         raise UlpError(f"{name}: corrupt patch metadata (no functions)")
-    build_id = text(data, "target_build_id")
-    if not build_id or len(build_id) % 2 or any(c not in "0123456789abcdef" for c in build_id):
-        raise UlpError(f"{name}: corrupt patch metadata (target_build_id {build_id!r})")
+
+    def hex_digits(key: str, size: int | None = None) -> str:
+        value = text(data, key)
+        if (
+            not value
+            or len(value) % 2
+            or len(value) > 128
+            or (size is not None and len(value) != size)
+            or any(c not in "0123456789abcdef" for c in value)
+        ):
+            raise UlpError(f"{name}: corrupt patch metadata ({key} {value[:130]!r})")
+        return value
+
     return Patch(
         kind,
         text(data, "id"),
         text(data, "description"),
         text(data, "target_name"),
-        build_id,
+        hex_digits("target_build_id"),
         text(data, "object"),
+        hex_digits("object_build_id"),
+        hex_digits("object_sha256", 64),
         functions,
         references,
     )

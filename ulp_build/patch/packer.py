@@ -7,6 +7,7 @@ bad patch never reaches a process.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,11 +126,12 @@ def _build(desc: Description, out: Path) -> Patch:
         obj = None
     if target is None or obj is None:
         raise UlpError("\n".join(problems))
-    if target.build_id is None:
-        raise UlpError(
-            f"{desc.where(desc.lines.get('target'))}: target: {desc.target} has no"
-            " build-id (link it with --build-id)"
-        )
+    for role, elf, path in (("target", target, desc.target), ("object", obj, desc.object)):
+        if elf.build_id is None:
+            raise UlpError(
+                f"{desc.where(desc.lines.get(role))}: {role}: {path} has no build-id"
+                " (link it with --build-id)"
+            )
     in_target, in_object = _Symbols(target), _Symbols(obj)
     functions = _functions(desc, in_target, in_object, problems)
     references = _references(desc, in_target, in_object, problems)
@@ -143,6 +145,8 @@ def _build(desc: Description, out: Path) -> Patch:
         target.soname or desc.target.name,
         target.build_id,
         object_rel,
+        obj.build_id,
+        hashlib.sha256(obj.data).hexdigest(),
         functions,
         references,
     )
