@@ -187,25 +187,11 @@ class ElfFile:
         self.check_range(strtab[4], strtab[5], "section name table")
         names = StringTable(self.data[strtab[4] : strtab[4] + strtab[5]], self.name)
         sections = []
-        for i, (name, typ, flags, addr, offset, size, link, info, align, entsize) in enumerate(raw):
+        for i, fields in enumerate(raw):
+            name_offset, typ, _flags, _addr, offset, size = fields[:6]
             if typ not in (SHT_NOBITS, SHT_NULL):
                 self.check_range(offset, size, f"section {i}")
-            sections.append(
-                Section(
-                    i,
-                    names.get(name),
-                    typ,
-                    flags,
-                    addr,
-                    offset,
-                    size,
-                    link,
-                    info,
-                    align,
-                    entsize,
-                    name,
-                )
-            )
+            sections.append(Section(i, names.get(name_offset), *fields[1:], name_offset))
         return sections
 
     # -- addresses -------------------------------------------------------------------------
