@@ -13,8 +13,9 @@ from conftest import BuiltSample, run, ulp
 
 from ulp_build.elf import STT_FUNC, STT_GNU_IFUNC, ElfFile
 from ulp_build.prepare import codegen, patchable
+from ulp_build.prepare.inputs import exported_functions
 from ulp_build.prepare.layout import SECTION_TRACK, SECTION_TRAMPOLINES
-from ulp_build.prepare.rewrite import exported_functions, rewrite
+from ulp_build.prepare.rewrite import rewrite
 
 SAMPLES = ["basic", "abi", "versioned", "ifunc", "symbolic", "cet", "cxx"]
 

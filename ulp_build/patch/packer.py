@@ -28,8 +28,7 @@ from ulp_build.patch.description import Description, Entry
 from ulp_build.patch.description import load as load_description
 from ulp_build.patch.metadata import Function, Patch, Reference, dumps
 from ulp_build.prepare import codegen, patchable
-from ulp_build.prepare.layout import SECTION_TRAMPOLINES
-from ulp_build.prepare.rewrite import is_prepared
+from ulp_build.prepare.layout import SECTION_TRAMPOLINES, is_prepared
 
 _KIND_OF = {STT_OBJECT: "data", STT_TLS: "tls", STT_FUNC: "function"}
 _POINTER_SIZE = {"data": 8, "function": 8, "tls": 16}  # tls: a tls_index {module, offset}
@@ -77,7 +76,7 @@ def _load(path: Path, role: str, desc: Description, problems: list[str]) -> ElfF
     except ElfError as exc:
         problems.append(f"{desc.where(line)}: {role}: {exc}")
         return None
-    if elf.type != ET_DYN or elf.dynamic_segment is None or elf.is_pie_executable:
+    if elf.header.type != ET_DYN or elf.dynamic.segment is None or elf.is_pie_executable:
         problems.append(f"{desc.where(line)}: {role}: {path} is not a shared library")
         return None
     return elf

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from ulp_build.elf import R_X86_64_GLOB_DAT, STT_GNU_IFUNC, ElfFile, Section
 from ulp_build.prepare import codegen, patchable
+from ulp_build.prepare.inputs import check_input, exported_functions
 from ulp_build.prepare.layout import (
     DEFAULT_UNTRACKED,
     DESCRIPTOR,
@@ -22,8 +23,8 @@ from ulp_build.prepare.layout import (
     SECTION_DATA,
     SECTION_TRACK,
     SECTION_TRAMPOLINES,
+    is_prepared,
 )
-from ulp_build.prepare.rewrite import check_input, exported_functions, is_prepared
 
 
 @dataclass

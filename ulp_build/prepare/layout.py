@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import struct
 
+from ulp_build.elf import ElfFile
+
 SECTION_TRAMPOLINES = ".ulp"
 SECTION_TRACK = ".ulp.track"
 SECTION_DATA = ".ulp.data"
@@ -85,3 +87,8 @@ DEFAULT_UNTRACKED = (
     "_Unwind_Resume",
     "_Unwind_RaiseException",
 )
+
+
+def is_prepared(elf: ElfFile) -> bool:
+    """Whether `elf` was prepared: it has the trampoline section the rewriter adds."""
+    return elf.section(SECTION_TRAMPOLINES) is not None

@@ -33,8 +33,6 @@ from ulp_build.elf import (
     DT_VERSYM,
     DYN,
     EHDR,
-    ET_DYN,
-    ET_EXEC,
     PF_R,
     PF_W,
     PF_X,
@@ -47,25 +45,26 @@ from ulp_build.elf import (
     SHF_ALLOC,
     SHF_EXECINSTR,
     SHF_WRITE,
-    SHN_ABS,
     SHN_LORESERVE,
-    SHN_UNDEF,
     SHT_GNU_HASH,
     SHT_HASH,
     SHT_PROGBITS,
     SHT_RELA,
-    STB_GLOBAL,
     STB_WEAK,
-    STT_FUNC,
     STT_GNU_IFUNC,
     STT_NOTYPE,
     SYM,
+    VER_NDX_GLOBAL,
+    VERSYM,
     ElfError,
     ElfFile,
+    GnuHash,
     Section,
-    Symbol,
+    SysvHash,
+    align,
 )
 from ulp_build.prepare import codegen, patchable, symbol_hash
+from ulp_build.prepare.inputs import check_input, exported_functions
 from ulp_build.prepare.layout import (
     DEFAULT_UNTRACKED,
     DESCRIPTOR,
@@ -79,10 +78,10 @@ from ulp_build.prepare.layout import (
     SECTION_DATA,
     SECTION_TRACK,
     SECTION_TRAMPOLINES,
+    is_prepared,
 )
 
 PAGE = 0x1000
-VER_NDX_GLOBAL = 1
 
 
 @dataclass
@@ -99,56 +98,6 @@ class RewriteResult:
     not_patchable: list[str] = field(default_factory=list)
     padding_without_record: list[str] = field(default_factory=list)
     records_without_padding: list[str] = field(default_factory=list)
-
-
-def is_prepared(elf: ElfFile) -> bool:
-    return elf.section(SECTION_TRAMPOLINES) is not None
-
-
-def exported_functions(elf: ElfFile) -> list[Symbol]:
-    """Dynamic symbols other objects can call: defined FUNC/IFUNC, global or weak, in code."""
-    is_code = elf.is_code
-    callable_types = (STT_FUNC, STT_GNU_IFUNC)
-    visible = (STB_GLOBAL, STB_WEAK)
-    return [
-        sym
-        for sym in elf.dynamic_symbols
-        if sym.type in callable_types
-        and sym.bind in visible
-        and sym.shndx not in (SHN_UNDEF, SHN_ABS)
-        and is_code(sym.value)
-    ]
-
-
-def check_input(elf: ElfFile) -> None:
-    """Refuse, with the reason, every file that is not a shared library we can prepare."""
-    name = elf.name
-    if elf.type == ET_EXEC:
-        if elf.dynamic_segment is None:
-            raise ElfError(f"{name}: static executable; only shared libraries can be prepared")
-        raise ElfError(f"{name}: executable (ET_EXEC); only shared libraries can be prepared")
-    if elf.type != ET_DYN:
-        raise ElfError(f"{name}: ELF type {elf.type} is not a shared library (ET_DYN)")
-    if elf.dynamic_segment is None:
-        raise ElfError(f"{name}: no dynamic section; only shared libraries can be prepared")
-    if elf.is_pie_executable:
-        raise ElfError(
-            f"{name}: PIE executable; only shared libraries can be prepared"
-            " (an executable's functions are not called through .dynsym)"
-        )
-    if not elf.sections:
-        raise ElfError(f"{name}: no section headers (sstrip'ed?); rebuild or strip with strip")
-    if all(s.shndx == SHN_UNDEF for s in elf.dynamic_symbols):
-        raise ElfError(f"{name}: no dynamic symbols (the library exports nothing)")
-    if any(s.name == RUNTIME_SYMBOL and s.shndx != SHN_UNDEF for s in elf.dynamic_symbols):
-        raise ElfError(
-            f"{name}: defines {RUNTIME_SYMBOL}: it is the ulp runtime, which cannot track itself"
-        )
-    for sec in elf.sections:
-        if sec.type in (SHT_HASH, SHT_GNU_HASH) and not symbol_hash.fits(
-            elf.section_data(sec), sec.type == SHT_GNU_HASH
-        ):
-            raise ElfError(f"{name}: corrupt ELF file ({sec.name} is larger than its section)")
 
 
 def rewrite(
@@ -183,10 +132,6 @@ def prepare(elf: ElfFile, untracked: Iterable[str] = ()) -> tuple[bytes | bytear
         # A table whose counts disagree with its size: the headers said nothing wrong, but
         # the contents do not add up.
         raise ElfError(f"{elf.name}: corrupt ELF file ({exc})") from None
-
-
-def _align(value: int, alignment: int) -> int:
-    return (value + alignment - 1) & -alignment
 
 
 @dataclass(frozen=True)
@@ -230,16 +175,16 @@ class _Rewriter:
         self.ibt = elf.uses_ibt
         self.out = bytearray(elf.data)
         self.exported = exported_functions(elf)
-        self.dyn = dict(elf.dynamic)
+        self.dyn = dict(elf.dynamic.entries)
         name = elf.name
         if DT_RELA not in self.dyn or DT_RELASZ not in self.dyn:
             raise ElfError(f"{name}: no DT_RELA relocations; cannot add the runtime's GOT slot")
         rela, relasz, jmprel = self.dyn[DT_RELA], self.dyn[DT_RELASZ], self.dyn.get(DT_JMPREL)
         if jmprel is not None and rela <= jmprel < rela + relasz:
             raise ElfError(f"{name}: DT_RELA overlaps DT_JMPREL; unsupported relocation layout")
-        self.sec_dynsym = elf.dynsym_section
-        self.sec_dynstr = elf.dynstr_section
-        self.sec_versym = elf.versym_section
+        self.sec_dynsym = elf.dynsym.section
+        self.sec_dynstr = elf.dynsym.string_section
+        self.sec_versym = elf.dynsym.version_section
         self.sec_hash = self._section_at(DT_HASH, SHT_HASH)
         self.sec_gnu_hash = self._section_at(DT_GNU_HASH, SHT_GNU_HASH)
         self.sec_rela = self._section_at(DT_RELA, SHT_RELA)
@@ -247,15 +192,14 @@ class _Rewriter:
             raise ElfError(f"{name}: DT_RELA is not exactly one section; unsupported layout")
         if self.sec_hash is None and self.sec_gnu_hash is None:
             raise ElfError(f"{name}: no symbol hash table (DT_HASH or DT_GNU_HASH)")
-        if elf.shnum + 3 >= SHN_LORESERVE:
+        if elf.header.shnum + 3 >= SHN_LORESERVE:
             raise ElfError(f"{name}: too many sections to add three more")
         self.nsyms = self.sec_dynsym.size // SYM.size
         # The runtime symbol is undefined, so with .gnu.hash it belongs before `symoffset`,
         # with the other unhashed symbols; every later index moves up by one.
-        if self.sec_gnu_hash is not None:
-            (self.insert_at,) = struct.unpack_from("<I", elf.section_data(self.sec_gnu_hash), 4)
-        else:
-            self.insert_at = self.nsyms
+        self.gnu_hash = GnuHash(elf, self.sec_gnu_hash) if self.sec_gnu_hash else None
+        self.sysv_hash = SysvHash(elf, self.sec_hash) if self.sec_hash else None
+        self.insert_at = self.gnu_hash.symoffset if self.gnu_hash else self.nsyms
 
     def _section_at(self, tag: int, sh_type: int) -> Section | None:
         addr = self.dyn.get(tag)
@@ -326,16 +270,16 @@ class _Rewriter:
 
     def _layout(self, nfunctions: int, nifuncs: int, dynstr_size: int) -> _Layout:
         elf = self.elf
-        r_va = _align(max(s.vaddr + s.memsz for s in elf.loads), PAGE)
+        r_va = align(max(s.vaddr + s.memsz for s in elf.loads), PAGE)
         cursor = r_va
 
         def place(size: int, alignment: int) -> int:
             nonlocal cursor
-            at = _align(cursor, alignment)
+            at = align(cursor, alignment)
             cursor = at + size
             return at
 
-        phdrs = place((elf.phnum + 3) * PHDR.size, 8)
+        phdrs = place((elf.header.phnum + 3) * PHDR.size, 8)
         dynsym = place(self.sec_dynsym.size + SYM.size, 8)
         dynstr = place(dynstr_size, 1)
         versym = place(self.sec_versym.size + 2, 2) if self.sec_versym else 0
@@ -344,15 +288,15 @@ class _Rewriter:
         rela = place(self.sec_rela.size + RELA.size, 8)
         r_size = cursor - r_va
 
-        x_va = _align(cursor, PAGE)
+        x_va = align(cursor, PAGE)
         ulp_size = codegen.trampoline_size(self.ibt) * (nfunctions + nifuncs)
-        track = _align(x_va + ulp_size, 16)
-        wrappers = track + _align(codegen.ULP_ENTRY_SIZE, 16)
+        track = align(x_va + ulp_size, 16)
+        wrappers = track + align(codegen.ULP_ENTRY_SIZE, 16)
         x_size = wrappers + self._wrapper_stride * nifuncs - x_va
-        w_va = _align(x_va + x_size, PAGE)
+        w_va = align(x_va + x_size, PAGE)
         return _Layout(
             r_va,
-            _align(len(elf.data), PAGE),
+            align(len(elf.data), PAGE),
             phdrs,
             dynsym,
             dynstr,
@@ -372,7 +316,7 @@ class _Rewriter:
 
     @property
     def _wrapper_stride(self) -> int:
-        return _align(codegen.ifunc_wrapper_size(self.ibt), 16)
+        return align(codegen.ifunc_wrapper_size(self.ibt), 16)
 
     def _code(
         self, lay: _Layout, functions: list[int], ifuncs: list[int]
@@ -440,7 +384,7 @@ class _Rewriter:
         syms = bytearray(elf.section_data(self.sec_dynsym))
         tracked_size = codegen.TRAMPOLINE_CODE + (4 if self.ibt else 0)
         wrapper_size = codegen.ifunc_wrapper_size(self.ibt)
-        ulp_index, track_index = elf.shnum, elf.shnum + 1
+        ulp_index, track_index = elf.header.shnum, elf.header.shnum + 1
         # Symbol i is 24 bytes: st_shndx is half-word 12i+3, st_value and st_size are quad
         # words 3i+1 and 3i+2. Indexed stores through casts beat a struct call per symbol.
         with memoryview(syms) as raw, raw.cast("H") as half, raw.cast("Q") as quad:
@@ -475,15 +419,14 @@ class _Rewriter:
         }
         if self.sec_versym is not None:
             versym = bytearray(elf.section_data(self.sec_versym))
-            versym[2 * self.insert_at : 2 * self.insert_at] = struct.pack("<H", VER_NDX_GLOBAL)
+            at = VERSYM.size * self.insert_at
+            versym[at:at] = VERSYM.pack(VER_NDX_GLOBAL)
             tables[lay.versym] = bytes(versym)
-        if self.sec_gnu_hash is not None:
-            tables[lay.gnu_hash] = symbol_hash.gnu_hash_shift(
-                elf.section_data(self.sec_gnu_hash), self.insert_at
-            )
-        if self.sec_hash is not None:
+        if self.gnu_hash is not None:
+            tables[lay.gnu_hash] = symbol_hash.gnu_hash_shift(self.gnu_hash, self.insert_at)
+        if self.sysv_hash is not None:
             tables[lay.hash] = symbol_hash.sysv_hash_insert(
-                elf.section_data(self.sec_hash), self.insert_at, RUNTIME_SYMBOL.encode()
+                self.sysv_hash, self.insert_at, RUNTIME_SYMBOL.encode()
             )
         return tables
 
@@ -491,7 +434,7 @@ class _Rewriter:
         """The input's program headers, PT_PHDR moved, the three loads after the last PT_LOAD
         (the loader requires PT_LOAD entries sorted by address)."""
         elf = self.elf
-        size = (elf.phnum + 3) * PHDR.size
+        size = (elf.header.phnum + 3) * PHDR.size
         loads = [
             (PF_R, lay.r_va, lay.r_size),
             (PF_R | PF_X, lay.x_va, lay.x_size),
@@ -512,7 +455,7 @@ class _Rewriter:
                     seg.align,
                 )
             else:
-                start = elf.phoff + seg.index * PHDR.size
+                start = elf.header.phoff + seg.index * PHDR.size
                 out += elf.data[start : start + PHDR.size]
             if seg.index == last_load:
                 for flags, va, length in loads:
@@ -543,8 +486,8 @@ class _Rewriter:
             moved[DT_GNU_HASH] = lay.gnu_hash
         if self.sec_hash is not None:
             moved[DT_HASH] = lay.hash
-        base = self.elf.dynamic_segment.offset
-        for k in range(len(self.elf.dynamic)):
+        base = self.elf.dynamic.segment.offset
+        for k in range(len(self.elf.dynamic.entries)):
             tag, _value = DYN.unpack_from(self.out, base + k * DYN.size)
             if tag in moved:
                 DYN.pack_into(self.out, base + k * DYN.size, tag, moved[tag])
@@ -567,14 +510,14 @@ class _Rewriter:
         """A new `.shstrtab` and section header table at the end: the moved tables re-pointed,
         `.ulp`, `.ulp.track` and `.ulp.data` appended."""
         elf = self.elf
-        shstrtab = bytearray(elf.section_data(elf.sections[elf.shstrndx]))
+        shstrtab = bytearray(elf.section_data(elf.sections[elf.header.shstrndx]))
         names = {}
         for name in (SECTION_TRAMPOLINES, SECTION_TRACK, SECTION_DATA):
             names[name] = len(shstrtab)
             shstrtab += name.encode() + b"\0"
         shstrtab_offset = len(self.out)
         self.out += shstrtab
-        self._pad_to(_align(len(self.out), 8))
+        self._pad_to(align(len(self.out), 8))
         self.shoff = len(self.out)
 
         repoint = {
@@ -590,28 +533,28 @@ class _Rewriter:
             if sec is not None:
                 repoint[sec.index] = va
         for sec in elf.sections:
-            start = elf.shoff + sec.index * SHDR.size
+            start = elf.header.shoff + sec.index * SHDR.size
             fields = list(SHDR.unpack(elf.data[start : start + SHDR.size]))
             if sec.index in repoint:
                 va = repoint[sec.index]
                 fields[3:6] = [va, lay.offset(va), len(tables[va])]
-            elif sec.index == elf.shstrndx:
+            elif sec.index == elf.header.shstrndx:
                 fields[4:6] = [shstrtab_offset, len(shstrtab)]
             self.out += SHDR.pack(*fields)
         code = SHF_ALLOC | SHF_EXECINSTR
-        for name, flags, va, size, align in (
+        for name, flags, va, size, alignment in (
             (SECTION_TRAMPOLINES, code, lay.x_va, lay.ulp_size, 16),
             (SECTION_TRACK, code, lay.track, lay.x_va + lay.x_size - lay.track, 16),
             (SECTION_DATA, SHF_ALLOC | SHF_WRITE, lay.w_va, lay.w_size, 8),
         ):
             self.out += SHDR.pack(
-                names[name], SHT_PROGBITS, flags, va, lay.offset(va), size, 0, 0, align, 0
+                names[name], SHT_PROGBITS, flags, va, lay.offset(va), size, 0, 0, alignment, 0
             )
 
     def _update_elf_header(self, lay: _Layout) -> None:
         fields = list(EHDR.unpack_from(self.out))
         fields[5] = lay.offset(lay.phdrs)  # e_phoff
         fields[6] = self.shoff  # e_shoff
-        fields[10] = self.elf.phnum + 3  # e_phnum
-        fields[12] = self.elf.shnum + 3  # e_shnum
+        fields[10] = self.elf.header.phnum + 3  # e_phnum
+        fields[12] = self.elf.header.shnum + 3  # e_shnum
         EHDR.pack_into(self.out, 0, *fields)

@@ -10,46 +10,35 @@ from __future__ import annotations
 
 import struct
 
-
-def fits(table: bytes, gnu: bool) -> bool:
-    """Whether the counts in a hash table's header fit in the table's size."""
-    if gnu:
-        if len(table) < 16:
-            return False
-        nbuckets, _symoffset, bloom_size, _shift = struct.unpack_from("<IIII", table)
-        return 16 + 8 * bloom_size + 4 * nbuckets <= len(table)
-    if len(table) < 8:
-        return False
-    nbucket, nchain = struct.unpack_from("<II", table)
-    return 8 + 4 * (nbucket + nchain) <= len(table) and nbucket > 0
+from ulp_build.elf import GNU_HASH_HEADER, SYSV_HASH_HEADER, GnuHash, SysvHash
 
 
-def gnu_hash_shift(table: bytes, position: int) -> bytes:
+def gnu_hash_shift(table: GnuHash, position: int) -> bytes:
     """`.gnu.hash` after inserting an unhashed symbol at index `position` (== symoffset)."""
-    nbuckets, symoffset, bloom_size, bloom_shift = struct.unpack_from("<IIII", table)
-    buckets_at = 16 + 8 * bloom_size
-    buckets = struct.unpack_from(f"<{nbuckets}I", table, buckets_at)
-    shifted = [b + 1 if b >= position else b for b in buckets]
+    shifted = [b + 1 if b >= position else b for b in table.buckets]
+    buckets_at = table.buckets_offset
     return (
-        struct.pack("<IIII", nbuckets, symoffset + 1, bloom_size, bloom_shift)
-        + table[16:buckets_at]
-        + struct.pack(f"<{nbuckets}I", *shifted)
-        + table[buckets_at + 4 * nbuckets :]
+        GNU_HASH_HEADER.pack(
+            table.nbuckets, table.symoffset + 1, table.bloom_size, table.bloom_shift
+        )
+        + table.data[GNU_HASH_HEADER.size : buckets_at]
+        + struct.pack(f"<{table.nbuckets}I", *shifted)
+        + table.data[buckets_at + 4 * table.nbuckets :]
     )
 
 
-def sysv_hash_insert(table: bytes, position: int, name: bytes) -> bytes:
+def sysv_hash_insert(table: SysvHash, position: int, name: bytes) -> bytes:
     """SysV `.hash` after inserting symbol `name` at index `position`: every index at or above
     it moves up by one, and the new symbol heads its bucket's chain (as GNU ld would list it)."""
-    nbucket, nchain = struct.unpack_from("<II", table)
-    words = struct.unpack_from(f"<{nbucket + nchain}I", table, 8)
-    moved = [w + 1 if w >= position else w for w in words]
-    buckets, chain = moved[:nbucket], moved[nbucket:]
+    buckets = [w + 1 if w >= position else w for w in table.buckets]
+    chain = [w + 1 if w >= position else w for w in table.chain]
     h = 0
     for c in name:
         h = ((h << 4) + c) & 0xFFFFFFFF
         h ^= (h >> 24) & 0xF0
-    slot = (h & 0x0FFFFFFF) % nbucket
+    slot = (h & 0x0FFFFFFF) % table.nbucket
     chain.insert(position, buckets[slot])
     buckets[slot] = position
-    return struct.pack(f"<II{nbucket + nchain + 1}I", nbucket, nchain + 1, *buckets, *chain)
+    return SYSV_HASH_HEADER.pack(table.nbucket, table.nchain + 1) + struct.pack(
+        f"<{table.nbucket + table.nchain + 1}I", *buckets, *chain
+    )

@@ -1,0 +1,59 @@
+"""The dynamic section (the PT_DYNAMIC segment): the (tag, value) entries the dynamic loader
+reads, and what the package asks of them: the soname, and whether an ET_DYN file is a PIE
+executable rather than a shared library.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING, NamedTuple
+
+from ulp_build.elf.constants import DF_1_PIE, DT_FLAGS_1, DT_NULL, DT_SONAME, DYN, PT_DYNAMIC
+
+if TYPE_CHECKING:
+    from ulp_build.elf.file import ElfFile
+
+
+class DynamicEntry(NamedTuple):
+    tag: int
+    value: int
+
+
+class Dynamic:
+    """The dynamic section of one file; `segment` is None for a static file."""
+
+    def __init__(self, elf: ElfFile) -> None:
+        self.elf = elf
+        self.segment = next((s for s in elf.segments if s.type == PT_DYNAMIC), None)
+
+    @cached_property
+    def entries(self) -> list[DynamicEntry]:
+        """The entries up to and excluding DT_NULL."""
+        seg = self.segment
+        if seg is None:
+            return []
+        self.elf.check_range(seg.offset, seg.filesz, "dynamic section")
+        entries = []
+        for tag, value in DYN.iter_unpack(
+            self.elf.data[seg.offset : seg.offset + seg.filesz - seg.filesz % DYN.size]
+        ):
+            if tag == DT_NULL:
+                break
+            entries.append(DynamicEntry(tag, value))
+        return entries
+
+    def value(self, tag: int) -> int | None:
+        """The value of the first entry with `tag`, or None."""
+        for entry in self.entries:
+            if entry.tag == tag:
+                return entry.value
+        return None
+
+    @cached_property
+    def soname(self) -> str | None:
+        value = self.value(DT_SONAME)
+        return None if value is None else self.elf.dynsym.strings.get(value)
+
+    @cached_property
+    def is_pie_executable(self) -> bool:
+        return bool((self.value(DT_FLAGS_1) or 0) & DF_1_PIE)
