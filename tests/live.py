@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from conftest import REPO, ulp
+from users import User
 
 from ulp_build.elf import ElfFile
 from ulp_build.live.process import maps, read_memory
@@ -27,7 +28,9 @@ def patch_file(tree: Path, name: str, reverse: bool = False) -> str:
 class Process:
     """A patchee: one command line in, one line out."""
 
-    def __init__(self, binary: Path, runtime: Path | None, *args: str) -> None:
+    def __init__(
+        self, binary: Path, runtime: Path | None, *args: str, user: User | None = None
+    ) -> None:
         env = dict(os.environ)
         if runtime is not None:
             env["LD_PRELOAD"] = str(runtime)
@@ -38,6 +41,8 @@ class Process:
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            cwd="/",
+            **({} if user is None else {"user": user.uid, "group": user.gid, "extra_groups": []}),
         )
         self.pid = self.proc.pid
         assert self.line() == "ready"

@@ -7,13 +7,17 @@ import os
 import shutil
 import stat
 from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import BuiltSample, ulp
+from conftest import BuiltSample, run, ulp
+from live import OVERFLOWED, PROGRAMS, SATURATED, Process, trigger_cli
 from users import NAMES, User, as_user, ensure, shared_directory
 
 from ulp_build.elf import ElfFile
+from ulp_build.patch.packer import pack
 from ulp_build.prepare.rewrite import rewrite
 
 
@@ -73,3 +77,145 @@ def test_user_rewrites_own_library_in_place(
     assert as_user(alice, lambda: rewrite(lib)) is None
     assert lib.stat().st_uid == alice.uid
     assert ElfFile.load(lib).section(".ulp") is not None
+
+
+# ---- the trigger's trust in a patch's files ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Site:
+    """A prepared library, a program using it, the runtime and a packed patch, all in a
+    directory every user can reach, as an administrator would lay them out (owned by root)."""
+
+    root: Path
+    library: Path
+    patchee: Path
+    runtime: Path
+    patch_dir: Path  # square_fix: patch.toml, patch.so, patch.ulp, patch.rev.ulp
+    hostile: Path  # a patch object with the same symbols whose constructor leaves MARKER
+    marker: Path
+
+    @property
+    def ulp(self) -> Path:
+        return self.patch_dir / "patch.ulp"
+
+    def start(self, user: User | None = None) -> Process:
+        return Process(self.patchee, self.runtime, str(self.library), user=user)
+
+    def unpatched(self, p: Process) -> bool:
+        return p.ask("square 100000") == str(OVERFLOWED)
+
+
+@pytest.fixture
+def site(tree: Path, patchee: Path, runtime: Path, shared: Path) -> Site:
+    for sub in ("lib", "bin", "patches/square_fix"):
+        (shared / sub).mkdir(parents=True)
+        for parent in (shared / sub).parents:
+            if parent.is_relative_to(shared):
+                parent.chmod(0o755)
+    library = shared / "lib" / "libbasic.so"
+    shutil.copy(tree / "basic" / "libbasic.so", library)
+    shutil.copy(patchee, shared / "bin" / "patchee")
+    shutil.copy(runtime, shared / "bin" / "libulp.so")
+    patch_dir = shared / "patches" / "square_fix"
+    shutil.copy(tree / "patches" / "square_fix" / "patch.so", patch_dir / "patch.so")
+    (patch_dir / "patch.toml").write_text(
+        (tree / "patches" / "square_fix" / "patch.toml")
+        .read_text()
+        .replace("../../basic/libbasic.so", str(library))
+    )
+    pack(patch_dir / "patch.toml")
+    marker = shared / "MARKER"
+    hostile = shared / "hostile.so"
+    built = run(
+        ["gcc", "-shared", "-fPIC", "-O2", f'-DMARKER="{marker}"', "-o", str(hostile),
+         str(PROGRAMS / "hostile_patch.c")]
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    for path in shared.rglob("*"):
+        path.chmod(0o755 if path.is_dir() or path.suffix in ("", ".so") else 0o644)
+    return Site(
+        shared, library, shared / "bin" / "patchee", shared / "bin" / "libulp.so", patch_dir,
+        hostile, marker,
+    )  # fmt: skip
+
+
+def _refused(site: Site, p: Process, reason: str, *extra: str) -> None:
+    result = trigger_cli("-p", str(p.pid), *extra, str(site.ulp))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert reason in result.stdout + result.stderr, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert site.unpatched(p)
+    assert not site.marker.exists()
+
+
+def test_the_site_patches_when_nothing_is_wrong(site: Site) -> None:
+    """The control for the refusals below: the same site, untouched, is patched."""
+    with closing(site.start()) as p:
+        result = trigger_cli("-p", str(p.pid), str(site.ulp))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert p.ask("square 100000") == str(SATURATED)
+
+
+def test_world_writable_object_is_refused(site: Site) -> None:
+    (site.patch_dir / "patch.so").chmod(0o777)
+    with closing(site.start()) as p:
+        _refused(site, p, "patch.so: file writable by every user (mode 777)")
+
+
+def test_object_owned_by_another_user_is_refused(site: Site, users: tuple[User, User]) -> None:
+    _, mallory = users
+    os.chown(site.patch_dir / "patch.so", mallory.uid, mallory.gid)
+    with closing(site.start()) as p:
+        _refused(site, p, f"patch.so: file owned by uid {mallory.uid}, neither root nor")
+
+
+def test_metadata_in_a_directory_another_user_owns_is_refused(
+    site: Site, users: tuple[User, User]
+) -> None:
+    _, mallory = users
+    os.chown(site.root / "patches", mallory.uid, mallory.gid)
+    with closing(site.start()) as p:
+        _refused(site, p, f"{site.root / 'patches'}: directory owned by uid {mallory.uid}")
+
+
+def test_group_writable_directory_is_refused(site: Site, users: tuple[User, User]) -> None:
+    _, mallory = users
+    os.chown(site.patch_dir, 0, mallory.gid)
+    site.patch_dir.chmod(0o775)
+    with closing(site.start()) as p:
+        _refused(site, p, f"{site.patch_dir}: directory writable by group {mallory.gid}")
+
+
+def test_changed_object_is_refused(site: Site) -> None:
+    with (site.patch_dir / "patch.so").open("ab") as f:
+        f.write(b"\0")  # still the same build-id, no longer the same bytes
+    with closing(site.start()) as p:
+        _refused(site, p, "patch.so: SHA-256")
+
+
+def test_object_outside_the_metadata_directory_needs_the_option(site: Site) -> None:
+    outside = site.root / "elsewhere"
+    outside.mkdir(mode=0o755)
+    (site.patch_dir / "patch.so").rename(outside / "patch.so")
+    toml = site.patch_dir / "patch.toml"
+    toml.write_text(toml.read_text().replace('"patch.so"', f'"{outside / "patch.so"}"'))
+    pack(toml)
+    with closing(site.start()) as p:
+        _refused(site, p, "outside", "--revert-all", "libbasic.so")
+        result = trigger_cli("-p", str(p.pid), "--object-outside", str(site.ulp))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert p.ask("square 100000") == str(SATURATED)
+
+
+def test_a_users_own_patch_for_the_users_own_process(site: Site, users: tuple[User, User]) -> None:
+    """A process trusts its owner's files; another user's process (root's) does not."""
+    alice, _ = users
+    for path in (site.patch_dir, *site.patch_dir.iterdir()):
+        os.chown(path, alice.uid, alice.gid)
+    with closing(site.start(alice)) as p:
+        result = trigger_cli("-p", str(p.pid), str(site.ulp))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert p.ask("square 100000") == str(SATURATED)
+    with closing(site.start()) as p:
+        _refused(site, p, f"file owned by uid {alice.uid}, neither root nor the owner")

@@ -129,6 +129,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--revert", action="store_true", help="revert PATCH.ulp")
     p.add_argument("--revert-all", metavar="LIB", help="revert every patch of LIB first")
     p.add_argument(
+        "--object-outside",
+        action="store_true",
+        help="load a patch object that lies outside the directory of PATCH.ulp",
+    )
+    p.add_argument(
         "--timeout", type=float, default=5.0, metavar="S", help="per stop and call (default 5)"
     )
     p.add_argument(
@@ -299,7 +304,12 @@ def _cmd_runtime_path(args: argparse.Namespace) -> int:
 
 
 def _cmd_trigger(args: argparse.Namespace) -> int:
-    op = operation(args.patch, revert=args.revert, revert_all=args.revert_all)
+    op = operation(
+        args.patch,
+        revert=args.revert,
+        revert_all=args.revert_all,
+        object_outside=args.object_outside,
+    )
 
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt

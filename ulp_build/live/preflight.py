@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ulp_build.elf import SHN_UNDEF, STT_FUNC, STT_OBJECT, ElfFile
 from ulp_build.errors import UlpError
-from ulp_build.live import loaded_library, runtime_state
+from ulp_build.live import loaded_library, runtime_state, trust
 from ulp_build.live import request as rq
 from ulp_build.live.operation import Operation
 from ulp_build.live.process import maps, path_seen_by
@@ -72,6 +72,11 @@ class CheckedOperation:
 def check(pid: int, op: Operation) -> CheckedOperation:
     """`op` in process `pid`, checked and worked out; raises AlreadyApplied, or UlpError for
     anything that stands in its way."""
+    uid, allowed = trust.owners(pid)
+    for file in (op.patch_file, op.object_file):
+        reason = file and trust.refusal(file, allowed, pid, uid)
+        if reason:
+            raise UlpError(reason)
     state = runtime_state.read(pid)
     elf = ElfFile.load_shared(state.runtime)
     symbols = {s.name: s.value for s in elf.dynamic_symbols if s.defined}
@@ -127,7 +132,8 @@ def check(pid: int, op: Operation) -> CheckedOperation:
     assert op.patch_path is not None
     obj = patch.object_path(op.patch_path)
     req.object = path_seen_by(pid, obj)
-    replacements, pointers, req.object_build_id = _object_symbols(obj, patch)
+    assert op.object_elf is not None
+    replacements, pointers, req.object_build_id = _object_symbols(obj, op.object_elf, patch)
     patched = {f.offset: f for f in patch.functions}
     code += library.function_codes(patch.functions)
     for f in patch.functions:
@@ -147,13 +153,11 @@ def check(pid: int, op: Operation) -> CheckedOperation:
     return checked
 
 
-def _object_symbols(obj: Path, patch: Patch) -> tuple[dict[str, int], dict[str, int], bytes]:
+def _object_symbols(
+    obj: Path, elf: ElfFile, patch: Patch
+) -> tuple[dict[str, int], dict[str, int], bytes]:
     """Offsets of the replacements and reference variables in the patch object, and its
     build-id; an error naming every missing one, before anything is loaded."""
-    try:
-        elf = ElfFile.load_shared(obj)
-    except OSError as exc:
-        raise UlpError(f"{obj}: {exc.strerror or exc}") from None
     symbols = {s.name: s for s in elf.dynamic_symbols if s.shndx != SHN_UNDEF}
     missing = []
     replacements: dict[str, int] = {}

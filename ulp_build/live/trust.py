@@ -1,0 +1,109 @@
+"""Whom the trigger believes: the rules a patch's files must pass before any of their bytes
+reach a process (docs/security.md).
+
+The trigger usually runs as root and makes other processes run code. So a patch counts as
+written by whoever could have written its files: the `.ulp`, the patch object, and every
+directory above them. Each must belong to root or to the user the target process runs as, and
+be writable by nobody else (a directory writable by everyone is accepted only with the sticky
+bit, as /tmp has it: there, nobody can rename or replace another user's entry). A process whose
+real, effective, saved and filesystem uids differ (a setuid program) trusts root alone.
+
+Each file is read once, into memory, and judged by what was read: the trigger then hands the
+process those very bytes (through a sealed memfd, see runtime/load.c), never a path that could
+name another file by the time it is opened, or in another mount namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from ulp_build.errors import UlpError
+from ulp_build.live.process import proc_dir
+
+# Larger than any patch object or metadata file; a bound against /dev/zero-like inputs.
+MAX_FILE_SIZE = 256 << 20
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file or directory on the way to a patch file, as stat saw it."""
+
+    path: Path
+    uid: int
+    gid: int
+    mode: int
+
+
+@dataclass(frozen=True)
+class TrustedFile:
+    """A regular file's bytes, with the ownership of it and of every directory above it."""
+
+    path: Path  # with every symbolic link resolved
+    data: bytes
+    chain: tuple[Entry, ...]  # the file first, then its directories up to /
+
+
+def read(path: Path) -> TrustedFile:
+    """Read `path` whole (a regular file, at most MAX_FILE_SIZE bytes), recording who could
+    have written it."""
+    real = Path(os.path.realpath(path))
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UlpError(f"{path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise UlpError(f"{path}: not a regular file")
+        if info.st_size > MAX_FILE_SIZE:
+            raise UlpError(f"{path}: larger than {MAX_FILE_SIZE} bytes")
+        data = file.read(MAX_FILE_SIZE + 1)
+    if len(data) > MAX_FILE_SIZE:
+        raise UlpError(f"{path}: larger than {MAX_FILE_SIZE} bytes")
+    chain = [Entry(real, info.st_uid, info.st_gid, info.st_mode)]
+    for directory in real.parents:
+        try:
+            d = os.lstat(directory)
+        except OSError as exc:
+            raise UlpError(f"{directory}: {exc.strerror or exc}") from None
+        if not stat.S_ISDIR(d.st_mode):  # replaced by a link since realpath() looked
+            raise UlpError(f"{directory}: changed while it was read")
+        chain.append(Entry(directory, d.st_uid, d.st_gid, d.st_mode))
+    return TrustedFile(real, data, tuple(chain))
+
+
+def owners(pid: int) -> tuple[int, frozenset[int]]:
+    """The uid process `pid` runs as, and the owners whose files it may be given."""
+    try:
+        text = Path(f"{proc_dir(pid)}/status").read_text()
+    except OSError as exc:
+        raise UlpError(f"process {pid}: {exc.strerror or exc}") from None
+    uids = next((line.split()[1:] for line in text.splitlines() if line.startswith("Uid:")), [])
+    if len(uids) != 4 or not all(u.isdigit() for u in uids):
+        raise UlpError(f"process {pid}: no Uid line in its status")
+    real, *others = (int(u) for u in uids)
+    if any(u != real for u in others):
+        return real, frozenset({0})
+    return real, frozenset({0, real})
+
+
+def refusal(file: TrustedFile, allowed: frozenset[int], pid: int, uid: int) -> str | None:
+    """Why `file` must not be given to process `pid` (running as `uid`), or None."""
+    for entry in file.chain:
+        what = "directory" if entry is not file.chain[0] else "file"
+        if entry.uid not in allowed:
+            return (
+                f"{entry.path}: {what} owned by uid {entry.uid}, neither root nor the owner of"
+                f" process {pid} (uid {uid}): it could have written the patch"
+            )
+        sticky_dir = stat.S_ISDIR(entry.mode) and entry.mode & stat.S_ISVTX
+        if entry.mode & stat.S_IWOTH and not sticky_dir:
+            return f"{entry.path}: {what} writable by every user (mode {entry.mode & 0o7777:o})"
+        if entry.mode & stat.S_IWGRP and entry.gid != 0 and not sticky_dir:
+            return (
+                f"{entry.path}: {what} writable by group {entry.gid} (mode {entry.mode & 0o7777:o})"
+            )
+    return None
