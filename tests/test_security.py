@@ -3,9 +3,11 @@ unprivileged users (tests/users.py) act through the kernel's own permission chec
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from live import OVERFLOWED, PROGRAMS, SATURATED, Process, trigger_cli
 from users import NAMES, User, as_user, ensure, shared_directory
 
 from ulp_build.elf import ElfFile
+from ulp_build.live.ptrace import Tracee
 from ulp_build.patch.packer import pack
 from ulp_build.prepare.rewrite import rewrite
 
@@ -219,3 +222,57 @@ def test_a_users_own_patch_for_the_users_own_process(site: Site, users: tuple[Us
         assert p.ask("square 100000") == str(SATURATED)
     with closing(site.start()) as p:
         _refused(site, p, f"file owned by uid {alice.uid}, neither root nor the owner")
+
+
+# ---- what the trigger says about processes it cannot patch -------------------------------
+
+
+def test_a_process_that_does_not_exist_fails(site: Site) -> None:
+    pid = 4194304 + 17  # above the kernel's pid_max ceiling: never a process
+    result = trigger_cli("-p", str(pid), "--json", str(site.ulp))
+    assert result.returncode == 1
+    (entry,) = json.loads(result.stdout)
+    assert entry["status"] == "failed" and "no such process" in entry["message"]
+    assert entry["universe"] is None
+
+
+def test_a_second_trigger_says_the_process_is_busy(site: Site) -> None:
+    with closing(site.start()) as p:
+        holder = os.fork()
+        if holder == 0:  # another tracer, holding the process for a while
+            try:
+                with Tracee(p.pid, 5.0):
+                    time.sleep(4)
+            finally:
+                os._exit(0)
+        try:
+            time.sleep(0.5)
+            busy = trigger_cli("-p", str(p.pid), "--retries", "2", str(site.ulp))
+            assert busy.returncode == 1
+            assert f"busy, traced by process {holder} (" in busy.stdout, busy.stdout
+        finally:
+            os.waitpid(holder, 0)
+        assert site.unpatched(p)
+        done = trigger_cli("-p", str(p.pid), "--json", str(site.ulp))
+        assert done.returncode == 0, done.stdout + done.stderr
+        (entry,) = json.loads(done.stdout)
+        again = trigger_cli("-p", str(p.pid), "--json", str(site.ulp))
+        (repeat,) = json.loads(again.stdout)
+        assert repeat["status"] == "already applied"
+        assert repeat["universe"] == entry["universe"] > 1
+
+
+def test_text_output_escapes_what_does_not_print(site: Site) -> None:
+    """Printable text from others (an accented patch id) is kept; a terminal escape (in a
+    path, here) is shown escaped, not obeyed."""
+    toml = site.patch_dir / "patch.toml"
+    toml.write_text(toml.read_text().replace('id = "', 'id = "\\u00e9', 1))
+    pack(toml)
+    with closing(site.start()) as p:
+        result = trigger_cli("-p", str(p.pid), str(site.ulp))
+        assert result.returncode == 0
+        assert "é" in result.stdout  # printable, kept
+    with closing(site.start()) as p:
+        result = trigger_cli("-p", "0", "-p", str(p.pid), str(site.ulp) + "\x1b[2J")
+        assert result.returncode == 1
+        assert "\x1b" not in result.stderr and "\\x1b[2J" in result.stderr, result.stderr

@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         return _COMMANDS[args.command](args)
     except UlpError as exc:
         for line in str(exc).splitlines():
-            print(f"ulp: {line}", file=sys.stderr)
+            print(_printable(f"ulp: {line}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -194,8 +194,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+def _printable(text: str) -> str:
+    """`text` with every character that does not print escaped, newlines kept: names, command
+    lines and messages come from files and processes that other users control, and must not
+    drive the terminal (escape sequences) or disguise a line (carriage returns, bidi marks)."""
+    if text.isprintable():
+        return text
+    return "\n".join(
+        "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in line)
+        for line in text.split("\n")
+    )
+
+
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, indent=2) if args.json else text)
+    print(json.dumps(data, indent=2) if args.json else _printable(text))
 
 
 def _cmd_rewrite(args: argparse.Namespace) -> int:
@@ -327,7 +339,8 @@ def _cmd_trigger(args: argparse.Namespace) -> int:
             if show:
                 show(result)
             if terminal:
-                print(f"[{done}/{total}] {op.describe()}", end="", file=sys.stderr, flush=True)
+                line = _printable(f"[{done}/{total}] {op.describe()}")
+                print(line, end="", file=sys.stderr, flush=True)
 
         results = fleet.run_all(op, jobs=args.jobs, progress=progress, **options)
         if terminal:
@@ -341,18 +354,19 @@ def _cmd_trigger(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([asdict(r) for r in results], indent=2))
     elif args.all:
-        print(_summary(results))
+        print(_printable(_summary(results)))
     return 1 if any(r.failed for r in results) else 0
 
 
 def _result_line(result: protocol.Result) -> None:
     text = result.message
-    if result.universe and not result.failed:
-        text += f" (universe {result.universe})"
+    if result.universe is not None:
+        applied = "applied in " if result.status == "already applied" else ""
+        text += f" ({applied}universe {result.universe})"
     if result.pending:
         held = ", ".join(f"{h.tid} ({h.name})" for h in result.pending)
         text += f"; transition pending: held by thread {held}"
-    print(f"{result.pid}: {result.status}: {text}", flush=True)
+    print(_printable(f"{result.pid}: {result.status}: {text}"), flush=True)
 
 
 def _summary(results: list[protocol.Result]) -> str:
@@ -376,7 +390,7 @@ def _cmd_patches(args: argparse.Namespace) -> int:
         except UlpError as exc:
             if args.pid:
                 raise
-            print(f"ulp: {exc}", file=sys.stderr)
+            print(_printable(f"ulp: {exc}"), file=sys.stderr)
     _emit(args, [asdict(p) for p in out], "\n".join(map(_process_text, out)) or "no process")
     return 0
 

@@ -25,6 +25,10 @@ from ulp_build.prepare.layout import PAD_BEFORE
 class AlreadyApplied(UlpError):
     """The patch to apply is applied in the process already: nothing to do, and no failure."""
 
+    def __init__(self, message: str, universe: int) -> None:
+        super().__init__(message)
+        self.universe = universe  # the one it was applied in
+
 
 @dataclass
 class CheckedOperation:
@@ -127,7 +131,9 @@ def check(pid: int, op: Operation) -> CheckedOperation:
         checked.add_reverted(applied)
         return checked
     if applied and not op.revert_all:
-        raise AlreadyApplied(f"process {pid}: patch {patch.id} is already applied")
+        raise AlreadyApplied(
+            f"process {pid}: patch {patch.id} is already applied", applied[0].applied
+        )
     req.flags |= rq.APPLY
     assert op.patch_path is not None
     obj = patch.object_path(op.patch_path)

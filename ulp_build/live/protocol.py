@@ -34,7 +34,7 @@ from ulp_build.live import request as rq
 from ulp_build.live.operation import Operation
 from ulp_build.live.preflight import AlreadyApplied, CheckedOperation, check
 from ulp_build.live.process import maps, read_memory
-from ulp_build.live.ptrace import Tracee
+from ulp_build.live.ptrace import Traced, Tracee
 from ulp_build.live.safe_thread import threads_to_try, unsafe_to_load
 from ulp_build.prepare.layout import PAD_BEFORE
 
@@ -50,7 +50,9 @@ class Result:
     pid: int
     status: str  # applied | reverted | already applied | exited | failed
     message: str
-    universe: int = 0
+    # The universe the change took effect in (for "already applied", when the patch was
+    # applied); None where nothing took effect.
+    universe: int | None = None
     pending: list[transition.Holder] = field(default_factory=list)  # transition not finished
 
     @property
@@ -67,6 +69,8 @@ def run(
 ) -> Result:
     """Carry `op` out in process `pid`, then wait up to `wait` seconds to finish transitions;
     never raises for a problem of that process."""
+    if not Path(f"/proc/{pid}").exists():
+        return Result(pid, "failed", f"process {pid}: no such process")
     try:
         checked = check(pid, op)
         last = ""
@@ -75,14 +79,14 @@ def run(
                 time.sleep(min(0.01 * attempt, 0.2))
             try:
                 universe = execute(checked, timeout)
-            except _Busy as exc:
+            except (_Busy, Traced) as exc:
                 last = str(exc)
                 continue
             status = "reverted" if checked.reverting else "applied"
             return _finished(Result(pid, status, checked.summary, universe), wait, timeout)
         return Result(pid, "failed", f"gave up after {retries + 1} attempts: {last}")
     except AlreadyApplied as exc:
-        return _finished(Result(pid, "already applied", str(exc)), wait, timeout)
+        return _finished(Result(pid, "already applied", str(exc), exc.universe), wait, timeout)
     except UlpError as exc:
         if not Path(f"/proc/{pid}").exists():
             return Result(pid, "exited", "the process exited")

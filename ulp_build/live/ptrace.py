@@ -116,6 +116,27 @@ class PtraceError(UlpError):
         self.errno = err
 
 
+class Traced(UlpError):
+    """Another tracer holds the process: another trigger, or a debugger. Worth waiting for."""
+
+
+def _tracer(pid: int) -> str | None:
+    """Who traces process `pid` now, as "PID (NAME)", or None."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        tracer = next(int(line.split()[1]) for line in status.splitlines()
+                      if line.startswith("TracerPid:"))  # fmt: skip
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    if tracer == 0:
+        return None
+    try:
+        name = Path(f"/proc/{tracer}/comm").read_text().strip()
+    except OSError:
+        name = "?"
+    return f"{tracer} ({name})"
+
+
 def _ptrace(request: int, tid: int, addr: int | None = 0, data: object = 0) -> int:
     ctypes.set_errno(0)
     result = _libc.ptrace(request, tid, addr, data)
@@ -198,6 +219,12 @@ class Tracee:
                     if self._exiting(tid):
                         gone[tid] = f"exiting ({os.strerror(exc.errno)})"
                         continue
+                    tracer = _tracer(self.pid) if exc.errno == errno.EPERM else None
+                    if tracer is not None:
+                        raise Traced(
+                            f"process {self.pid}: busy, traced by process {tracer}"
+                            " (another trigger, or a debugger)"
+                        ) from None
                     raise UlpError(
                         f"process {self.pid}: cannot attach to thread {tid}:"
                         f" {os.strerror(exc.errno)}"
