@@ -276,3 +276,26 @@ def test_text_output_escapes_what_does_not_print(site: Site) -> None:
         result = trigger_cli("-p", "0", "-p", str(p.pid), str(site.ulp) + "\x1b[2J")
         assert result.returncode == 1
         assert "\x1b" not in result.stderr and "\\x1b[2J" in result.stderr, result.stderr
+
+
+def test_all_for_one_user_and_whose_processes_all_touched(
+    site: Site, users: tuple[User, User]
+) -> None:
+    alice, _ = users
+    with closing(site.start(alice)) as hers, closing(site.start()) as roots:
+        result = trigger_cli("--all", "--user", alice.name, str(site.ulp))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.splitlines()[-1] == (
+            f"1 process: 1 applied (of users: {alice.name} 1)"
+        )
+        assert hers.ask("square 100000") == str(SATURATED)
+        assert site.unpatched(roots)
+        result = trigger_cli("--all", str(site.patch_dir / "patch.rev.ulp"))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.splitlines()[-1] == (
+            f"2 processes: 1 not applied, 1 reverted (of users: {alice.name} 1)"
+        ), result.stdout
+        result = trigger_cli("--all", str(site.ulp))
+        assert result.stdout.splitlines()[-1] == (
+            f"2 processes: 2 applied (of users: root 1, {alice.name} 1)"
+        ), result.stdout

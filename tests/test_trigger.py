@@ -590,7 +590,7 @@ def test_all_processes(tree: Path, patchee: Path, runtime: Path) -> None:
         result = trigger_cli("--all", patch_file(tree, "square_fix"))
         assert result.returncode == 0, result.stdout + result.stderr
         lines = result.stdout.splitlines()
-        assert lines[-1] == "50 processes: 50 applied"
+        assert lines[-1] == "50 processes: 50 applied (of users: root 50)"
         assert sorted(int(line.split(":")[0]) for line in lines[:-1]) == sorted(
             p.pid for p in procs
         )

@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pwd
 import shlex
 import signal
 import sys
+from collections import Counter
 from dataclasses import asdict
 from typing import Any
 
@@ -110,6 +112,11 @@ def _parser() -> argparse.ArgumentParser:
         "--all",
         action="store_true",
         help="every process with the runtime and the target loaded (matching build-id)",
+    )
+    p.add_argument(
+        "--user",
+        metavar="USER",
+        help="with --all: only the processes of USER (a name or a uid)",
     )
     p.add_argument(
         "--jobs",
@@ -342,10 +349,14 @@ def _cmd_trigger(args: argparse.Namespace) -> int:
                 line = _printable(f"[{done}/{total}] {op.describe()}")
                 print(line, end="", file=sys.stderr, flush=True)
 
-        results = fleet.run_all(op, jobs=args.jobs, progress=progress, **options)
+        results = fleet.run_all(
+            op, jobs=args.jobs, uid=_uid(args.user), progress=progress, **options
+        )
         if terminal:
             print("\r\033[K", end="", file=sys.stderr)
     else:
+        if args.user is not None:
+            raise UlpError("--user goes with --all")
         results = []
         for pid in args.pid:
             results.append(protocol.run(pid, op, **options))
@@ -355,6 +366,8 @@ def _cmd_trigger(args: argparse.Namespace) -> int:
         print(json.dumps([asdict(r) for r in results], indent=2))
     elif args.all:
         print(_printable(_summary(results)))
+    if args.all:
+        return 1 if any(r.status == "failed" for r in results) else 0
     return 1 if any(r.failed for r in results) else 0
 
 
@@ -369,14 +382,36 @@ def _result_line(result: protocol.Result) -> None:
     print(_printable(f"{result.pid}: {result.status}: {text}"), flush=True)
 
 
+def _uid(user: str | None) -> int | None:
+    if user is None:
+        return None
+    if user.isdigit():
+        return int(user)
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise UlpError(f"--user {user}: no such user") from None
+
+
+def _user_name(uid: int | None) -> str:
+    if uid is None:
+        return "?"
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
 def _summary(results: list[protocol.Result]) -> str:
     if not results:
         return "no process has the target loaded"
-    counts: dict[str, int] = {}
-    for r in results:
-        counts[r.status] = counts.get(r.status, 0) + 1
+    counts = Counter(r.status for r in results)
     parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    return f"{len(results)} processes: {parts}"
+    # Root's --all reaches every user's processes: say whose were touched.
+    users = Counter(_user_name(r.uid) for r in results if r.status in ("applied", "reverted"))
+    whose = ", ".join(f"{name} {n}" for name, n in sorted(users.items()))
+    processes = "process" if len(results) == 1 else "processes"
+    return f"{len(results)} {processes}: {parts}" + (f" (of users: {whose})" if whose else "")
 
 
 def _cmd_patches(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 from ulp_build.errors import UlpError
-from ulp_build.live import inventory, loaded_library
+from ulp_build.live import inventory, loaded_library, trust
 from ulp_build.live.operation import Operation
 from ulp_build.live.protocol import Result, run
 
@@ -18,12 +18,14 @@ from ulp_build.live.protocol import Result, run
 JOBS = min(8, os.cpu_count() or 1)
 
 
-def candidates(op: Operation) -> list[int]:
+def candidates(op: Operation, uid: int | None = None) -> list[int]:
     """Every process with the runtime and the operation's target loaded (with the patch's
-    build-id)."""
+    build-id), of the user `uid` if one is given."""
     out = []
     for pid in inventory.processes():
         try:
+            if uid is not None and trust.owners(pid)[0] != uid:
+                continue
             if op.patch is not None:
                 loaded_library.find(pid, op.patch.target_name, op.patch.target_build_id)
             else:
@@ -39,17 +41,19 @@ def run_all(
     op: Operation,
     *,
     jobs: int = JOBS,
+    uid: int | None = None,
     progress: Callable[[Result, int, int], None] | None = None,
     **kwargs: Any,
 ) -> list[Result]:
     """`run` in every candidate process, `jobs` at a time, in worker processes (the work is
     mostly Python, which threads would not spread over CPUs; and each target is traced from
     start to end by one worker, as ptrace requires). Processes that start meanwhile are found
-    by a new scan at the end, until a scan finds none."""
+    by a new scan at the end, until a scan finds none. With `uid`, only that user's
+    processes."""
     results: dict[int, Result] = {}
     with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
         while True:
-            new = [pid for pid in candidates(op) if pid not in results and pid != os.getpid()]
+            new = [pid for pid in candidates(op, uid) if pid not in results and pid != os.getpid()]
             if not new:
                 break
             total = len(results) + len(new)

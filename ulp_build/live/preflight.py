@@ -30,6 +30,11 @@ class AlreadyApplied(UlpError):
         self.universe = universe  # the one it was applied in
 
 
+class NotApplied(UlpError):
+    """The patch to revert is not applied in the process: nothing to do. A failure when the
+    process was named, not when `--all` meets it."""
+
+
 @dataclass
 class CheckedOperation:
     """One operation in one process: everything it needs, checked before the process is
@@ -127,7 +132,7 @@ def check(pid: int, op: Operation) -> CheckedOperation:
     if op.revert:
         req.flags |= rq.REVERT
         if not applied:
-            raise UlpError(f"process {pid}: patch {patch.id} is not applied")
+            raise NotApplied(f"process {pid}: patch {patch.id} is not applied")
         checked.add_reverted(applied)
         return checked
     if applied and not op.revert_all:

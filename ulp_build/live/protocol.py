@@ -29,10 +29,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ulp_build.errors import UlpError
-from ulp_build.live import loaded_library, tracer_signals, transition
+from ulp_build.live import loaded_library, tracer_signals, transition, trust
 from ulp_build.live import request as rq
 from ulp_build.live.operation import Operation
-from ulp_build.live.preflight import AlreadyApplied, CheckedOperation, check
+from ulp_build.live.preflight import AlreadyApplied, CheckedOperation, NotApplied, check
 from ulp_build.live.process import maps, read_memory
 from ulp_build.live.ptrace import Traced, Tracee
 from ulp_build.live.safe_thread import threads_to_try, unsafe_to_load
@@ -48,16 +48,18 @@ class Result:
     """What became of the operation in one process."""
 
     pid: int
-    status: str  # applied | reverted | already applied | exited | failed
+    status: str  # applied | reverted | already applied | not applied | exited | failed
     message: str
     # The universe the change took effect in (for "already applied", when the patch was
     # applied); None where nothing took effect.
     universe: int | None = None
     pending: list[transition.Holder] = field(default_factory=list)  # transition not finished
+    uid: int | None = None  # the user the process runs as
 
     @property
     def failed(self) -> bool:
-        return self.status == "failed"
+        """For a process named on the command line; `--all` passes over "not applied"."""
+        return self.status in ("failed", "not applied")
 
 
 class _Busy(UlpError):
@@ -72,6 +74,14 @@ def run(
     if not Path(f"/proc/{pid}").exists():
         return Result(pid, "failed", f"process {pid}: no such process")
     try:
+        uid = trust.owners(pid)[0]
+    except UlpError:
+        uid = None
+    return replace(_run(pid, op, timeout, retries, wait), uid=uid)
+
+
+def _run(pid: int, op: Operation, timeout: float, retries: int, wait: float) -> Result:
+    try:
         checked = check(pid, op)
         last = ""
         for attempt in range(retries + 1):
@@ -85,6 +95,8 @@ def run(
             status = "reverted" if checked.reverting else "applied"
             return _finished(Result(pid, status, checked.summary, universe), wait, timeout)
         return Result(pid, "failed", f"gave up after {retries + 1} attempts: {last}")
+    except NotApplied as exc:
+        return Result(pid, "not applied", str(exc))
     except AlreadyApplied as exc:
         return _finished(Result(pid, "already applied", str(exc), exc.universe), wait, timeout)
     except UlpError as exc:
