@@ -133,10 +133,14 @@ class LibraryInfo:
     base: int
     build_id: str
     descriptor: int
-    registration: int  # its record's offset in a thread (libs[]): what patches name it by
+    # Its registration: the offset of its record in a thread (libs[]), which its descriptor's
+    # runtime-private word caches (loaded_library.LoadedLibrary.registration reads it there)
+    # and patches name their target's load by.
+    registration: int
     target_universe: int  # of its last change (0: none)
     patched: bool  # a patch is active after its last change
     finished: bool  # the transition to its last change is finished
+    finished_word: int  # where the process keeps `finished` (transition.py writes it)
 
 
 @dataclass(frozen=True)
@@ -192,13 +196,15 @@ class RuntimeState:
     threads: list[ThreadInfo]
     patches: list[PatchInfo]  # newest first, reverted ones included
 
-    def patches_of(self, lib: LibraryInfo) -> list[PatchInfo]:
-        """The patches committed to this load of `lib`, newest first, reverted ones included."""
-        return [
-            p
-            for p in self.patches
-            if p.target == lib.descriptor and p.lib_offset == lib.registration
-        ]
+    def patches_of(self, descriptor: int, registration: int) -> list[PatchInfo]:
+        """The patches committed to one load of a library (its descriptor's address, and its
+        registration: a library closed and loaded again at the same address has another),
+        newest first, reverted ones included."""
+        return [p for p in self.patches if (p.target, p.lib_offset) == (descriptor, registration)]
+
+    def records_of(self, descriptor: int, registration: int) -> dict[int, FunctionRecord]:
+        """The function records of every patch of that load, by pad."""
+        return {f.pad: f for p in self.patches_of(descriptor, registration) for f in p.functions}
 
     def library(self, name_part: str) -> LibraryInfo:
         for lib in self.libraries:
@@ -272,7 +278,8 @@ def read(pid: int) -> RuntimeState:
     count = _bounded(pid, "a library count of", count, 0, max_libs)
     libraries = []
     for i in range(count):
-        lib = LIBRARY.unpack(read_memory(pid, h["libraries"] + i * lib_size, LIBRARY.size))
+        record = h["libraries"] + i * lib_size
+        lib = LIBRARY.unpack(read_memory(pid, record, LIBRARY.size))
         libraries.append(
             LibraryInfo(
                 i,
@@ -284,6 +291,7 @@ def read(pid: int) -> RuntimeState:
                 lib["target_universe"],
                 lib["target_state"] == PATCHED,
                 lib["finished"] != 0,
+                record + LIBRARY.offset("finished"),
             )
         )
     threads = []

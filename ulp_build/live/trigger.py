@@ -189,6 +189,9 @@ class Plan:
     request: rq.Request
     stopped_for: float = 0.0  # seconds every thread was stopped by the last commit
     indexes: dict[int, int] = field(default_factory=dict)  # pad -> the runtime's record
+    # pad -> the runtime's record of each function patched on this load of the library: what
+    # its bytes may be (loaded_library.LoadedLibrary.function_codes)
+    records: dict[int, runtime_state.FunctionRecord] = field(default_factory=dict)
 
     @property
     def reverting(self) -> bool:
@@ -225,16 +228,13 @@ class Plan:
         else:
             assert op.revert_all is not None
             library = loaded_library.find_by_name(pid, op.revert_all)
-        registration = library.registration()
-        active = [
-            p
-            for p in state.patches
-            if p.active and p.target == library.descriptor and p.lib_offset == registration
-        ]
+        mine = state.patches_of(library.descriptor, library.registration())
+        active = [p for p in mine if p.active]
         flags = rq.REVERT_ALL if op.revert_all else 0
         req = rq.Request(flags, library.descriptor, bytes.fromhex(library.build_id))
         code: list[loaded_library.FunctionCode] = []
         plan = cls(pid, op, state.runtime, base, symbols, landing, library, code, req)
+        plan.records = state.records_of(library.descriptor, library.registration())
         if op.revert_all and not active and patch is None:
             raise UlpError(f"process {pid}: no patch is applied to {library.path}")
         if op.revert_all:
@@ -257,7 +257,7 @@ class Plan:
         req.object = _seen_from(pid, obj)
         replacements, pointers, req.object_build_id = _object_symbols(obj, patch)
         patched = {f.offset: f for f in patch.functions}
-        code += library.function_codes(patch.functions)
+        code += library.function_codes(patch.functions, plan.records)
         for f in patch.functions:
             req.functions.append(
                 rq.FunctionEntry(library.base + f.offset, library.base + f.nop_offset,
@@ -288,7 +288,7 @@ class Plan:
                 entry = f.pad + PAD_BEFORE - self.library.base
                 name = self.library.elf.name_at(entry)
                 metas.append(Function(name, entry, f.entry_nop - self.library.base, ""))
-        self.code += self.library.function_codes(metas)
+        self.code += self.library.function_codes(metas, self.records)
 
     # -- the two stops -------------------------------------------------------------------------
 
@@ -354,13 +354,17 @@ class Plan:
         # not matter; a thread stopped at a direct jump's pad runs the checker's first
         # instruction instead.
         functions = [c.function for c in self.code]
+        # Another trigger may have changed the records since `make`.
+        self.records = runtime_state.read(self.pid).records_of(
+            self.library.descriptor, self.library.registration()
+        )
         snapshot = self.library.snapshot(functions)
         writes = []
-        for c in self.library.function_codes(functions, snapshot):
+        for c in self.library.function_codes(functions, self.records, snapshot):
             pad, jump = c.checker(slot, self.indexes[c.pad])
-            if c.state is not loaded_library.CodeState.CHECKER:
+            if c.code[:PAD_BEFORE] != pad:
                 writes.append((c.pad, pad))
-            if c.state is loaded_library.CodeState.PRISTINE:
+            if c.code[-2:] != jump:
                 writes.append((c.nop, jump))
         edits = snapshot.edited(writes)
         regions = maps(self.pid)
