@@ -4,12 +4,15 @@ struct's size and every field's offset, and they must be the Python declaration'
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run
+from conftest import REPO, run, ulp
+from live import OVERFLOWED, base_of, patch_file, running, trigger_cli
 
 from ulp_build.cstruct import CStruct
+from ulp_build.elf import ElfFile
 from ulp_build.live import request, runtime_state
 from ulp_build.prepare import layout
 
@@ -70,3 +73,25 @@ def test_layout_matches_ulp_h(declared: CStruct, layouts: dict[str, int]) -> Non
 
 def test_layout_version_matches_ulp_h(layouts: dict[str, int]) -> None:
     assert layouts["ULP_LAYOUT_VERSION"] == runtime_state.LAYOUT_VERSION
+
+
+def test_another_layout_version_is_refused(
+    tree: Path, patchee: Path, runtime: Path, tmp_path: Path
+) -> None:
+    """A runtime that publishes another layout version: the trigger and `ulp patches` refuse
+    the process, with one line saying why, and read nothing else."""
+    with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
+        header = base_of(p.pid, runtime) + next(
+            s.value for s in ElfFile.load(runtime).dynamic_symbols if s.name == "ulp_runtime"
+        )
+        version = header + runtime_state.RUNTIME_INFO.offset("layout_version")
+        with open(f"/proc/{p.pid}/mem", "r+b", buffering=0) as mem:
+            mem.seek(version)
+            mem.write(struct.pack("<I", runtime_state.LAYOUT_VERSION + 1))
+        listed = ulp("patches", "-p", str(p.pid))
+        assert listed.returncode != 0
+        (line,) = listed.stderr.strip().splitlines()
+        assert f"layout version {runtime_state.LAYOUT_VERSION + 1}" in line
+        triggered = trigger_cli("-p", str(p.pid), patch_file(tree, "square_fix"))
+        assert "failed" in triggered.stdout and "layout version" in triggered.stdout
+        assert p.ask("square 100000") == str(OVERFLOWED)
