@@ -2,7 +2,8 @@
  * The runtime's one exported data symbol, `ulp_runtime`: a versioned header from which the
  * trigger (reading /proc/PID/mem from outside) finds the global universe, the prepared
  * libraries and the live threads with their per-library depth and universe. And the
- * constructor that makes the runtime ready.
+ * constructor that makes the runtime ready. The header's layout is in ulp.h; the asserts
+ * below tie ulp.h to the offsets the assembly uses (tests/test_layouts.py ties it to Python).
  */
 #define _GNU_SOURCE
 #include <cpuid.h>
@@ -19,30 +20,9 @@ __attribute__((visibility("hidden"))) uint64_t ulp_xsave_size;
 __attribute__((visibility("hidden"))) uint32_t ulp_xsave_mask;
 __attribute__((visibility("hidden"))) uint32_t ulp_shadow_frames = ULP_SHADOW_FRAMES;
 
-struct ulp_runtime_info {
-    char magic[8];                      /* "ULPRUN\0\0" */
-    uint32_t version;                   /* 1 */
-    uint32_t size;                      /* of this header */
-    _Atomic uint64_t *universe;
-    struct ulp_library *libraries;      /* [max_libraries], the first *library_count valid */
-    _Atomic uint32_t *library_count;
-    uint32_t max_libraries;
-    uint32_t library_size;              /* sizeof(struct ulp_library) */
-    _Atomic(struct ulp_thread *) *threads; /* list head; entries with tid 0 are free */
-    uint32_t thread_libs_offset;        /* offsetof(struct ulp_thread, libs) */
-    uint32_t thread_lib_size;           /* sizeof(struct ulp_thread_lib) */
-    uint32_t thread_next_offset;
-    uint32_t thread_tid_offset;
-    uint32_t thread_top_offset;
-    uint32_t thread_base_offset;
-    uint32_t frame_size;
-    uint32_t patch_size;                /* sizeof(struct ulp_patch), its functions follow */
-    struct ulp_patch *_Atomic *patches; /* every patch committed, newest first */
-};
-
 ULP_EXPORT const struct ulp_runtime_info ulp_runtime = {
     .magic = {'U', 'L', 'P', 'R', 'U', 'N', 0, 0},
-    .version = 2,
+    .layout_version = ULP_LAYOUT_VERSION,
     .size = sizeof(struct ulp_runtime_info),
     .universe = &ulp_universe,
     .libraries = ulp_libraries,
@@ -77,8 +57,6 @@ _Static_assert(offsetof(struct ulp_function, lib_offset) == ULP_FUNCTION_LIB, "d
 _Static_assert(offsetof(struct ulp_function, latest) == ULP_FUNCTION_LATEST, "dispatch.S");
 _Static_assert(offsetof(struct ulp_thread, padding) == ULP_THREAD_ZERO, "dispatch.S");
 _Static_assert(sizeof(struct ulp_version) == 16, "dispatch.S");
-_Static_assert(sizeof(struct ulp_function) == 48, "ulp_build/live/runtime_state.py");
-_Static_assert(sizeof(struct ulp_request) == 2032, "ulp_build/live/request.py");
 
 __attribute__((constructor)) static void ulp_start(void)
 {

@@ -16,10 +16,13 @@
  * The trigger writes the universe checkers' code bytes itself (DESIGN section 5) after a
  * successful prepare and before the commit: until the commit they lead every call to the
  * version it ran before.
+ *
+ * Here: the two entry points, the staging between them (what a request changes, every array
+ * the commit needs), and the request buffers. The function records live in function.c, the
+ * loading of the patch object in load.c.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
-#include <link.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,10 +33,6 @@
 #include "ulp.h"
 
 struct ulp_patch *_Atomic ulp_patches;
-
-/* Every function record by index; grown by copying, the old arrays kept (see ulp.h). */
-struct ulp_function **_Atomic ulp_functions;
-static uint32_t function_count, function_capacity;
 
 /* One function's next version, worked out by ulp_prepare. */
 struct change {
@@ -51,79 +50,21 @@ static struct {
     uint32_t revert_count;
     struct change *changes;
     uint32_t change_count;
+    struct ulp_library *library;    /* the target's record (NULL: untracked, no room) */
+    uint32_t target_state;          /* ULP_PATCHED or ULP_UNPATCHED once committed */
 } staged;
 
 static const char request_magic[8] = {'U', 'L', 'P', 'R', 'E', 'Q', 0, 0};
 static const char descriptor_magic[8] = {'U', 'L', 'P', 'L', 'I', 'B', 0, 0};
 
-__attribute__((format(printf, 2, 3))) static int64_t fail(struct ulp_request *r,
-                                                          const char *format, ...)
+/* -ULP_EINVALID, with the request's message saying why. */
+int64_t ulp_fail(struct ulp_request *r, const char *format, ...)
 {
     va_list args;
     va_start(args, format);
     vsnprintf(r->message, sizeof r->message, format, args);
     va_end(args);
     return -ULP_EINVALID;
-}
-
-/* ---- function records ------------------------------------------------------------------- */
-
-/* The newest record for a pad: a record of a library closed since and loaded again at the
- * same address is stale (another library offset, or another original). */
-static struct ulp_function *lookup(uintptr_t pad, uintptr_t original, uint64_t lib_offset)
-{
-    struct ulp_function **all = atomic_load(&ulp_functions);
-    for (uint32_t i = function_count; i-- > 0;)
-        if (all[i]->pad == pad)
-            return all[i]->original == original && all[i]->lib_offset == lib_offset ? all[i]
-                                                                                     : NULL;
-    return NULL;
-}
-
-static int reserve(void)
-{
-    if (function_count < function_capacity)
-        return 0;
-    uint32_t capacity = function_capacity ? 2 * function_capacity : 64;
-    struct ulp_function **all = malloc(capacity * sizeof *all);
-    if (!all)
-        return -1;
-    if (function_count)
-        memcpy(all, atomic_load(&ulp_functions), function_count * sizeof *all);
-    atomic_store(&ulp_functions, all);
-    function_capacity = capacity;
-    return 0;
-}
-
-static struct ulp_function *function_for(uintptr_t entry, uintptr_t nop, uint64_t lib_offset)
-{
-    uintptr_t pad = entry - ULP_PAD_BEFORE;
-    /* Untracked library: the dispatcher reads a depth of 0 from the thread's zero padding. */
-    if (lib_offset < ULP_THREAD_LIBS)
-        lib_offset = ULP_THREAD_ZERO;
-    struct ulp_function *f = lookup(pad, nop + 2, lib_offset);
-    if (f)
-        return f;
-    f = calloc(1, sizeof *f);
-    struct ulp_versions *v = calloc(1, sizeof *v + 4 * sizeof v->entries[0]);
-    if (!f || !v || reserve() != 0) {
-        free(f);
-        free(v);
-        return NULL;
-    }
-    f->pad = pad;
-    f->original = nop + 2;
-    f->lib_offset = lib_offset;
-    v->capacity = 4;
-    v->count = 1;
-    v->entries[0] = (struct ulp_version){0, f->original};
-    f->versions = v;
-    atomic_store(&f->latest, &v->entries[0]);
-    /* Visible at once, and harmless: with only the original version it changes nothing. */
-    f->index = function_count;
-    atomic_store(&atomic_load(&ulp_functions)[function_count], f);
-    function_count++;
-    return f;
 }
 
 /* ---- what a request changes --------------------------------------------------------------- */
@@ -200,108 +141,6 @@ static void unstage(void)
     memset(&staged, 0, sizeof staged);
 }
 
-/* ---- loading the patch object ------------------------------------------------------------ */
-
-struct object_search {
-    uintptr_t base;
-    size_t module;                  /* its TLS module id */
-    const uint8_t *build_id;        /* its NT_GNU_BUILD_ID descriptor */
-    uint32_t build_id_size;
-};
-
-static void find_build_id(struct object_search *search, const ElfW(Phdr) *ph)
-{
-    const char *at = (const char *)(search->base + ph->p_vaddr), *end = at + ph->p_memsz;
-    while (at + sizeof(ElfW(Nhdr)) <= end) {
-        const ElfW(Nhdr) *note = (const void *)at;
-        const char *name = at + sizeof *note;
-        const char *desc = name + ((note->n_namesz + 3) & ~3u);
-        if (note->n_type == NT_GNU_BUILD_ID && note->n_namesz == 4 && !memcmp(name, "GNU", 4)) {
-            search->build_id = (const uint8_t *)desc;
-            search->build_id_size = note->n_descsz;
-            return;
-        }
-        at = desc + ((note->n_descsz + 3) & ~3u);
-    }
-}
-
-static int find_object(struct dl_phdr_info *info, size_t size, void *data)
-{
-    (void)size;
-    struct object_search *search = data;
-    if (info->dlpi_addr != search->base)
-        return 0;
-    search->module = info->dlpi_tls_modid;
-    for (int i = 0; i < info->dlpi_phnum; i++)
-        if (info->dlpi_phdr[i].p_type == PT_NOTE && !search->build_id)
-            find_build_id(search, &info->dlpi_phdr[i]);
-    return 1;
-}
-
-static int64_t fill_references(struct ulp_request *r, uintptr_t object, uintptr_t target)
-{
-    const struct ulp_request_reference *refs =
-        (const void *)((const char *)(r + 1) + r->function_count * sizeof(struct ulp_request_function));
-    for (uint32_t i = 0; i < r->reference_count; i++) {
-        uint64_t *slot = (uint64_t *)(object + refs[i].pointer);
-        if (refs[i].kind == ULP_REF_TLS) {
-            struct object_search search = {target, 0, NULL, 0};
-            dl_iterate_phdr(find_object, &search);
-            if (search.module == 0)
-                return fail(r, "the target has no thread-local storage module");
-            slot[0] = search.module;
-            slot[1] = refs[i].value;
-        } else {
-            slot[0] = refs[i].value;
-        }
-    }
-    return 0;
-}
-
-static int64_t load(struct ulp_request *r, const struct ulp_descriptor *d, uint64_t lib_offset)
-{
-    struct ulp_request_function *funcs = (void *)(r + 1);
-    struct ulp_patch *p = calloc(1, sizeof *p + r->function_count * sizeof p->functions[0]);
-    if (!p)
-        return fail(r, "out of memory");
-    memcpy(p->id, r->id, sizeof p->id);
-    memcpy(p->description, r->description, sizeof p->description);
-    memcpy(p->object, r->object, sizeof p->object);
-    p->target = d;
-    p->lib_offset = (uint32_t)lib_offset;
-    p->function_count = r->function_count;
-    p->handle = dlopen(r->object, RTLD_NOW | RTLD_LOCAL);
-    if (!p->handle) {
-        const char *why = dlerror();
-        free(p);
-        return fail(r, "cannot load the patch object: %s", why ? why : "unknown error");
-    }
-    staged.patch = p;
-    struct link_map *map = NULL;
-    if (dlinfo(p->handle, RTLD_DI_LINKMAP, &map) != 0 || !map)
-        return fail(r, "cannot find where the patch object was loaded");
-    /* dlopen hands back an object already loaded from the same path (a reverted patch stays
-     * loaded), even if the file was rebuilt since: the offsets would then be wrong. */
-    struct object_search object = {map->l_addr, 0, NULL, 0};
-    dl_iterate_phdr(find_object, &object);
-    if (r->object_build_id_size &&
-        (object.build_id_size != r->object_build_id_size ||
-         memcmp(object.build_id, r->object_build_id, r->object_build_id_size) != 0))
-        return fail(r, "%s is loaded already, from another build (rename the new one)",
-                    r->object);
-    int64_t status = fill_references(r, map->l_addr, (uintptr_t)d - d->link_address);
-    if (status)
-        return status;
-    for (uint32_t i = 0; i < r->function_count; i++) {
-        struct ulp_function *f = function_for(funcs[i].entry, funcs[i].nop, lib_offset);
-        if (!f)
-            return fail(r, "out of memory");
-        p->functions[i] = (struct ulp_patch_function){f, map->l_addr + funcs[i].replacement};
-        funcs[i].index = f->index;
-    }
-    return 0;
-}
-
 /* ---- the entry points --------------------------------------------------------------------- */
 
 static int64_t check_request(struct ulp_request *r, const struct ulp_descriptor **target)
@@ -314,15 +153,15 @@ static int64_t check_request(struct ulp_request *r, const struct ulp_descriptor 
     uint64_t need = sizeof *r + (uint64_t)r->function_count * sizeof(struct ulp_request_function) +
                     (uint64_t)r->reference_count * sizeof(struct ulp_request_reference);
     if (r->size < need || r->build_id_size > 32 || r->object_build_id_size > 32)
-        return fail(r, "malformed request");
+        return ulp_fail(r, "malformed request");
     const struct ulp_descriptor *d = (const void *)r->descriptor;
     if (memcmp(d->magic, descriptor_magic, sizeof descriptor_magic) != 0 ||
         d->version != ULP_DESC_VERSION)
-        return fail(r, "the target is not a library prepared by this version of ulp");
+        return ulp_fail(r, "the target is not a library prepared by this version of ulp");
     const uint8_t *id = (const uint8_t *)((uintptr_t)d - d->link_address + d->build_id);
     if (d->build_id_size != r->build_id_size || !d->build_id ||
         memcmp(id, r->build_id, r->build_id_size) != 0)
-        return fail(r, "build-id mismatch");
+        return ulp_fail(r, "build-id mismatch");
     *target = d;
     return 0;
 }
@@ -344,7 +183,7 @@ static int64_t stage(struct ulp_request *r, const struct ulp_descriptor *d)
     if (lib_offset == 0)
         lib_offset = atomic_load(&d->runtime_private);
     if (lib_offset == 0)
-        return fail(r, "the runtime cannot track the target");
+        return ulp_fail(r, "the runtime cannot track the target");
     if ((r->flags & ULP_REQ_APPLY) && !(r->flags & ULP_REQ_REVERT_ALL) &&
         find_active(r->id, d, lib_offset)) {
         snprintf(r->message, sizeof r->message, "patch %s is already applied", r->id);
@@ -358,7 +197,7 @@ static int64_t stage(struct ulp_request *r, const struct ulp_descriptor *d)
     staged.reverts = calloc(patches + 1, sizeof *staged.reverts);
     staged.changes = calloc(functions + 1, sizeof *staged.changes);
     if (!staged.reverts || !staged.changes)
-        return fail(r, "out of memory");
+        return ulp_fail(r, "out of memory");
     for (struct ulp_patch *p = atomic_load(&ulp_patches); p; p = p->next) {
         int all = r->flags & ULP_REQ_REVERT_ALL;
         int named = (r->flags & ULP_REQ_REVERT) && !strcmp(p->id, r->id);
@@ -373,18 +212,25 @@ static int64_t stage(struct ulp_request *r, const struct ulp_descriptor *d)
         return -ULP_ENOTAPPLIED;
     }
     if (r->flags & ULP_REQ_APPLY) {
-        int64_t status = load(r, d, lib_offset);
+        int64_t status = ulp_load(r, d, lib_offset, &staged.patch);
         if (status)
             return status;
     }
+    staged.library = lib_offset >= ULP_THREAD_LIBS
+                         ? &ulp_libraries[(lib_offset - ULP_THREAD_LIBS) / ULP_THREAD_LIB_SIZE]
+                         : NULL;
+    staged.target_state = staged.patch ? ULP_PATCHED : ULP_UNPATCHED;
+    for (struct ulp_patch *p = atomic_load(&ulp_patches); p; p = p->next)
+        if (active_on(p, d, lib_offset) && !reverted_now(p))
+            staged.target_state = ULP_PATCHED;
     for (uint32_t i = 0; i < staged.revert_count; i++)
         for (uint32_t j = 0; j < staged.reverts[i]->function_count; j++)
             if (stage_change(staged.reverts[i]->functions[j].function) != 0)
-                return fail(r, "out of memory");
+                return ulp_fail(r, "out of memory");
     if (staged.patch)
         for (uint32_t j = 0; j < staged.patch->function_count; j++)
             if (stage_change(staged.patch->functions[j].function) != 0)
-                return fail(r, "out of memory");
+                return ulp_fail(r, "out of memory");
     /* Before the trigger writes the first checker into this library. */
     atomic_store((_Atomic uint64_t *)&d->dispatch, (uint64_t)(uintptr_t)ulp_dispatch);
     return 0;
@@ -440,6 +286,13 @@ ULP_EXPORT int64_t ulp_commit(uint64_t ticket)
         staged.patch->time = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
         staged.patch->next = atomic_load(&ulp_patches);
         atomic_store(&ulp_patches, staged.patch);
+    }
+    /* The target's transition state (ulp.h), before the universe that starts the transition:
+     * the trigger reads it only once this call has returned. */
+    if (staged.library) {
+        staged.library->finished = 0;
+        staged.library->target_universe = universe;
+        staged.library->target_state = staged.target_state;
     }
     /* Last: a thread entering the library from now on gets the new universe, and with it the
      * versions just written; threads already inside keep theirs. */

@@ -10,7 +10,8 @@
  * restart, and its FP/SSE/AVX state), with %r12, which the call preserves, pointing at it.
  *
  * - With the trigger alive, the getpid below is where it takes over: it watches the thread's
- *   system calls, reads the result from %rdi at getpid's exit, and restores the thread itself.
+ *   system calls, reads the result from %rdi at getpid's exit (ulp_resume_return, exported so
+ *   that it finds that address by name), and restores the thread itself.
  * - Alone, the thread carries on: it completes the frame with what only it knows now (its
  *   alternate signal stack and signal mask) and returns into the interrupted code through
  *   rt_sigreturn, which restores every register, the stack pointer and the extended state at
@@ -27,6 +28,7 @@
         .text
         .globl  ulp_resume
         .type   ulp_resume, @function
+        .globl  ulp_resume_return
         .p2align 4
 ulp_resume:
         .cfi_startproc
@@ -35,6 +37,7 @@ ulp_resume:
         movq    %rax, %rdi
         movl    $SYS_getpid, %eax
         syscall
+ulp_resume_return:
         leaq    FRAME_UC_STACK(%r12), %rsi
         xorl    %edi, %edi
         movl    $SYS_sigaltstack, %eax

@@ -1,9 +1,12 @@
 /*
  * libulp.so: the run-time half of ulp_build. Shared by the C files and track.S.
  *
- * Layouts here are read by assembly (the offsets below), by the trigger from outside the
- * process (through the introspection structure, see info.c), and by prepared libraries (the
- * descriptor, written by ulp_build/prepare/layout.py). Change them together.
+ * Layouts here are read by assembly (the offsets below, checked by _Static_assert in info.c),
+ * by the trigger from outside the process (the request, the introspection header and the
+ * records it leads to) and by prepared libraries (the descriptor). The Python side declares
+ * each of those once, with the same field names (ulp_build/cstruct.py and its users);
+ * tests/test_layouts.py compiles this header and compares every size and offset. Change both
+ * sides together, and bump ULP_LAYOUT_VERSION when the trigger's view changes.
  */
 #ifndef ULP_H
 #define ULP_H
@@ -42,6 +45,10 @@
 #include <sys/types.h>
 
 #define ULP_EXPORT __attribute__((visibility("default")))
+/* The layouts the trigger reads or writes in a running process (the request, the introspection
+ * header and every record it leads to), as one number: published in ulp_runtime, a trigger
+ * with another refuses the process (ulp_build/live/runtime_state.py, LAYOUT_VERSION). */
+#define ULP_LAYOUT_VERSION 3
 #define ULP_MAX_LIBRARIES 1024
 /* Shadow frames reserved (not committed) per thread: deeper than any real stack can recurse
  * through tracked entries; past it, entries run untracked rather than fail. The environment
@@ -91,12 +98,28 @@ struct ulp_thread {
     struct ulp_thread_lib libs[ULP_MAX_LIBRARIES];
 };
 
+/* Transition states (target_state below), as Linux livepatch's KLP_UNPATCHED/KLP_PATCHED. */
+#define ULP_UNPATCHED 0
+#define ULP_PATCHED 1
+
+/* A prepared library, from its first tracked call on (its index is its place in every thread's
+ * libs[]), with its transition state, kept explicitly as Linux livepatch keeps
+ * klp_target_state: the commit of a change sets the target universe and state and clears
+ * `finished`; the trigger that finishes the transition (its checkers rewritten to direct
+ * jumps, or to the prepared padding, under one stop of the process) sets `finished` through
+ * /proc/PID/mem under that same stop (ulp_build/live/transition.py). Nothing in the process
+ * reads them: they say what the code bytes should be, so that the trigger and `ulp patches`
+ * need not guess it from the bytes. */
 struct ulp_library {
     const struct ulp_descriptor *descriptor;
     uintptr_t base;
     uint32_t build_id_size;
     uint8_t build_id[32];
     char name[256];
+    uint32_t target_state;          /* after its last change: ULP_PATCHED if a patch is active */
+    uint64_t target_universe;       /* the universe of its last change; 0: never changed */
+    uint32_t finished;              /* 1 once no checker of that change is left */
+    uint32_t reserved;
 };
 
 /* A patched function: every version it has had, by the universe in which each took effect. The
@@ -178,7 +201,7 @@ struct ulp_request {
     /* then function_count ulp_request_function, then reference_count ulp_request_reference */
 };
 
-/* patch.c */
+/* A patch: the functions it replaces, and by what. */
 struct ulp_patch_function {
     struct ulp_function *function;
     uintptr_t replacement;
@@ -201,8 +224,43 @@ struct ulp_patch {
     struct ulp_patch_function functions[];
 };
 
-extern struct ulp_function **_Atomic ulp_functions;
+/* The runtime's one exported data symbol, `ulp_runtime` (info.c): what the trigger reads from
+ * outside to find the global universe, the libraries, the threads and the patches, with the
+ * geometry it needs to walk them. */
+struct ulp_runtime_info {
+    char magic[8];                      /* "ULPRUN\0\0" */
+    uint32_t layout_version;            /* ULP_LAYOUT_VERSION */
+    uint32_t size;                      /* of this header */
+    _Atomic uint64_t *universe;
+    struct ulp_library *libraries;      /* [max_libraries], the first *library_count valid */
+    _Atomic uint32_t *library_count;
+    uint32_t max_libraries;
+    uint32_t library_size;              /* sizeof(struct ulp_library) */
+    _Atomic(struct ulp_thread *) *threads; /* list head; entries with tid 0 are free */
+    uint32_t thread_libs_offset;        /* offsetof(struct ulp_thread, libs) */
+    uint32_t thread_lib_size;           /* sizeof(struct ulp_thread_lib) */
+    uint32_t thread_next_offset;
+    uint32_t thread_tid_offset;
+    uint32_t thread_top_offset;
+    uint32_t thread_base_offset;
+    uint32_t frame_size;
+    uint32_t patch_size;                /* sizeof(struct ulp_patch), its functions follow */
+    struct ulp_patch *_Atomic *patches; /* every patch committed, newest first */
+};
+
 extern struct ulp_patch *_Atomic ulp_patches;
+
+/* function.c */
+extern struct ulp_function **_Atomic ulp_functions;
+struct ulp_function *ulp_function_for(uintptr_t entry, uintptr_t nop, uint64_t lib_offset);
+
+/* load.c */
+int64_t ulp_load(struct ulp_request *r, const struct ulp_descriptor *d, uint64_t lib_offset,
+                 struct ulp_patch **loaded);
+
+/* patch.c */
+__attribute__((format(printf, 2, 3))) int64_t ulp_fail(struct ulp_request *r,
+                                                       const char *format, ...);
 
 /* dispatch.S */
 void ulp_dispatch(void);

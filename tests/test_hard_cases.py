@@ -110,21 +110,21 @@ def test_trigger_killed_at_random_points(tree: Path, patchee: Path, runtime: Pat
     assert outcomes["applied"] >= 5 and outcomes["not applied"] >= 5, outcomes
 
 
-def _usleep_and_landing(pid: int, runtime: Path) -> tuple[int, ReturnPoint]:
+def _usleep_and_return_point(pid: int, runtime: Path) -> tuple[int, ReturnPoint]:
     """libc's usleep in `pid` (a call that takes as long as we like) and the runtime's
     ulp_resume, where calls return."""
     libc = next(m for m in maps(pid) if Path(m.path).name.startswith("libc.so") and m.offset == 0)
     usleep = libc.start + next(
         s.value for s in ElfFile.load(libc.path).dynamic_symbols if s.name == "usleep"
     )
-    return usleep, runtime_state.landing(ElfFile.load(runtime), base_of(pid, runtime))
+    return usleep, runtime_state.return_point(ElfFile.load(runtime), base_of(pid, runtime))
 
 
 def test_tracer_killed_during_a_call(tree: Path, patchee: Path, runtime: Path) -> None:
     """The thread finishes the call alone, returns into ulp_resume and restores itself, down
     to the read() it was blocked in, which it restarts."""
     with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
-        usleep, resume = _usleep_and_landing(p.pid, runtime)
+        usleep, resume = _usleep_and_return_point(p.pid, runtime)
         child = os.fork()
         if child == 0:
             with Tracee(p.pid) as tracee:
@@ -142,7 +142,7 @@ def test_call_that_times_out_finishes_alone(tree: Path, patchee: Path, runtime: 
     """Cut short, a call could leave a lock held for ever: it is left to finish, and the
     thread restores itself as if the trigger had died."""
     with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
-        usleep, resume = _usleep_and_landing(p.pid, runtime)
+        usleep, resume = _usleep_and_return_point(p.pid, runtime)
         with (
             Tracee(p.pid, timeout=0.1) as tracee,
             pytest.raises(UlpError, match="finishes it alone"),

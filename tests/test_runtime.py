@@ -38,6 +38,7 @@ def test_runtime_exports_only_its_symbols(runtime: Path) -> None:
         "ulp_commit",
         "ulp_prepare",
         "ulp_resume",
+        "ulp_resume_return",
         "ulp_runtime",
         "ulp_track",
     ]

@@ -541,6 +541,9 @@ def test_finished_transition_is_a_direct_jump(tree: Path, patchee: Path, runtime
         assert p.ask("square 100000") == str(SATURATED)
         status = json.loads(ulp("patches", "-p", str(p.pid), "--json").stdout)
         assert status[0]["libraries"][0]["transition"] == "done"
+        # The runtime's own record of the library's last change.
+        (state,) = runtime_state.read(p.pid).libraries
+        assert state.finished and state.patched and state.target_universe == 2
 
         assert (
             trigger_cli("-p", str(p.pid), patch_file(tree, "square_fix", reverse=True)).returncode
@@ -548,6 +551,8 @@ def test_finished_transition_is_a_direct_jump(tree: Path, patchee: Path, runtime
         )
         # Fully reverted: the prepared padding again.
         assert read_memory(p.pid, entry - 14, 16) == b"\x90" * 14 + b"\x66\x90"
+        (state,) = runtime_state.read(p.pid).libraries
+        assert state.finished and not state.patched and state.target_universe == 3
         assert p.ask("square 100000") == str(OVERFLOWED)
         # And patchable again from there.
         assert trigger_cli("-p", str(p.pid), patch_file(tree, "square_stack_a")).returncode == 0
@@ -568,16 +573,20 @@ def test_a_thread_inside_holds_the_transition_open(
         entry = base_of(p.pid, lib) + entry_of(lib, "basic_square")
         assert read_memory(p.pid, entry - 14, 2) == bytes.fromhex("41bb")  # still the checker
         text = ulp("patches", "-p", str(p.pid)).stdout
-        assert f"transition pending: {held} (patchee, universe 1)" in text
+        assert f"transition pending: {held} (patchee, universe 1) inside the library" in text
         assert "basic-square-stack-a" in text and "8 patchable functions" in text
         status = json.loads(ulp("patches", "-p", str(p.pid), "--json").stdout)
         library = status[0]["libraries"][0]
         assert library["transition"] == "pending"
         assert [h["tid"] for h in library["holders"]] == [held]
+        assert [h["reason"] for h in library["holders"]] == ["inside the library"]
+        (state,) = runtime_state.read(p.pid).libraries
+        assert not state.finished and state.patched
 
         assert p.ask("release") == "held 9"
         finished = json.loads(ulp("patches", "-p", str(p.pid), "--finish", "--json").stdout)
         assert finished[0]["libraries"][0]["transition"] == "done"
+        assert runtime_state.read(p.pid).libraries[0].finished
         assert read_memory(p.pid, entry - 14, 1) == b"\xe9"
         assert p.ask("square 3") == "1009"
 

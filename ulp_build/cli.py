@@ -419,9 +419,8 @@ def _cmd_patches(args: argparse.Namespace) -> int:
     out = []
     for pid in pids:
         try:
-            if args.finish:
-                transition.finish(pid, args.timeout)
-            out.append(inventory.of(pid))
+            found = transition.finish(pid, args.timeout) if args.finish else None
+            out.append(inventory.of(pid, found))
         except UlpError as exc:
             if args.pid:
                 raise
@@ -444,8 +443,10 @@ def _process_text(p: inventory.ProcessStatus) -> str:
                 f" {patch.functions} function(s){what}"
             )
         if lib.transition == "pending":
-            held = ", ".join(f"{h.tid} ({h.name}, universe {h.universe})" for h in lib.holders)
-            lines.append(f"    transition pending: {held or 'a thread is inside the runtime'}")
+            held = ", ".join(
+                f"{h.tid} ({h.name}, universe {h.universe}) {h.reason}" for h in lib.holders
+            )
+            lines.append(f"    transition pending: {held or 'nothing holds it now (--finish)'}")
     return "\n".join(lines)
 
 

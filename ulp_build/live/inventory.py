@@ -32,8 +32,9 @@ class LibraryStatus:
     build_id: str
     patchable_functions: int
     patches: list[AppliedPatch] = field(default_factory=list)
-    transition: str = "none"  # none | done | pending
-    holders: list[transition.Holder] = field(default_factory=list)
+    transition: str = "none"  # none | done | pending: of its last change, as the runtime says
+    universe: int = 0  # of its last change
+    holders: list[transition.Holder] = field(default_factory=list)  # each with its reason
 
 
 @dataclass
@@ -75,17 +76,20 @@ def _command(pid: int) -> str:
     return " ".join(a.decode(errors="replace") for a in raw.split(b"\0") if a) or "?"
 
 
-def of(pid: int) -> ProcessStatus:
+def of(pid: int, found: list[transition.Transition] | None = None) -> ProcessStatus:
+    """What `ulp patches` shows of `pid`; `found`: its transitions as `transition.finish` just
+    left them (with the holders only a stop can see), else read now."""
     state = runtime_state.read(pid)
     status = ProcessStatus(pid, _command(pid), state.universe)
-    moving = {t.library.index: t for t in transition.transitions(state)}
+    if found is None:
+        found = transition.transitions(state)
+    moving = {t.library.index: t for t in found}
     paths = {m.start: m.path for m in maps(pid) if m.offset == 0}
     for lib in state.libraries:
         path = paths.get(lib.base, lib.name)
         out = LibraryStatus(path, lib.build_id, _patchable(path))
-        offset = transition.LIB_RECORDS + transition.LIB_RECORD_SIZE * lib.index
-        for p in state.patches:
-            if p.active and p.target == lib.descriptor and p.lib_offset == offset:
+        for p in state.patches_of(lib.descriptor, lib.registration):
+            if p.active:
                 when = datetime.datetime.fromtimestamp(p.time_ns / 1e9).isoformat("T", "seconds")
                 out.patches.append(
                     AppliedPatch(p.id, p.description, p.object, when, p.applied, len(p.functions))
@@ -93,6 +97,7 @@ def of(pid: int) -> ProcessStatus:
         t = moving.get(lib.index)
         if t is not None:
             out.transition = "done" if t.done else "pending"
+            out.universe = t.universe
             out.holders = t.holders if not t.done else []
         status.libraries.append(out)
     return status

@@ -1,16 +1,18 @@
 """A patch's target library as one process has it loaded: which file, where, which build (read
 from the process's memory, not from the file on disk, which may have been rebuilt since), its
-prepared-library descriptor, and the state of each patched function's bytes."""
+prepared-library descriptor, and the bytes of each patched function's pad and entry, checked
+against what the runtime's records say they may be before anything is written over them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
 from ulp_build.elf import ElfFile
 from ulp_build.errors import UlpError
 from ulp_build.live.process import Mapping, Snapshot, maps, proc_dir, read_memory
+from ulp_build.live.runtime_state import FunctionRecord
+from ulp_build.live.transition import PRISTINE, settled_code
 from ulp_build.patch.metadata import Function
 from ulp_build.prepare import codegen
 from ulp_build.prepare.layout import (
@@ -23,21 +25,13 @@ from ulp_build.prepare.layout import (
     SECTION_DATA,
 )
 
-_PRISTINE_PAD = b"\x90" * PAD_BEFORE
-
-
-class CodeState(Enum):
-    PRISTINE = "pristine"  # the prepared padding: not patched (or reverted, transition done)
-    CHECKER = "checker"  # our universe checker: a transition is under way
-    DIRECT = "direct"  # a jump straight to the newest version: the transition is done
-
 
 @dataclass(frozen=True)
 class FunctionCode:
     function: Function
     pad: int  # run-time address of the 14-byte pad
     nop: int  # run-time address of the entry nop
-    state: CodeState
+    code: bytes  # from the pad to the entry nop included, as read
 
     def checker(self, dispatch_slot: int, index: int) -> tuple[bytes, bytes]:
         """The bytes of the universe checker of the runtime's function record `index`:
@@ -71,17 +65,16 @@ class LoadedLibrary:
         return data.addr
 
     def registration(self) -> int:
-        """The descriptor's runtime-private word in the process: this load's place in the
-        runtime's tables (0 before its first tracked call)."""
-        magic, version, _flags, _link, private, *_ = DESCRIPTOR.unpack(
-            read_memory(self.pid, self.descriptor, DESCRIPTOR.size)
-        )
+        """The descriptor's runtime-private word in the process: this load's registration
+        (runtime_state.LibraryInfo.registration; 0 before its first tracked call)."""
+        d = DESCRIPTOR.unpack(read_memory(self.pid, self.descriptor, DESCRIPTOR.size))
+        magic, version = d["magic"], d["version"]
         if magic != DESCRIPTOR_MAGIC or version != DESCRIPTOR_VERSION:
             raise UlpError(
                 f"process {self.pid}: {self.path} was not prepared by this version of ulp"
                 f" (descriptor version {version}, this ulp makes {DESCRIPTOR_VERSION})"
             )
-        return private
+        return d["runtime_private"]
 
     def snapshot(self, functions: list[Function]) -> Snapshot:
         """The bytes of the functions' pads and entry nops, now."""
@@ -92,31 +85,35 @@ class LoadedLibrary:
         return pad, self.base + f.nop_offset + 2 - pad
 
     def function_codes(
-        self, functions: list[Function], snapshot: Snapshot | None = None
+        self,
+        functions: list[Function],
+        records: dict[int, FunctionRecord],
+        snapshot: Snapshot | None = None,
     ) -> list[FunctionCode]:
-        """Where each function is and what its padding holds (in `snapshot`, or now); an
-        error naming the first that is neither the prepared padding, nor our checker, nor a
-        finished transition."""
+        """Where each function is and its bytes (in `snapshot`, or now). `records`: the
+        runtime's function records of this load, by pad. An error naming the first function
+        whose bytes are neither what its record says once no transition is under way (the
+        prepared padding without a record) nor a universe checker of this library (its
+        record's, when it has one; one made by an attempt that did not commit otherwise)."""
         snapshot = snapshot or self.snapshot(functions)
         out = []
         for f in functions:
             pad, size = self._place(f)
-            out.append(self._classify(f, pad, pad + size - 2, snapshot.read(pad, size)))
+            code = FunctionCode(f, pad, pad + size - 2, snapshot.read(pad, size))
+            self._check(code, records.get(pad))
+            out.append(code)
         return out
 
-    def _classify(self, function: Function, pad: int, nop: int, raw: bytes) -> FunctionCode:
-        code = FunctionCode(function, pad, nop, CodeState.PRISTINE)
-        head, entry_nop = raw[:PAD_BEFORE], raw[-2:]
-        if head == _PRISTINE_PAD and entry_nop == codegen.NOP2:
-            return code
-        if entry_nop == codegen.checker_jump(nop, pad):
-            if codegen.checker_index(pad, head, self.dispatch_slot) is not None:
-                return FunctionCode(function, pad, nop, CodeState.CHECKER)
-            if codegen.direct_target(pad, head) is not None:
-                return FunctionCode(function, pad, nop, CodeState.DIRECT)
+    def _check(self, code: FunctionCode, record: FunctionRecord | None) -> None:
+        settled = settled_code(record) if record is not None else PRISTINE
+        head, entry = code.code[:PAD_BEFORE], code.code[-2:]
+        index = codegen.checker_index(code.pad, head, self.dispatch_slot)
+        is_checker = entry == codegen.checker_jump(code.nop, code.pad) and index is not None
+        if (head, entry) == settled or (is_checker and (record is None or index == record.index)):
+            return
         raise UlpError(
-            f"process {self.pid}: {function.name} in {self.path}: the bytes at {pad:#x} are not"
-            f" as recorded (padding {head.hex()}, entry {entry_nop.hex()})"
+            f"process {self.pid}: {code.function.name} in {self.path}: the bytes at"
+            f" {code.pad:#x} are not as recorded (padding {head.hex()}, entry {entry.hex()})"
         )
 
 

@@ -52,6 +52,9 @@ class CheckedOperation:
     # pad -> the runtime's record of the function: known here for the functions a revert
     # changes, and told by each prepare (protocol.py) for the functions a patch replaces.
     indexes: dict[int, int] = field(default_factory=dict)
+    # pad -> the runtime's record of each function patched on this load of the library: what
+    # its bytes may be (loaded_library.LoadedLibrary.function_codes)
+    records: dict[int, runtime_state.FunctionRecord] = field(default_factory=dict)
 
     @property
     def reverting(self) -> bool:
@@ -75,7 +78,7 @@ class CheckedOperation:
                 entry = f.pad + PAD_BEFORE - self.library.base
                 name = self.library.elf.name_at(entry)
                 metas.append(Function(name, entry, f.entry_nop - self.library.base, ""))
-        self.code += self.library.function_codes(metas)
+        self.code += self.library.function_codes(metas, self.records)
 
 
 def check(pid: int, op: Operation) -> CheckedOperation:
@@ -93,7 +96,7 @@ def check(pid: int, op: Operation) -> CheckedOperation:
         if name not in symbols:
             raise UlpError(f"{state.runtime}: no {name}: a runtime too old for this trigger")
     base = next(m.start for m in maps(pid) if m.path == state.runtime and m.offset == 0)
-    return_point = runtime_state.landing(elf, base)
+    return_point = runtime_state.return_point(elf, base)
     patch = op.patch
     if patch is not None:
         library = loaded_library.find(pid, patch.target_name, patch.target_build_id)
@@ -109,18 +112,15 @@ def check(pid: int, op: Operation) -> CheckedOperation:
     else:
         assert op.revert_all is not None
         library = loaded_library.find_by_name(pid, op.revert_all)
-    registration = library.registration()
-    active = [
-        p
-        for p in state.patches
-        if p.active and p.target == library.descriptor and p.lib_offset == registration
-    ]
+    mine = state.patches_of(library.descriptor, library.registration())
+    active = [p for p in mine if p.active]
     flags = rq.REVERT_ALL if op.revert_all else 0
     req = rq.Request(flags, library.descriptor, bytes.fromhex(library.build_id))
     code: list[loaded_library.FunctionCode] = []
     checked = CheckedOperation(
         pid, op, state.runtime, base, symbols, return_point, library, code, req
     )
+    checked.records = state.records_of(library.descriptor, library.registration())
     if op.revert_all and not active and patch is None:
         raise UlpError(f"process {pid}: no patch is applied to {library.path}")
     if op.revert_all:
@@ -146,7 +146,7 @@ def check(pid: int, op: Operation) -> CheckedOperation:
     assert op.object_elf is not None
     replacements, pointers, req.object_build_id = _object_symbols(obj, op.object_elf, patch)
     patched = {f.offset: f for f in patch.functions}
-    code += library.function_codes(patch.functions)
+    code += library.function_codes(patch.functions, checked.records)
     for f in patch.functions:
         req.functions.append(
             rq.FunctionEntry(library.base + f.offset, library.base + f.nop_offset,

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ulp_build.errors import UlpError
-from ulp_build.live import loaded_library, tracer_signals, transition, trust
 from ulp_build.live import request as rq
+from ulp_build.live import runtime_state, tracer_signals, transition, trust
 from ulp_build.live.operation import Operation
 from ulp_build.live.preflight import AlreadyApplied, CheckedOperation, NotApplied, check
 from ulp_build.live.process import maps, read_memory
@@ -184,13 +184,15 @@ def commit(checked: CheckedOperation, ticket: int, tid: int, timeout: float) -> 
     # go. Nothing runs meanwhile, so the order of the bytes written does not matter; a thread
     # stopped at a direct jump's pad runs the checker's first instruction instead.
     functions = [c.function for c in checked.code]
+    # Another trigger may have changed the records since the preflight.
+    checked.records = runtime_state.read(pid).records_of(library.descriptor, library.registration())
     snapshot = library.snapshot(functions)
     writes = []
-    for c in library.function_codes(functions, snapshot):
+    for c in library.function_codes(functions, checked.records, snapshot):
         pad, jump = c.checker(slot, checked.indexes[c.pad])
-        if c.state is not loaded_library.CodeState.CHECKER:
+        if c.code[:PAD_BEFORE] != pad:
             writes.append((c.pad, pad))
-        if c.state is loaded_library.CodeState.PRISTINE:
+        if c.code[-2:] != jump:
             writes.append((c.nop, jump))
     edits = snapshot.edited(writes)
     regions = maps(pid)

@@ -5,17 +5,49 @@ and publishes."""
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 
+from ulp_build.cstruct import CStruct
 from ulp_build.errors import UlpError
 
 MAGIC = b"ULPREQ\0\0"
 VERSION = 1
-HEADER = struct.Struct("<8sIIIIIIQ32s128s256s1024s32sII512s")
-FUNCTION = struct.Struct("<QQQII")  # entry, nop, replacement; out: record index
-REFERENCE = struct.Struct("<IIQQ")
-MESSAGE_OFFSET = HEADER.size - 512
+HEADER = CStruct(
+    "ulp_request",
+    [
+        ("magic", "8s"),
+        ("version", "I"),
+        ("size", "I"),  # of the whole request
+        ("flags", "I"),
+        ("function_count", "I"),
+        ("reference_count", "I"),
+        ("build_id_size", "I"),
+        ("descriptor", "Q"),  # the target's, at its run-time address
+        ("build_id", "32s"),  # the target's, as the patch was made for
+        ("id", "128s"),
+        ("description", "256s"),
+        ("object", "1024s"),  # absolute path of the patch object
+        ("object_build_id", "32s"),
+        ("object_build_id_size", "I"),
+        ("reserved", "I"),
+        ("message", "512s"),  # out: why it failed
+    ],
+)
+FUNCTION = CStruct(
+    "ulp_request_function",
+    [
+        ("entry", "Q"),
+        ("nop", "Q"),
+        ("replacement", "Q"),  # offset in the patch object
+        ("index", "I"),  # out: the function's record, for its universe checker
+        ("reserved", "I"),
+    ],
+)
+REFERENCE = CStruct(
+    "ulp_request_reference",
+    [("kind", "I"), ("reserved", "I"), ("pointer", "Q"), ("value", "Q")],
+)
+MESSAGE_OFFSET = HEADER.offset("message")
 
 REVERT_ALL = 1
 APPLY = 2
@@ -63,28 +95,26 @@ class Request:
         )
         out = bytearray(
             HEADER.pack(
-                MAGIC,
-                VERSION,
-                size,
-                self.flags,
-                len(self.functions),
-                len(self.references),
-                len(self.build_id),
-                self.descriptor,
-                self.build_id,
-                _field(self.id, 128, "patch id"),
-                _truncated(self.description, 256),
-                _field(self.object, 1024, "patch object path"),
-                self.object_build_id,
-                len(self.object_build_id),
-                0,
-                b"",
+                magic=MAGIC,
+                version=VERSION,
+                size=size,
+                flags=self.flags,
+                function_count=len(self.functions),
+                reference_count=len(self.references),
+                build_id_size=len(self.build_id),
+                descriptor=self.descriptor,
+                build_id=self.build_id,
+                id=_field(self.id, 128, "patch id"),
+                description=_truncated(self.description, 256),
+                object=_field(self.object, 1024, "patch object path"),
+                object_build_id=self.object_build_id,
+                object_build_id_size=len(self.object_build_id),
             )
         )
         for f in self.functions:
-            out += FUNCTION.pack(f.entry, f.nop, f.replacement, 0, 0)
+            out += FUNCTION.pack(entry=f.entry, nop=f.nop, replacement=f.replacement)
         for r in self.references:
-            out += REFERENCE.pack(REF_KINDS[r.kind], 0, r.pointer, r.value)
+            out += REFERENCE.pack(kind=REF_KINDS[r.kind], pointer=r.pointer, value=r.value)
         return bytes(out)
 
 
@@ -106,4 +136,4 @@ def message(raw: bytes) -> str:
 
 def indexes(raw: bytes, count: int) -> list[int]:
     """The record index ulp_prepare wrote back for each function of a request."""
-    return [FUNCTION.unpack_from(raw, HEADER.size + i * FUNCTION.size)[3] for i in range(count)]
+    return [FUNCTION.unpack(raw, HEADER.size + i * FUNCTION.size)["index"] for i in range(count)]

@@ -1,7 +1,14 @@
 """Reading the runtime's introspection structure (`ulp_runtime`, runtime/info.c) out of a live
-process: the global universe, the prepared libraries it has seen, and per thread the shadow
-stack depth and, per library, the depth and universe. Read from outside through /proc/PID/mem,
-so it works on a stopped process and changes nothing in it."""
+process: the global universe, the prepared libraries it has seen with their transition state,
+per thread the shadow stack depth and, per library, the depth and universe, and every patch
+committed with its function records. Read from outside through /proc/PID/mem, so it works on a
+stopped process and changes nothing in it.
+
+Every struct is declared here once, by name (runtime/ulp.h; tests/test_layouts.py compares
+them). A runtime of another LAYOUT_VERSION is refused. The geometry the header publishes
+(strides, offsets) is what the walk uses, bounded by what a real runtime can have: a process
+that publishes more is corrupt or hostile, and reading it is an error.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ulp_build.cstruct import CStruct
 from ulp_build.elf import ElfFile
 from ulp_build.errors import UlpError
 from ulp_build.live.process import maps, read_memory
@@ -16,19 +24,105 @@ from ulp_build.live.ptrace import ReturnPoint
 
 INFO_SYMBOL = "ulp_runtime"
 INFO_MAGIC = b"ULPRUN\0\0"
-INFO_VERSION = 2
-HEADER = struct.Struct("<8sIIQQQIIQIIIIIIIIQ")
-LIBRARY = struct.Struct("<QQI32s256s")
-THREAD_LIB = struct.Struct("<IIQ")
-# struct ulp_patch: next, id, description, object, target descriptor, handle, applied and
-# reverted universes, time, function count (its functions follow), the target's registration
-# (its libs[] offset: another after the target was closed and loaded again).
-PATCH = struct.Struct("<Q128s256s1024sQQQQQII")
-PATCH_FUNCTION = struct.Struct("<QQ")  # its record, its replacement
-# struct ulp_function: pad, original, lib offset, newest version, versions, index
-FUNCTION = struct.Struct("<QQQQQII")
-MAX_PATCHES = 1 << 16
+# ULP_LAYOUT_VERSION: every layout below and the request's (request.py).
+LAYOUT_VERSION = 3
+RESUME_SYMBOL = "ulp_resume"
+RESUME_RETURN_SYMBOL = "ulp_resume_return"
+
+RUNTIME_INFO = CStruct(
+    "ulp_runtime_info",
+    [
+        ("magic", "8s"),
+        ("layout_version", "I"),
+        ("size", "I"),
+        ("universe", "Q"),
+        ("libraries", "Q"),
+        ("library_count", "Q"),
+        ("max_libraries", "I"),
+        ("library_size", "I"),
+        ("threads", "Q"),
+        ("thread_libs_offset", "I"),
+        ("thread_lib_size", "I"),
+        ("thread_next_offset", "I"),
+        ("thread_tid_offset", "I"),
+        ("thread_top_offset", "I"),
+        ("thread_base_offset", "I"),
+        ("frame_size", "I"),
+        ("patch_size", "I"),
+        ("patches", "Q"),
+    ],
+)
+# The first fields, the same in every layout: what tells this reader whether it can go on.
+_PREFIX = 16
+LIBRARY = CStruct(
+    "ulp_library",
+    [
+        ("descriptor", "Q"),
+        ("base", "Q"),
+        ("build_id_size", "I"),
+        ("build_id", "32s"),
+        ("name", "256s"),
+        ("target_state", "I"),  # ULP_PATCHED: a patch is active after its last change
+        ("target_universe", "Q"),  # the universe of its last change, 0: none yet
+        ("finished", "I"),  # the transition to it is finished (transition.py writes it)
+        ("reserved", "I"),
+    ],
+)
+PATCHED = 1  # ULP_PATCHED
+# A thread's record, read at the offsets the header publishes; `libs` follows.
+THREAD = CStruct(
+    "ulp_thread",
+    [
+        ("top", "Q"),
+        ("end", "Q"),
+        ("base", "Q"),
+        ("next", "Q"),
+        ("tid", "i"),
+        ("reserved", "I"),
+        ("padding", "24s"),
+    ],
+    tail="libs",
+)
+THREAD_LIB = CStruct("ulp_thread_lib", [("depth", "I"), ("reserved", "I"), ("universe", "Q")])
+# A patch: its target's registration (its libs[] offset) tells loads of one library apart (a
+# library closed and loaded again at the same address gets another). Its functions follow.
+PATCH = CStruct(
+    "ulp_patch",
+    [
+        ("next", "Q"),
+        ("id", "128s"),
+        ("description", "256s"),
+        ("object", "1024s"),
+        ("target", "Q"),
+        ("handle", "Q"),
+        ("applied", "Q"),
+        ("reverted", "Q"),
+        ("time", "Q"),
+        ("function_count", "I"),
+        ("lib_offset", "I"),
+    ],
+    tail="functions",
+)
+PATCH_FUNCTION = CStruct("ulp_patch_function", [("function", "Q"), ("replacement", "Q")])
+FUNCTION = CStruct(
+    "ulp_function",
+    [
+        ("pad", "Q"),
+        ("original", "Q"),
+        ("lib_offset", "Q"),
+        ("latest", "Q"),  # its newest struct ulp_version
+        ("versions", "Q"),
+        ("index", "I"),
+        ("reserved", "I"),
+    ],
+)
+VERSION = CStruct("ulp_version", [("universe", "Q"), ("code", "Q")])
+
 # Bounds against a corrupt or hostile process: the runtime never has more.
+MAX_LIBRARIES = 1 << 16
+MAX_RECORD = 1 << 12  # bytes of a library, thread-lib or frame record, of a thread's fixed part
+MAX_PATCHES = 1 << 16
+MAX_PATCH_FUNCTIONS = 1 << 16
 MAX_THREADS = 1 << 20
 
 
@@ -39,6 +133,14 @@ class LibraryInfo:
     base: int
     build_id: str
     descriptor: int
+    # Its registration: the offset of its record in a thread (libs[]), which its descriptor's
+    # runtime-private word caches (loaded_library.LoadedLibrary.registration reads it there)
+    # and patches name their target's load by.
+    registration: int
+    target_universe: int  # of its last change (0: none)
+    patched: bool  # a patch is active after its last change
+    finished: bool  # the transition to its last change is finished
+    finished_word: int  # where the process keeps `finished` (transition.py writes it)
 
 
 @dataclass(frozen=True)
@@ -94,6 +196,16 @@ class RuntimeState:
     threads: list[ThreadInfo]
     patches: list[PatchInfo]  # newest first, reverted ones included
 
+    def patches_of(self, descriptor: int, registration: int) -> list[PatchInfo]:
+        """The patches committed to one load of a library (its descriptor's address, and its
+        registration: a library closed and loaded again at the same address has another),
+        newest first, reverted ones included."""
+        return [p for p in self.patches if (p.target, p.lib_offset) == (descriptor, registration)]
+
+    def records_of(self, descriptor: int, registration: int) -> dict[int, FunctionRecord]:
+        """The function records of every patch of that load, by pad."""
+        return {f.pad: f for p in self.patches_of(descriptor, registration) for f in p.functions}
+
     def library(self, name_part: str) -> LibraryInfo:
         for lib in self.libraries:
             if name_part in lib.name:
@@ -109,17 +221,24 @@ def find_runtime(pid: int) -> tuple[str, int]:
     raise UlpError(f"process {pid}: runtime not loaded (start it with `ulp run`)")
 
 
-def landing(runtime: ElfFile, base: int) -> ReturnPoint:
-    """Where the trigger's calls return: ulp_resume, and the address after its first system
-    call, where the trigger takes over (runtime/resume.S)."""
-    resume = next(
-        (s.value for s in runtime.dynamic_symbols if s.name == "ulp_resume" and s.defined), None
-    )
-    code = runtime.code_at(resume, 32) if resume is not None else None
-    at = code.find(b"\x0f\x05") if code else -1
-    if resume is None or at < 0:
-        raise UlpError(f"{runtime.name}: no ulp_resume: a runtime too old for this trigger")
-    return ReturnPoint(base + resume, base + resume + at + 2)
+def return_point(runtime: ElfFile, base: int) -> ReturnPoint:
+    """Where the trigger's calls return: ulp_resume, and the label after its first system call,
+    where the trigger takes over (runtime/resume.S)."""
+    symbols = {s.name: s.value for s in runtime.dynamic_symbols if s.defined}
+    if RESUME_SYMBOL not in symbols or RESUME_RETURN_SYMBOL not in symbols:
+        raise UlpError(
+            f"{runtime.name}: no {RESUME_RETURN_SYMBOL}: a runtime too old for this trigger"
+        )
+    return ReturnPoint(base + symbols[RESUME_SYMBOL], base + symbols[RESUME_RETURN_SYMBOL])
+
+
+def _bounded(pid: int, what: str, value: int, low: int, high: int) -> int:
+    if not low <= value <= high:
+        raise UlpError(
+            f"process {pid}: the runtime publishes {what} {value}, not in [{low}, {high}]:"
+            " its memory is corrupt"
+        )
+    return value
 
 
 def read(pid: int) -> RuntimeState:
@@ -127,66 +246,74 @@ def read(pid: int) -> RuntimeState:
     symbols = {s.name: s for s in ElfFile.load_shared(path).dynamic_symbols}
     if INFO_SYMBOL not in symbols:
         raise UlpError(f"{path}: no {INFO_SYMBOL} symbol; not a ulp_build runtime")
-    header = HEADER.unpack(read_memory(pid, base + symbols[INFO_SYMBOL].value, HEADER.size))
-    (
-        magic,
-        version,
-        _size,
-        universe_at,
-        libraries_at,
-        count_at,
-        max_libs,
-        lib_size,
-        threads_at,
-        libs_offset,
-        lib_stride,
-        next_off,
-        tid_off,
-        top_off,
-        base_off,
-        frame_size,
-        patch_size,
-        patches_at,
-    ) = header
-    if magic != INFO_MAGIC or version != INFO_VERSION:
-        raise UlpError(f"process {pid}: runtime introspection version {version} unsupported")
+    at = base + symbols[INFO_SYMBOL].value
+    magic, version = struct.unpack("<8sI", read_memory(pid, at, 12))
+    if magic != INFO_MAGIC or version != LAYOUT_VERSION:
+        raise UlpError(
+            f"process {pid}: its runtime {path} has layout version {version},"
+            f" this ulp reads {LAYOUT_VERSION} (use the ulp that came with that runtime)"
+        )
+    h = RUNTIME_INFO.unpack(read_memory(pid, at, RUNTIME_INFO.size))
+    _bounded(pid, "a header of size", h["size"], RUNTIME_INFO.size, RUNTIME_INFO.size)
+    max_libs = _bounded(pid, "a library table of", h["max_libraries"], 0, MAX_LIBRARIES)
+    lib_size = _bounded(pid, "library records of", h["library_size"], LIBRARY.size, MAX_RECORD)
+    libs_at = _bounded(
+        pid, "thread library records at", h["thread_libs_offset"], THREAD.size, MAX_RECORD
+    )
+    lib_stride = _bounded(
+        pid, "thread library records of", h["thread_lib_size"], THREAD_LIB.size, MAX_RECORD
+    )
+    frame_size = _bounded(pid, "shadow frames of", h["frame_size"], 8, MAX_RECORD)
+    patch_size = _bounded(pid, "patch records of", h["patch_size"], PATCH.size, MAX_RECORD)
+    thread_fields = {
+        name: _bounded(pid, f"thread {name} at", h[f"thread_{name}_offset"], 0, libs_at - 8)
+        for name in ("next", "tid", "top", "base")
+    }
 
     def word(address: int) -> int:
         return struct.unpack("<Q", read_memory(pid, address, 8))[0]
 
-    universe = word(universe_at)
-    (count,) = struct.unpack("<I", read_memory(pid, count_at, 4))
-    count = min(count, max_libs)
+    universe = word(h["universe"])
+    (count,) = struct.unpack("<I", read_memory(pid, h["library_count"], 4))
+    count = _bounded(pid, "a library count of", count, 0, max_libs)
     libraries = []
     for i in range(count):
-        raw = read_memory(pid, libraries_at + i * lib_size, LIBRARY.size)
-        desc, lib_base, id_size, build_id, name = LIBRARY.unpack(raw)
+        record = h["libraries"] + i * lib_size
+        lib = LIBRARY.unpack(read_memory(pid, record, LIBRARY.size))
         libraries.append(
             LibraryInfo(
                 i,
-                name.split(b"\0", 1)[0].decode(errors="replace"),
-                lib_base,
-                build_id[: min(id_size, 32)].hex(),
-                desc,
+                _text(lib["name"]),
+                lib["base"],
+                lib["build_id"][: min(lib["build_id_size"], 32)].hex(),
+                lib["descriptor"],
+                libs_at + i * lib_stride,
+                lib["target_universe"],
+                lib["target_state"] == PATCHED,
+                lib["finished"] != 0,
+                record + LIBRARY.offset("finished"),
             )
         )
     threads = []
-    at = word(threads_at)
+    at = word(h["threads"])
     seen = 0
     while at and seen < MAX_THREADS:
         seen += 1
-        (tid,) = struct.unpack("<i", read_memory(pid, at + tid_off, 4))
+        record = read_memory(pid, at, libs_at)
+        tid, top, frames_base, nxt = (
+            struct.unpack_from(fmt, record, thread_fields[name])[0]
+            for name, fmt in (("tid", "<i"), ("top", "<Q"), ("base", "<Q"), ("next", "<Q"))
+        )
         if tid:
-            top, frames_base = word(at + top_off), word(at + base_off)
             info = ThreadInfo(tid, (top - frames_base) // frame_size if top else 0)
-            raw = read_memory(pid, at + libs_offset, lib_stride * count) if count else b""
+            raw = read_memory(pid, at + libs_at, lib_stride * count) if count else b""
             for i in range(count):
-                depth, _pad, lib_universe = THREAD_LIB.unpack_from(raw, i * lib_stride)
-                if depth or lib_universe:
-                    info.libraries[i] = LibraryState(depth, lib_universe)
+                held = THREAD_LIB.unpack(raw, i * lib_stride)
+                if held["depth"] or held["universe"]:
+                    info.libraries[i] = LibraryState(held["depth"], held["universe"])
             threads.append(info)
-        at = word(at + next_off)
-    patches = _patches(pid, patches_at, patch_size)
+        at = nxt
+    patches = _patches(pid, h["patches"], patch_size)
     return RuntimeState(pid, path, universe, libraries, threads, patches)
 
 
@@ -195,40 +322,38 @@ def _text(raw: bytes) -> str:
 
 
 def _patches(pid: int, head_at: int, patch_size: int) -> list[PatchInfo]:
-    if patch_size != PATCH.size:
-        raise UlpError(f"process {pid}: runtime patch record of {patch_size} bytes unsupported")
     out = []
     (at,) = struct.unpack("<Q", read_memory(pid, head_at, 8))
     records: dict[int, FunctionRecord] = {}
     while at and len(out) < MAX_PATCHES:
-        fields = PATCH.unpack(read_memory(pid, at, PATCH.size))
-        nxt, patch_id, desc, obj, target, _handle, applied, reverted, when, count, lib = fields
-        raw = read_memory(pid, at + PATCH.size, PATCH_FUNCTION.size * count) if count else b""
+        p = PATCH.unpack(read_memory(pid, at, PATCH.size))
+        count = _bounded(pid, "a patch of functions:", p["function_count"], 0, MAX_PATCH_FUNCTIONS)
+        size = PATCH_FUNCTION.size
+        raw = read_memory(pid, at + patch_size, size * count) if count else b""
         functions = []
-        for record, _replacement in PATCH_FUNCTION.iter_unpack(raw):
+        for i in range(count):
+            record = PATCH_FUNCTION.unpack(raw, i * size)["function"]
             if record not in records:
                 records[record] = _function(pid, record)
             functions.append(records[record])
         out.append(
             PatchInfo(
-                _text(patch_id),
-                _text(desc),
-                _text(obj),
-                target,
-                applied,
-                reverted,
-                when,
+                _text(p["id"]),
+                _text(p["description"]),
+                _text(p["object"]),
+                p["target"],
+                p["applied"],
+                p["reverted"],
+                p["time"],
                 tuple(functions),
-                lib,
+                p["lib_offset"],
             )
         )
-        at = nxt
+        at = p["next"]
     return out
 
 
 def _function(pid: int, at: int) -> FunctionRecord:
-    pad, original, _lib, latest, _versions, index, _ = FUNCTION.unpack(
-        read_memory(pid, at, FUNCTION.size)
-    )
-    (newest,) = struct.unpack("<Q", read_memory(pid, latest + 8, 8))
-    return FunctionRecord(pad, original, newest, index)
+    f = FUNCTION.unpack(read_memory(pid, at, FUNCTION.size))
+    newest = VERSION.unpack(read_memory(pid, f["latest"], VERSION.size))["code"]
+    return FunctionRecord(f["pad"], f["original"], newest, f["index"])

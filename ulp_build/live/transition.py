@@ -2,19 +2,29 @@
 
 After an apply or a revert, a patched function's universe checker sends every call through
 the dispatcher, because a thread that was inside the library at that moment must keep the
-versions of its universe. Once no thread holds an older universe of the library than its last
-change, the checker has nothing left to decide: its pad becomes a direct jump to the newest
-version, or, when that is the original code, the entry nop comes back (`66 90`). One short stop
-of the process, and only when it is safe:
+versions of its universe. The runtime keeps, per library, the state of its last change, as
+Linux livepatch keeps klp_target_state (runtime/ulp.h, struct ulp_library): the target
+universe, whether a patch is active after it, and whether the transition to it is finished.
+The commit sets it, unfinished; this module finishes it. Whether a library is in transition is
+read from that state, never guessed from code bytes.
 
-- no thread holds an old universe (read again while every thread is stopped);
-- no thread is inside the runtime, where it may have read the global universe and not yet
-  stored it as its own (it would enter the library with an old universe unseen);
-- no thread is stopped at a checker's second instruction (its indirect jump), which the new pad
-  may cut in the middle (a thread at the pad's first instruction is fine: the new one starts
-  there too).
+Once no thread holds an older universe of the library than its last change, the checkers have
+nothing left to decide: each pad becomes a direct jump to its function's newest version, or,
+when that is the original code, the prepared padding with the entry nop (`66 90`). One short
+stop of the process writes them and, in the same write, the library's `finished` word (through
+/proc/PID/mem: the runtime itself never reads it, so no call into the process is needed). Only
+when it is safe; otherwise the holders are reported, each with its reason:
 
-Otherwise the transition stays as it is, correct, and is reported as pending.
+- INSIDE_LIBRARY: a thread inside the library with an older universe (read again while every
+  thread is stopped);
+- INSIDE_RUNTIME: a thread inside the runtime, where it may have read the global universe and
+  not yet stored it as its own (it would enter the library with an old universe unseen);
+- AT_CHECKER_JUMP: a thread stopped at a checker's second instruction (its indirect jump), which
+  the new pad may cut in the middle (a thread at the pad's first instruction is fine: the new
+  one starts there too).
+
+The bytes overwritten must be exactly each function's checker or already its finished code;
+anything else is an error, and nothing is written.
 """
 
 from __future__ import annotations
@@ -23,37 +33,46 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ulp_build.errors import UlpError
 from ulp_build.live import runtime_state
 from ulp_build.live.process import Snapshot, maps
 from ulp_build.live.ptrace import Tracee
 from ulp_build.prepare import codegen
-from ulp_build.prepare.layout import PAD_BEFORE
+from ulp_build.prepare.layout import DESCRIPTOR, PAD_BEFORE
 
-LIB_RECORDS = 64  # ULP_THREAD_LIBS: offset of the first library's record in a thread
-LIB_RECORD_SIZE = 16
+INSIDE_LIBRARY = "inside the library"
+INSIDE_RUNTIME = "inside the runtime"
+AT_CHECKER_JUMP = "at a checker's jump"
+
+# A function's pad and entry nop as prepared (an endbr64 may come between them).
+PRISTINE = (b"\x90" * PAD_BEFORE, codegen.NOP2)
+_FINISHED_WORD = (b"\0\0\0\0", b"\1\0\0\0")  # struct ulp_library.finished: 0, then 1
 
 
 @dataclass(frozen=True)
 class Holder:
     tid: int
     name: str
-    universe: int
+    universe: int  # its universe of the library (0: none)
+    reason: str  # INSIDE_LIBRARY, INSIDE_RUNTIME or AT_CHECKER_JUMP
 
 
 @dataclass
 class Transition:
-    """One library's patched functions and whether they can be finished."""
+    """One library's last change, as the runtime records it, and what finishing it writes."""
 
     library: runtime_state.LibraryInfo
-    universe: int  # of the library's last change
+    universe: int  # the target universe: of the library's last change
+    patched: bool  # a patch is active after it
+    finished: bool
     functions: list[runtime_state.FunctionRecord]
     holders: list[Holder] = field(default_factory=list)
-    unfinished: list[runtime_state.FunctionRecord] = field(default_factory=list)
     edits: list[tuple[int, bytes, bytes]] = field(default_factory=list)  # to finish it
+    unexpected: list[str] = field(default_factory=list)  # functions whose bytes are foreign
 
     @property
     def done(self) -> bool:
-        return not self.unfinished
+        return self.finished
 
 
 def thread_name(pid: int, tid: int) -> str:
@@ -63,81 +82,104 @@ def thread_name(pid: int, tid: int) -> str:
         return "?"
 
 
+def settled_code(f: runtime_state.FunctionRecord) -> tuple[bytes, bytes]:
+    """The pad and entry nop of `f` once no transition is under way: a direct jump to its newest
+    version (the entry jump into the pad stays), or the prepared padding when that is the
+    original code."""
+    if f.newest == f.original:
+        return PRISTINE
+    return codegen.direct_pad(f.pad, f.newest), codegen.checker_jump(f.entry_nop, f.pad)
+
+
+def checker_code(f: runtime_state.FunctionRecord, dispatch_slot: int) -> tuple[bytes, bytes]:
+    """The pad and entry jump of `f`'s universe checker."""
+    pad = codegen.checker_pad(f.pad, dispatch_slot, f.index)
+    return pad, codegen.checker_jump(f.entry_nop, f.pad)
+
+
 def transitions(state: runtime_state.RuntimeState) -> list[Transition]:
-    """Per library with patches on its current load: its functions, which still run through a
-    checker, and which threads hold an older universe than its last change."""
+    """Per library changed on its current load: its last change as the runtime records it, and,
+    when unfinished, which threads hold an older universe and the writes that finish it."""
     out = []
     for lib in state.libraries:
-        offset = LIB_RECORDS + LIB_RECORD_SIZE * lib.index
-        mine = [p for p in state.patches if p.target == lib.descriptor and p.lib_offset == offset]
-        if not mine:
+        if lib.target_universe == 0:
             continue
-        universe = max(max(p.applied, p.reverted) for p in mine)
+        mine = state.patches_of(lib.descriptor, lib.registration)
         functions = list({f.pad: f for p in mine for f in p.functions}.values())
-        t = Transition(lib, universe, functions)
-        snapshot = Snapshot(state.pid, [(f.pad, f.entry_nop + 2 - f.pad) for f in functions])
+        t = Transition(lib, lib.target_universe, lib.patched, lib.finished, functions)
+        out.append(t)
+        if t.finished:
+            continue
+        slot = lib.descriptor + DESCRIPTOR.offset("dispatch")
+        ranges = [(f.pad, f.entry_nop + 2 - f.pad) for f in functions]
+        snapshot = Snapshot(state.pid, [*ranges, (lib.finished_word, len(_FINISHED_WORD[0]))])
         writes = []
         for f in functions:
-            pad, nop = _finished_bytes(f)
-            if snapshot.read(f.pad, PAD_BEFORE) != pad or (
-                nop and snapshot.read(f.entry_nop, 2) != nop
-            ):
-                t.unfinished.append(f)
-                # Back to the prepared padding, the nop included, or a direct jump in the pad
-                # (the entry jump stays).
-                writes.append((f.pad, pad))
-                if nop:
-                    writes.append((f.entry_nop, nop))
+            now = (snapshot.read(f.pad, PAD_BEFORE), snapshot.read(f.entry_nop, 2))
+            settled = settled_code(f)
+            if now == checker_code(f, slot):
+                writes += [(f.pad, settled[0]), (f.entry_nop, settled[1])]
+            elif now != settled:
+                t.unexpected.append(f"{f.pad:#x} ({now[0].hex()} {now[1].hex()})")
+        if snapshot.read(lib.finished_word, 4) == _FINISHED_WORD[0]:
+            writes.append((lib.finished_word, _FINISHED_WORD[1]))
         t.edits = snapshot.edited(writes)
         for thread in state.threads:
             held = thread.libraries.get(lib.index)
-            if held and held.depth > 0 and held.universe < universe:
-                t.holders.append(
-                    Holder(thread.tid, thread_name(state.pid, thread.tid), held.universe)
-                )
-        out.append(t)
+            if held and held.depth > 0 and held.universe < t.universe:
+                name = thread_name(state.pid, thread.tid)
+                t.holders.append(Holder(thread.tid, name, held.universe, INSIDE_LIBRARY))
     return out
-
-
-def _finished_bytes(f: runtime_state.FunctionRecord) -> tuple[bytes, bytes]:
-    """The pad and entry nop of `f` once its transition is done (no nop: the entry jump
-    stays)."""
-    if f.newest == f.original:
-        return b"\x90" * PAD_BEFORE, codegen.NOP2
-    return codegen.direct_pad(f.pad, f.newest), b""
 
 
 def finish(pid: int, timeout: float = 5.0) -> list[Transition]:
     """Finish every transition of `pid` that can be finished now; return them all, the ones
-    left pending with their holders (and `unfinished` functions)."""
+    left pending with their holders."""
     found = transitions(runtime_state.read(pid))
-    if not any(t.unfinished and not t.holders for t in found):
+    if not any(not t.done and not t.holders for t in found):
         return found
+    for t in found:
+        if t.unexpected and not t.done:
+            raise UlpError(
+                f"process {pid}: {t.library.name}: the bytes at {', '.join(t.unexpected)} are"
+                " neither a universe checker nor a finished transition; not finishing it"
+            )
     runtime = runtime_state.find_runtime(pid)[0]
     runtime_code = [(m.start, m.end) for m in maps(pid) if m.path == runtime and "x" in m.perms]
     with Tracee(pid, timeout) as tracee:
         # The bytes to write were worked out above, while the process ran; `replace` writes
         # them only where nothing changed since. Who holds what is read again, now that
         # nothing moves.
-        now = {t.library.index: t for t in transitions(runtime_state.read(pid))}
-        rips = [tracee.registers(tid).rip for tid in tracee.threads]
-        if any(start <= rip < end for rip in rips for start, end in runtime_code):
-            return found  # see the module's comment; the next trigger tries again
+        state = runtime_state.read(pid)
+        now = {t.library.index: t for t in transitions(state)}
+        rips = {tid: tracee.registers(tid).rip for tid in tracee.threads}
+        in_runtime = [
+            tid for tid, rip in rips.items() if any(a <= rip < b for a, b in runtime_code)
+        ]
         for t in found:
             current = now.get(t.library.index)
             if current is None or current.universe != t.universe:
                 continue  # changed since the bytes were worked out: the next time
-            t.holders = current.holders
-            if t.holders or not t.unfinished:
+            if current.done:
+                t.finished, t.holders = True, []
                 continue
             # A thread stopped in a checker's second instruction would resume in the middle
             # of the new pad; one at its first runs the new first instruction.
-            jumps = {f.pad + codegen.CHECKER_JUMP_AT for f in t.unfinished}
-            if any(rip in jumps for rip in rips):
-                continue
-            if tracee.replace(t.edits):
-                t.unfinished = []
+            jumps = {f.pad + codegen.CHECKER_JUMP_AT for f in current.functions}
+            t.holders = [
+                *current.holders,
+                *(_holder(state, t, tid, INSIDE_RUNTIME) for tid in in_runtime),
+                *(_holder(state, t, tid, AT_CHECKER_JUMP) for tid, rip in rips.items()
+                  if rip in jumps),
+            ]  # fmt: skip
+            if not t.holders and tracee.replace(t.edits):
+                t.finished = True
     return found
+
+
+def _holder(state: runtime_state.RuntimeState, t: Transition, tid: int, reason: str) -> Holder:
+    held = next((th.libraries.get(t.library.index) for th in state.threads if th.tid == tid), None)
+    return Holder(tid, thread_name(state.pid, tid), held.universe if held else 0, reason)
 
 
 def wait_and_finish(pid: int, wait: float, timeout: float = 5.0) -> list[Transition]:
@@ -146,7 +188,7 @@ def wait_and_finish(pid: int, wait: float, timeout: float = 5.0) -> list[Transit
     deadline = time.monotonic() + wait
     while True:
         found = transitions(runtime_state.read(pid))
-        if all(not t.holders for t in found if t.unfinished) or time.monotonic() >= deadline:
+        if all(not t.holders for t in found if not t.done) or time.monotonic() >= deadline:
             break
         time.sleep(0.02)
     return finish(pid, timeout)

@@ -142,9 +142,9 @@ def _check_data(elf: ElfFile, data: Section, ulp: Section, report: CheckReport) 
     if data.size < DESCRIPTOR_OFFSET + DESCRIPTOR.size:
         report.errors.append(f"{SECTION_DATA} is too small for the library descriptor")
         return None
-    magic, version, _flags, link, _private, tramps, count, size, *_build_id = (
-        DESCRIPTOR.unpack_from(elf.read(data.addr + DESCRIPTOR_OFFSET, DESCRIPTOR.size))
-    )
+    d = DESCRIPTOR.unpack(elf.read(data.addr + DESCRIPTOR_OFFSET, DESCRIPTOR.size))
+    magic, version, link = d["magic"], d["version"], d["link_address"]
+    tramps, count, size = d["trampolines"], d["trampoline_count"], d["trampoline_size"]
     if magic != DESCRIPTOR_MAGIC or version != DESCRIPTOR_VERSION:
         report.errors.append(f"{SECTION_DATA}: no descriptor of version {DESCRIPTOR_VERSION}")
         return None

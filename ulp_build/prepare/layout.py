@@ -10,8 +10,7 @@ Layout of `.ulp.data` (writable, one per library):
 
 from __future__ import annotations
 
-import struct
-
+from ulp_build.cstruct import CStruct
 from ulp_build.elf import ElfFile
 
 SECTION_TRAMPOLINES = ".ulp"
@@ -28,15 +27,30 @@ DESCRIPTOR_OFFSET = 8
 DESCRIPTOR_MAGIC = b"ULPLIB\0\0"
 DESCRIPTOR_VERSION = 2
 DESCRIPTOR_FLAG_IBT = 1
-# magic, version, flags, link-time address of the descriptor itself (so the runtime gets the
-# load base by one subtraction), runtime-private word (0 in the file), trampolines' link-time
-# address, trampoline count, trampoline size, link-time address and size of the build-id bytes
-# (so the runtime reports the build-id without parsing headers), reserved, and the dispatch slot
-# (0 in the file): the runtime stores its dispatcher there before the first universe checker is
-# written, and every checker in this library jumps through it, so the checker reaches the
-# runtime wherever it was loaded, with a 32-bit displacement and no executable memory made.
-DESCRIPTOR = struct.Struct("<8sIIQQQIIQIIQ")
-DISPATCH_SLOT_OFFSET = DESCRIPTOR_OFFSET + DESCRIPTOR.size - 8
+# struct ulp_descriptor. The link-time address of the descriptor itself gives the runtime the
+# load base by one subtraction; the link-time address and size of the build-id bytes let it
+# report the build-id without parsing headers. The runtime-private word and the dispatch slot
+# are 0 in the file: the runtime stores its dispatcher in the slot before the first universe
+# checker is written, and every checker in this library jumps through it, so the checker reaches
+# the runtime wherever it was loaded, with a 32-bit displacement and no executable memory made.
+DESCRIPTOR = CStruct(
+    "ulp_descriptor",
+    [
+        ("magic", "8s"),
+        ("version", "I"),
+        ("flags", "I"),
+        ("link_address", "Q"),
+        ("runtime_private", "Q"),
+        ("trampolines", "Q"),
+        ("trampoline_count", "I"),
+        ("trampoline_size", "I"),
+        ("build_id", "Q"),
+        ("build_id_size", "I"),
+        ("reserved", "I"),
+        ("dispatch", "Q"),
+    ],
+)
+DISPATCH_SLOT_OFFSET = DESCRIPTOR_OFFSET + DESCRIPTOR.offset("dispatch")
 IFUNC_SLOTS_OFFSET = DESCRIPTOR_OFFSET + DESCRIPTOR.size
 
 # The compiler flags a library needs: 14 bytes of padding before each entry for the universe

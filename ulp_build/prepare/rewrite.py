@@ -355,18 +355,15 @@ class _Rewriter:
         DESCRIPTOR.pack_into(
             data,
             DESCRIPTOR_OFFSET,
-            DESCRIPTOR_MAGIC,
-            DESCRIPTOR_VERSION,
-            flags,
-            lay.w_va + DESCRIPTOR_OFFSET,
-            0,
-            lay.x_va,
-            ntrampolines,
-            codegen.trampoline_size(self.ibt),
-            build_id_addr,
-            len(build_id),
-            0,
-            0,
+            magic=DESCRIPTOR_MAGIC,
+            version=DESCRIPTOR_VERSION,
+            flags=flags,
+            link_address=lay.w_va + DESCRIPTOR_OFFSET,
+            trampolines=lay.x_va,
+            trampoline_count=ntrampolines,
+            trampoline_size=codegen.trampoline_size(self.ibt),
+            build_id=build_id_addr,
+            build_id_size=len(build_id),
         )
         return bytes(data)
 

@@ -1,0 +1,117 @@
+/*
+ * Loading a patch object for ulp_prepare (patch.c): dlopen it, check that it is the build the
+ * trigger read (dlopen hands back an object already loaded from the same path), fill its
+ * reference variables with the target's addresses, and make the record of every function it
+ * replaces. Runs in the thread the trigger chose while the others run, so it may take the
+ * loader's and the allocator's locks; it changes nothing any thread runs.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <link.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ulp.h"
+
+struct object_search {
+    uintptr_t base;
+    size_t module;                  /* its TLS module id */
+    const uint8_t *build_id;        /* its NT_GNU_BUILD_ID descriptor */
+    uint32_t build_id_size;
+};
+
+static void find_build_id(struct object_search *search, const ElfW(Phdr) *ph)
+{
+    const char *at = (const char *)(search->base + ph->p_vaddr), *end = at + ph->p_memsz;
+    while (at + sizeof(ElfW(Nhdr)) <= end) {
+        const ElfW(Nhdr) *note = (const void *)at;
+        const char *name = at + sizeof *note;
+        const char *desc = name + ((note->n_namesz + 3) & ~3u);
+        if (note->n_type == NT_GNU_BUILD_ID && note->n_namesz == 4 && !memcmp(name, "GNU", 4)) {
+            search->build_id = (const uint8_t *)desc;
+            search->build_id_size = note->n_descsz;
+            return;
+        }
+        at = desc + ((note->n_descsz + 3) & ~3u);
+    }
+}
+
+static int find_object(struct dl_phdr_info *info, size_t size, void *data)
+{
+    (void)size;
+    struct object_search *search = data;
+    if (info->dlpi_addr != search->base)
+        return 0;
+    search->module = info->dlpi_tls_modid;
+    for (int i = 0; i < info->dlpi_phnum; i++)
+        if (info->dlpi_phdr[i].p_type == PT_NOTE && !search->build_id)
+            find_build_id(search, &info->dlpi_phdr[i]);
+    return 1;
+}
+
+static int64_t fill_references(struct ulp_request *r, uintptr_t object, uintptr_t target)
+{
+    const struct ulp_request_reference *refs =
+        (const void *)((const char *)(r + 1) + r->function_count * sizeof(struct ulp_request_function));
+    for (uint32_t i = 0; i < r->reference_count; i++) {
+        uint64_t *slot = (uint64_t *)(object + refs[i].pointer);
+        if (refs[i].kind == ULP_REF_TLS) {
+            struct object_search search = {target, 0, NULL, 0};
+            dl_iterate_phdr(find_object, &search);
+            if (search.module == 0)
+                return ulp_fail(r, "the target has no thread-local storage module");
+            slot[0] = search.module;
+            slot[1] = refs[i].value;
+        } else {
+            slot[0] = refs[i].value;
+        }
+    }
+    return 0;
+}
+
+/* The patch of request `r` for the target `d`, registered at `lib_offset`: stored in *loaded
+ * as soon as its object is open, so that the caller closes it whatever fails after. */
+int64_t ulp_load(struct ulp_request *r, const struct ulp_descriptor *d, uint64_t lib_offset,
+                 struct ulp_patch **loaded)
+{
+    struct ulp_request_function *funcs = (void *)(r + 1);
+    struct ulp_patch *p = calloc(1, sizeof *p + r->function_count * sizeof p->functions[0]);
+    if (!p)
+        return ulp_fail(r, "out of memory");
+    memcpy(p->id, r->id, sizeof p->id);
+    memcpy(p->description, r->description, sizeof p->description);
+    memcpy(p->object, r->object, sizeof p->object);
+    p->target = d;
+    p->lib_offset = (uint32_t)lib_offset;
+    p->function_count = r->function_count;
+    p->handle = dlopen(r->object, RTLD_NOW | RTLD_LOCAL);
+    if (!p->handle) {
+        const char *why = dlerror();
+        free(p);
+        return ulp_fail(r, "cannot load the patch object: %s", why ? why : "unknown error");
+    }
+    *loaded = p;
+    struct link_map *map = NULL;
+    if (dlinfo(p->handle, RTLD_DI_LINKMAP, &map) != 0 || !map)
+        return ulp_fail(r, "cannot find where the patch object was loaded");
+    /* dlopen hands back an object already loaded from the same path (a reverted patch stays
+     * loaded), even if the file was rebuilt since: the offsets would then be wrong. */
+    struct object_search object = {map->l_addr, 0, NULL, 0};
+    dl_iterate_phdr(find_object, &object);
+    if (r->object_build_id_size &&
+        (object.build_id_size != r->object_build_id_size ||
+         memcmp(object.build_id, r->object_build_id, r->object_build_id_size) != 0))
+        return ulp_fail(r, "%s is loaded already, from another build (rename the new one)",
+                        r->object);
+    int64_t status = fill_references(r, map->l_addr, (uintptr_t)d - d->link_address);
+    if (status)
+        return status;
+    for (uint32_t i = 0; i < r->function_count; i++) {
+        struct ulp_function *f = ulp_function_for(funcs[i].entry, funcs[i].nop, lib_offset);
+        if (!f)
+            return ulp_fail(r, "out of memory");
+        p->functions[i] = (struct ulp_patch_function){f, map->l_addr + funcs[i].replacement};
+        funcs[i].index = f->index;
+    }
+    return 0;
+}
