@@ -1,5 +1,6 @@
 /*
- * The dispatcher behind every universe checker (DESIGN section 4).
+ * The dispatcher behind every universe checker (docs/design.md, "The universe checker and
+ * the dispatcher").
  *
  * A patched function's entry nop is a short jump into its pad, which does
  *     mov  $index, %r11d             (its record in ulp_functions)

@@ -1,5 +1,6 @@
 /*
- * Applying and reverting patches, in two steps the trigger drives (DESIGN section 5).
+ * Applying and reverting patches, in two steps the trigger drives (docs/design.md, "The
+ * two-stop protocol").
  *
  * ulp_prepare does everything that takes locks or can fail: it validates the request, loads
  * the patch object (dlopen takes the loader's and the allocator's locks), fills its
@@ -13,9 +14,9 @@
  * never waited for. If anything happened in between (another trigger prepared or committed),
  * it refuses and the trigger starts over.
  *
- * The trigger writes the universe checkers' code bytes itself (DESIGN section 5) after a
- * successful prepare and before the commit: until the commit they lead every call to the
- * version it ran before.
+ * The trigger writes the universe checkers' code bytes itself (docs/design.md, "The two-stop
+ * protocol") after a successful prepare and before the commit: until the commit they lead
+ * every call to the version it ran before.
  *
  * Here: the two entry points, the staging between them (what a request changes, every array
  * the commit needs), and the request buffers. The function records live in function.c, the

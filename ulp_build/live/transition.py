@@ -1,4 +1,4 @@
-"""Finishing transitions (DESIGN section 4).
+"""Finishing transitions (docs/design.md, "Transitions").
 
 After an apply or a revert, a patched function's universe checker sends every call through
 the dispatcher, because a thread that was inside the library at that moment must keep the
