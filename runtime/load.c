@@ -1,15 +1,26 @@
 /*
- * Loading a patch object for ulp_prepare (patch.c): dlopen it, check that it is the build the
- * trigger read (dlopen hands back an object already loaded from the same path), fill its
- * reference variables with the target's addresses, and make the record of every function it
- * replaces. Runs in the thread the trigger chose while the others run, so it may take the
- * loader's and the allocator's locks; it changes nothing any thread runs.
+ * Loading a patch object for ulp_prepare (patch.c): from the bytes the trigger put in the
+ * request, never from a path (docs/security.md). The trigger read the file once and checked
+ * its owner, its SHA-256 and its build-id; a path opened here could name another file by now,
+ * or another file altogether in this process's mount namespace or root. So the bytes go into a
+ * sealed memfd, their build-id is checked before the loader maps them (and so before any
+ * constructor of the object runs), and the loader opens them as /proc/self/fd/N.
+ *
+ * Then: fill the object's reference variables with the target's addresses, and make the
+ * record of every function it replaces. Runs in the thread the trigger chose while the others
+ * run, so it may take the loader's and the allocator's locks; it changes nothing any thread
+ * runs.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <link.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "ulp.h"
 
@@ -69,6 +80,76 @@ static int64_t fill_references(struct ulp_request *r, uintptr_t object, uintptr_
     return 0;
 }
 
+/* The NT_GNU_BUILD_ID of an ELF image in memory (the file's bytes, not loaded), or NULL. Every
+ * offset is checked against `size`: the bytes came from a file, whatever the trigger said. */
+static const uint8_t *image_build_id(const uint8_t *image, uint64_t size, uint32_t *id_size)
+{
+    const ElfW(Ehdr) *eh = (const void *)image;
+    if (size < sizeof *eh || memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 ||
+        eh->e_phentsize != sizeof(ElfW(Phdr)) || eh->e_phoff > size ||
+        (uint64_t)eh->e_phnum * sizeof(ElfW(Phdr)) > size - eh->e_phoff)
+        return NULL;
+    const ElfW(Phdr) *ph = (const void *)(image + eh->e_phoff);
+    for (unsigned i = 0; i < eh->e_phnum; i++) {
+        if (ph[i].p_type != PT_NOTE || ph[i].p_offset > size || ph[i].p_filesz > size - ph[i].p_offset)
+            continue;
+        uint64_t at = ph[i].p_offset, end = at + ph[i].p_filesz;
+        while (end - at >= sizeof(ElfW(Nhdr))) {
+            const ElfW(Nhdr) *note = (const void *)(image + at);
+            uint64_t name = at + sizeof *note;
+            uint64_t desc = name + (((uint64_t)note->n_namesz + 3) & ~3ull);
+            uint64_t next = desc + (((uint64_t)note->n_descsz + 3) & ~3ull);
+            if (desc > end || note->n_descsz > end - desc)
+                break;
+            if (note->n_type == NT_GNU_BUILD_ID && note->n_namesz == 4 &&
+                !memcmp(image + name, "GNU", 4)) {
+                *id_size = note->n_descsz;
+                return image + desc;
+            }
+            at = next;
+        }
+    }
+    return NULL;
+}
+
+/* The request's object in a sealed memfd, checked: the descriptor, or -1 with r's message. */
+static int object_fd(struct ulp_request *r)
+{
+    const uint8_t *image = (const uint8_t *)r + r->object_offset;
+    uint32_t id_size = 0;
+    const uint8_t *id = image_build_id(image, r->object_size, &id_size);
+    if (!id || id_size != r->object_build_id_size || memcmp(id, r->object_build_id, id_size)) {
+        ulp_fail(r, "the patch object's bytes do not carry the build-id the trigger checked");
+        return -1;
+    }
+    /* Named after the patch: /proc/PID/maps then says which patch a mapping belongs to. */
+    char name[sizeof "ulp-patch:" + ULP_ID_SIZE];
+    snprintf(name, sizeof name, "ulp-patch:%s", r->id);
+    int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) {
+        ulp_fail(r, "cannot hold the patch object in memory: memfd_create: %s", strerror(errno));
+        return -1;
+    }
+    for (uint64_t done = 0; done < r->object_size;) {
+        ssize_t n = write(fd, image + done, r->object_size - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            ulp_fail(r, "cannot hold the patch object in memory: write: %s", strerror(errno));
+            close(fd);
+            return -1;
+        }
+        done += (uint64_t)n;
+    }
+    /* Sealed, so that nothing (this process included) changes the bytes the loader maps. */
+    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) != 0) {
+        ulp_fail(r, "cannot seal the patch object: %s", strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 /* The patch of request `r` for the target `d`, registered at `lib_offset`: stored in *loaded
  * as soon as its object is open, so that the caller closes it whatever fails after. */
 int64_t ulp_load(struct ulp_request *r, const struct ulp_descriptor *d, uint64_t lib_offset,
@@ -84,10 +165,25 @@ int64_t ulp_load(struct ulp_request *r, const struct ulp_descriptor *d, uint64_t
     p->target = d;
     p->lib_offset = (uint32_t)lib_offset;
     p->function_count = r->function_count;
-    p->handle = dlopen(r->object, RTLD_NOW | RTLD_LOCAL);
+    int fd = object_fd(r);
+    if (fd < 0) {
+        free(p);
+        return -ULP_EINVALID;
+    }
+    /* The loader knows objects by name: /proc/thread-self/fd/N stays unique because the
+     * descriptor of a loaded object is never closed (its object is never unloaded either).
+     * thread-self, not self: /proc/self/fd is gone once the main thread has exited. */
+    char path[64];
+    snprintf(path, sizeof path, "/proc/thread-self/fd/%d", fd);
+    p->handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!p->handle) {
         const char *why = dlerror();
+        int no_proc = access(path, F_OK) != 0;
+        close(fd);
         free(p);
+        if (no_proc)
+            return ulp_fail(r, "cannot load the patch object from memory: no /proc in this"
+                               " process's root directory");
         return ulp_fail(r, "cannot load the patch object: %s", why ? why : "unknown error");
     }
     *loaded = p;

@@ -146,7 +146,7 @@ static void unstage(void)
 
 static int64_t check_request(struct ulp_request *r, const struct ulp_descriptor **target)
 {
-    if (memcmp(r->magic, request_magic, sizeof request_magic) != 0 || r->version != 1)
+    if (memcmp(r->magic, request_magic, sizeof request_magic) != 0 || r->version != 2)
         return -ULP_EINVALID;
     r->message[sizeof r->message - 1] = '\0';
     r->id[sizeof r->id - 1] = r->description[sizeof r->description - 1] = '\0';
@@ -155,6 +155,10 @@ static int64_t check_request(struct ulp_request *r, const struct ulp_descriptor 
                     (uint64_t)r->reference_count * sizeof(struct ulp_request_reference);
     if (r->size < need || r->build_id_size > 32 || r->object_build_id_size > 32)
         return ulp_fail(r, "malformed request");
+    if ((r->flags & ULP_REQ_APPLY) &&
+        (r->object_offset < need || r->object_offset > r->size ||
+         r->object_size > r->size - r->object_offset || r->object_build_id_size == 0))
+        return ulp_fail(r, "malformed request: no patch object in it");
     const struct ulp_descriptor *d = (const void *)r->descriptor;
     if (memcmp(d->magic, descriptor_magic, sizeof descriptor_magic) != 0 ||
         d->version != ULP_DESC_VERSION)

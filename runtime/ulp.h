@@ -48,7 +48,7 @@
 /* The layouts the trigger reads or writes in a running process (the request, the introspection
  * header and every record it leads to), as one number: published in ulp_runtime, a trigger
  * with another refuses the process (ulp_build/live/runtime_state.py, LAYOUT_VERSION). */
-#define ULP_LAYOUT_VERSION 3
+#define ULP_LAYOUT_VERSION 4
 #define ULP_MAX_LIBRARIES 1024
 /* Shadow frames reserved (not committed) per thread: deeper than any real stack can recurse
  * through tracked entries; past it, entries run untracked rather than fail. The environment
@@ -193,10 +193,12 @@ struct ulp_request {
     uint8_t build_id[32];           /* the target's, as the patch was made for */
     char id[ULP_ID_SIZE];
     char description[ULP_DESCRIPTION_SIZE];
-    char object[ULP_OBJECT_SIZE];   /* absolute path of the patch object */
-    uint8_t object_build_id[32];    /* the object's, as the trigger read it (size 0: none) */
+    char object[ULP_OBJECT_SIZE];   /* where the trigger read the patch object (shown only) */
+    uint8_t object_build_id[32];    /* the object's, as the trigger read it */
     uint32_t object_build_id_size;
     uint32_t reserved;
+    uint64_t object_offset;         /* the object's bytes, in this request, as the trigger */
+    uint64_t object_size;           /* checked them: the runtime loads these, not a path */
     char message[512];              /* out: why it failed */
     /* then function_count ulp_request_function, then reference_count ulp_request_reference */
 };

@@ -95,5 +95,12 @@ def base_of(pid: int, library: Path) -> int:
     return next(m.start for m in maps(pid) if m.path == str(library) and m.offset == 0)
 
 
+def patch_object_bases(pid: int, patch_id: str) -> list[int]:
+    """Where the objects of patch `patch_id` are loaded: the runtime loads each from a memfd
+    named after the patch (runtime/load.c), one per apply that loaded it."""
+    name = f"/memfd:ulp-patch:{patch_id} (deleted)"
+    return [m.start for m in maps(pid) if m.path == name and m.offset == 0]
+
+
 def entry_of(library: Path, name: str) -> int:
     return next(s.value for s in ElfFile.load(library).symtab_symbols if s.name == name)

@@ -7,6 +7,7 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -58,21 +59,28 @@ def test_main_thread_exited(tree: Path, patchee: Path, runtime: Path) -> None:
 
 
 def test_chrooted_process(tree: Path, patchee: Path, runtime: Path, tmp_path: Path) -> None:
-    """The patch object is opened by the process, inside its root: the trigger passes the path
-    it has there, and refuses one outside."""
+    """The patch object reaches the process as bytes, not as a path it would resolve in its
+    own root: an object outside the chroot loads, through /proc; without /proc in the root,
+    the trigger says so and nothing changes."""
     root = tmp_path / "root"
     shutil.copytree(tree, root / "tree")
     lib = root / "tree" / "basic" / "libbasic.so"
+    (root / "proc").mkdir()
     with running(patchee, runtime, str(lib)) as p:
         assert p.ask(f"chroot {root}") == "0"
-        outside = trigger_cli("-p", str(p.pid), patch_file(tree, "square_fix"))
-        assert outside.returncode == 1
-        assert "must be inside it" in outside.stdout, outside.stdout
-        inside = trigger_cli("-p", str(p.pid), patch_file(root / "tree", "square_fix"))
-        assert inside.returncode == 0, inside.stdout + inside.stderr
-        assert p.ask("square 100000") == str(SATURATED)
+        no_proc = trigger_cli("-p", str(p.pid), patch_file(tree, "square_fix"))
+        assert no_proc.returncode == 1
+        assert "no /proc in this process's root directory" in no_proc.stdout, no_proc.stdout
+        assert p.ask("square 100000") == str(OVERFLOWED)
+        subprocess.run(["mount", "--bind", "/proc", str(root / "proc")], check=True)
+        try:
+            outside = trigger_cli("-p", str(p.pid), patch_file(tree, "square_fix"))
+            assert outside.returncode == 0, outside.stdout + outside.stderr
+            assert p.ask("square 100000") == str(SATURATED)
+        finally:
+            subprocess.run(["umount", "-l", str(root / "proc")], check=True)
         (patch,) = [x for x in runtime_state.read(p.pid).patches if x.active]
-        assert patch.object == "/tree/patches/square_fix/patch.so"
+        assert patch.object == str(tree / "patches" / "square_fix" / "patch.so")
 
 
 def test_trigger_killed_at_random_points(tree: Path, patchee: Path, runtime: Path) -> None:

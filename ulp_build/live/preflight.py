@@ -16,7 +16,7 @@ from ulp_build.errors import UlpError
 from ulp_build.live import loaded_library, runtime_state, trust
 from ulp_build.live import request as rq
 from ulp_build.live.operation import Operation
-from ulp_build.live.process import maps, path_seen_by
+from ulp_build.live.process import maps
 from ulp_build.live.ptrace import ReturnPoint
 from ulp_build.patch.metadata import Function, Patch
 from ulp_build.prepare.layout import PAD_BEFORE
@@ -140,10 +140,10 @@ def check(pid: int, op: Operation) -> CheckedOperation:
             f"process {pid}: patch {patch.id} is already applied", applied[0].applied
         )
     req.flags |= rq.APPLY
-    assert op.patch_path is not None
-    obj = patch.object_path(op.patch_path)
-    req.object = path_seen_by(pid, obj)
-    assert op.object_elf is not None
+    assert op.object_file is not None and op.object_elf is not None
+    # The runtime loads these bytes, not the path (shown by `ulp patches` only).
+    obj = op.object_file.path
+    req.object, req.object_data = str(obj), op.object_file.data
     replacements, pointers, req.object_build_id = _object_symbols(obj, op.object_elf, patch)
     patched = {f.offset: f for f in patch.functions}
     code += library.function_codes(patch.functions, checked.records)

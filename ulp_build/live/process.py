@@ -31,21 +31,6 @@ def proc_dir(pid: int) -> str:
     return leader
 
 
-def path_seen_by(pid: int, path: Path) -> str:
-    """`path` as the process opens it: relative to its root directory if it chroot'ed."""
-    try:
-        root = Path(os.readlink(f"{proc_dir(pid)}/root"))
-    except OSError as exc:
-        raise UlpError(f"process {pid}: cannot read its root directory: {exc.strerror}") from None
-    if root == Path("/"):
-        return str(path)
-    if not path.is_relative_to(root):
-        raise UlpError(
-            f"process {pid} runs in a chroot ({root}): the patch object {path} must be inside it"
-        )
-    return "/" + str(path.relative_to(root))
-
-
 def _state(stat: str) -> str:
     try:
         return Path(stat).read_text().rsplit(")", 1)[1].split()[0]

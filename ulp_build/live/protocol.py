@@ -149,7 +149,7 @@ def prepare(checked: CheckedOperation, timeout: float) -> tuple[int, int]:
                 try:
                     tracee.write(buffer, raw)
                     status = _call(checked, tracee, "ulp_prepare", buffer, tid=tid)
-                    back = read_memory(pid, buffer, len(raw))
+                    back = read_memory(pid, buffer, checked.request.entries_size)
                     why = rq.message(back[rq.MESSAGE_OFFSET :])
                 finally:
                     # Not in a thread still finishing a call that timed out: the buffer is

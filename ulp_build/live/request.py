@@ -11,7 +11,7 @@ from ulp_build.cstruct import CStruct
 from ulp_build.errors import UlpError
 
 MAGIC = b"ULPREQ\0\0"
-VERSION = 1
+VERSION = 2
 HEADER = CStruct(
     "ulp_request",
     [
@@ -26,10 +26,12 @@ HEADER = CStruct(
         ("build_id", "32s"),  # the target's, as the patch was made for
         ("id", "128s"),
         ("description", "256s"),
-        ("object", "1024s"),  # absolute path of the patch object
+        ("object", "1024s"),  # where the trigger read the patch object (shown only)
         ("object_build_id", "32s"),
         ("object_build_id_size", "I"),
         ("reserved", "I"),
+        ("object_offset", "Q"),  # the object's bytes, in this request (after the entries)
+        ("object_size", "Q"),
         ("message", "512s"),  # out: why it failed
     ],
 )
@@ -84,15 +86,21 @@ class Request:
     description: str = ""
     object: str = ""
     object_build_id: bytes = b""
+    object_data: bytes = b""  # the patch object, as the trigger read and checked it
     functions: list[FunctionEntry] = field(default_factory=list)
     references: list[ReferenceEntry] = field(default_factory=list)
 
-    def encode(self) -> bytes:
-        size = (
+    @property
+    def entries_size(self) -> int:
+        """Header and entries: what ulp_prepare writes back into (the object follows)."""
+        return (
             HEADER.size
             + FUNCTION.size * len(self.functions)
             + REFERENCE.size * len(self.references)
         )
+
+    def encode(self) -> bytes:
+        size = self.entries_size + len(self.object_data)
         out = bytearray(
             HEADER.pack(
                 magic=MAGIC,
@@ -109,13 +117,15 @@ class Request:
                 object=_field(self.object, 1024, "patch object path"),
                 object_build_id=self.object_build_id,
                 object_build_id_size=len(self.object_build_id),
+                object_offset=self.entries_size if self.object_data else 0,
+                object_size=len(self.object_data),
             )
         )
         for f in self.functions:
             out += FUNCTION.pack(entry=f.entry, nop=f.nop, replacement=f.replacement)
         for r in self.references:
             out += REFERENCE.pack(kind=REF_KINDS[r.kind], pointer=r.pointer, value=r.value)
-        return bytes(out)
+        return bytes(out + self.object_data)
 
 
 def _field(text: str, size: int, what: str) -> bytes:

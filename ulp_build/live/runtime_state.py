@@ -25,7 +25,7 @@ from ulp_build.live.ptrace import ReturnPoint
 INFO_SYMBOL = "ulp_runtime"
 INFO_MAGIC = b"ULPRUN\0\0"
 # ULP_LAYOUT_VERSION: every layout below and the request's (request.py).
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
 RESUME_SYMBOL = "ulp_resume"
 RESUME_RETURN_SYMBOL = "ulp_resume_return"
 
