@@ -145,10 +145,11 @@ class ElfFile:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except (OSError, ValueError) as exc:
             raise ElfError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):  # before fdopen, which refuses a directory itself
+            os.close(fd)
+            raise ElfError(f"{path}: not a regular file")
         with os.fdopen(fd, "rb") as file:
-            info = os.fstat(file.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise ElfError(f"{path}: not a regular file")
             too_large = ElfError(f"{path}: larger than {MAX_FILE_SIZE >> 30} GiB; not a library")
             if info.st_size > MAX_FILE_SIZE:
                 raise too_large
