@@ -246,7 +246,7 @@ def test_truncated_property_note(built: dict[str, BuiltSample], tmp_path: Path) 
     cet = built["cet"].raw
     note = next(n for n in ElfFile.load(cet).notes.all if n.type == 5)
     assert struct.unpack_from("<I", note.desc)[0] == 0xC0000002
-    at = ElfFile.load(cet).offset_of(note.desc_addr) - 8  # the note header's n_descsz
+    at = ElfFile.load(cet).offset_of(note.desc_addr) - 12  # n_descsz, before n_type and "GNU"
     path = _variant(cet, tmp_path, "libcet.so", lambda d: struct.pack_into("<I", d, at, 10))
     for args in (["check", str(path)], ["rewrite", str(path), "-o", str(tmp_path / "o.so")]):
         result = ulp(*args)

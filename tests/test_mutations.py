@@ -201,7 +201,10 @@ def _attack(sample: BuiltSample, work: Path, data: bytes) -> None:
     report = check(ElfFile.load(output))
     if before is not None:
         assert report.usable, (report.errors, sorted(os.listdir(work)))
-        assert _runs(sample, output) == before
+        # A mutant can run differently each time (a PLT slot bound to data prints what lies
+        # at a randomized address): its output is a reference only if a second run agrees.
+        if _runs(sample, mutant) == before:
+            assert _runs(sample, output) == before
 
 
 @pytest.mark.parametrize("kind", ["raw", "prepared"])
