@@ -112,6 +112,11 @@ REFUSALS = {
         '[replace]\nbasic_square = "basic_square_fixed"\n',
         r"p\.toml:1: target: .*No such file",
     ),
+    "device target": (
+        {"target": "/dev/zero"},
+        '[replace]\nbasic_square = "basic_square_fixed"\n',
+        r"p\.toml:1: target: /dev/zero: not a regular file",
+    ),
     "function not in target": (
         {},
         '[replace]\nno_such = "basic_square_fixed"\n',

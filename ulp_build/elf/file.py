@@ -14,6 +14,7 @@ refuses the file only for a caller that needs that table.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -37,6 +38,12 @@ from ulp_build.elf.notes import Notes
 from ulp_build.elf.relocations import Relocation, Relocations
 from ulp_build.elf.strings import StringTable
 from ulp_build.elf.symbols import DynamicSymbols, Symbol, SymbolTable, function_names
+
+# The largest file read. Big real libraries are a few hundred MB (CUDA's, libxul with debug
+# info); 2 GiB leaves them ample room while a mistaken path (a disk image, a core dump) is
+# refused before it is read. Nothing larger could be prepared anyway: the trampolines reach
+# their functions with 32-bit displacements, so code and trampolines must lie within 2 GiB.
+MAX_FILE_SIZE = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -128,10 +135,30 @@ class ElfFile:
 
     @classmethod
     def load(cls, path: str | Path) -> ElfFile:
+        """Read the regular file at `path`, of at most MAX_FILE_SIZE bytes, and its headers.
+
+        Opened once and checked through the open descriptor, so what is checked is what is
+        read: a device (/dev/zero), a FIFO or a directory is refused instead of read until
+        memory runs out or blocking forever (O_NONBLOCK: opening a FIFO does not wait).
+        """
         try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise ElfError(f"{path}: {exc.strerror or exc}") from None
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except (OSError, ValueError) as exc:
+            raise ElfError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):  # before fdopen, which refuses a directory itself
+            os.close(fd)
+            raise ElfError(f"{path}: not a regular file")
+        with os.fdopen(fd, "rb") as file:
+            too_large = ElfError(f"{path}: larger than {MAX_FILE_SIZE >> 30} GiB; not a library")
+            if info.st_size > MAX_FILE_SIZE:
+                raise too_large
+            try:
+                data = file.read(MAX_FILE_SIZE + 1)  # + 1: a file that grew since fstat
+            except OSError as exc:
+                raise ElfError(f"{path}: {exc.strerror or exc}") from None
+        if len(data) > MAX_FILE_SIZE:
+            raise too_large
         return cls(data, str(path))
 
     @classmethod

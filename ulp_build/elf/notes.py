@@ -81,6 +81,8 @@ class Notes:
             pos = 0
             while pos + GNU_PROPERTY.size <= len(desc):
                 ptype, size = GNU_PROPERTY.unpack_from(desc, pos)
+                if pos + GNU_PROPERTY.size + size > len(desc):
+                    break  # cut off by its note's end: the list ends there, like a cut note
                 if ptype == GNU_PROPERTY_X86_FEATURE_1_AND and size >= 4:
                     (bits,) = struct.unpack_from("<I", desc, pos + GNU_PROPERTY.size)
                     return bool(bits & GNU_PROPERTY_X86_FEATURE_1_IBT)

@@ -6,28 +6,29 @@ itself) with readable tables, and the functions it exports, which are what gets 
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from ulp_build.elf import (
     ET_DYN,
     ET_EXEC,
     SHN_ABS,
     SHN_UNDEF,
-    SHT_GNU_HASH,
-    SHT_HASH,
     STB_GLOBAL,
     STB_WEAK,
     STT_FUNC,
     STT_GNU_IFUNC,
     ElfError,
     ElfFile,
-    GnuHash,
     Symbol,
-    SysvHash,
 )
+from ulp_build.prepare.dynamic_tables import DynamicTables
 from ulp_build.prepare.layout import RUNTIME_SYMBOL
 
 
-def check_input(elf: ElfFile) -> None:
-    """Refuse, with the reason, every file that is not a shared library we can prepare."""
+def check_input(elf: ElfFile) -> DynamicTables:
+    """Refuse, with the reason, every file that is not a shared library we can prepare; return
+    its dynamic tables, checked to be what the loader reads."""
     name = elf.name
     if elf.header.type == ET_EXEC:
         if elf.dynamic.segment is None:
@@ -50,12 +51,31 @@ def check_input(elf: ElfFile) -> None:
         raise ElfError(
             f"{name}: defines {RUNTIME_SYMBOL}: it is the ulp runtime, which cannot track itself"
         )
-    # The rewriter renumbers the hash tables: reading each checks its counts against its size.
-    for sec in elf.sections:
-        if sec.type == SHT_GNU_HASH:
-            GnuHash(elf, sec)
-        elif sec.type == SHT_HASH:
-            SysvHash(elf, sec)
+    if is_dynamic_loader(elf):
+        raise ElfError(
+            f"{name}: the dynamic loader; it relocates itself before any symbol can be bound,"
+            " so it cannot be prepared"
+        )
+    return DynamicTables(elf)
+
+
+# A dynamic loader binds its own relocations in its bootstrap, before it can look anything up:
+# the weak runtime symbol the rewriter adds would be bound to the loader's own base, and every
+# tracked call would jump there. ld.so has no PT_INTERP (it is nobody's client) but neither have
+# many plain libraries, and libc.so.6 exports `_dl_*` functions too, so neither tells it apart.
+# Two signs do, either one enough: the names loaders are installed and linked under (its soname,
+# or the file's name, for musl, whose loader is its libc.so under the name ld-musl-*), and the
+# debugger rendezvous (`_r_debug`, `_dl_debug_state`), which by definition lives in the loader.
+# A false positive refuses a library that poses as a loader; a false negative ships a crash.
+_LOADER_NAMES = re.compile(r"^(ld-linux[-.].*|ld-musl-.*|ld64\.so\..*|ld\.so(\..*)?)$")
+_LOADER_SYMBOLS = {"_r_debug", "_dl_debug_state"}
+
+
+def is_dynamic_loader(elf: ElfFile) -> bool:
+    names = (elf.soname or "", Path(elf.name).name)
+    if any(_LOADER_NAMES.match(n) for n in names):
+        return True
+    return any(s.defined and s.name in _LOADER_SYMBOLS for s in elf.dynamic_symbols)
 
 
 def exported_functions(elf: ElfFile) -> list[Symbol]:

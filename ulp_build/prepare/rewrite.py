@@ -23,8 +23,6 @@ from ulp_build.atomic_write import write_atomically
 from ulp_build.elf import (
     DT_GNU_HASH,
     DT_HASH,
-    DT_JMPREL,
-    DT_PLTRELSZ,
     DT_RELA,
     DT_RELASZ,
     DT_STRSZ,
@@ -46,10 +44,7 @@ from ulp_build.elf import (
     SHF_EXECINSTR,
     SHF_WRITE,
     SHN_LORESERVE,
-    SHT_GNU_HASH,
-    SHT_HASH,
     SHT_PROGBITS,
-    SHT_RELA,
     STB_WEAK,
     STT_GNU_IFUNC,
     STT_NOTYPE,
@@ -58,12 +53,13 @@ from ulp_build.elf import (
     VERSYM,
     ElfError,
     ElfFile,
-    GnuHash,
     Section,
-    SysvHash,
     align,
 )
+from ulp_build.errors import UlpError
 from ulp_build.prepare import codegen, patchable, symbol_hash
+from ulp_build.prepare.check import check
+from ulp_build.prepare.dynamic_tables import DynamicTables
 from ulp_build.prepare.inputs import check_input, exported_functions
 from ulp_build.prepare.layout import (
     DEFAULT_UNTRACKED,
@@ -121,17 +117,28 @@ def rewrite(
 
 def prepare(elf: ElfFile, untracked: Iterable[str] = ()) -> tuple[bytes | bytearray, RewriteResult]:
     """The prepared image of `elf` and what was done, without touching any file."""
-    check_input(elf)
+    tables = check_input(elf)
     result = RewriteResult(elf.name, elf.name)
     if is_prepared(elf):
+        # Build integrations ship what passes here: a prepared library is taken as it is only
+        # if `check` finds nothing wrong with it.
+        errors = check(elf).errors
+        if errors:
+            raise ElfError(f"{elf.name}: prepared, but {errors[0]}")
         result.already_prepared = True
         return elf.data, result
     try:
-        return _Rewriter(elf, set(DEFAULT_UNTRACKED) | set(untracked), result).build(), result
+        rewriter = _Rewriter(elf, tables, set(DEFAULT_UNTRACKED) | set(untracked), result)
+        return rewriter.build(), result
     except (struct.error, IndexError) as exc:
         # A table whose counts disagree with its size: the headers said nothing wrong, but
         # the contents do not add up.
         raise ElfError(f"{elf.name}: corrupt ELF file ({exc})") from None
+    except UlpError as exc:
+        # Raised where the file is not known (code generation): name it here.
+        if str(exc).startswith(f"{elf.name}: "):
+            raise
+        raise ElfError(f"{elf.name}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -168,47 +175,37 @@ class _Layout:
 class _Rewriter:
     """One preparation of one library: layout first, then the bytes."""
 
-    def __init__(self, elf: ElfFile, untracked: set[str], result: RewriteResult) -> None:
+    def __init__(
+        self, elf: ElfFile, tables: DynamicTables, untracked: set[str], result: RewriteResult
+    ) -> None:
         self.elf = elf
         self.untracked = untracked
         self.result = result
         self.ibt = elf.uses_ibt
         self.out = bytearray(elf.data)
         self.exported = exported_functions(elf)
-        self.dyn = dict(elf.dynamic.entries)
+        self.dyn = tables.dyn
         name = elf.name
-        if DT_RELA not in self.dyn or DT_RELASZ not in self.dyn:
+        if tables.rela is None:
             raise ElfError(f"{name}: no DT_RELA relocations; cannot add the runtime's GOT slot")
-        rela, relasz, jmprel = self.dyn[DT_RELA], self.dyn[DT_RELASZ], self.dyn.get(DT_JMPREL)
-        if jmprel is not None and rela <= jmprel < rela + relasz:
-            raise ElfError(f"{name}: DT_RELA overlaps DT_JMPREL; unsupported relocation layout")
-        self.sec_dynsym = elf.dynsym.section
-        self.sec_dynstr = elf.dynsym.string_section
-        self.sec_versym = elf.dynsym.version_section
-        self.sec_hash = self._section_at(DT_HASH, SHT_HASH)
-        self.sec_gnu_hash = self._section_at(DT_GNU_HASH, SHT_GNU_HASH)
-        self.sec_rela = self._section_at(DT_RELA, SHT_RELA)
-        if self.sec_rela is None or self.sec_rela.size != relasz:
-            raise ElfError(f"{name}: DT_RELA is not exactly one section; unsupported layout")
-        if self.sec_hash is None and self.sec_gnu_hash is None:
+        if tables.hash is None and tables.gnu_hash is None:
             raise ElfError(f"{name}: no symbol hash table (DT_HASH or DT_GNU_HASH)")
         if elf.header.shnum + 3 >= SHN_LORESERVE:
             raise ElfError(f"{name}: too many sections to add three more")
-        self.nsyms = self.sec_dynsym.size // SYM.size
+        # Each section below is the one the loader reads through its DT_* entry (checked).
+        self.sec_dynsym: Section = tables.dynsym
+        self.sec_dynstr: Section = tables.dynstr
+        self.sec_versym = tables.versym
+        self.sec_hash = tables.hash
+        self.sec_gnu_hash = tables.gnu_hash
+        self.sec_rela: Section = tables.rela
+        self.sec_plt_rela = tables.plt_rela
+        self.nsyms = tables.nsyms
         # The runtime symbol is undefined, so with .gnu.hash it belongs before `symoffset`,
         # with the other unhashed symbols; every later index moves up by one.
-        self.gnu_hash = GnuHash(elf, self.sec_gnu_hash) if self.sec_gnu_hash else None
-        self.sysv_hash = SysvHash(elf, self.sec_hash) if self.sec_hash else None
+        self.gnu_hash = tables.gnu_hash_table
+        self.sysv_hash = tables.sysv_hash_table
         self.insert_at = self.gnu_hash.symoffset if self.gnu_hash else self.nsyms
-
-    def _section_at(self, tag: int, sh_type: int) -> Section | None:
-        addr = self.dyn.get(tag)
-        if addr is None:
-            return None
-        for sec in self.elf.sections:
-            if sec.addr == addr and sec.type == sh_type:
-                return sec
-        raise ElfError(f"{self.elf.name}: dynamic tag {tag:#x} points to no section of its type")
 
     def build(self) -> bytearray:
         functions, ifuncs = self._select()
@@ -461,11 +458,10 @@ class _Rewriter:
 
     def _renumber_plt_relocations(self) -> None:
         """`.rela.plt` stays where it is; only the symbol indices it names move."""
-        if DT_JMPREL not in self.dyn or self.insert_at >= self.nsyms:
+        sec = self.sec_plt_rela
+        if sec is None or self.insert_at >= self.nsyms:
             return
-        size = self.dyn.get(DT_PLTRELSZ, 0)
-        start = self.elf.offset_of(self.dyn[DT_JMPREL], size)
-        for pos in range(start, start + size - size % RELA.size, RELA.size):
+        for pos in range(sec.offset, sec.offset + sec.size, RELA.size):
             r_offset, info, addend = RELA.unpack_from(self.out, pos)
             RELA.pack_into(self.out, pos, r_offset, self._renumber(info), addend)
 
