@@ -347,9 +347,10 @@ def test_object_that_is_the_target(tree: Path, tmp_path: Path) -> None:
         ),
         (lambda p: p.symlink_to("/dev/zero"), "p.toml: not a regular file"),
         (lambda p: os.mkfifo(p), "p.toml: not a regular file"),
+        (lambda p: p.mkdir(), "p.toml: not a regular file"),
         (lambda p: p.write_bytes(b"#" * (2 << 20)), "p.toml: larger than 1048576 bytes"),
     ],
-    ids=["latin-1", "dev-zero", "fifo", "huge"],
+    ids=["latin-1", "dev-zero", "fifo", "directory", "huge"],
 )
 def test_description_that_is_not_one(
     tmp_path: Path, make: Callable[[Path], object], expected: str

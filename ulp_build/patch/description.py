@@ -66,10 +66,10 @@ def _read(path: Path) -> str:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except (OSError, ValueError) as exc:
         raise UlpError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # before fdopen, which refuses a directory
+        os.close(fd)
+        raise UlpError(f"{path}: not a regular file")
     with os.fdopen(fd, "rb") as file:
-        info = os.fstat(file.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise UlpError(f"{path}: not a regular file")
         raw = file.read(MAX_SIZE + 1)
     if len(raw) > MAX_SIZE:
         raise UlpError(f"{path}: larger than {MAX_SIZE} bytes: not a patch description")

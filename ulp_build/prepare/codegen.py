@@ -164,7 +164,8 @@ def decode_ifunc_wrapper(code: bytes, at: int) -> tuple[int, int, int] | None:
     return (at + pos + 9 + call, at + pos + 16 + slot, at + pos + 23 + tramp)
 
 
-# The universe checker (DESIGN section 4). The 14-byte pad before a patched entry becomes
+# The universe checker (docs/design.md, "The universe checker and the dispatcher"). The 14-byte
+# pad before a patched entry becomes
 #     mov $index, %r11d        the function's record in the runtime: the dispatcher's one load
 #     jmp *dispatch(%rip)      through the library's dispatch slot, into the runtime
 #     nop; nop

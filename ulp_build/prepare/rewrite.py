@@ -1,4 +1,4 @@
-"""Preparing a shared library for live patching (DESIGN section 3).
+"""Preparing a shared library for live patching (docs/design.md, "The prepared library").
 
 The transformation only appends: three new loadable segments after the highest address of the
 input, a new program header table, new copies of the dynamic symbol, string, version, hash and
