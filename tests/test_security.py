@@ -7,7 +7,9 @@ import json
 import os
 import shutil
 import stat
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -19,6 +21,9 @@ from live import OVERFLOWED, PROGRAMS, SATURATED, Process, trigger_cli
 from users import NAMES, User, as_user, ensure, shared_directory
 
 from ulp_build.elf import ElfFile
+from ulp_build.errors import UlpError
+from ulp_build.live import protocol
+from ulp_build.live.operation import operation
 from ulp_build.live.ptrace import Tracee
 from ulp_build.patch.packer import pack
 from ulp_build.prepare.rewrite import rewrite
@@ -299,3 +304,92 @@ def test_all_for_one_user_and_whose_processes_all_touched(
         assert result.stdout.splitlines()[-1] == (
             f"2 processes: 2 applied (of users: root 1, {alice.name} 1)"
         ), result.stdout
+
+
+# ---- the object loaded is the object checked ---------------------------------------------
+
+
+def _pack_hostile(site: Site) -> Path:
+    """The hostile object packed as a patch of its own: it does run when applied."""
+    other = site.root / "patches" / "hostile"
+    other.mkdir(mode=0o755)
+    shutil.copy(site.hostile, other / "patch.so")
+    toml = other / "patch.toml"
+    toml.write_text((site.patch_dir / "patch.toml").read_text().replace('id = "', 'id = "h-', 1))
+    return pack(toml).metadata
+
+
+def test_the_hostile_object_leaves_its_mark_when_loaded(site: Site) -> None:
+    """The control for the tests below: loading the hostile object is seen."""
+    hostile = _pack_hostile(site)
+    with closing(site.start()) as p:
+        result = trigger_cli("-p", str(p.pid), str(hostile))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert site.marker.exists() and p.ask("square 7") == "-7"
+
+
+def test_an_object_swapped_during_the_trigger_never_runs(site: Site) -> None:
+    """Another file is renamed over the object again and again while the trigger reads,
+    checks and loads it, 100 times: the process runs the checked bytes or nothing."""
+    good = site.patch_dir / "patch.so"
+    spare = site.patch_dir / ".good.so"
+    evil = site.patch_dir / ".evil.so"
+    shutil.copy(good, spare)
+    stop = threading.Event()
+    flips = 0
+
+    def swap() -> None:
+        nonlocal flips
+        while not stop.is_set():
+            shutil.copy(site.hostile, evil)
+            os.replace(evil, good)
+            shutil.copy(spare, evil)
+            os.replace(evil, good)
+            flips += 2
+
+    outcomes: Counter[str] = Counter()
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    try:
+        with closing(site.start()) as p:
+            for _ in range(100):
+                try:
+                    op = operation(str(site.ulp))
+                except UlpError as error:
+                    assert "SHA-256" in str(error) or "build-id" in str(error), error
+                    outcomes["refused"] += 1
+                    continue
+                result = protocol.run(p.pid, op, wait=0)
+                assert result.status == "applied", result
+                assert p.ask("square 100000") == str(SATURATED)
+                assert protocol.run(p.pid, operation(str(site.ulp), revert=True)).status == (
+                    "reverted"
+                )
+                outcomes["applied"] += 1
+    finally:
+        stop.set()
+        swapper.join()
+    assert not site.marker.exists()
+    # The race was real: both files were seen, and the swaps went on throughout.
+    assert outcomes["refused"] >= 5 and outcomes["applied"] >= 5, outcomes
+    assert flips > 200
+
+
+def test_an_object_bind_mounted_over_in_the_targets_namespace_never_runs(site: Site) -> None:
+    """The target sees the hostile object at the patch's path (its own mount namespace): the
+    trigger's checked bytes are what it loads."""
+    good = site.patch_dir / "patch.so"
+    script = 'mount --bind "$1" "$2" && exec "$3" "$4"'
+    with closing(
+        Process(
+            Path("/usr/bin/unshare"), site.runtime, "-m", "--propagation", "private",
+            "sh", "-c", script, "sh", str(site.hostile), str(good), str(site.patchee),
+            str(site.library),
+        )
+    ) as p:  # fmt: skip
+        seen = Path(f"/proc/{p.pid}/root{good}").read_bytes()
+        assert seen == site.hostile.read_bytes() != good.read_bytes()  # namespaces differ
+        result = trigger_cli("-p", str(p.pid), str(site.ulp))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert p.ask("square 100000") == str(SATURATED)
+    assert not site.marker.exists()
