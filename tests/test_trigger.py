@@ -575,7 +575,10 @@ def test_a_thread_inside_holds_the_transition_open(
         (held,) = [t.tid for t in state.threads if any(s.depth for s in t.libraries.values())]
         result = trigger_cli("-p", str(p.pid), "--wait", "0.3", patch_file(tree, "square_stack_a"))
         assert result.returncode == 0
-        assert f"transition pending: held by thread {held} (patchee)" in result.stdout
+        assert (
+            f"transition pending: held by thread {held} (patchee, inside the library)"
+            in result.stdout
+        )
         entry = base_of(p.pid, lib) + entry_of(lib, "basic_square")
         assert read_memory(p.pid, entry - 14, 2) == bytes.fromhex("41bb")  # still the checker
         text = ulp("patches", "-p", str(p.pid)).stdout
@@ -615,3 +618,27 @@ def test_all_processes(tree: Path, patchee: Path, runtime: Path) -> None:
     finally:
         for p in [*procs, without]:
             p.close()
+
+
+def test_every_pending_transition_is_reported(tree: Path, patchee: Path, runtime: Path) -> None:
+    """A thread calling in without pause is often inside the library or the runtime when the
+    trigger tries to finish: whenever the runtime's state says the transition is left
+    unfinished, the result line says so, with who holds it and why."""
+    lib = tree / "basic" / "libbasic.so"
+    pending = 0
+    reasons: set[str] = set()
+    with running(patchee, runtime, str(lib)) as p:
+        assert p.ask("watch 3 -1") == "watching"
+        for cycle in range(30):
+            name = patch_file(tree, "square_fix", reverse=bool(cycle % 2))
+            result = trigger_cli("-p", str(p.pid), "--wait", "0", "--json", name)
+            assert result.returncode == 0, result.stdout + result.stderr
+            (entry,) = json.loads(result.stdout)
+            (library,) = runtime_state.read(p.pid).libraries
+            reported = bool(entry["pending"]) or "transition pending" in entry["message"]
+            assert reported == (not library.finished), (entry, library)
+            pending += reported
+            reasons.update(h["reason"] for h in entry["pending"])
+        p.ask("unwatch")
+    assert pending >= 3, pending  # the case the test is about did occur
+    assert reasons <= {"inside the library", "inside the runtime", "at a checker's jump"}

@@ -377,7 +377,7 @@ def _result_line(result: protocol.Result) -> None:
         applied = "applied in " if result.status == "already applied" else ""
         text += f" ({applied}universe {result.universe})"
     if result.pending:
-        held = ", ".join(f"{h.tid} ({h.name})" for h in result.pending)
+        held = ", ".join(f"{h.tid} ({h.name}, {h.reason})" for h in result.pending)
         text += f"; transition pending: held by thread {held}"
     print(_printable(f"{result.pid}: {result.status}: {text}"), flush=True)
 

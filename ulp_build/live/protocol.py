@@ -111,8 +111,15 @@ def _finished(result: Result, wait: float, timeout: float) -> Result:
         found = transition.wait_and_finish(result.pid, wait, timeout)
     except UlpError as exc:
         return replace(result, message=f"{result.message}; transition not finished: {exc}")
-    holders = [h for t in found if not t.done for h in t.holders]
-    return replace(result, pending=holders)
+    unfinished = [t for t in found if not t.done]
+    result = replace(result, pending=[h for t in unfinished for h in t.holders])
+    if unfinished and not result.pending:
+        # Nothing held it under the stop, yet the bytes had changed since they were read:
+        # another trigger was at work. Said, so that no pending transition goes unreported.
+        names = ", ".join(t.library.name for t in unfinished)
+        result = replace(result, message=f"{result.message}; transition pending in {names}"
+                         " (another trigger changed it meanwhile; `ulp patches --finish`)")  # fmt: skip
+    return result
 
 
 def execute(checked: CheckedOperation, timeout: float) -> int:
