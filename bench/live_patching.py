@@ -10,7 +10,8 @@ one run, written to RESULTS.md:
   the same process: targets at most 2x and at most 1.05x;
 - `trigger --all` over 50 processes, against triggering them one after the other.
 
-Run from the repository root after `pip install '.[test]'` (ULP_RUNTIME picks another runtime).
+Run from the repository root after `pip install '.[test]'`: the runtime is built from this tree
+(ULP_RUNTIME picks another).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.results import record  # noqa: E402
+from sample_libs import samples  # noqa: E402
 from ulp_build.live import fleet, preflight, protocol, transition  # noqa: E402
 from ulp_build.live.operation import operation  # noqa: E402
 from ulp_build.live.ptrace import Tracee  # noqa: E402
@@ -122,6 +124,7 @@ def stop_ratio(pid: int, patch: Path, label: str, target: str) -> None:
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        samples.use_tree_runtime(root / "runtime-build")
         lib, patch = build_fib(root)
 
         one = Driver(root, lib)

@@ -5,11 +5,13 @@ Used by the tests and the benchmarks; the libraries are described in samples.tom
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ulp_build.live.runtime import RUNTIME_ENV
 from ulp_build.prepare.layout import CFLAGS
 
 ROOT = Path(__file__).resolve().parent
@@ -121,6 +123,24 @@ def build_probe(outdir: Path) -> Path:
 
 
 PATCHES = ROOT / "patches"
+
+
+def build_runtime(build: Path) -> Path:
+    """libulp.so built from this source tree with the project's own Meson build into `build`:
+    what the tests and the benchmarks run, rather than whatever runtime is installed."""
+    setup = ["meson", "setup", str(build), str(ROOT.parent)]
+    for cmd in (setup, ["meson", "compile", "-C", str(build)]):
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stdout}{result.stderr}")
+    return build / "runtime" / "libulp.so"
+
+
+def use_tree_runtime(build: Path) -> None:
+    """Point ULP_RUNTIME at the runtime built from this tree, unless it names one already: run
+    from a checkout, `ulp_build` is the source tree, which has no runtime of its own."""
+    if RUNTIME_ENV not in os.environ:
+        os.environ[RUNTIME_ENV] = str(build_runtime(build))
 
 
 def patch_names() -> list[str]:

@@ -91,11 +91,7 @@ def system_libc() -> str:
 def runtime(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """libulp.so built from this source tree with the project's own Meson build, and named
     in ULP_RUNTIME so that `ulp run` and the tests use it."""
-    build = tmp_path_factory.mktemp("meson-build")
-    for cmd in (["meson", "setup", str(build), str(REPO)], ["meson", "compile", "-C", str(build)]):
-        result = run(cmd, timeout=600)
-        assert result.returncode == 0, result.stdout + result.stderr
-    path = build / "runtime" / "libulp.so"
+    path = samples.build_runtime(tmp_path_factory.mktemp("meson-build"))
     os.environ["ULP_RUNTIME"] = str(path)
     return path
 

@@ -117,8 +117,8 @@ def _finished(result: Result, wait: float, timeout: float) -> Result:
         # Nothing held it under the stop, yet the bytes had changed since they were read:
         # another trigger was at work. Said, so that no pending transition goes unreported.
         names = ", ".join(t.library.name for t in unfinished)
-        result = replace(result, message=f"{result.message}; transition pending in {names}"
-                         " (another trigger changed it meanwhile; `ulp patches --finish`)")  # fmt: skip
+        why = "another trigger changed it meanwhile; `ulp patches --finish`"
+        result = replace(result, message=f"{result.message}; transition pending in {names} ({why})")
     return result
 
 
