@@ -393,3 +393,31 @@ def test_an_object_bind_mounted_over_in_the_targets_namespace_never_runs(site: S
         assert result.returncode == 0, result.stdout + result.stderr
         assert p.ask("square 100000") == str(SATURATED)
     assert not site.marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("table", "field", "value", "reason"),
+    [
+        ("functions", "offset", 2**64 - 1, "offset 0xffffffffffffffff (entry nop"),
+        ("functions", "nop_offset", 0, "is not code of"),
+        ("references", "offset", 2**40, "offset 0x10000000000 is not in"),
+    ],
+)
+def test_forged_offsets_in_the_metadata(
+    site: Site, tree: Path, table: str, field: str, value: int, reason: str
+) -> None:
+    """Metadata that passes every file rule (root wrote it) but whose offsets point nowhere:
+    refused before any address is computed from them."""
+    if table == "references":  # square_fix has none: take a patch that has
+        shutil.copy(tree / "patches" / "scaled_factor" / "patch.so", site.patch_dir / "patch.so")
+        toml = (tree / "patches" / "scaled_factor" / "patch.toml").read_text()
+        (site.patch_dir / "patch.toml").write_text(
+            toml.replace("../../basic/libbasic.so", str(site.library))
+        )
+        pack(site.patch_dir / "patch.toml")
+    head, body = site.ulp.read_text().split("\n", 1)
+    data = json.loads(body)
+    data[table][0][field] = value
+    site.ulp.write_text(head + "\n" + json.dumps(data))
+    with closing(site.start()) as p:
+        _refused(site, p, reason)

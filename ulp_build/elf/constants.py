@@ -19,6 +19,7 @@ PT_LOAD = 1
 PT_DYNAMIC = 2
 PT_NOTE = 4
 PT_PHDR = 6
+PT_TLS = 7
 PF_X = 1
 PF_W = 2
 PF_R = 4

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ulp_build.elf import SHN_UNDEF, STT_FUNC, STT_OBJECT, ElfFile
+from ulp_build.elf.constants import PT_TLS
 from ulp_build.errors import UlpError
 from ulp_build.live import loaded_library, runtime_state, trust
 from ulp_build.live import request as rq
@@ -100,6 +101,7 @@ def check(pid: int, op: Operation) -> CheckedOperation:
     patch = op.patch
     if patch is not None:
         library = loaded_library.find(pid, patch.target_name, patch.target_build_id)
+        _check_offsets(patch, op.patch_path, library)
         if op.revert_all and op.revert_all not in (
             patch.target_name,
             library.path,
@@ -162,6 +164,31 @@ def check(pid: int, op: Operation) -> CheckedOperation:
             value = library.base + r.offset
         req.references.append(rq.ReferenceEntry(r.kind, pointers[r.pointer], value))
     return checked
+
+
+def _check_offsets(patch: Patch, path: Path | None, library: loaded_library.LoadedLibrary) -> None:
+    """Every offset the metadata gives lies where the target has what it says: a function's
+    entry and entry nop in its code, a variable in its loaded segments. The build-id matched, so
+    only a corrupt or forged metadata file fails here, before any address is computed."""
+    elf = library.elf
+    for f in patch.functions:
+        if not (elf.is_code(f.offset) and elf.is_code(f.nop_offset, 2)):
+            raise UlpError(
+                f"{path}: function {f.name}: offset {f.offset:#x} (entry nop {f.nop_offset:#x})"
+                f" is not code of {library.path}"
+            )
+    tls = next((s.memsz for s in elf.segments if s.type == PT_TLS), 0)
+    for r in patch.references:
+        if r.kind == "tls":
+            wrong = r.offset >= tls  # an offset in the library's TLS block
+        else:
+            wrong = elf.segment_at(r.offset) is None or (
+                r.kind == "function" and not elf.is_code(r.offset)
+            )
+        if wrong:
+            raise UlpError(
+                f"{path}: reference {r.name}: offset {r.offset:#x} is not in {library.path}"
+            )
 
 
 def _object_symbols(
