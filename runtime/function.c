@@ -1,9 +1,9 @@
 /*
  * Function records: one per patched function of a library's load, with every version it has
  * had (docs/design.md, "The universe checker and the dispatcher"). The universe checker in a
- * function's pad names its record by index (`mov $index, %r11d`), and dispatch.S reads the record, lock-free, to pick the version the
- * calling thread must run; so records and their version arrays are never freed, and a record
- * is complete before it is published (see ulp.h).
+ * function's pad names its record by index (`mov $index, %r11d`), and dispatch.S reads the
+ * record, lock-free, to pick the version the calling thread must run; so records and their
+ * version arrays are never freed, and a record is complete before it is published (see ulp.h).
  *
  * Made by ulp_prepare (patch.c), in the thread the trigger chose, while the others run: it may
  * allocate. Records are never changed here once published; the commit appends versions.

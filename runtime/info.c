@@ -88,5 +88,6 @@ __attribute__((constructor)) static void ulp_start(void)
             ulp_shadow_frames = (uint32_t)n;
     }
     ulp_threads_init();
+    ulp_patches_init();
     atomic_store(&ulp_ready, 1);
 }

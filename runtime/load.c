@@ -62,8 +62,9 @@ static int find_object(struct dl_phdr_info *info, size_t size, void *data)
 
 static int64_t fill_references(struct ulp_request *r, uintptr_t object, uintptr_t target)
 {
-    const struct ulp_request_reference *refs =
-        (const void *)((const char *)(r + 1) + r->function_count * sizeof(struct ulp_request_function));
+    const char *after_functions =
+        (const char *)(r + 1) + r->function_count * sizeof(struct ulp_request_function);
+    const struct ulp_request_reference *refs = (const void *)after_functions;
     for (uint32_t i = 0; i < r->reference_count; i++) {
         uint64_t *slot = (uint64_t *)(object + refs[i].pointer);
         if (refs[i].kind == ULP_REF_TLS) {
@@ -91,7 +92,8 @@ static const uint8_t *image_build_id(const uint8_t *image, uint64_t size, uint32
         return NULL;
     const ElfW(Phdr) *ph = (const void *)(image + eh->e_phoff);
     for (unsigned i = 0; i < eh->e_phnum; i++) {
-        if (ph[i].p_type != PT_NOTE || ph[i].p_offset > size || ph[i].p_filesz > size - ph[i].p_offset)
+        if (ph[i].p_type != PT_NOTE || ph[i].p_offset > size ||
+            ph[i].p_filesz > size - ph[i].p_offset)
             continue;
         uint64_t at = ph[i].p_offset, end = at + ph[i].p_filesz;
         while (end - at >= sizeof(ElfW(Nhdr))) {

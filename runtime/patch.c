@@ -55,6 +55,23 @@ static struct {
     uint32_t target_state;          /* ULP_PATCHED or ULP_UNPATCHED once committed */
 } staged;
 
+/* A child forked while another thread prepared holds `lock` for a thread it does not have, and
+ * a half-staged request: the child starts with neither. The staged memory is the parent's
+ * copy, possibly mid-update, so it is forgotten rather than freed (the child leaks it, once).
+ * Records already published (function.c) are complete at any instant, so the child keeps
+ * them; a commit cannot be under way (it runs with every thread stopped). */
+static void forget_in_child(void)
+{
+    pthread_mutex_init(&lock, NULL);
+    memset(&staged, 0, sizeof staged);
+    generation++;
+}
+
+void ulp_patches_init(void)
+{
+    pthread_atfork(NULL, NULL, forget_in_child);
+}
+
 static const char request_magic[8] = {'U', 'L', 'P', 'R', 'E', 'Q', 0, 0};
 static const char descriptor_magic[8] = {'U', 'L', 'P', 'L', 'I', 'B', 0, 0};
 

@@ -263,6 +263,7 @@ int64_t ulp_load(struct ulp_request *r, const struct ulp_descriptor *d, uint64_t
 /* patch.c */
 __attribute__((format(printf, 2, 3))) int64_t ulp_fail(struct ulp_request *r,
                                                        const char *format, ...);
+void ulp_patches_init(void);
 
 /* dispatch.S */
 void ulp_dispatch(void);

@@ -29,11 +29,15 @@ class Process:
     """A patchee: one command line in, one line out."""
 
     def __init__(
-        self, binary: Path, runtime: Path | None, *args: str, user: User | None = None
+        self,
+        binary: Path,
+        runtime: Path | None,
+        *args: str,
+        user: User | None = None,
+        preload: Path | None = None,  # after the runtime
     ) -> None:
         env = dict(os.environ)
-        if runtime is not None:
-            env["LD_PRELOAD"] = str(runtime)
+        env["LD_PRELOAD"] = ":".join(str(p) for p in (runtime, preload) if p is not None)
         self.proc = subprocess.Popen(
             [str(binary), *args],
             stdin=subprocess.PIPE,
@@ -70,8 +74,10 @@ class Process:
 
 
 @contextmanager
-def running(binary: Path, runtime: Path | None, *args: str) -> Iterator[Process]:
-    p = Process(binary, runtime, *args)
+def running(
+    binary: Path, runtime: Path | None, *args: str, preload: Path | None = None
+) -> Iterator[Process]:
+    p = Process(binary, runtime, *args, preload=preload)
     try:
         yield p
     finally:

@@ -8,11 +8,14 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
-from live import OVERFLOWED, SATURATED, base_of, patch_file, running, trigger_cli
+from conftest import run
+from live import OVERFLOWED, PROGRAMS, SATURATED, base_of, patch_file, running, trigger_cli
 
 from ulp_build.elf import ElfFile
 from ulp_build.errors import UlpError
@@ -159,3 +162,50 @@ def test_call_that_times_out_finishes_alone(tree: Path, patchee: Path, runtime: 
         time.sleep(0.5)
         assert p.ask("square 3") == "9"
         assert p.ask("stats") == "eintr 0 usr1 0 rt 0"
+
+
+def test_fork_during_a_prepare(tree: Path, patchee: Path, runtime: Path, tmp_path: Path) -> None:
+    """A child forked by one thread while another runs the runtime's prepare (holding its lock:
+    a preloaded fcntl makes the sealing of the object's memfd take two seconds) inherits no
+    half-done state: it is patched by a later trigger of its own."""
+    slow = tmp_path / "slow_seal.so"
+    built = run(["gcc", "-O2", "-fPIC", "-shared", "-o", str(slow),
+                 str(PROGRAMS / "slow_seal.c"), "-ldl"])  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    patch = patch_file(tree, "square_fix")
+    fifo, out = tmp_path / "go", tmp_path / "child.out"
+    os.mkfifo(fifo)
+    with running(patchee, runtime, str(tree / "basic" / "libbasic.so"), preload=slow) as p:
+        assert p.ask(f"forker {fifo} {out}") == "forker"
+        parent = subprocess.Popen(
+            [sys.executable, "-m", "ulp_build", "trigger", "-p", str(p.pid), patch],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while not any(f.startswith("/memfd:ulp-patch:") for f in _open_files(p.pid)):
+            assert time.monotonic() < deadline, "the prepare did not start"
+            time.sleep(0.02)
+        fifo.write_bytes(b"x")  # the prepare is sealing the object now
+        while not Path(f"{out}.pid").exists() or not Path(f"{out}.pid").read_text():
+            assert time.monotonic() < deadline, "no child"
+            time.sleep(0.02)
+        child = int(Path(f"{out}.pid").read_text())
+        try:
+            assert parent.poll() is None  # the fork came before the prepare ended
+            assert parent.wait(timeout=30) == 0
+            assert p.ask("square 100000") == str(SATURATED)
+            assert out.read_text() == f"{OVERFLOWED}\n"  # forked before the commit
+            result = trigger_cli("-p", str(child), patch)
+            assert result.returncode == 0, result.stdout + result.stderr
+            time.sleep(0.1)
+            assert out.read_text() == f"{SATURATED}\n"
+        finally:
+            os.kill(child, signal.SIGKILL)  # the patchee's child: it reaps it
+
+
+def _open_files(pid: int) -> list[str]:
+    out = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with suppress(OSError):
+            out.append(os.readlink(fd))
+    return out

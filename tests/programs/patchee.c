@@ -19,11 +19,14 @@
  *   churn          a thread that keeps creating short-lived threads that call basic_square
  *   chroot DIR     chroot(DIR) and chdir("/")
  *   exitmain       serve commands from a new thread and end the main thread (pthread_exit)
+ *   forker FIFO PATH  a thread that, once a byte arrives on FIFO, forks a child writing
+ *                  basic_square(100000) to PATH every 20 ms, and the child's pid to PATH.pid
  *   stats          EINTRs seen, SIGUSR1 and SIGRTMIN handled        quit
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <stddef.h>
@@ -254,10 +257,40 @@ int main(int argc, char **argv)
     return 0;
 }
 
+/* Waits in its own system call, so that the trigger's prepare runs in another thread (the
+ * main one, tried first), and forks when told to: in the middle of that prepare. */
+static void *forker(void *arg)
+{
+    char(*paths)[4096] = arg;
+    char byte;
+    int fd = open(paths[0], O_RDONLY);
+    if (fd < 0 || read(fd, &byte, 1) != 1)
+        return NULL;
+    pid_t child = fork();
+    if (child == 0) {
+        for (;;) {
+            FILE *out = fopen(paths[1], "w");
+            if (out) {
+                fprintf(out, "%d\n", square(100000));
+                fclose(out);
+            }
+            usleep(20000);
+        }
+    }
+    char pid_path[4200];
+    snprintf(pid_path, sizeof pid_path, "%s.pid", paths[1]);
+    FILE *out = fopen(pid_path, "w");
+    if (out) {
+        fprintf(out, "%d\n", (int)child);
+        fclose(out);
+    }
+    return NULL;
+}
+
 static void *serve(void *arg)
 {
     (void)arg;
-    char line[4200], word[32], path[4096];
+    char line[8300], word[32], path[4096], fifo[4096];
     int a, b;
     unsigned long address;
     while (fgets(line, sizeof line, stdin)) {
@@ -341,6 +374,14 @@ static void *serve(void *arg)
             pthread_create(&t, NULL, serve, (void *)1);
             printf("main exits\n");
             pthread_exit(NULL);
+        } else if (sscanf(line, "forker %4095s %4095s", fifo, path) == 2) {
+            static char paths[2][4096];
+            strcpy(paths[0], fifo);
+            strcpy(paths[1], path);
+            pthread_t t;
+            pthread_create(&t, NULL, forker, paths);
+            pthread_detach(t);
+            printf("forker\n");
         } else if (!strcmp(word, "stats")) {
             printf("eintr %d usr1 %d rt %d\n", eintr, (int)usr1, (int)rt);
         } else if (!strcmp(word, "quit")) {
