@@ -97,13 +97,7 @@ def _prepared_image(
     ibt = elf.uses_ibt
     out = bytearray(elf.data)
     exported = exported_functions(elf)
-    name = elf.name
-    if tables.rela is None:
-        raise ElfError(f"{name}: no DT_RELA relocations; cannot add the runtime's GOT slot")
-    if tables.hash is None and tables.gnu_hash is None:
-        raise ElfError(f"{name}: no symbol hash table (DT_HASH or DT_GNU_HASH)")
-    if elf.header.shnum + 3 >= SHN_LORESERVE:
-        raise ElfError(f"{name}: too many sections to add three more")
+    _check_room(elf, tables)
 
     chosen = tracked.select(exported, untracked)
     result.exported_functions = len(exported)
@@ -132,3 +126,16 @@ def _prepared_image(
     shoff = output_file.append_section_headers(out, elf, tables, lay, grown)
     output_file.update_elf_header(out, elf, lay, shoff)
     return out
+
+
+def _check_room(elf: ElfFile, tables: DynamicTables) -> None:
+    """What the additions need that `check_input` does not ask of every library: relocations to
+    append the runtime's GOT relocation to, a hash table to add its symbol to, and section
+    indices for three more sections."""
+    name = elf.name
+    if tables.rela is None:
+        raise ElfError(f"{name}: no DT_RELA relocations; cannot add the runtime's GOT slot")
+    if tables.hash is None and tables.gnu_hash is None:
+        raise ElfError(f"{name}: no symbol hash table (DT_HASH or DT_GNU_HASH)")
+    if elf.header.shnum + 3 >= SHN_LORESERVE:
+        raise ElfError(f"{name}: too many sections to add three more")

@@ -65,8 +65,9 @@ def lay_out(
     nifuncs: int,
     ibt: bool,
 ) -> Layout:
-    """Place each table one entry longer than in `tables` (`.dynstr` is `dynstr_size` bytes),
-    a trampoline per function and IFUNC, and an IFUNC wrapper and slot per IFUNC."""
+    """Place the grown tables (one symbol or relocation longer than in `tables`, `.dynstr`
+    `dynstr_size` bytes, `.gnu.hash` as long: the new symbol is unhashed), a trampoline per
+    function and IFUNC, and an IFUNC wrapper and slot per IFUNC."""
     r_va = align(max(s.vaddr + s.memsz for s in elf.loads), PAGE)
     cursor = r_va
 
