@@ -1,0 +1,88 @@
+"""Which exported functions get a trampoline, and the entry padding they will be patched through.
+
+Every exported function is tracked except the untracked ones (layout.DEFAULT_UNTRACKED and
+`rewrite --untracked`). A tracked function with the nop padding of
+`-fpatchable-function-entry` at its entry can later be replaced live; one without is still
+tracked, and reported as not patchable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ulp_build.elf import STT_GNU_IFUNC, ElfFile, Symbol
+from ulp_build.prepare import codegen, patchable
+
+
+@dataclass(frozen=True)
+class Tracked:
+    """What gets a trampoline: one per distinct entry address.
+
+    Aliases and symbol versions of one function share its address, so they share one
+    trampoline and `&f` is the same whichever name it was looked up by.
+    """
+
+    functions: list[int]  # entry addresses of tracked FUNC symbols, sorted
+    ifuncs: list[int]  # addresses of tracked IFUNC resolvers, sorted
+    symbols: list[Symbol]  # the tracked exported symbols, in .dynsym order
+    untracked: list[str]  # the exported names left with a plain entry, sorted
+
+    @property
+    def trampolines(self) -> int:
+        return len(self.functions) + len(self.ifuncs)
+
+
+def select(exported: list[Symbol], untracked: set[str]) -> Tracked:
+    functions: set[int] = set()
+    ifuncs: set[int] = set()
+    left: set[str] = set()
+    for sym in exported:
+        if sym.name in untracked:
+            left.add(sym.name)
+        elif sym.type == STT_GNU_IFUNC:
+            ifuncs.add(sym.value)
+        else:
+            functions.add(sym.value)
+    symbols = [sym for sym in exported if sym.name not in untracked]
+    return Tracked(sorted(functions), sorted(ifuncs), symbols, sorted(left))
+
+
+@dataclass(frozen=True)
+class EntryPadding:
+    """The padded functions found, how they disagree with their records, and how many entries
+    were normalized."""
+
+    patchable: int
+    not_patchable: list[str]  # tracked exported names without padding, in .dynsym order
+    padding_without_record: list[str]
+    records_without_padding: list[str]
+    normalized: int
+
+
+def normalize_padding(
+    elf: ElfFile, out: bytearray, exported: list[Symbol], functions: list[int]
+) -> EntryPadding:
+    """Make each entry's `90 90` one `66 90` in `out`: a thread is never stopped between two
+    nops, so the universe checker's 2-byte jump can later replace it in one write."""
+    pads = patchable.find(elf)
+    no_padding = set(functions) - pads.functions.keys()
+    # In .dynsym order, which is deterministic; sorting 3000 names would cost more than
+    # the trampolines do.
+    not_patchable = list(dict.fromkeys(s.name for s in exported if s.value in no_padding))
+    padding_without_record = [elf.name_at(a) for a in pads.padding_without_record]
+    records_without_padding = [
+        elf.name_at(a + patchable.PAD_BEFORE) for a in pads.records_without_padding
+    ]
+    normalized = 0
+    for func in pads.functions.values():
+        if not func.normalized:
+            off = elf.offset_of(func.nop_at, 2)
+            out[off : off + 2] = codegen.NOP2
+            normalized += 1
+    return EntryPadding(
+        len(pads.functions),
+        not_patchable,
+        padding_without_record,
+        records_without_padding,
+        normalized,
+    )
