@@ -152,14 +152,15 @@ def open_mapped(pid: int, m: Mapping) -> int:
     """A read-only descriptor of the file `m` maps, the caller's to close: through
     /proc/PID/map_files, the very inode mapped (the kernel resolves that link itself, whatever
     the path names now); for a user who may not open map_files (it needs
-    CAP_CHECKPOINT_RESTORE), the path, not followed if a symbolic link and refused unless it is
-    that inode. Opening never waits (O_NONBLOCK: a FIFO), and only a regular file is kept."""
+    CAP_CHECKPOINT_RESTORE) or once the main thread has exited (ESRCH, and a thread's directory
+    has no map_files), the path, not followed if a symbolic link and refused unless
+    it is that inode. Opening never waits (O_NONBLOCK: a FIFO); only a regular file is kept."""
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
     try:
         try:
-            fd = os.open(f"{proc_dir(pid)}/map_files/{m.start:x}-{m.end:x}", flags)
+            fd = os.open(f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}", flags)
             same = True
-        except PermissionError:
+        except OSError:
             fd = os.open(m.path, flags | os.O_NOFOLLOW)
             # The inode only: the device number maps shows is not always stat's (overlayfs).
             same = os.fstat(fd).st_ino == m.inode
