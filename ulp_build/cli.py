@@ -433,8 +433,6 @@ def _cmd_patches(args: argparse.Namespace) -> int:
             print(_printable(f"ulp: {text}"), file=sys.stderr)
     note = found.unreadable_note() if found else ""
     nothing = f"no process with the runtime among those you may read; {note}" if note else ""
-    if out and note:
-        print(_printable(f"ulp: {note}"), file=sys.stderr)
     text = "\n".join(map(_process_text, out)) or nothing or "no process"
     _emit(args, [asdict(p) for p in out], text)
     return 0

@@ -10,6 +10,7 @@ that "no process" is never said of processes one may not see."""
 from __future__ import annotations
 
 import datetime
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -59,6 +60,8 @@ class Scan:
         """What a user who found nothing should know, if anything."""
         if not self.unreadable:
             return ""
+        if os.geteuid() == 0:  # a sandbox root cannot look into, say
+            return f"{self.unreadable} processes are not readable"
         return f"{self.unreadable} processes are not readable by you (run as root)"
 
 
