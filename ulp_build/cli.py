@@ -404,7 +404,9 @@ def _user_name(uid: int | None) -> str:
 
 def _summary(results: list[protocol.Result]) -> str:
     if not results:
-        return "no process has the target loaded"
+        note = inventory.scan().unreadable_note()
+        where = f" among those you may read; {note}" if note else ""
+        return f"no process has the target loaded{where}"
     counts = Counter(r.status for r in results)
     parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     # Root's --all reaches every user's processes: say whose were touched.
@@ -415,17 +417,24 @@ def _summary(results: list[protocol.Result]) -> str:
 
 
 def _cmd_patches(args: argparse.Namespace) -> int:
-    pids = args.pid or inventory.processes()
+    found = None if args.pid else inventory.scan()
+    pids = args.pid if found is None else found.pids
     out = []
     for pid in pids:
         try:
-            found = transition.finish(pid, args.timeout) if args.finish else None
-            out.append(inventory.of(pid, found))
-        except UlpError as exc:
-            if args.pid:
+            moving = transition.finish(pid, args.timeout) if args.finish else None
+            out.append(inventory.of(pid, moving))
+        except Exception as exc:  # one process's problem, whatever it is, is reported alone
+            if args.pid and isinstance(exc, UlpError):
                 raise
-            print(_printable(f"ulp: {exc}"), file=sys.stderr)
-    _emit(args, [asdict(p) for p in out], "\n".join(map(_process_text, out)) or "no process")
+            text = " ".join(str(exc).split())
+            if not isinstance(exc, UlpError):
+                text = f"process {pid}: {type(exc).__name__}: {text}"
+            print(_printable(f"ulp: {text}"), file=sys.stderr)
+    note = found.unreadable_note() if found else ""
+    nothing = f"no process with the runtime among those you may read; {note}" if note else ""
+    text = "\n".join(map(_process_text, out)) or nothing or "no process"
+    _emit(args, [asdict(p) for p in out], text)
     return 0
 
 

@@ -1,6 +1,7 @@
 """Reading x86-64 ELF files, one small class per table (the reader imports nothing else of the
 package but its exception base): `file` holds the headers and bytes, `dynamic`, `symbols`,
-`relocations`, `notes` and `hashtables` the tables, `strings` the string tables, `constants` the
+`relocations`, `notes` and `hashtables` the tables, `identity` a file's build-id and SONAME
+read from its headers alone, `strings` the string tables, `constants` the
 numbers and record formats."""
 
 from ulp_build.elf.constants import (
@@ -65,6 +66,7 @@ from ulp_build.elf.constants import (
 from ulp_build.elf.errors import ElfError
 from ulp_build.elf.file import ElfFile, Section, Segment
 from ulp_build.elf.hashtables import GnuHash, SysvHash
+from ulp_build.elf.identity import ElfIdentity
 from ulp_build.elf.symbols import Symbol
 
 __all__ = [
@@ -126,6 +128,7 @@ __all__ = [
     "VER_NDX_GLOBAL",
     "ElfError",
     "ElfFile",
+    "ElfIdentity",
     "GnuHash",
     "Section",
     "Segment",

@@ -19,6 +19,16 @@ class DynamicEntry(NamedTuple):
     value: int
 
 
+def dynamic_entries(blob: bytes) -> list[DynamicEntry]:
+    """The entries of a dynamic section whose bytes are `blob`, up to and excluding DT_NULL."""
+    entries = []
+    for tag, value in DYN.iter_unpack(blob[: len(blob) - len(blob) % DYN.size]):
+        if tag == DT_NULL:
+            break
+        entries.append(DynamicEntry(tag, value))
+    return entries
+
+
 class Dynamic:
     """The dynamic section of one file; `segment` is None for a static file."""
 
@@ -33,14 +43,7 @@ class Dynamic:
         if seg is None:
             return []
         self.elf.check_range(seg.offset, seg.filesz, "dynamic section")
-        entries = []
-        for tag, value in DYN.iter_unpack(
-            self.elf.data[seg.offset : seg.offset + seg.filesz - seg.filesz % DYN.size]
-        ):
-            if tag == DT_NULL:
-                break
-            entries.append(DynamicEntry(tag, value))
-        return entries
+        return dynamic_entries(self.elf.data[seg.offset : seg.offset + seg.filesz])
 
     def value(self, tag: int) -> int | None:
         """The value of the first entry with `tag`, or None."""

@@ -145,21 +145,31 @@ class ElfFile:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except (OSError, ValueError) as exc:
             raise ElfError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):  # before fdopen, which refuses a directory itself
+        try:
+            return cls.from_descriptor(fd, str(path))
+        finally:
             os.close(fd)
-            raise ElfError(f"{path}: not a regular file")
-        with os.fdopen(fd, "rb") as file:
-            too_large = ElfError(f"{path}: larger than {MAX_FILE_SIZE >> 30} GiB; not a library")
-            if info.st_size > MAX_FILE_SIZE:
-                raise too_large
+
+    @classmethod
+    def from_descriptor(cls, fd: int, name: str) -> ElfFile:
+        """Read the file open as `fd` (left open), refused unless it is a regular file of at
+        most MAX_FILE_SIZE bytes; `name` names it in errors."""
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ElfError(f"{name}: not a regular file")
+        too_large = ElfError(f"{name}: larger than {MAX_FILE_SIZE >> 30} GiB; not a library")
+        if info.st_size > MAX_FILE_SIZE:
+            raise too_large
+        # A duplicate, so that closing the file object leaves `fd` to its owner.
+        with os.fdopen(os.dup(fd), "rb") as file:
             try:
+                file.seek(0)
                 data = file.read(MAX_FILE_SIZE + 1)  # + 1: a file that grew since fstat
             except OSError as exc:
-                raise ElfError(f"{path}: {exc.strerror or exc}") from None
+                raise ElfError(f"{name}: {exc.strerror or exc}") from None
         if len(data) > MAX_FILE_SIZE:
             raise too_large
-        return cls(data, str(path))
+        return cls(data, name)
 
     @classmethod
     def load_shared(cls, path: str | Path) -> ElfFile:

@@ -20,7 +20,7 @@ from ulp_build.elf.constants import (
 )
 
 if TYPE_CHECKING:
-    from ulp_build.elf.file import ElfFile
+    from ulp_build.elf.file import ElfFile, Segment
 
 
 class Note(NamedTuple):
@@ -44,27 +44,13 @@ class Notes:
             if seg.type != PT_NOTE:
                 continue
             self.elf.check_range(seg.offset, seg.filesz, "note segment")
-            blob = self.elf.data[seg.offset : seg.offset + seg.filesz]
-            alignment = 8 if seg.align == 8 else 4
-            pos = 0
-            while pos + NHDR.size <= len(blob):
-                namesz, descsz, ntype = NHDR.unpack_from(blob, pos)
-                name_end = pos + NHDR.size + namesz
-                desc = align(name_end, alignment)
-                if desc + descsz > len(blob):
-                    break
-                owner = blob[pos + NHDR.size : name_end].rstrip(b"\0").decode("ascii", "replace")
-                out.append(Note(owner, ntype, blob[desc : desc + descsz], seg.vaddr + desc))
-                pos = align(desc + descsz, alignment)
+            out += notes_in(self.elf.data[seg.offset : seg.offset + seg.filesz], seg)
         return out
 
     @cached_property
     def build_id_note(self) -> tuple[bytes, int] | None:
         """The build-id bytes and their link-time address."""
-        for note in self.all:
-            if note.owner == "GNU" and note.type == NT_GNU_BUILD_ID:
-                return note.desc, note.desc_addr
-        return None
+        return build_id_note(self.all)
 
     @cached_property
     def build_id(self) -> str | None:
@@ -88,3 +74,28 @@ class Notes:
                     return bool(bits & GNU_PROPERTY_X86_FEATURE_1_IBT)
                 pos += GNU_PROPERTY.size + align(size, 8)
         return False
+
+
+def notes_in(blob: bytes, seg: Segment) -> list[Note]:
+    """The notes of one PT_NOTE segment whose bytes are `blob`."""
+    out = []
+    alignment = 8 if seg.align == 8 else 4
+    pos = 0
+    while pos + NHDR.size <= len(blob):
+        namesz, descsz, ntype = NHDR.unpack_from(blob, pos)
+        name_end = pos + NHDR.size + namesz
+        desc = align(name_end, alignment)
+        if desc + descsz > len(blob):
+            break
+        owner = blob[pos + NHDR.size : name_end].rstrip(b"\0").decode("ascii", "replace")
+        out.append(Note(owner, ntype, blob[desc : desc + descsz], seg.vaddr + desc))
+        pos = align(desc + descsz, alignment)
+    return out
+
+
+def build_id_note(notes: list[Note]) -> tuple[bytes, int] | None:
+    """The GNU build-id among `notes`: its bytes and their link-time address."""
+    for note in notes:
+        if note.owner == "GNU" and note.type == NT_GNU_BUILD_ID:
+            return note.desc, note.desc_addr
+    return None

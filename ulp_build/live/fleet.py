@@ -1,15 +1,18 @@
 """`ulp trigger --all`: one operation in every process that has the runtime and its target
 loaded, several processes at a time, until no such process is left untried.
+
+One process cannot stop the others: whatever goes wrong in one (an error, a bug its memory
+triggers, a worker that dies) is that process's result, "failed", and the rest go on.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from ulp_build.errors import UlpError
 from ulp_build.live import inventory, loaded_library, trust
 from ulp_build.live.operation import Operation
 from ulp_build.live.protocol import Result, run
@@ -22,7 +25,7 @@ def candidates(op: Operation, uid: int | None = None) -> list[int]:
     """Every process with the runtime and the operation's target loaded (with the patch's
     build-id), of the user `uid` if one is given."""
     out = []
-    for pid in inventory.processes():
+    for pid in inventory.scan().pids:
         try:
             if uid is not None and trust.owners(pid)[0] != uid:
                 continue
@@ -31,7 +34,7 @@ def candidates(op: Operation, uid: int | None = None) -> list[int]:
             else:
                 assert op.revert_all is not None
                 loaded_library.find_by_name(pid, op.revert_all)
-        except UlpError:
+        except Exception:  # whatever it is, that process is not a candidate
             continue
         out.append(pid)
     return out
@@ -51,16 +54,33 @@ def run_all(
     by a new scan at the end, until a scan finds none. With `uid`, only that user's
     processes."""
     results: dict[int, Result] = {}
-    with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
+    pool = ProcessPoolExecutor(max_workers=max(1, jobs))
+    try:
         while True:
             new = [pid for pid in candidates(op, uid) if pid not in results and pid != os.getpid()]
             if not new:
                 break
             total = len(results) + len(new)
-            futures = [pool.submit(run, pid, op, **kwargs) for pid in new]
+            futures = {pool.submit(run, pid, op, **kwargs): pid for pid in new}
             for future in as_completed(futures):
-                result = future.result()
+                result = _result(futures[future], future)
                 results[result.pid] = result
                 if progress:
                     progress(result, len(results), total)
+            if any(isinstance(f.exception(), BrokenProcessPool) for f in futures):
+                pool.shutdown(wait=True)
+                pool = ProcessPoolExecutor(max_workers=max(1, jobs))
+    finally:
+        pool.shutdown(wait=True)
     return [results[pid] for pid in sorted(results)]
+
+
+def _result(pid: int, future: Future[Result]) -> Result:
+    """The worker's result, or, when it raised or died, the failure of its process."""
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        return Result(pid, "failed", f"process {pid}: the worker patching it died")
+    except Exception as exc:  # reported as that process's failure
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        return Result(pid, "failed", f"process {pid}: {type(exc).__name__}: {text}")

@@ -1,18 +1,24 @@
 """What `ulp patches` shows: the processes that have the runtime, their prepared libraries, the
 patches applied to them, and the threads that keep a transition from finishing. Read from
-outside (/proc and the runtime's introspection structure): looking changes nothing."""
+outside (/proc and the runtime's introspection structure): looking changes nothing.
+
+The processes looked at may belong to anyone, and say what they like: a library's name in the
+runtime's memory is only shown, never opened (its patchable functions are counted in the file
+the process maps there, opened as that inode), and a process that cannot be read is counted, so
+that "no process" is never said of processes one may not see."""
 
 from __future__ import annotations
 
 import datetime
+import os
 from dataclasses import dataclass, field
-from functools import cache
+from functools import lru_cache
 from pathlib import Path
 
 from ulp_build.elf import ElfFile
 from ulp_build.errors import UlpError
 from ulp_build.live import runtime_state, transition
-from ulp_build.live.process import maps, proc_dir
+from ulp_build.live.process import Mapping, mapped_elf, maps, proc_dir
 from ulp_build.prepare import patchable
 
 
@@ -45,32 +51,64 @@ class ProcessStatus:
     libraries: list[LibraryStatus] = field(default_factory=list)
 
 
-def processes() -> list[int]:
+@dataclass(frozen=True)
+class Scan:
+    pids: list[int]  # the processes with the runtime among those readable
+    unreadable: int  # processes whose mappings this user may not read
+
+    def unreadable_note(self) -> str:
+        """What a user who found nothing should know, if anything."""
+        if not self.unreadable:
+            return ""
+        if os.geteuid() == 0:  # a sandbox root cannot look into, say
+            return f"{self.unreadable} processes are not readable"
+        return f"{self.unreadable} processes are not readable by you (run as root)"
+
+
+def scan() -> Scan:
     """Every process whose mappings include the runtime (that we may read)."""
     out = []
+    unreadable = 0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            text = Path(proc_dir(int(entry.name)), "maps").read_text()
+            with open(Path(proc_dir(int(entry.name)), "maps")) as text:
+                if any("/libulp" in line for line in text):
+                    out.append(int(entry.name))
+        except PermissionError:
+            unreadable += 1
         except OSError:
             continue
-        if "/libulp" in text:
-            out.append(int(entry.name))
-    return sorted(out)
+    return Scan(sorted(out), unreadable)
 
 
-@cache
-def _patchable(path: str) -> int:
+@lru_cache(maxsize=4)
+def _patchable(elf: ElfFile) -> int:
     try:
-        return len(patchable.find(ElfFile.load_shared(path)).functions)
+        return len(patchable.find(elf).functions)
+    except UlpError:
+        return 0
+
+
+def _patchable_at(pid: int, m: Mapping | None) -> int:
+    """The patchable functions of the file mapped by `m` (0 for none or one not readable)."""
+    if m is None:
+        return 0
+    try:
+        return _patchable(mapped_elf(pid, m))
     except (UlpError, OSError):
         return 0
 
 
+# Bytes of a command line shown: the kernel keeps up to its argument limit (megabytes).
+MAX_COMMAND = 4096
+
+
 def _command(pid: int) -> str:
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read(MAX_COMMAND)
     except OSError:
         return "?"
     return " ".join(a.decode(errors="replace") for a in raw.split(b"\0") if a) or "?"
@@ -84,10 +122,11 @@ def of(pid: int, found: list[transition.Transition] | None = None) -> ProcessSta
     if found is None:
         found = transition.transitions(state)
     moving = {t.library.index: t for t in found}
-    paths = {m.start: m.path for m in maps(pid) if m.offset == 0}
+    mapped = {m.start: m for m in maps(pid) if m.offset == 0 and m.path.startswith("/")}
     for lib in state.libraries:
-        path = paths.get(lib.base, lib.name)
-        out = LibraryStatus(path, lib.build_id, _patchable(path))
+        m = mapped.get(lib.base)
+        # The name the runtime keeps is only shown: the file is the one mapped at the base.
+        out = LibraryStatus(m.path if m else lib.name, lib.build_id, _patchable_at(pid, m))
         for p in state.patches_of(lib.descriptor, lib.registration):
             if p.active:
                 when = datetime.datetime.fromtimestamp(p.time_ns / 1e9).isoformat("T", "seconds")

@@ -8,9 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ulp_build.elf import ElfFile
+from ulp_build.elf import ElfFile, ElfIdentity
 from ulp_build.errors import UlpError
-from ulp_build.live.process import Mapping, Snapshot, maps, proc_dir, read_memory
+from ulp_build.live.process import (
+    Mapping,
+    Snapshot,
+    mapped_elf,
+    mapped_identity,
+    maps,
+    read_memory,
+)
 from ulp_build.live.runtime_state import FunctionRecord
 from ulp_build.live.transition import PRISTINE, settled_code
 from ulp_build.patch.metadata import Function
@@ -117,8 +124,7 @@ class LoadedLibrary:
         )
 
 
-def _build_id_in_memory(pid: int, base: int, elf: ElfFile) -> str | None:
-    note = elf.build_id_note
+def _build_id_in_memory(pid: int, base: int, note: tuple[bytes, int] | None) -> str | None:
     if note is None:
         return None
     value, at = note
@@ -134,31 +140,39 @@ def _loaded_files(pid: int) -> dict[str, Mapping]:
     return first
 
 
-def _open_mapped(pid: int, m: Mapping) -> ElfFile | None:
-    # map_files is the inode the process mapped, even if the path now names a rebuilt file.
-    for path in (f"{proc_dir(pid)}/map_files/{m.start:x}-{m.end:x}", m.path):
-        try:
-            return ElfFile.load_shared(path)
-        except (UlpError, OSError):
-            continue
-    return None
+def _identity(pid: int, m: Mapping) -> ElfIdentity | None:
+    try:
+        return mapped_identity(pid, m)
+    except (UlpError, OSError):
+        return None
+
+
+def _loaded(pid: int, m: Mapping, build_id: str) -> LoadedLibrary | None:
+    """The library `m` maps, read whole (the one file that is, of all it maps)."""
+    try:
+        return LoadedLibrary(pid, m.path, m.start, build_id, mapped_elf(pid, m))
+    except (UlpError, OSError):
+        return None
 
 
 def find(pid: int, name: str, build_id: str) -> LoadedLibrary:
     """The library loaded in `pid` whose file name or SONAME is `name` and whose build-id is
-    `build_id`; a clear error when it is not loaded or is another build."""
+    `build_id`; a clear error when it is not loaded or is another build. Each mapped file is
+    looked at by its headers alone (elf.identity); only the one that matched is read whole."""
     files = _loaded_files(pid)
     named = [m for path, m in files.items() if Path(path).name == name]
     others = [m for path, m in files.items() if Path(path).name != name]
     seen: list[str] = []
     for group in (named, others):
         for m in group:
-            elf = _open_mapped(pid, m)
-            if elf is None or (group is others and elf.soname != name):
+            identity = _identity(pid, m)
+            if identity is None or (group is others and identity.soname != name):
                 continue
-            loaded = _build_id_in_memory(pid, m.start, elf)
+            loaded = _build_id_in_memory(pid, m.start, identity.build_id_note)
             if loaded == build_id:
-                return LoadedLibrary(pid, m.path, m.start, build_id, elf)
+                found = _loaded(pid, m, build_id)
+                if found is not None:
+                    return found
             seen.append(f"{m.path} has build-id {loaded or 'none'}")
         if seen:
             break
@@ -172,14 +186,11 @@ def find(pid: int, name: str, build_id: str) -> LoadedLibrary:
 def find_by_name(pid: int, name: str) -> LoadedLibrary:
     """The prepared library loaded in `pid` with this path, file name or SONAME."""
     for path, m in _loaded_files(pid).items():
-        if name not in (path, Path(path).name):
-            elf = _open_mapped(pid, m)
-            if elf is None or elf.soname != name:
-                continue
-        else:
-            elf = _open_mapped(pid, m)
-            if elf is None:
-                continue
-        build_id = _build_id_in_memory(pid, m.start, elf) or ""
-        return LoadedLibrary(pid, m.path, m.start, build_id, elf)
+        identity = _identity(pid, m)
+        if identity is None or name not in (path, Path(path).name, identity.soname):
+            continue
+        build_id = _build_id_in_memory(pid, m.start, identity.build_id_note) or ""
+        found = _loaded(pid, m, build_id)
+        if found is not None:
+            return found
     raise UlpError(f"process {pid}: library {name} is not loaded")

@@ -1,12 +1,20 @@
-"""A live process seen from outside: its mappings, its memory, where an ELF file is loaded,
-and its root directory (a path handed to it is opened from there)."""
+"""A live process seen from outside: its mappings, its memory, the files it maps, where an ELF
+file is loaded, and its root directory (a path handed to it is opened from there).
+
+Whatever a process says may be hostile: the paths in its mappings name files it may have
+replaced since (with a FIFO, a device, a huge file), and its memory says what it likes. So a
+mapped file is opened as the inode mapped (map_files), never blocking, and only a regular one is
+read; memory is read in bounded pieces, only inside the process's mappings (`Memory`)."""
 
 from __future__ import annotations
 
 import os
+import stat
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from ulp_build.elf import ElfFile, ElfIdentity
 from ulp_build.errors import UlpError
 
 
@@ -17,6 +25,7 @@ class Mapping:
     perms: str
     offset: int
     path: str
+    inode: int = 0
 
 
 def proc_dir(pid: int) -> str:
@@ -50,7 +59,7 @@ def maps(pid: int) -> list[Mapping]:
         fields = line.split(maxsplit=5)
         start, end = (int(x, 16) for x in fields[0].split("-"))
         path = fields[5] if len(fields) > 5 else ""
-        out.append(Mapping(start, end, fields[1], int(fields[2], 16), path))
+        out.append(Mapping(start, end, fields[1], int(fields[2], 16), path, int(fields[4])))
     return out
 
 
@@ -137,3 +146,103 @@ class Snapshot:
         return [
             (start, data, bytes(images[start])) for start, data in self.spans if start in touched
         ]
+
+
+def open_mapped(pid: int, m: Mapping) -> int:
+    """A read-only descriptor of the file `m` maps, the caller's to close: through
+    /proc/PID/map_files, the very inode mapped (the kernel resolves that link itself, whatever
+    the path names now); for a user who may not open map_files (it needs
+    CAP_CHECKPOINT_RESTORE) or once the main thread has exited (ESRCH, and a thread's directory
+    has no map_files), the path, not followed if a symbolic link and refused unless
+    it is that inode. Opening never waits (O_NONBLOCK: a FIFO); only a regular file is kept."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        try:
+            fd = os.open(f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}", flags)
+            same = True
+        except OSError:
+            fd = os.open(m.path, flags | os.O_NOFOLLOW)
+            # The inode only: the device number maps shows is not always stat's (overlayfs).
+            same = os.fstat(fd).st_ino == m.inode
+    except OSError as exc:
+        raise UlpError(f"process {pid}: {m.path}: {exc.strerror or exc}") from None
+    if not same or not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UlpError(f"process {pid}: {m.path}: not the regular file it maps")
+    return fd
+
+
+def mapped_identity(pid: int, m: Mapping) -> ElfIdentity:
+    """The build-id and SONAME of the file `m` maps, from its headers alone."""
+    fd = open_mapped(pid, m)
+    try:
+        return ElfIdentity.read(fd, m.path)
+    finally:
+        os.close(fd)
+
+
+# The few whole files read lately (the runtime and the patch's target, for process after
+# process under `--all`), by what identifies an unchanged file.
+_READ: OrderedDict[tuple[int, int, int, int], ElfFile] = OrderedDict()
+_READ_KEPT = 4
+
+
+def mapped_elf(pid: int, m: Mapping) -> ElfFile:
+    """The whole file `m` maps (at most ElfFile's MAX_FILE_SIZE), named by its path."""
+    fd = open_mapped(pid, m)
+    try:
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if key not in _READ:
+            _READ[key] = ElfFile.from_descriptor(fd, m.path)
+            if len(_READ) > _READ_KEPT:
+                _READ.popitem(last=False)
+        _READ.move_to_end(key)
+        return _READ[key]
+    finally:
+        os.close(fd)
+
+
+class Memory:
+    """/proc/PID/mem open once, read only inside the process's readable mappings as they were
+    when it was opened, at most `limit` bytes in all: what a corrupt or hostile process
+    publishes cannot send the reader outside its memory, or make it read without end."""
+
+    def __init__(self, pid: int, limit: int) -> None:
+        self.pid = pid
+        self.left = limit
+        self.regions: list[tuple[int, int]] = []
+        for m in maps(pid):
+            if "r" not in m.perms:
+                continue
+            if self.regions and self.regions[-1][1] == m.start:
+                self.regions[-1] = (self.regions[-1][0], m.end)
+            else:
+                self.regions.append((m.start, m.end))
+        try:
+            self.fd = os.open(f"{proc_dir(pid)}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise UlpError(f"process {pid}: cannot read its memory: {exc.strerror}") from None
+
+    def __enter__(self) -> Memory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+    def mapped(self, address: int, size: int) -> bool:
+        return any(a <= address and address + size <= b for a, b in self.regions)
+
+    def read(self, address: int, size: int) -> bytes:
+        if not self.mapped(address, size):
+            raise UlpError(
+                f"process {self.pid}: its runtime points to {address:#x} ({size} bytes),"
+                " outside its memory: its memory is corrupt"
+            )
+        if size > self.left:
+            raise UlpError(
+                f"process {self.pid}: its runtime publishes more than a runtime can hold:"
+                " its memory is corrupt"
+            )
+        self.left -= size
+        return read_at(self.pid, self.fd, address, size)

@@ -19,8 +19,9 @@ from pathlib import Path
 from ulp_build.cstruct import CStruct
 from ulp_build.elf import ElfFile
 from ulp_build.errors import UlpError
-from ulp_build.live.process import maps, read_memory
+from ulp_build.live.process import Mapping, Memory, mapped_elf, maps, read_memory
 from ulp_build.live.ptrace import ReturnPoint
+from ulp_build.prepare.layout import PAD_BEFORE
 
 INFO_SYMBOL = "ulp_runtime"
 INFO_MAGIC = b"ULPRUN\0\0"
@@ -118,12 +119,20 @@ FUNCTION = CStruct(
 )
 VERSION = CStruct("ulp_version", [("universe", "Q"), ("code", "Q")])
 
+FRAME_SIZE = 32  # sizeof(struct ulp_frame)
+
 # Bounds against a corrupt or hostile process: the runtime never has more.
-MAX_LIBRARIES = 1 << 16
+MAX_LIBRARIES = 1024  # ULP_MAX_LIBRARIES
 MAX_RECORD = 1 << 12  # bytes of a library, thread-lib or frame record, of a thread's fixed part
 MAX_PATCHES = 1 << 16
 MAX_PATCH_FUNCTIONS = 1 << 16
-MAX_THREADS = 1 << 20
+MAX_FUNCTIONS = 1 << 16  # distinct function records, over every patch
+# Each thread's record is a mapping of its own, and a process has at most vm.max_map_count
+# (65530 by default) of them.
+MAX_THREADS = 1 << 16
+MAX_SHADOW_FRAMES = 1 << 20  # ULP_SHADOW_FRAMES
+# Bytes read of the process in all: 1024 threads in 1024 libraries, or 16Ki threads in 64.
+MAX_READ = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -213,12 +222,18 @@ class RuntimeState:
         raise KeyError(name_part)
 
 
-def find_runtime(pid: int) -> tuple[str, int]:
-    """Path and load base of the libulp.so mapped in `pid`."""
+def runtime_mapping(pid: int) -> Mapping:
+    """The first mapping of the libulp.so mapped in `pid`."""
     for m in maps(pid):
         if m.offset == 0 and Path(m.path).name.startswith("libulp"):
-            return m.path, m.start
+            return m
     raise UlpError(f"process {pid}: runtime not loaded (start it with `ulp run`)")
+
+
+def find_runtime(pid: int) -> tuple[str, int]:
+    """Path and load base of the libulp.so mapped in `pid`."""
+    m = runtime_mapping(pid)
+    return m.path, m.start
 
 
 def return_point(runtime: ElfFile, base: int) -> ReturnPoint:
@@ -242,8 +257,9 @@ def _bounded(pid: int, what: str, value: int, low: int, high: int) -> int:
 
 
 def read(pid: int) -> RuntimeState:
-    path, base = find_runtime(pid)
-    symbols = {s.name: s for s in ElfFile.load_shared(path).dynamic_symbols}
+    mapping = runtime_mapping(pid)
+    path, base = mapping.path, mapping.start
+    symbols = {s.name: s for s in mapped_elf(pid, mapping).dynamic_symbols}
     if INFO_SYMBOL not in symbols:
         raise UlpError(f"{path}: no {INFO_SYMBOL} symbol; not a ulp_build runtime")
     at = base + symbols[INFO_SYMBOL].value
@@ -253,33 +269,40 @@ def read(pid: int) -> RuntimeState:
             f"process {pid}: its runtime {path} has layout version {version},"
             f" this ulp reads {LAYOUT_VERSION} (use the ulp that came with that runtime)"
         )
-    h = RUNTIME_INFO.unpack(read_memory(pid, at, RUNTIME_INFO.size))
+    with Memory(pid, MAX_READ) as memory:
+        return _read(memory, path, at)
+
+
+def _read(memory: Memory, path: str, at: int) -> RuntimeState:
+    pid = memory.pid
+    h = RUNTIME_INFO.unpack(memory.read(at, RUNTIME_INFO.size))
+    # This ulp's layout is the runtime's (the version says so): the geometry the header
+    # publishes must be it exactly.
     _bounded(pid, "a header of size", h["size"], RUNTIME_INFO.size, RUNTIME_INFO.size)
     max_libs = _bounded(pid, "a library table of", h["max_libraries"], 0, MAX_LIBRARIES)
-    lib_size = _bounded(pid, "library records of", h["library_size"], LIBRARY.size, MAX_RECORD)
+    _bounded(pid, "library records of", h["library_size"], LIBRARY.size, LIBRARY.size)
     libs_at = _bounded(
-        pid, "thread library records at", h["thread_libs_offset"], THREAD.size, MAX_RECORD
+        pid, "thread library records at", h["thread_libs_offset"], THREAD.size, THREAD.size
     )
     lib_stride = _bounded(
-        pid, "thread library records of", h["thread_lib_size"], THREAD_LIB.size, MAX_RECORD
+        pid, "thread library records of", h["thread_lib_size"], THREAD_LIB.size, THREAD_LIB.size
     )
-    frame_size = _bounded(pid, "shadow frames of", h["frame_size"], 8, MAX_RECORD)
-    patch_size = _bounded(pid, "patch records of", h["patch_size"], PATCH.size, MAX_RECORD)
-    thread_fields = {
-        name: _bounded(pid, f"thread {name} at", h[f"thread_{name}_offset"], 0, libs_at - 8)
-        for name in ("next", "tid", "top", "base")
-    }
+    frame_size = _bounded(pid, "shadow frames of", h["frame_size"], FRAME_SIZE, FRAME_SIZE)
+    _bounded(pid, "patch records of", h["patch_size"], PATCH.size, PATCH.size)
+    for name in ("next", "tid", "top", "base"):
+        offset = THREAD.offset(name)
+        _bounded(pid, f"thread {name} at", h[f"thread_{name}_offset"], offset, offset)
 
     def word(address: int) -> int:
-        return struct.unpack("<Q", read_memory(pid, address, 8))[0]
+        return struct.unpack("<Q", memory.read(address, 8))[0]
 
     universe = word(h["universe"])
-    (count,) = struct.unpack("<I", read_memory(pid, h["library_count"], 4))
+    (count,) = struct.unpack("<I", memory.read(h["library_count"], 4))
     count = _bounded(pid, "a library count of", count, 0, max_libs)
     libraries = []
+    table = memory.read(h["libraries"], count * LIBRARY.size) if count else b""
     for i in range(count):
-        record = h["libraries"] + i * lib_size
-        lib = LIBRARY.unpack(read_memory(pid, record, LIBRARY.size))
+        lib = LIBRARY.unpack(table, i * LIBRARY.size)
         libraries.append(
             LibraryInfo(
                 i,
@@ -291,29 +314,35 @@ def read(pid: int) -> RuntimeState:
                 lib["target_universe"],
                 lib["target_state"] == PATCHED,
                 lib["finished"] != 0,
-                record + LIBRARY.offset("finished"),
+                h["libraries"] + i * LIBRARY.size + LIBRARY.offset("finished"),
             )
         )
     threads = []
     at = word(h["threads"])
-    seen = 0
-    while at and seen < MAX_THREADS:
-        seen += 1
-        record = read_memory(pid, at, libs_at)
-        tid, top, frames_base, nxt = (
-            struct.unpack_from(fmt, record, thread_fields[name])[0]
-            for name, fmt in (("tid", "<i"), ("top", "<Q"), ("base", "<Q"), ("next", "<Q"))
-        )
+    seen: set[int] = set()
+    while at:
+        if at in seen or len(seen) >= MAX_THREADS:
+            raise UlpError(
+                f"process {pid}: its runtime's thread list "
+                + ("loops" if at in seen else f"is longer than {MAX_THREADS}")
+                + ": its memory is corrupt"
+            )
+        seen.add(at)
+        record = THREAD.unpack(memory.read(at, libs_at))
+        tid, top, frames_base = record["tid"], record["top"], record["base"]
         if tid:
-            info = ThreadInfo(tid, (top - frames_base) // frame_size if top else 0)
-            raw = read_memory(pid, at + libs_at, lib_stride * count) if count else b""
-            for i in range(count):
-                held = THREAD_LIB.unpack(raw, i * lib_stride)
-                if held["depth"] or held["universe"]:
-                    info.libraries[i] = LibraryState(held["depth"], held["universe"])
+            frames = (top - frames_base) // frame_size if top else 0
+            _bounded(pid, "a shadow stack of", frames, 0, MAX_SHADOW_FRAMES)
+            info = ThreadInfo(tid, frames)
+            raw = memory.read(at + libs_at, lib_stride * count) if count else b""
+            if raw.count(0) != len(raw):
+                for i in range(count):
+                    held = THREAD_LIB.unpack(raw, i * lib_stride)
+                    if held["depth"] or held["universe"]:
+                        info.libraries[i] = LibraryState(held["depth"], held["universe"])
             threads.append(info)
-        at = nxt
-    patches = _patches(pid, h["patches"], patch_size)
+        at = record["next"]
+    patches = _patches(memory, h["patches"])
     return RuntimeState(pid, path, universe, libraries, threads, patches)
 
 
@@ -321,20 +350,30 @@ def _text(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode(errors="replace")
 
 
-def _patches(pid: int, head_at: int, patch_size: int) -> list[PatchInfo]:
+def _patches(memory: Memory, head_at: int) -> list[PatchInfo]:
+    pid = memory.pid
     out = []
-    (at,) = struct.unpack("<Q", read_memory(pid, head_at, 8))
+    (at,) = struct.unpack("<Q", memory.read(head_at, 8))
     records: dict[int, FunctionRecord] = {}
-    while at and len(out) < MAX_PATCHES:
-        p = PATCH.unpack(read_memory(pid, at, PATCH.size))
+    seen: set[int] = set()
+    while at:
+        if at in seen or len(seen) >= MAX_PATCHES:
+            raise UlpError(
+                f"process {pid}: its runtime's patch list "
+                + ("loops" if at in seen else f"is longer than {MAX_PATCHES}")
+                + ": its memory is corrupt"
+            )
+        seen.add(at)
+        p = PATCH.unpack(memory.read(at, PATCH.size))
         count = _bounded(pid, "a patch of functions:", p["function_count"], 0, MAX_PATCH_FUNCTIONS)
         size = PATCH_FUNCTION.size
-        raw = read_memory(pid, at + patch_size, size * count) if count else b""
+        raw = memory.read(at + PATCH.size, size * count) if count else b""
         functions = []
         for i in range(count):
             record = PATCH_FUNCTION.unpack(raw, i * size)["function"]
             if record not in records:
-                records[record] = _function(pid, record)
+                _bounded(pid, "function records:", len(records) + 1, 0, MAX_FUNCTIONS)
+                records[record] = _function(memory, record)
             functions.append(records[record])
         out.append(
             PatchInfo(
@@ -353,7 +392,16 @@ def _patches(pid: int, head_at: int, patch_size: int) -> list[PatchInfo]:
     return out
 
 
-def _function(pid: int, at: int) -> FunctionRecord:
-    f = FUNCTION.unpack(read_memory(pid, at, FUNCTION.size))
-    newest = VERSION.unpack(read_memory(pid, f["latest"], VERSION.size))["code"]
+# A function's pad to its original code: the pad, an endbr64 or not, the entry nop.
+_PAD_TO_CODE = (PAD_BEFORE + 2, PAD_BEFORE + 4 + 2)
+
+
+def _function(memory: Memory, at: int) -> FunctionRecord:
+    f = FUNCTION.unpack(memory.read(at, FUNCTION.size))
+    if f["original"] - f["pad"] not in _PAD_TO_CODE or not memory.mapped(f["pad"], PAD_BEFORE):
+        raise UlpError(
+            f"process {memory.pid}: its runtime records a function at {f['pad']:#x} whose"
+            f" code would be at {f['original']:#x}: its memory is corrupt"
+        )
+    newest = VERSION.unpack(memory.read(f["latest"], VERSION.size))["code"]
     return FunctionRecord(f["pad"], f["original"], newest, f["index"])
