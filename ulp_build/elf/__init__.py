@@ -64,9 +64,10 @@ from ulp_build.elf.constants import (
     align,
 )
 from ulp_build.elf.errors import ElfError
-from ulp_build.elf.file import ElfFile, Section, Segment
+from ulp_build.elf.file import ElfFile
 from ulp_build.elf.hashtables import GnuHash, SysvHash
 from ulp_build.elf.identity import ElfIdentity
+from ulp_build.elf.image import ElfImage, Section, Segment
 from ulp_build.elf.symbols import Symbol
 
 __all__ = [
@@ -129,6 +130,7 @@ __all__ = [
     "ElfError",
     "ElfFile",
     "ElfIdentity",
+    "ElfImage",
     "GnuHash",
     "Section",
     "Segment",

@@ -1,17 +1,15 @@
 """The dynamic section (the PT_DYNAMIC segment): the (tag, value) entries the dynamic loader
-reads, and what the package asks of them: the soname, and whether an ET_DYN file is a PIE
-executable rather than a shared library.
+reads, and what the package asks of them: whether an ET_DYN file is a PIE executable rather
+than a shared library. (The soname is a string of .dynstr: ElfFile reads it.)
 """
 
 from __future__ import annotations
 
 from functools import cached_property
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
-from ulp_build.elf.constants import DF_1_PIE, DT_FLAGS_1, DT_NULL, DT_SONAME, DYN, PT_DYNAMIC
-
-if TYPE_CHECKING:
-    from ulp_build.elf.file import ElfFile
+from ulp_build.elf.constants import DF_1_PIE, DT_FLAGS_1, DT_NULL, DYN, PT_DYNAMIC
+from ulp_build.elf.image import ElfImage
 
 
 class DynamicEntry(NamedTuple):
@@ -32,7 +30,7 @@ def dynamic_entries(blob: bytes) -> list[DynamicEntry]:
 class Dynamic:
     """The dynamic section of one file; `segment` is None for a static file."""
 
-    def __init__(self, elf: ElfFile) -> None:
+    def __init__(self, elf: ElfImage) -> None:
         self.elf = elf
         self.segment = next((s for s in elf.segments if s.type == PT_DYNAMIC), None)
 
@@ -51,11 +49,6 @@ class Dynamic:
             if entry.tag == tag:
                 return entry.value
         return None
-
-    @cached_property
-    def soname(self) -> str | None:
-        value = self.value(DT_SONAME)
-        return None if value is None else self.elf.dynsym.strings.get(value)
 
     @cached_property
     def is_pie_executable(self) -> bool:

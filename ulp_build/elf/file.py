@@ -1,5 +1,5 @@
-"""An x86-64 ELF file held in memory: its header, program headers and section headers, its bytes
-by address, and the tables read from them (one class per table, in the modules beside this one).
+"""An x86-64 ELF file held in memory: its bytes and headers (image.py), loaded from a file, and
+the tables read from them (one class per table, in the modules beside this one).
 
 A small validating reader of our own rather than pyelftools or LIEF: every offset and size is
 checked against the file before it is used, so a truncated or corrupt input ends in one clear
@@ -15,28 +15,15 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cached_property
 from pathlib import Path
 
-from ulp_build.elf.constants import (
-    EHDR,
-    ELFCLASS64,
-    ELFDATA2LSB,
-    EM_X86_64,
-    PF_X,
-    PHDR,
-    PT_LOAD,
-    SHDR,
-    SHT_NOBITS,
-    SHT_NULL,
-    SHT_SYMTAB,
-)
+from ulp_build.elf.constants import DT_SONAME, SHT_SYMTAB
 from ulp_build.elf.dynamic import Dynamic
 from ulp_build.elf.errors import ElfError
+from ulp_build.elf.image import ElfImage
 from ulp_build.elf.notes import Notes
 from ulp_build.elf.relocations import Relocation, Relocations
-from ulp_build.elf.strings import StringTable
 from ulp_build.elf.symbols import DynamicSymbols, Symbol, SymbolTable, function_names
 
 # The largest file read. Big real libraries are a few hundred MB (CUDA's, libxul with debug
@@ -46,92 +33,8 @@ from ulp_build.elf.symbols import DynamicSymbols, Symbol, SymbolTable, function_
 MAX_FILE_SIZE = 2 << 30
 
 
-@dataclass(frozen=True)
-class ElfHeader:
-    """The ELF header, every field."""
-
-    ident: bytes
-    type: int
-    machine: int
-    version: int
-    entry: int
-    phoff: int
-    shoff: int
-    flags: int
-    ehsize: int
-    phentsize: int
-    phnum: int
-    shentsize: int
-    shnum: int
-    shstrndx: int
-
-    @classmethod
-    def read(cls, data: bytes, file_name: str) -> ElfHeader:
-        """The header of `data`, refused unless it is one of an x86-64 ELF64 file."""
-        if len(data) < 4 or data[:4] != b"\x7fELF":
-            raise ElfError(f"{file_name}: not an ELF file")
-        if len(data) < EHDR.size:
-            raise ElfError(f"{file_name}: truncated ELF header")
-        header = cls(*EHDR.unpack_from(data))
-        if header.ident[4] != ELFCLASS64:
-            raise ElfError(f"{file_name}: 32-bit ELF file; only x86-64 (ELF64) is supported")
-        if header.ident[5] != ELFDATA2LSB:
-            raise ElfError(f"{file_name}: big-endian ELF file; only x86-64 is supported")
-        if header.machine != EM_X86_64:
-            raise ElfError(f"{file_name}: ELF machine {header.machine} is not x86-64")
-        if header.ehsize != EHDR.size:
-            raise ElfError(f"{file_name}: corrupt ELF header (e_ehsize {header.ehsize})")
-        return header
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One program header, every field, and its index in the table."""
-
-    index: int
-    type: int
-    flags: int
-    offset: int
-    vaddr: int
-    paddr: int
-    filesz: int
-    memsz: int
-    align: int
-
-    def contains(self, vaddr: int, size: int = 1) -> bool:
-        return self.vaddr <= vaddr and vaddr + size <= self.vaddr + self.memsz
-
-
-@dataclass(frozen=True)
-class Section:
-    """One section header, every field (`name_offset` is sh_name), and its index and name."""
-
-    index: int
-    name: str
-    type: int
-    flags: int
-    addr: int
-    offset: int
-    size: int
-    link: int
-    info: int
-    align: int
-    entsize: int
-    name_offset: int
-
-    def contains(self, vaddr: int) -> bool:
-        return self.addr <= vaddr < self.addr + self.size
-
-
-class ElfFile:
-    """An x86-64 ELF64 little-endian file held in memory, validated as it is read."""
-
-    def __init__(self, data: bytes, name: str = "<memory>") -> None:
-        self.data = data
-        self.name = name
-        self.header = ElfHeader.read(data, name)
-        self.segments = self._read_segments()
-        self.sections = self._read_sections()
+class ElfFile(ElfImage):
+    """An ELF file and its tables, each read on first use."""
 
     @classmethod
     def load(cls, path: str | Path) -> ElfFile:
@@ -171,127 +74,6 @@ class ElfFile:
             raise too_large
         return cls(data, name)
 
-    @classmethod
-    def load_shared(cls, path: str | Path) -> ElfFile:
-        """`load`, sharing one parse among callers that read the same unchanged file (the
-        trigger reads the runtime and the target once per process: with `--all`, the same
-        files again and again). Only for reading."""
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            raise ElfError(f"{path}: {exc.strerror or exc}") from None
-        return _shared(str(path), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
-
-    def check_range(self, offset: int, size: int, what: str) -> None:
-        """Refuse the file unless `size` bytes at `offset` lie inside it."""
-        if offset < 0 or size < 0 or offset + size > len(self.data):
-            raise ElfError(
-                f"{self.name}: truncated or corrupt ELF file ({what} at offset {offset:#x},"
-                f" size {size:#x}, beyond the end of the file at {len(self.data):#x})"
-            )
-
-    def _read_segments(self) -> list[Segment]:
-        hdr = self.header
-        if hdr.phnum == 0:
-            return []
-        if hdr.phentsize != PHDR.size:
-            raise ElfError(f"{self.name}: corrupt ELF header (e_phentsize {hdr.phentsize})")
-        self.check_range(hdr.phoff, hdr.phnum * PHDR.size, "program headers")
-        segments = []
-        table = self.data[hdr.phoff : hdr.phoff + hdr.phnum * PHDR.size]
-        for i, fields in enumerate(PHDR.iter_unpack(table)):
-            seg = Segment(i, *fields)
-            if seg.type == PT_LOAD:
-                self.check_range(seg.offset, seg.filesz, f"segment {i}")
-                if seg.filesz > seg.memsz:
-                    raise ElfError(
-                        f"{self.name}: corrupt segment {i} (file size above memory size)"
-                    )
-            segments.append(seg)
-        return segments
-
-    def _read_sections(self) -> list[Section]:
-        hdr = self.header
-        if hdr.shnum == 0 or hdr.shoff == 0:
-            return []
-        if hdr.shentsize != SHDR.size:
-            raise ElfError(f"{self.name}: corrupt ELF header (e_shentsize {hdr.shentsize})")
-        self.check_range(hdr.shoff, hdr.shnum * SHDR.size, "section headers")
-        raw = list(SHDR.iter_unpack(self.data[hdr.shoff : hdr.shoff + hdr.shnum * SHDR.size]))
-        if hdr.shstrndx >= len(raw):
-            raise ElfError(f"{self.name}: corrupt ELF header (e_shstrndx {hdr.shstrndx})")
-        strtab = raw[hdr.shstrndx]
-        self.check_range(strtab[4], strtab[5], "section name table")
-        names = StringTable(self.data[strtab[4] : strtab[4] + strtab[5]], self.name)
-        sections = []
-        for i, fields in enumerate(raw):
-            name_offset, typ, _flags, _addr, offset, size = fields[:6]
-            if typ not in (SHT_NOBITS, SHT_NULL):
-                self.check_range(offset, size, f"section {i}")
-            sections.append(Section(i, names.get(name_offset), *fields[1:], name_offset))
-        return sections
-
-    # -- addresses -------------------------------------------------------------------------
-
-    @cached_property
-    def loads(self) -> list[Segment]:
-        return [s for s in self.segments if s.type == PT_LOAD]
-
-    def segment_at(self, vaddr: int, size: int = 1) -> Segment | None:
-        for seg in self.loads:
-            if seg.vaddr <= vaddr and vaddr + size <= seg.vaddr + seg.filesz:
-                return seg
-        return None
-
-    def offset_of(self, vaddr: int, size: int = 1) -> int:
-        """File offset of `size` bytes at `vaddr`, which must all be backed by the file."""
-        seg = self.segment_at(vaddr, size)
-        if seg is None:
-            raise ElfError(f"{self.name}: address {vaddr:#x} is not in any loaded segment")
-        return seg.offset + vaddr - seg.vaddr
-
-    def read(self, vaddr: int, size: int) -> bytes:
-        off = self.offset_of(vaddr, size)
-        return self.data[off : off + size]
-
-    @cached_property
-    def _code_ranges(self) -> list[tuple[int, int, int]]:
-        return [(s.vaddr, s.vaddr + s.filesz, s.offset) for s in self.loads if s.flags & PF_X]
-
-    def is_code(self, vaddr: int, size: int = 1) -> bool:
-        return self.code_at(vaddr, size) is not None
-
-    def code_at(self, vaddr: int, size: int) -> bytes | None:
-        """The `size` bytes at `vaddr` if they all lie in one executable segment, else None.
-
-        Called for every function symbol of a libc, hence the plain loop over few ranges.
-        """
-        for lo, hi, offset in self._code_ranges:
-            if lo <= vaddr and vaddr + size <= hi:
-                start = offset + vaddr - lo
-                return self.data[start : start + size]
-        return None
-
-    # -- sections --------------------------------------------------------------------------
-
-    def section(self, name: str) -> Section | None:
-        for sec in self.sections:
-            if sec.name == name:
-                return sec
-        return None
-
-    def section_of_type(self, sh_type: int) -> Section | None:
-        """The first section of type `sh_type` (a file has at most one .dynsym, .symtab, ...)."""
-        for sec in self.sections:
-            if sec.type == sh_type:
-                return sec
-        return None
-
-    def section_data(self, sec: Section) -> bytes:
-        if sec.type == SHT_NOBITS:
-            return b""
-        return self.data[sec.offset : sec.offset + sec.size]
-
     # -- the tables, each read on first use ---------------------------------------------------
 
     @cached_property
@@ -300,7 +82,7 @@ class ElfFile:
 
     @cached_property
     def dynsym(self) -> DynamicSymbols:
-        return DynamicSymbols(self)
+        return DynamicSymbols(self, self.dynamic)
 
     @cached_property
     def symtab(self) -> SymbolTable:
@@ -308,7 +90,7 @@ class ElfFile:
 
     @cached_property
     def relocations(self) -> Relocations:
-        return Relocations(self)
+        return Relocations(self, self.dynamic)
 
     @cached_property
     def notes(self) -> Notes:
@@ -319,9 +101,10 @@ class ElfFile:
     def dynamic_value(self, tag: int) -> int | None:
         return self.dynamic.value(tag)
 
-    @property
+    @cached_property
     def soname(self) -> str | None:
-        return self.dynamic.soname
+        value = self.dynamic.value(DT_SONAME)
+        return None if value is None else self.dynsym.strings.get(value)
 
     @property
     def is_pie_executable(self) -> bool:
@@ -365,8 +148,3 @@ class ElfFile:
     def uses_ibt(self) -> bool:
         """Whether the file is marked for Intel IBT (built with -fcf-protection=branch/full)."""
         return self.notes.uses_ibt
-
-
-@lru_cache(maxsize=64)
-def _shared(path: str, identity: tuple[int, int, int, int]) -> ElfFile:
-    return ElfFile.load(path)

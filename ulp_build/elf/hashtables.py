@@ -8,16 +8,13 @@ hold symbol indices. prepare/symbol_hash.py writes new tables from these.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
 
 from ulp_build.elf.constants import GNU_HASH_HEADER, SYSV_HASH_HEADER
 from ulp_build.elf.errors import ElfError
-
-if TYPE_CHECKING:
-    from ulp_build.elf.file import ElfFile, Section
+from ulp_build.elf.image import ElfImage, Section
 
 
-def _too_large(elf: ElfFile, section: Section) -> ElfError:
+def _too_large(elf: ElfImage, section: Section) -> ElfError:
     return ElfError(f"{elf.name}: corrupt ELF file ({section.name} is larger than its section)")
 
 
@@ -26,7 +23,7 @@ class GnuHash:
     size and shift), the Bloom filter words, the buckets, then one hash value per hashed
     symbol. Symbols below `symoffset` are not in the table."""
 
-    def __init__(self, elf: ElfFile, section: Section) -> None:
+    def __init__(self, elf: ElfImage, section: Section) -> None:
         self.data = data = elf.section_data(section)
         if len(data) < GNU_HASH_HEADER.size:
             raise _too_large(elf, section)
@@ -50,7 +47,7 @@ class SysvHash:
     """SysV `.hash`: the header (bucket count, chain count = symbol count), the buckets, then
     the chains, one entry per symbol, each the next symbol index of its bucket's chain."""
 
-    def __init__(self, elf: ElfFile, section: Section) -> None:
+    def __init__(self, elf: ElfImage, section: Section) -> None:
         self.data = data = elf.section_data(section)
         if len(data) < SYSV_HASH_HEADER.size:
             raise _too_large(elf, section)

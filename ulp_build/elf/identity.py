@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ulp_build.elf.constants import DT_SONAME, DT_STRTAB, EHDR, PHDR, PT_DYNAMIC, PT_LOAD, PT_NOTE
 from ulp_build.elf.dynamic import dynamic_entries
 from ulp_build.elf.errors import ElfError
-from ulp_build.elf.file import ElfHeader, Segment
+from ulp_build.elf.image import ElfHeader, Segment
 from ulp_build.elf.notes import build_id_note, notes_in
 
 # Bytes read of each part: the program headers, one note segment, the dynamic section. Real

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import struct
 from functools import cached_property
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from ulp_build.elf.constants import (
     GNU_PROPERTY,
@@ -18,9 +18,7 @@ from ulp_build.elf.constants import (
     PT_NOTE,
     align,
 )
-
-if TYPE_CHECKING:
-    from ulp_build.elf.file import ElfFile, Segment
+from ulp_build.elf.image import ElfImage, Segment
 
 
 class Note(NamedTuple):
@@ -34,7 +32,7 @@ class Notes:
     """Every note of one file's PT_NOTE segments. A note cut off by its segment's end ends that
     segment's list; it does not refuse the file."""
 
-    def __init__(self, elf: ElfFile) -> None:
+    def __init__(self, elf: ElfImage) -> None:
         self.elf = elf
 
     @cached_property

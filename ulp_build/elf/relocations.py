@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ulp_build.elf.constants import DT_RELA, DT_RELASZ, RELA
-
-if TYPE_CHECKING:
-    from ulp_build.elf.file import ElfFile
+from ulp_build.elf.dynamic import Dynamic
+from ulp_build.elf.image import ElfImage
 
 
 @dataclass(frozen=True)
@@ -25,14 +23,15 @@ class Relocations:
     """DT_RELA of one file, read on each question: callers ask about a few small ranges, and
     libc has thousands of relocations."""
 
-    def __init__(self, elf: ElfFile) -> None:
+    def __init__(self, elf: ElfImage, dynamic: Dynamic) -> None:
         self.elf = elf
+        self.dynamic = dynamic
 
     def at(self, vaddr: int, size: int) -> list[Relocation]:
         """The relocations whose target lies in [vaddr, vaddr + size)."""
         elf = self.elf
-        addr = elf.dynamic.value(DT_RELA)
-        total = elf.dynamic.value(DT_RELASZ) or 0
+        addr = self.dynamic.value(DT_RELA)
+        total = self.dynamic.value(DT_RELASZ) or 0
         if addr is None or total == 0:
             return []
         off = elf.offset_of(addr, total)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import cached_property
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from ulp_build.elf.constants import (
     DT_VERDEF,
@@ -27,11 +27,10 @@ from ulp_build.elf.constants import (
     VERSYM_HIDDEN,
     VERSYM_INDEX,
 )
+from ulp_build.elf.dynamic import Dynamic
 from ulp_build.elf.errors import ElfError
+from ulp_build.elf.image import ElfImage, Section
 from ulp_build.elf.strings import StringTable
-
-if TYPE_CHECKING:
-    from ulp_build.elf.file import ElfFile, Section
 
 
 class Symbol(NamedTuple):
@@ -58,7 +57,7 @@ class Symbol(NamedTuple):
 class SymbolTable:
     """One symbol table section (`.symtab`, or `.dynsym`: see DynamicSymbols), or none."""
 
-    def __init__(self, elf: ElfFile, section: Section | None) -> None:
+    def __init__(self, elf: ElfImage, section: Section | None) -> None:
         self.elf = elf
         self.section = section
 
@@ -87,8 +86,9 @@ class DynamicSymbols(SymbolTable):
     """`.dynsym`, its string table (where the dynamic section's names are too) and the
     symbols' versions (`.gnu.version`, naming versions `.gnu.version_d` defines)."""
 
-    def __init__(self, elf: ElfFile) -> None:
+    def __init__(self, elf: ElfImage, dynamic: Dynamic) -> None:
         super().__init__(elf, elf.section_of_type(SHT_DYNSYM))
+        self.dynamic = dynamic
         self.version_section = elf.section_of_type(SHT_GNU_VERSYM)
 
     @cached_property
@@ -136,8 +136,8 @@ class DynamicSymbols(SymbolTable):
     def _version_definitions(self) -> dict[int, str]:
         """Version index -> name, for versions this file defines (not the base version)."""
         elf = self.elf
-        addr = elf.dynamic.value(DT_VERDEF)
-        count = elf.dynamic.value(DT_VERDEFNUM) or 0
+        addr = self.dynamic.value(DT_VERDEF)
+        count = self.dynamic.value(DT_VERDEFNUM) or 0
         if addr is None:
             return {}
         names: dict[int, str] = {}

@@ -17,7 +17,7 @@ from ulp_build.errors import UlpError
 from ulp_build.live import loaded_library, runtime_state, trust
 from ulp_build.live import request as rq
 from ulp_build.live.operation import Operation
-from ulp_build.live.process import maps
+from ulp_build.live.process import mapped_elf
 from ulp_build.live.ptrace import ReturnPoint
 from ulp_build.patch.metadata import Function, Patch
 from ulp_build.prepare.layout import PAD_BEFORE
@@ -91,12 +91,15 @@ def check(pid: int, op: Operation) -> CheckedOperation:
         if reason:
             raise UlpError(reason)
     state = runtime_state.read(pid)
-    elf = ElfFile.load_shared(state.runtime)
+    # The runtime file the process has mapped (its inode, not the path in /proc/PID/maps,
+    # which the process's owner may have replaced since).
+    mapping = runtime_state.runtime_mapping(pid)
+    elf = mapped_elf(pid, mapping)
     symbols = {s.name: s.value for s in elf.dynamic_symbols if s.defined}
     for name in ("ulp_buffer", "ulp_buffer_free", "ulp_prepare", "ulp_commit", "ulp_resume"):
         if name not in symbols:
             raise UlpError(f"{state.runtime}: no {name}: a runtime too old for this trigger")
-    base = next(m.start for m in maps(pid) if m.path == state.runtime and m.offset == 0)
+    base = mapping.start
     return_point = runtime_state.return_point(elf, base)
     patch = op.patch
     if patch is not None:

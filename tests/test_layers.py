@@ -1,0 +1,78 @@
+"""The package's layers (docs/design.md, "The code and its layers"), read from the code's own
+imports, function-level ones included: `elf/` stands on nothing of the package but `errors`,
+the build-time phases never reach into live processes, and no module imports itself back
+through others."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from conftest import REPO
+
+PACKAGE = REPO / "ulp_build"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    child = f"{node.module}.{alias.name}"
+                    found.add(child if child in modules else node.module)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*path, node, nxt]
+            if nxt not in state and (found := visit(nxt, [*path, node])):
+                return found
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node, [])):
+            return found
+    return None
+
+
+def test_the_reader_stands_alone() -> None:
+    for name, imports in _graph().items():
+        if name.startswith("ulp_build.elf"):
+            outside = {m for m in imports if not m.startswith("ulp_build.elf")}
+            assert outside <= {"ulp_build.errors"}, (name, outside)
+
+
+def test_build_time_never_imports_live_processes() -> None:
+    for name, imports in _graph().items():
+        if name.startswith(("ulp_build.prepare", "ulp_build.patch", "ulp_build.elf")):
+            live = {m for m in imports if m.startswith("ulp_build.live")}
+            assert not live, (name, live)
+
+
+def test_no_import_circle() -> None:
+    assert _cycle(_graph()) is None
+
+
+def test_the_check_sees_a_circle() -> None:
+    """The control: the same walk finds a circle where there is one."""
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}
+    assert _cycle(graph) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
