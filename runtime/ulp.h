@@ -222,7 +222,7 @@ struct ulp_patch {
     uint64_t reverted;              /* the universe in which it was reverted; 0 while active */
     uint64_t time;                  /* CLOCK_REALTIME of the commit, in nanoseconds */
     uint32_t function_count;
-    uint32_t lib_offset;            /* the target's registration: a reloaded target gets another */
+    uint32_t lib_offset;            /* which load of the target: a reloaded one gets another */
     struct ulp_patch_function functions[];
 };
 

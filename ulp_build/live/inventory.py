@@ -127,7 +127,7 @@ def of(pid: int, found: list[transition.Transition] | None = None) -> ProcessSta
         m = mapped.get(lib.base)
         # The name the runtime keeps is only shown: the file is the one mapped at the base.
         out = LibraryStatus(m.path if m else lib.name, lib.build_id, _patchable_at(pid, m))
-        for p in state.patches_of(lib.descriptor, lib.registration):
+        for p in state.patches_of(lib.descriptor, lib.lib_offset):
             if p.active:
                 when = datetime.datetime.fromtimestamp(p.time_ns / 1e9).isoformat("T", "seconds")
                 out.patches.append(

@@ -71,9 +71,9 @@ class LoadedLibrary:
             raise UlpError(f"process {self.pid}: {self.path} is not a prepared library")
         return data.addr
 
-    def registration(self) -> int:
-        """The descriptor's runtime-private word in the process: this load's registration
-        (runtime_state.LibraryInfo.registration; 0 before its first tracked call)."""
+    def lib_offset(self) -> int:
+        """The descriptor's runtime-private word in the process: which load of the library
+        this is (runtime_state.LibraryInfo.lib_offset; 0 before its first tracked call)."""
         d = DESCRIPTOR.unpack(read_memory(self.pid, self.descriptor, DESCRIPTOR.size))
         magic, version = d["magic"], d["version"]
         if magic != DESCRIPTOR_MAGIC or version != DESCRIPTOR_VERSION:

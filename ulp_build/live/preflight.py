@@ -117,7 +117,7 @@ def check(pid: int, op: Operation) -> CheckedOperation:
     else:
         assert op.revert_all is not None
         library = loaded_library.find_by_name(pid, op.revert_all)
-    mine = state.patches_of(library.descriptor, library.registration())
+    mine = state.patches_of(library.descriptor, library.lib_offset())
     active = [p for p in mine if p.active]
     flags = rq.REVERT_ALL if op.revert_all else 0
     req = rq.Request(flags, library.descriptor, bytes.fromhex(library.build_id))
@@ -125,7 +125,7 @@ def check(pid: int, op: Operation) -> CheckedOperation:
     checked = CheckedOperation(
         pid, op, state.runtime, base, symbols, return_point, library, code, req
     )
-    checked.records = state.records_of(library.descriptor, library.registration())
+    checked.records = state.records_of(library.descriptor, library.lib_offset())
     if op.revert_all and not active and patch is None:
         raise UlpError(f"process {pid}: no patch is applied to {library.path}")
     if op.revert_all:

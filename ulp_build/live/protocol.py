@@ -192,7 +192,7 @@ def commit(checked: CheckedOperation, ticket: int, tid: int, timeout: float) -> 
     # stopped at a direct jump's pad runs the checker's first instruction instead.
     functions = [c.function for c in checked.code]
     # Another trigger may have changed the records since the preflight.
-    checked.records = runtime_state.read(pid).records_of(library.descriptor, library.registration())
+    checked.records = runtime_state.read(pid).records_of(library.descriptor, library.lib_offset())
     snapshot = library.snapshot(functions)
     writes = []
     for c in library.function_codes(functions, checked.records, snapshot):

@@ -85,7 +85,7 @@ THREAD = CStruct(
     tail="libs",
 )
 THREAD_LIB = CStruct("ulp_thread_lib", [("depth", "I"), ("reserved", "I"), ("universe", "Q")])
-# A patch: its target's registration (its libs[] offset) tells loads of one library apart (a
+# A patch: its target's lib_offset (its libs[] offset) tells loads of one library apart (a
 # library closed and loaded again at the same address gets another). Its functions follow.
 PATCH = CStruct(
     "ulp_patch",
@@ -142,10 +142,10 @@ class LibraryInfo:
     base: int
     build_id: str
     descriptor: int
-    # Its registration: the offset of its record in a thread (libs[]), which its descriptor's
-    # runtime-private word caches (loaded_library.LoadedLibrary.registration reads it there)
-    # and patches name their target's load by.
-    registration: int
+    # The offset of its record in every thread (libs[]): which load of the library this is.
+    # Its descriptor's runtime-private word caches it (loaded_library.LoadedLibrary.lib_offset
+    # reads it there), and patches name their target's load by it (PatchInfo.lib_offset).
+    lib_offset: int
     target_universe: int  # of its last change (0: none)
     patched: bool  # a patch is active after its last change
     finished: bool  # the transition to its last change is finished
@@ -205,15 +205,15 @@ class RuntimeState:
     threads: list[ThreadInfo]
     patches: list[PatchInfo]  # newest first, reverted ones included
 
-    def patches_of(self, descriptor: int, registration: int) -> list[PatchInfo]:
+    def patches_of(self, descriptor: int, lib_offset: int) -> list[PatchInfo]:
         """The patches committed to one load of a library (its descriptor's address, and its
-        registration: a library closed and loaded again at the same address has another),
+        lib_offset: a library closed and loaded again at the same address has another),
         newest first, reverted ones included."""
-        return [p for p in self.patches if (p.target, p.lib_offset) == (descriptor, registration)]
+        return [p for p in self.patches if (p.target, p.lib_offset) == (descriptor, lib_offset)]
 
-    def records_of(self, descriptor: int, registration: int) -> dict[int, FunctionRecord]:
+    def records_of(self, descriptor: int, lib_offset: int) -> dict[int, FunctionRecord]:
         """The function records of every patch of that load, by pad."""
-        return {f.pad: f for p in self.patches_of(descriptor, registration) for f in p.functions}
+        return {f.pad: f for p in self.patches_of(descriptor, lib_offset) for f in p.functions}
 
     def library(self, name_part: str) -> LibraryInfo:
         for lib in self.libraries:

@@ -104,7 +104,7 @@ def transitions(state: runtime_state.RuntimeState) -> list[Transition]:
     for lib in state.libraries:
         if lib.target_universe == 0:
             continue
-        mine = state.patches_of(lib.descriptor, lib.registration)
+        mine = state.patches_of(lib.descriptor, lib.lib_offset)
         functions = list({f.pad: f for p in mine for f in p.functions}.values())
         t = Transition(lib, lib.target_universe, lib.patched, lib.finished, functions)
         out.append(t)
