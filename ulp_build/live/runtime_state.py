@@ -319,15 +319,9 @@ def _read(memory: Memory, path: str, at: int) -> RuntimeState:
         )
     threads = []
     at = word(h["threads"])
-    seen: set[int] = set()
+    visit = _ListWalk(pid, "thread list", MAX_THREADS)
     while at:
-        if at in seen or len(seen) >= MAX_THREADS:
-            raise UlpError(
-                f"process {pid}: its runtime's thread list "
-                + ("loops" if at in seen else f"is longer than {MAX_THREADS}")
-                + ": its memory is corrupt"
-            )
-        seen.add(at)
+        visit(at)
         record = THREAD.unpack(memory.read(at, libs_at))
         tid, top, frames_base = record["tid"], record["top"], record["base"]
         if tid:
@@ -346,6 +340,23 @@ def _read(memory: Memory, path: str, at: int) -> RuntimeState:
     return RuntimeState(pid, path, universe, libraries, threads, patches)
 
 
+class _ListWalk:
+    """The records of one linked list in a process's memory, seen so far: a list that loops or
+    runs on past what the real runtime can have is corrupt (or forged), not read for ever."""
+
+    def __init__(self, pid: int, what: str, limit: int) -> None:
+        self.pid, self.what, self.limit = pid, what, limit
+        self.seen: set[int] = set()
+
+    def __call__(self, at: int) -> None:
+        if at in self.seen or len(self.seen) >= self.limit:
+            how = "loops" if at in self.seen else f"is longer than {self.limit}"
+            raise UlpError(
+                f"process {self.pid}: its runtime's {self.what} {how}: its memory is corrupt"
+            )
+        self.seen.add(at)
+
+
 def _text(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode(errors="replace")
 
@@ -355,15 +366,9 @@ def _patches(memory: Memory, head_at: int) -> list[PatchInfo]:
     out = []
     (at,) = struct.unpack("<Q", memory.read(head_at, 8))
     records: dict[int, FunctionRecord] = {}
-    seen: set[int] = set()
+    visit = _ListWalk(pid, "patch list", MAX_PATCHES)
     while at:
-        if at in seen or len(seen) >= MAX_PATCHES:
-            raise UlpError(
-                f"process {pid}: its runtime's patch list "
-                + ("loops" if at in seen else f"is longer than {MAX_PATCHES}")
-                + ": its memory is corrupt"
-            )
-        seen.add(at)
+        visit(at)
         p = PATCH.unpack(memory.read(at, PATCH.size))
         count = _bounded(pid, "a patch of functions:", p["function_count"], 0, MAX_PATCH_FUNCTIONS)
         size = PATCH_FUNCTION.size
