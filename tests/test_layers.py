@@ -6,6 +6,7 @@ through others."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from conftest import REPO
@@ -76,3 +77,12 @@ def test_the_check_sees_a_circle() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}
     assert _cycle(graph) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_every_module_is_installed() -> None:
+    """`pip install .` installs what ulp_build/meson.build lists: a module missing there works
+    from the checkout and is absent from every installation."""
+    listed = set(re.findall(r"'([\w/]+\.py)'", (PACKAGE / "meson.build").read_text()))
+    modules = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")}
+    assert modules - listed == set()
+    assert listed - modules == set()

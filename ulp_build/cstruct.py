@@ -50,3 +50,8 @@ class CStruct:
 
     def pack_into(self, buffer: bytearray, at: int, **values: Any) -> None:
         buffer[at : at + self.size] = self.pack(**values)
+
+
+def c_string(raw: bytes) -> str:
+    """The text of a `char[]` field: up to its first NUL, bytes that are not UTF-8 replaced."""
+    return raw.split(b"\0", 1)[0].decode(errors="replace")

@@ -28,6 +28,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ulp_build.cstruct import c_string
 from ulp_build.errors import UlpError
 from ulp_build.live import request as rq
 from ulp_build.live import runtime_state, tracer_signals, transition, trust
@@ -157,7 +158,7 @@ def prepare(checked: CheckedOperation, timeout: float) -> tuple[int, int]:
                     tracee.write(buffer, raw)
                     status = _call(checked, tracee, "ulp_prepare", buffer, tid=tid)
                     back = read_memory(pid, buffer, checked.request.entries_size)
-                    why = rq.message(back[rq.MESSAGE_OFFSET :])
+                    why = c_string(back[rq.MESSAGE_OFFSET :])
                 finally:
                     # Not in a thread still finishing a call that timed out: the buffer is
                     # then left, a few KiB.

@@ -140,10 +140,6 @@ def _truncated(text: str, size: int) -> bytes:
     return raw.decode(errors="ignore").encode()
 
 
-def message(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode(errors="replace")
-
-
 def indexes(raw: bytes, count: int) -> list[int]:
     """The record index ulp_prepare wrote back for each function of a request."""
     return [FUNCTION.unpack(raw, HEADER.size + i * FUNCTION.size)["index"] for i in range(count)]

@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ulp_build.cstruct import CStruct
+from ulp_build.cstruct import CStruct, c_string
 from ulp_build.elf import ElfFile
 from ulp_build.errors import UlpError
 from ulp_build.live.process import Mapping, Memory, mapped_elf, maps, read_memory
@@ -306,7 +306,7 @@ def _read(memory: Memory, path: str, at: int) -> RuntimeState:
         libraries.append(
             LibraryInfo(
                 i,
-                _text(lib["name"]),
+                c_string(lib["name"]),
                 lib["base"],
                 lib["build_id"][: min(lib["build_id_size"], 32)].hex(),
                 lib["descriptor"],
@@ -357,10 +357,6 @@ class _ListWalk:
         self.seen.add(at)
 
 
-def _text(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode(errors="replace")
-
-
 def _patches(memory: Memory, head_at: int) -> list[PatchInfo]:
     pid = memory.pid
     out = []
@@ -382,9 +378,9 @@ def _patches(memory: Memory, head_at: int) -> list[PatchInfo]:
             functions.append(records[record])
         out.append(
             PatchInfo(
-                _text(p["id"]),
-                _text(p["description"]),
-                _text(p["object"]),
+                c_string(p["id"]),
+                c_string(p["description"]),
+                c_string(p["object"]),
                 p["target"],
                 p["applied"],
                 p["reverted"],
