@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import re
+import tomllib
 from pathlib import Path
 
 from conftest import REPO
@@ -19,20 +20,28 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def _imports(name: str) -> set[str]:
+    """Every module `name` imports, as written (package members resolved to modules)."""
+    modules = _modules()
+    found = set()
+    for node in ast.walk(ast.parse(modules[name].read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                child = f"{node.module}.{alias.name}"
+                found.add(child if child in modules else node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
 def _graph() -> dict[str, set[str]]:
-    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
-    graph: dict[str, set[str]] = {}
-    for name, path in modules.items():
-        found = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                for alias in node.names:
-                    child = f"{node.module}.{alias.name}"
-                    found.add(child if child in modules else node.module)
-            elif isinstance(node, ast.Import):
-                found.update(alias.name for alias in node.names)
-        graph[name] = {m for m in found if m in modules and m != name}
-    return graph
+    """Module -> the package's modules it imports."""
+    modules = _modules()
+    return {name: {m for m in _imports(name) if m in modules and m != name} for name in modules}
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -86,3 +95,13 @@ def test_every_module_is_installed() -> None:
     modules = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")}
     assert modules - listed == set()
     assert listed - modules == set()
+
+
+def test_dependencies_are_what_the_package_imports() -> None:
+    """`pip install .` brings only what the package itself imports; tools the tests use to
+    check it belong to the `test` extra."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    imported = {m.split(".")[0] for name in _graph() for m in _imports(name)}
+    for requirement in project["dependencies"]:
+        name = re.split(r"[<>=!~ \[]", requirement, maxsplit=1)[0].replace("-", "_").lower()
+        assert name in imported, f"{requirement} is declared but not imported by ulp_build"

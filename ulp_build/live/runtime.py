@@ -21,7 +21,8 @@ def runtime_path() -> Path:
         if not path.is_file():
             raise UlpError(f"{path}: {RUNTIME_ENV} names no file")
         return path.resolve()
-    path = Path(__file__).resolve().parent / "libulp.so"
+    # Installed at the top of the package (runtime/meson.build), one level above this module.
+    path = Path(__file__).resolve().parent.parent / "libulp.so"
     if not path.is_file():
         raise UlpError(f"{path}: runtime not installed (`pip install .` builds it)")
     return path
