@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,21 @@ def test_console_script_is_installed() -> None:
 
     assert shutil.which("ulp"), "pip install . provides the `ulp` console script"
     assert run(["ulp", "cflags"]).stdout.split() == list(CFLAGS)
+
+
+@pytest.mark.parametrize(
+    ("argv", "unloaded"),
+    [
+        (["--version"], ("ulp_build.live", "ulp_build.elf", "ulp_build.prepare")),
+        (["--help"], ("ulp_build.live", "ulp_build.elf", "ulp_build.prepare")),
+        (["cflags"], ("ulp_build.live",)),
+    ],
+)
+def test_quick_commands_load_only_what_they_use(argv: list[str], unloaded: tuple[str]) -> None:
+    """Start-up is imports: the trigger and ptrace (and for --version and --help, everything)
+    stay unloaded for commands that do not need them (every build step runs `ulp`)."""
+    result = run([sys.executable, "-X", "importtime", "-m", "ulp_build", *argv])
+    assert result.returncode == 0, result.stderr
+    loaded = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+    assert "ulp_build.cli" in loaded  # the control: the listing is read right
+    assert not {m for m in loaded if m.startswith(unloaded)}

@@ -15,19 +15,18 @@ import signal
 import sys
 from collections import Counter
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ulp_build import __version__, demo
-from ulp_build.elf import ElfFile
+from ulp_build import __version__
 from ulp_build.errors import UlpError
-from ulp_build.live import fleet, inventory, protocol, transition
-from ulp_build.live.operation import operation
-from ulp_build.live.runtime import exec_with_runtime, runtime_path
-from ulp_build.patch import metadata
-from ulp_build.patch.packer import pack
-from ulp_build.prepare.check import CheckReport, check, summary
-from ulp_build.prepare.layout import CFLAGS
-from ulp_build.prepare.rewrite import RewriteResult, rewrite
+
+# Each command imports what it uses when it runs: `ulp --version`, `--help` and a build's
+# `ulp rewrite` then load neither ptrace nor the trigger (docs/design.md, "The code and its
+# layers").
+if TYPE_CHECKING:
+    from ulp_build.live import inventory, protocol
+    from ulp_build.prepare.check import CheckReport
+    from ulp_build.prepare.rewrite import RewriteResult
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -121,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--jobs",
         type=int,
-        default=fleet.JOBS,
+        default=None,
         metavar="N",
         help="processes patched at once with --all (default: CPUs, at most 8)",
     )
@@ -218,6 +217,8 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def _cmd_rewrite(args: argparse.Namespace) -> int:
+    from ulp_build.prepare.rewrite import rewrite
+
     result = rewrite(args.library, args.output, args.untracked)
     _emit(args, asdict(result), _rewrite_text(result))
     return 0
@@ -246,6 +247,9 @@ def _names(names: list[str], limit: int = 12) -> str:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from ulp_build.elf import ElfFile
+    from ulp_build.prepare.check import check, summary
+
     report = check(ElfFile.load(args.library))
     _emit(args, summary(report), _check_text(report))
     if args.strict and report.tracked_not_patchable:
@@ -272,11 +276,16 @@ def _check_text(r: CheckReport) -> str:
 
 
 def _cmd_cflags(args: argparse.Namespace) -> int:
+    from ulp_build.prepare.layout import CFLAGS
+
     _emit(args, list(CFLAGS), shlex.join(CFLAGS))
     return 0
 
 
 def _cmd_pack(args: argparse.Namespace) -> int:
+    from ulp_build.patch import metadata
+    from ulp_build.patch.packer import pack
+
     packed = pack(args.description, args.output)
     p = packed.patch
     text = (
@@ -297,6 +306,8 @@ def _cmd_pack(args: argparse.Namespace) -> int:
 
 
 def _cmd_dump(args: argparse.Namespace) -> int:
+    from ulp_build.patch import metadata
+
     p = metadata.read(args.patch)
     lines = [
         f"{args.patch}: {'reverse patch (reverts)' if p.kind == 'revert' else 'patch'} {p.id!r}",
@@ -317,12 +328,17 @@ def _cmd_dump(args: argparse.Namespace) -> int:
 
 
 def _cmd_runtime_path(args: argparse.Namespace) -> int:
+    from ulp_build.live.runtime import runtime_path
+
     path = str(runtime_path())
     _emit(args, path, path)
     return 0
 
 
 def _cmd_trigger(args: argparse.Namespace) -> int:
+    from ulp_build.live import fleet, protocol
+    from ulp_build.live.operation import operation
+
     op = operation(
         args.patch,
         revert=args.revert,
@@ -350,7 +366,11 @@ def _cmd_trigger(args: argparse.Namespace) -> int:
                 print(line, end="", file=sys.stderr, flush=True)
 
         results = fleet.run_all(
-            op, jobs=args.jobs, uid=_uid(args.user), progress=progress, **options
+            op,
+            jobs=fleet.JOBS if args.jobs is None else args.jobs,
+            uid=_uid(args.user),
+            progress=progress,
+            **options,
         )
         if terminal:
             print("\r\033[K", end="", file=sys.stderr)
@@ -403,6 +423,8 @@ def _user_name(uid: int | None) -> str:
 
 
 def _summary(results: list[protocol.Result]) -> str:
+    from ulp_build.live import inventory
+
     if not results:
         note = inventory.scan().unreadable_note()
         where = f" among those you may read; {note}" if note else ""
@@ -417,6 +439,8 @@ def _summary(results: list[protocol.Result]) -> str:
 
 
 def _cmd_patches(args: argparse.Namespace) -> int:
+    from ulp_build.live import inventory, transition
+
     found = None if args.pid else inventory.scan()
     pids = args.pid if found is None else found.pids
     out = []
@@ -460,11 +484,15 @@ def _process_text(p: inventory.ProcessStatus) -> str:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from ulp_build import demo
+
     demo.run(lambda line: print(line, flush=True), keep=args.keep)
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from ulp_build.live.runtime import exec_with_runtime
+
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
         print("ulp run: no program given (ulp run -- PROG ARGS)", file=sys.stderr)
