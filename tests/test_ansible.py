@@ -22,6 +22,26 @@ HOSTS = ("alpha", "beta", "gamma")
 PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
 
 
+def ansible_env(tmp: Path) -> dict[str, str]:
+    """Ansible with this collection, and nothing of it left outside `tmp`."""
+    return dict(
+        os.environ,
+        ANSIBLE_CONFIG=str(tmp / "ansible.cfg"),
+        ANSIBLE_COLLECTIONS_PATH=str(REPO / "ansible"),
+        ANSIBLE_LOCAL_TEMP=str(tmp / "local-temp"),
+        ANSIBLE_REMOTE_TEMP=str(tmp / "remote-temp"),
+        ANSIBLE_NOCOLOR="1",
+        HOME=str(tmp / "home"),
+        LC_ALL="C.UTF-8",
+        PYTHONPATH=str(REPO),  # `python -m ulp_build`: this checkout's
+    )
+
+
+def prepare(tmp: Path) -> None:
+    (tmp / "home").mkdir()
+    (tmp / "ansible.cfg").write_text("")  # no configuration but this one (empty)
+
+
 class Fleet:
     """Local hosts, one patchee each, and a way to run a play against them."""
 
@@ -29,8 +49,7 @@ class Fleet:
         self.tmp, self.tree, self.processes = tmp, tree, processes
         self.out = tmp / "out"
         self.out.mkdir()
-        (tmp / "home").mkdir()
-        (tmp / "ansible.cfg").write_text("")  # no configuration but this one (empty)
+        prepare(tmp)
         inventory = {
             "all": {
                 "hosts": {name: {"target_pid": p.pid} for name, p in processes.items()},
@@ -61,22 +80,11 @@ class Fleet:
             )
         playbook = self.tmp / "play.yml"
         playbook.write_text(json.dumps([{"hosts": "all", "gather_facts": False, "tasks": steps}]))
-        env = dict(
-            os.environ,
-            ANSIBLE_CONFIG=str(self.tmp / "ansible.cfg"),
-            ANSIBLE_COLLECTIONS_PATH=str(REPO / "ansible"),
-            ANSIBLE_LOCAL_TEMP=str(self.tmp / "local-temp"),
-            ANSIBLE_REMOTE_TEMP=str(self.tmp / "remote-temp"),
-            ANSIBLE_NOCOLOR="1",
-            HOME=str(self.tmp / "home"),
-            LC_ALL="C.UTF-8",
-            PYTHONPATH=str(REPO),  # `python -m ulp_build`: this checkout's
-        )
         cmd = [str(PLAYBOOK), "-i", str(self.tmp / "inventory.yml"), str(playbook)]
         return subprocess.run(
             [*cmd, *(["--check"] if check else [])],
             cwd=self.tmp,
-            env=env,
+            env=ansible_env(self.tmp),
             capture_output=True,
             text=True,
             timeout=120,
@@ -217,3 +225,20 @@ def test_facts_give_the_processes_and_their_patches(fleet: Fleet) -> None:
         (library,) = [lib for lib in facts[0]["libraries"] if lib["path"].endswith("/libbasic.so")]
         active = [patch["id"] for patch in library["patches"]]
         assert active == (["basic-square-saturate"] if name == "beta" else [])
+
+
+def test_the_modules_document_themselves(tmp_path: Path) -> None:
+    """`ansible-doc` parses each module's DOCUMENTATION, EXAMPLES and RETURN."""
+    prepare(tmp_path)
+    for module in ("ulp.livepatch.patch", "ulp.livepatch.patch_facts"):
+        result = subprocess.run(
+            [str(PLAYBOOK.with_name("ansible-doc")), module],
+            cwd=tmp_path,
+            env=ansible_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0 and "ERROR" not in result.stderr, result.stderr
+        assert f"MODULE {module}" in result.stdout.replace("\x1b[1m", "").replace("\x1b[0m", "")

@@ -56,8 +56,9 @@ options:
     default: applied
   revert_all:
     description:
-      - A library (its path, file name or SONAME; in check mode, its path or file name only):
-        revert every patch of it (C(--revert-all)), then apply O(patch) if one is given.
+      - Revert every patch of this library (C(--revert-all)), then apply O(patch) if one is
+        given. The library is named by its path, file name or SONAME (in check mode, and to
+        tell whether anything is left to revert, by its path or file name only).
     type: str
   pids:
     description:
