@@ -1,0 +1,51 @@
+"""Running `ulp` on the managed host, for the modules of this collection: the command comes
+from the `executable` option, and every answer is read from `--json` output, never from the
+lines meant for people.
+
+`ulp` prints its JSON on stdout and its errors, one line each, on stderr: a failure without
+JSON (a patch file it refuses, a process without the runtime given to `ulp patches -p`) is
+reported with those lines, which already name the file or the process.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+# The `executable` option, shared by every module of the collection.
+EXECUTABLE_OPTION: dict[str, Any] = {"type": "list", "elements": "str", "default": ["ulp"]}
+
+
+class UlpFailed(Exception):
+    """`ulp` ended without the JSON it was asked for (the message is what it said), or an
+    option names something that does not exist."""
+
+
+def run_json(module: Any, *args: str) -> tuple[int, Any, str]:
+    """Run `ulp ARGS --json`: its exit status, its JSON and its stderr. Raises UlpFailed when
+    there is no JSON to read."""
+    argv = list(module.params["executable"])
+    if "/" not in argv[0]:
+        # A bare name is looked up on PATH, with Ansible's own message when it is missing.
+        argv[0] = module.get_bin_path(argv[0], required=True)
+    rc, out, err = module.run_command([*argv, *args, "--json"])
+    try:
+        return rc, json.loads(out), err
+    except ValueError:
+        # Each line is "ulp: REASON"; the reasons are what the task reports.
+        said = "; ".join(
+            line.strip().removeprefix("ulp: ") for line in err.splitlines() if line.strip()
+        )
+        raise UlpFailed(said or f"{' '.join(argv)} {' '.join(args)}: exit status {rc}") from None
+
+
+def patches(module: Any, pids: list[int] | None = None) -> tuple[list[dict[str, Any]], str]:
+    """What `ulp patches --json` shows: every process with the runtime, or those of `pids`;
+    and what it said on stderr (the processes it skipped, one line each)."""
+    args = ["patches"]
+    for pid in pids or []:
+        args += ["-p", str(pid)]
+    rc, data, err = run_json(module, *args)
+    if rc != 0:
+        raise UlpFailed(f"ulp patches: exit status {rc}")
+    return data, err
