@@ -74,13 +74,6 @@ options:
     description:
       - With O(all), only the processes of this user (a name or a uid).
     type: str
-  executable:
-    description:
-      - The C(ulp) command on the managed host - a path or a name looked up on E(PATH), or a
-        list of a program and its first arguments (such as C([python3, -m, ulp_build])).
-    type: list
-    elements: str
-    default: [ulp]
   timeout:
     description: Seconds each stop and each call into a process may take (C(--timeout)).
     type: float
@@ -104,8 +97,8 @@ attributes:
 notes:
   - C(ulp trigger) attaches to the processes with ptrace; run the task as root (C(become))
     unless every process belongs to the connecting user.
-requirements:
-  - ulp (ulp_build) on the managed host
+extends_documentation_fragment:
+  - ulp.livepatch.ulp
 author:
   - ulp_build developers
 """

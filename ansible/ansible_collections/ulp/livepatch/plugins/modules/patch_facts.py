@@ -25,13 +25,6 @@ options:
     description: Only these processes.
     type: list
     elements: int
-  executable:
-    description:
-      - The C(ulp) command on the managed host - a path or a name looked up on E(PATH), or a
-        list of a program and its first arguments (such as C([python3, -m, ulp_build])).
-    type: list
-    elements: str
-    default: [ulp]
 attributes:
   check_mode:
     support: full
@@ -39,8 +32,8 @@ attributes:
     support: full
 notes:
   - Run it as root (C(become)) to see every user's processes.
-requirements:
-  - ulp (ulp_build) on the managed host
+extends_documentation_fragment:
+  - ulp.livepatch.ulp
 author:
   - ulp_build developers
 """
