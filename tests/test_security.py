@@ -421,3 +421,14 @@ def test_forged_offsets_in_the_metadata(
     site.ulp.write_text(head + "\n" + json.dumps(data))
     with closing(site.start()) as p:
         _refused(site, p, reason)
+
+
+def test_revert_all_of_nothing_is_not_applied(site: Site) -> None:
+    """Named with -p, a process with nothing to revert fails; met by --all, it is passed over."""
+    with closing(site.start()) as p:
+        named = trigger_cli("-p", str(p.pid), "--revert-all", "libbasic.so")
+        assert named.returncode == 1
+        assert f"{p.pid}: not applied: process {p.pid}: no patch is applied to" in named.stdout
+        every = trigger_cli("--all", "--revert-all", "libbasic.so")
+        assert every.returncode == 0, every.stdout + every.stderr
+        assert every.stdout.splitlines()[-1] == "1 process: 1 not applied"

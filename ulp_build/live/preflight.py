@@ -32,8 +32,8 @@ class AlreadyApplied(UlpError):
 
 
 class NotApplied(UlpError):
-    """The patch to revert is not applied in the process: nothing to do. A failure when the
-    process was named, not when `--all` meets it."""
+    """What is to be reverted (a patch, or with --revert-all any patch) is not applied in the
+    process: nothing to do. A failure when the process was named, not when `--all` meets it."""
 
 
 @dataclass
@@ -127,7 +127,7 @@ def check(pid: int, op: Operation) -> CheckedOperation:
     )
     checked.records = state.records_of(library.descriptor, library.lib_offset())
     if op.revert_all and not active and patch is None:
-        raise UlpError(f"process {pid}: no patch is applied to {library.path}")
+        raise NotApplied(f"process {pid}: no patch is applied to {library.path}")
     if op.revert_all:
         checked.add_reverted(active)
     if patch is None:
