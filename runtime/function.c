@@ -51,7 +51,7 @@ static int reserve(void)
 struct ulp_function *ulp_function_for(uintptr_t entry, uintptr_t nop, uint64_t lib_offset)
 {
     uintptr_t pad = entry - ULP_PAD_BEFORE;
-    /* Untracked library: the dispatcher reads a depth of 0 from the thread's zero padding. */
+    /* Untracked library: the dispatcher reads a depth of 0 from the thread's `zero`. */
     if (lib_offset < ULP_THREAD_LIBS)
         lib_offset = ULP_THREAD_ZERO;
     struct ulp_function *f = lookup(pad, nop + 2, lib_offset);

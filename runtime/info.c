@@ -55,7 +55,8 @@ _Static_assert(offsetof(struct ulp_thread_lib, universe) == ULP_LIB_UNIVERSE, "t
 _Static_assert(offsetof(struct ulp_descriptor, runtime_private) == ULP_DESC_PRIVATE, "track.S");
 _Static_assert(offsetof(struct ulp_function, lib_offset) == ULP_FUNCTION_LIB, "dispatch.S");
 _Static_assert(offsetof(struct ulp_function, latest) == ULP_FUNCTION_LATEST, "dispatch.S");
-_Static_assert(offsetof(struct ulp_thread, padding) == ULP_THREAD_ZERO, "dispatch.S");
+_Static_assert(offsetof(struct ulp_thread, zero) == ULP_THREAD_ZERO, "dispatch.S");
+_Static_assert(offsetof(struct ulp_thread, stack_top) == ULP_THREAD_STACK_TOP, "track.S");
 _Static_assert(sizeof(struct ulp_version) == 16, "dispatch.S");
 
 __attribute__((constructor)) static void ulp_start(void)

@@ -5,7 +5,9 @@
  * function never returns into ulp_return and its shadow frame stays. A stale frame would keep
  * the thread's depth for that library above zero forever, so the thread would never pick up a
  * new universe. Two places notice: a new tracked entry whose return slot is not below the top
- * frame's (ulp_prune), and a return whose frame is not the top one (ulp_discard_above).
+ * frame's, or whose top frame lies above the thread's own stack (ulp_prune), and a return whose
+ * frame is not the top one (ulp_discard_above). A live frame is never dropped, wherever a signal
+ * lands: a handler's entry may run at any instruction of another entry or return.
  */
 #define _GNU_SOURCE
 #include <stdbool.h>
@@ -22,9 +24,11 @@ static void pop(struct ulp_thread *t)
         t->top->lib->depth--;
 }
 
-/* A frame is live while its return slot (16 bytes above its sp) still holds ulp_return, where
- * the call in ulp_track put it. Read through the kernel: an abandoned frame may lie on an
- * alternate signal stack that has since been unmapped. */
+/* A frame with a library has ulp_return in its return slot (16 bytes above its sp) until it is
+ * returned from: ulp_track writes it there before giving the frame its library, and ulp_return
+ * takes the library away before anything overwrites it. So a slot that holds something else
+ * proves the frame dead. Read through the kernel: an abandoned frame may lie on an alternate
+ * signal stack that has since been unmapped. */
 static bool returns_into_runtime(const struct ulp_frame *f)
 {
     uintptr_t slot = 0;
@@ -36,14 +40,46 @@ static bool returns_into_runtime(const struct ulp_frame *f)
 }
 
 /*
- * Called when the top frame's return slot is not above the new entry's. Stack addresses alone
- * cannot decide: a signal handler may run on an alternate stack above the frames it
- * interrupted, and an abandoned frame's slot may still hold ulp_return. So a frame is known
- * dead when it lies at or below the new entry and its return slot no longer returns into the
- * runtime; then every younger frame went with it. (At the same slot, a tail call from a frame
- * keeps it: the caller's %rbx, saved at sp by ulp_track, still points at that frame.) Frames
- * still being built or returned from (no library) belong to code this handler interrupted:
- * nothing at or below them is touched.
+ * Which stack a frame lies on. Stack addresses order frames only within one stack: a signal
+ * handler on an alternate stack placed above the thread's own runs above the frames it
+ * interrupted, which are live. So frames are compared by address only with an entry on the
+ * same stack, and the stacks are told apart by what the runtime knows: the thread's own stack
+ * lies below its stack_top (thread.c), the alternate stack armed now is what sigaltstack(2)
+ * reports. Signal handlers nest, so whichever stack an entry runs on, the code running on any
+ * other stack is either interrupted by it (on the thread's own stack, below it in time: live)
+ * or gone (a handler on another stack, left by siglongjmp while we run on the thread's own).
+ */
+enum stack { OWN, ALTERNATE, ABOVE };
+
+struct stacks {
+    uintptr_t own_top;
+    uintptr_t alternate;       /* the armed alternate stack, */
+    uintptr_t alternate_size;  /* ...0 if none (or disarmed by SS_AUTODISARM in its handler) */
+};
+
+static enum stack stack_of(const struct stacks *s, uintptr_t sp)
+{
+    if (sp - s->alternate < s->alternate_size)
+        return ALTERNATE;
+    return sp < s->own_top ? OWN : ABOVE;
+}
+
+/*
+ * Called when the top frame's return slot is not above the new entry's, or is above the thread's
+ * own stack. Frames are judged from the top down, and the walk stops at the first one that may
+ * be live: a stack of frames can only lose its top. A frame is dead
+ *   - when it lies on another stack than the entry, and the entry runs on the thread's own stack
+ *     (a handler's frame, the handler left);
+ *   - when it lies on the entry's stack at or below the entry (at the same slot, a tail call
+ *     from a frame keeps it: the caller's %rbx, saved at sp by ulp_track, still points at that
+ *     frame). With no alternate stack armed, the entry may yet run in an SS_AUTODISARM handler
+ *     whose stack lies inside the thread's own, above the frames it interrupted: there such a
+ *     frame is dead only once its return slot no longer returns into the runtime, or once an
+ *     older frame below the entry is dead in that way (every younger one went with it).
+ * Frames on another stack, for an entry on an alternate stack, belong to code the handler
+ * interrupted: nothing at or below them is touched. Neither at or below a frame still being
+ * built or returned from (no library) when only its slot could tell: it has none yet. Where
+ * addresses decide, such a frame goes too (a handler that interrupted it left by siglongjmp).
  */
 __attribute__((visibility("hidden"))) void ulp_prune(struct ulp_thread *t, uintptr_t unused,
                                                      uintptr_t sp)
@@ -51,11 +87,31 @@ __attribute__((visibility("hidden"))) void ulp_prune(struct ulp_thread *t, uintp
     (void)unused;
     sigset_t saved;
     ulp_signals_block(&saved);
+    struct stacks stacks = {t->stack_top, 0, 0};
+    stack_t armed;
+    if (sigaltstack(NULL, &armed) == 0 && !(armed.ss_flags & SS_DISABLE)) {
+        stacks.alternate = (uintptr_t)armed.ss_sp;
+        stacks.alternate_size = armed.ss_size;
+    }
+    enum stack ours = stack_of(&stacks, sp);
+    bool addresses_decide = ours == ALTERNATE || (ours == OWN && stacks.alternate_size);
     uintptr_t caller_rbx = *(const uintptr_t *)sp;
     struct ulp_frame *oldest_dead = NULL;
-    for (struct ulp_frame *f = t->top - 1; f >= t->base && f->lib; f--) {
+    for (struct ulp_frame *f = t->top - 1; f >= t->base; f--) {
+        if (stack_of(&stacks, f->sp) != ours) {
+            if (ours != OWN)
+                break;
+            oldest_dead = f;
+            continue;
+        }
         bool below = f->sp < sp || (f->sp == sp && caller_rbx != (uintptr_t)f);
-        if (below && !returns_into_runtime(f))
+        if (!below)
+            break;
+        if (addresses_decide)
+            oldest_dead = f;
+        else if (!f->lib)
+            break;
+        else if (!returns_into_runtime(f))
             oldest_dead = f;
     }
     while (oldest_dead && t->top > oldest_dead)

@@ -17,6 +17,25 @@ __thread struct ulp_thread *ulp_self __attribute__((tls_model("initial-exec")));
 
 static pthread_key_t exit_key;
 
+/* The initial %rsp of the process (ld.so's, exported at GLIBC_2.2.5): above every frame of the
+ * main thread's stack. */
+extern void *__libc_stack_end;
+
+/* An address above every frame of the calling thread's own stack, for telling its frames from a
+ * signal handler's on an alternate stack placed above it (shadow.c). Async-signal-safe, unlike
+ * pthread_getattr_np, because a thread's first tracked call may be in a handler: glibc (and
+ * musl) place a thread's descriptor, pthread_self(), at the top of the stack they give it;
+ * the main thread's descriptor lies elsewhere. (A process forked by another thread takes that
+ * thread's state along; only a first call after such a fork gets the main thread's top, too
+ * high.) UINTPTR_MAX: unknown, every address counts as the thread's own stack. */
+static uintptr_t own_stack_top(void)
+{
+    if (gettid() != getpid())
+        return (uintptr_t)pthread_self();
+    uintptr_t sp = (uintptr_t)__builtin_frame_address(0);
+    return sp < (uintptr_t)__libc_stack_end ? (uintptr_t)__libc_stack_end : UINTPTR_MAX;
+}
+
 static struct ulp_thread *claim_free(pid_t tid)
 {
     for (struct ulp_thread *t = atomic_load(&ulp_threads); t; t = t->next) {
@@ -41,8 +60,6 @@ static struct ulp_thread *create(pid_t tid)
         munmap(t, sizeof *t);
         return NULL;
     }
-    /* A guard frame below the first one: the prune check reads top[-1] and must never prune it. */
-    shadow[0].sp = UINTPTR_MAX;
     t->base = shadow + 1;
     t->end = t->base + ulp_shadow_frames;
     atomic_store(&t->tid, tid);
@@ -70,6 +87,11 @@ __attribute__((visibility("hidden"))) int ulp_thread_start(void)
                 t->libs[i].depth = 0;
                 t->libs[i].universe = 0;
             }
+            t->stack_top = own_stack_top();
+            /* A guard frame below the first one, for the entry check on top[-1]: above every
+             * frame of the thread's own stack and below its top, so that an entry there never
+             * leaves the fast path for it (ulp_track). It has no library: never pruned. */
+            t->base[-1].sp = t->stack_top - 1;
             t->top = t->base;
             ulp_self = t;
             pthread_setspecific(exit_key, t);

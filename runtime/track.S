@@ -37,6 +37,16 @@
         .hidden ulp_prune
         .hidden ulp_discard_above
 
+/* %rbx = &thread->libs[library], from the descriptor %r11 and the thread %r10. */
+.macro library_record
+        movq    ULP_DESC_PRIVATE(%r11), %rbx    /* offset of this library in thread->libs */
+        /* Real offsets are at least ULP_THREAD_LIBS; below are 0 (not registered yet) and
+         * ULP_DESC_UNTRACKED (no room): both handled out of line. */
+        cmpq    $ULP_THREAD_LIBS, %rbx
+        jb      .Lnew_library
+        addq    %r10, %rbx
+.endm
+
 /* \reg = this thread's state (NULL before its first tracked call): initial-exec TLS. */
 .macro load_thread reg
         movq    ulp_self@gottpoff(%rip), \reg
@@ -59,17 +69,20 @@ ulp_track:
         load_thread %r10
         testq   %r10, %r10
         jz      .Lnew_thread
-        movq    ULP_DESC_PRIVATE(%r11), %rbx    /* offset of this library in thread->libs */
-        /* Real offsets are at least ULP_THREAD_LIBS; below are 0 (not registered yet) and
-         * ULP_DESC_UNTRACKED (no room): both handled out of line. */
-        cmpq    $ULP_THREAD_LIBS, %rbx
-        jb      .Lnew_library
-        addq    %r10, %rbx                      /* %rbx = &thread->libs[library] */
+        /* The top frame (or the guard below the first, thread.c) is normally above ours and on
+         * the thread's own stack. If its return slot is not above ours, it was left by longjmp,
+         * an exception or cancellation without returning through ulp_return, or we run in a
+         * signal handler on an alternate stack above it; if it lies above the thread's own
+         * stack, it is a handler's, and that handler may have been left by siglongjmp. Either
+         * way ulp_prune decides, in C (rarely: in handlers on such stacks, every time). */
+        movq    ULP_THREAD_TOP(%r10), %rbx
+        movq    ULP_FRAME_SP - ULP_FRAME_SIZE(%rbx), %rbx
+        cmpq    %rsp, %rbx
+        jbe     .Lcheck
+        cmpq    ULP_THREAD_STACK_TOP(%r10), %rbx
+        jae     .Lcheck
+        library_record
         movq    ULP_THREAD_TOP(%r10), %r11
-        /* A frame whose return slot is not above ours was left by longjmp, an exception or
-         * cancellation without returning through ulp_return: prune it (in C, rarely). */
-        cmpq    %rsp, ULP_FRAME_SP - ULP_FRAME_SIZE(%r11)
-        jbe     .Lsame_or_below
 .Lreserve:
         cmpq    ULP_THREAD_END(%r10), %r11
         jae     .Luntracked
@@ -88,25 +101,36 @@ ulp_track:
         movq    ulp_universe(%rip), %r10
         movq    %r10, ULP_LIB_UNIVERSE(%rbx)
 1:      incl    ULP_LIB_DEPTH(%rbx)
-        movq    %rbx, ULP_FRAME_LIB(%r11)
         .cfi_remember_state
+        /* R moves into the frame and the return slot A gets ulp_return now, before the frame
+         * gets its library: a frame with a library always has ulp_return in its slot, which
+         * is what ulp_prune trusts (returns_into_runtime) when a handler's entry interrupts
+         * this one. The two stores are ordered for this thread's own signal handlers, the
+         * only other readers, by program order: no fence. The call below writes the same
+         * value again, and nothing overwrites A in between (a signal on this stack skips the
+         * red zone below %rsp). */
+        movq    16(%rsp), %r10
+        movq    %r10, ULP_FRAME_RET(%r11)
+        .cfi_escape DW_CFA_expression, REG_RA, 2, DW_OP_breg11, ULP_FRAME_RET
+        leaq    ulp_return(%rip), %r10
+        movq    %r10, 16(%rsp)
+        movq    %rbx, ULP_FRAME_LIB(%r11)       /* pairs with returns_into_runtime, as above */
         popq    ULP_FRAME_RBX(%r11)
         .cfi_adjust_cfa_offset -8
         .cfi_escape DW_CFA_expression, REG_RBX, 2, DW_OP_breg11, ULP_FRAME_RBX
         popq    %r10                            /* the real entry */
         .cfi_adjust_cfa_offset -8
-        popq    ULP_FRAME_RET(%r11)             /* R: %rsp is now A + 8, as after a return */
+        leaq    8(%rsp), %rsp                   /* past A: %rsp is now A + 8, as after a return */
         /* From here to the return our frame has no size: %rsp is the caller's. Unwinders tell
          * frames apart by CFA, and ours would equal the function's, so it is declared 4
          * bytes up (between the function's A + 8 and any caller's, at least A + 24), and the
          * caller's %rsp is given as a value rule instead of being taken from the CFA. */
         .cfi_def_cfa_offset 4
         .cfi_escape DW_CFA_val_expression, REG_RSP, 2, DW_OP_breg7, 0
-        .cfi_escape DW_CFA_expression, REG_RA, 2, DW_OP_breg11, ULP_FRAME_RET
         movq    %r11, %rbx
         .cfi_escape DW_CFA_expression, REG_RBX, 2, DW_OP_breg3, ULP_FRAME_RBX
         .cfi_escape DW_CFA_expression, REG_RA, 2, DW_OP_breg3, ULP_FRAME_RET
-        /* The call pushes ulp_return at A: the function sees its arguments exactly where the
+        /* The call pushes ulp_return at A (again): the function sees its arguments exactly where the
          * caller put them, and the stack alignment of a direct call. */
         call    *%r10
 
@@ -144,16 +168,26 @@ ulp_return:
         .cfi_restore_state
 .Ldiscard:
         /* Frames above ours were abandoned by a longjmp or exception that stopped inside
-         * the function: drop them before returning. */
+         * the function: drop them before returning. The call goes below the return slot A,
+         * which keeps ulp_return while the frame has its library (see the entry). */
+        leaq    -8(%rsp), %rsp
+        .cfi_adjust_cfa_offset 8
+        .cfi_escape DW_CFA_val_expression, REG_RSP, 2, DW_OP_breg7, 8
         movq    %rcx, %r11
         leaq    ulp_discard_above(%rip), %r10
         call    ulp_preserving_call
+        leaq    8(%rsp), %rsp
+        .cfi_adjust_cfa_offset -8
+        .cfi_escape DW_CFA_val_expression, REG_RSP, 2, DW_OP_breg7, 0
         load_thread %rcx
         jmp     .Lreturn
 
         .cfi_restore_state
-.Lsame_or_below:
-        jb      .Lprune
+.Lcheck:
+        library_record
+        movq    ULP_THREAD_TOP(%r10), %r11
+        cmpq    %rsp, ULP_FRAME_SP - ULP_FRAME_SIZE(%r11)
+        jne     .Lprune
         /* The same return slot: a tail call (through the PLT) from the tracked function on
          * top, which is still live if its %rbx, still pointing at its frame, is the caller's.
          * The callee takes the frame over (one frame per return slot keeps backtraces

@@ -21,6 +21,7 @@
 
 #define ULP_THREAD_TOP 0     /* next free shadow frame */
 #define ULP_THREAD_END 8     /* first frame past the shadow stack */
+#define ULP_THREAD_STACK_TOP 48 /* above every frame of the thread's own stack */
 #define ULP_THREAD_LIBS 64   /* struct ulp_thread_lib libs[] */
 #define ULP_THREAD_LIB_SIZE 16
 
@@ -34,7 +35,7 @@
 /* The dispatcher's view of patched functions (patch.c builds them, dispatch.S reads them). */
 #define ULP_FUNCTION_LIB 16    /* struct ulp_function: its library's offset in a thread */
 #define ULP_FUNCTION_LATEST 24 /* ... and its newest struct ulp_version {universe, code} */
-#define ULP_THREAD_ZERO 40     /* a thread's padding, always 0: "depth 0" for untracked ones */
+#define ULP_THREAD_ZERO 40     /* a thread's `zero`: "depth 0" for untracked ones */
 
 #ifndef __ASSEMBLER__
 
@@ -48,7 +49,7 @@
 /* The layouts the trigger reads or writes in a running process (the request, the introspection
  * header and every record it leads to), as one number: published in ulp_runtime, a trigger
  * with another refuses the process (ulp_build/live/runtime_state.py, LAYOUT_VERSION). */
-#define ULP_LAYOUT_VERSION 4
+#define ULP_LAYOUT_VERSION 5
 #define ULP_MAX_LIBRARIES 1024
 /* Shadow frames reserved (not committed) per thread: deeper than any real stack can recurse
  * through tracked entries; past it, entries run untracked rather than fail. The environment
@@ -94,7 +95,9 @@ struct ulp_thread {
     struct ulp_thread *next;        /* registry, newest first; entries are reused, never freed */
     _Atomic int32_t tid;            /* 0: free for the next new thread */
     uint32_t reserved;
-    uint64_t padding[3];
+    uint64_t zero;                  /* always 0: "depth 0" for untracked libraries (dispatch.S) */
+    uintptr_t stack_top;            /* above every frame of its own stack: see shadow.c */
+    uint64_t padding;
     struct ulp_thread_lib libs[ULP_MAX_LIBRARIES];
 };
 

@@ -26,7 +26,7 @@ from ulp_build.prepare.layout import PAD_BEFORE
 INFO_SYMBOL = "ulp_runtime"
 INFO_MAGIC = b"ULPRUN\0\0"
 # ULP_LAYOUT_VERSION: every layout below and the request's (request.py).
-LAYOUT_VERSION = 4
+LAYOUT_VERSION = 5
 RESUME_SYMBOL = "ulp_resume"
 RESUME_RETURN_SYMBOL = "ulp_resume_return"
 
@@ -80,7 +80,9 @@ THREAD = CStruct(
         ("next", "Q"),
         ("tid", "i"),
         ("reserved", "I"),
-        ("padding", "24s"),
+        ("zero", "Q"),  # always 0: the depth the dispatcher reads for untracked libraries
+        ("stack_top", "Q"),  # above every frame of the thread's own stack
+        ("padding", "Q"),
     ],
     tail="libs",
 )
