@@ -75,14 +75,12 @@ def operation(
 
 def _object(patch: Patch, metadata_file: TrustedFile, outside: bool) -> TrustedFile:
     """The patch object, read and checked against what the metadata records."""
-    path = metadata_file.path.parent / patch.object
-    real = Path(path).resolve()
-    if not outside and not real.is_relative_to(metadata_file.path.parent):
+    obj = trust.read(metadata_file.path.parent / patch.object)
+    if not outside and not obj.path.is_relative_to(metadata_file.path.parent):
         raise UlpError(
-            f"{real}: the patch object is outside {metadata_file.path.parent}, the directory"
-            " of its metadata (--object-outside allows it)"
+            f"{obj.path}: the patch object is outside {metadata_file.path.parent}, the"
+            " directory of its metadata (--object-outside allows it)"
         )
-    obj = trust.read(path)
     digest = hashlib.sha256(obj.data).hexdigest()
     if digest != patch.object_sha256:
         raise UlpError(
