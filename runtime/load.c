@@ -31,20 +31,28 @@ struct object_search {
     uint32_t build_id_size;
 };
 
-static void find_build_id(struct object_search *search, const ElfW(Phdr) *ph)
+/* The NT_GNU_BUILD_ID descriptor among the notes in [notes, notes + size), or NULL. Every
+ * length is checked against `size`: one walk serves the loaded object and the bytes the trigger
+ * sent, which came from a file whatever the trigger said. */
+static const uint8_t *notes_build_id(const uint8_t *notes, uint64_t size, uint32_t *id_size)
 {
-    const char *at = (const char *)(search->base + ph->p_vaddr), *end = at + ph->p_memsz;
-    while (at + sizeof(ElfW(Nhdr)) <= end) {
-        const ElfW(Nhdr) *note = (const void *)at;
-        const char *name = at + sizeof *note;
-        const char *desc = name + ((note->n_namesz + 3) & ~3u);
-        if (note->n_type == NT_GNU_BUILD_ID && note->n_namesz == 4 && !memcmp(name, "GNU", 4)) {
-            search->build_id = (const uint8_t *)desc;
-            search->build_id_size = note->n_descsz;
-            return;
+    uint64_t at = 0;
+    while (size - at >= sizeof(ElfW(Nhdr))) {
+        const ElfW(Nhdr) *note = (const void *)(notes + at);
+        uint64_t name = at + sizeof *note;
+        uint64_t desc = name + (((uint64_t)note->n_namesz + 3) & ~3ull);
+        if (desc > size || note->n_descsz > size - desc)
+            return NULL;
+        if (note->n_type == NT_GNU_BUILD_ID && note->n_namesz == 4 &&
+            !memcmp(notes + name, "GNU", 4)) {
+            *id_size = note->n_descsz;
+            return notes + desc;
         }
-        at = desc + ((note->n_descsz + 3) & ~3u);
+        at = desc + (((uint64_t)note->n_descsz + 3) & ~3ull);
+        if (at > size)
+            return NULL;
     }
+    return NULL;
 }
 
 static int find_object(struct dl_phdr_info *info, size_t size, void *data)
@@ -56,7 +64,9 @@ static int find_object(struct dl_phdr_info *info, size_t size, void *data)
     search->module = info->dlpi_tls_modid;
     for (int i = 0; i < info->dlpi_phnum; i++)
         if (info->dlpi_phdr[i].p_type == PT_NOTE && !search->build_id)
-            find_build_id(search, &info->dlpi_phdr[i]);
+            search->build_id = notes_build_id(
+                (const uint8_t *)(search->base + info->dlpi_phdr[i].p_vaddr),
+                info->dlpi_phdr[i].p_memsz, &search->build_id_size);
     return 1;
 }
 
@@ -82,7 +92,7 @@ static int64_t fill_references(struct ulp_request *r, uintptr_t object, uintptr_
 }
 
 /* The NT_GNU_BUILD_ID of an ELF image in memory (the file's bytes, not loaded), or NULL. Every
- * offset is checked against `size`: the bytes came from a file, whatever the trigger said. */
+ * offset is checked against `size`. */
 static const uint8_t *image_build_id(const uint8_t *image, uint64_t size, uint32_t *id_size)
 {
     const ElfW(Ehdr) *eh = (const void *)image;
@@ -95,21 +105,9 @@ static const uint8_t *image_build_id(const uint8_t *image, uint64_t size, uint32
         if (ph[i].p_type != PT_NOTE || ph[i].p_offset > size ||
             ph[i].p_filesz > size - ph[i].p_offset)
             continue;
-        uint64_t at = ph[i].p_offset, end = at + ph[i].p_filesz;
-        while (end - at >= sizeof(ElfW(Nhdr))) {
-            const ElfW(Nhdr) *note = (const void *)(image + at);
-            uint64_t name = at + sizeof *note;
-            uint64_t desc = name + (((uint64_t)note->n_namesz + 3) & ~3ull);
-            uint64_t next = desc + (((uint64_t)note->n_descsz + 3) & ~3ull);
-            if (desc > end || note->n_descsz > end - desc)
-                break;
-            if (note->n_type == NT_GNU_BUILD_ID && note->n_namesz == 4 &&
-                !memcmp(image + name, "GNU", 4)) {
-                *id_size = note->n_descsz;
-                return image + desc;
-            }
-            at = next;
-        }
+        const uint8_t *id = notes_build_id(image + ph[i].p_offset, ph[i].p_filesz, id_size);
+        if (id)
+            return id;
     }
     return NULL;
 }
