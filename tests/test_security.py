@@ -432,3 +432,12 @@ def test_revert_all_of_nothing_is_not_applied(site: Site) -> None:
         every = trigger_cli("--all", "--revert-all", "libbasic.so")
         assert every.returncode == 0, every.stdout + every.stderr
         assert every.stdout.splitlines()[-1] == "1 process: 1 not applied"
+
+
+def test_metadata_that_is_not_a_file(site: Site, tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.ulp"
+    os.mkfifo(fifo)
+    for bad in (site.patch_dir, fifo, Path("/dev/zero")):
+        result = ulp("trigger", "-p", "1", str(bad), timeout=20)
+        assert result.returncode == 1
+        assert result.stderr == f"ulp: {bad}: not a regular file\n", result.stderr

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ulp_build.errors import UlpError
 from ulp_build.live.process import proc_dir
+from ulp_build.regular_file import read_regular
 
 # Larger than any patch object or metadata file; a bound against /dev/zero-like inputs.
 MAX_FILE_SIZE = 256 << 20
@@ -49,20 +50,11 @@ class TrustedFile:
 def read(path: Path) -> TrustedFile:
     """Read `path` whole (a regular file, at most MAX_FILE_SIZE bytes), recording who could
     have written it."""
-    real = Path(os.path.realpath(path))
     try:
-        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise UlpError(f"{path}: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "rb") as file:
-        info = os.fstat(file.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise UlpError(f"{path}: not a regular file")
-        if info.st_size > MAX_FILE_SIZE:
-            raise UlpError(f"{path}: larger than {MAX_FILE_SIZE} bytes")
-        data = file.read(MAX_FILE_SIZE + 1)
-    if len(data) > MAX_FILE_SIZE:
-        raise UlpError(f"{path}: larger than {MAX_FILE_SIZE} bytes")
+        real = Path(os.path.realpath(path))
+    except ValueError as exc:  # a NUL in the path
+        raise UlpError(f"{path}: {exc}") from None
+    data, info = read_regular(real, MAX_FILE_SIZE, follow=False)
     chain = [Entry(real, info.st_uid, info.st_gid, info.st_mode)]
     for directory in real.parents:
         try:

@@ -4,14 +4,13 @@ problem can point at it."""
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ulp_build.errors import UlpError
+from ulp_build.regular_file import read_regular
 
 # A description is a few lines; anything larger is not one (and /dev/zero never ends).
 MAX_SIZE = 1 << 20
@@ -62,17 +61,7 @@ def _line_numbers(text: str) -> dict[tuple[str, str], int]:
 
 def _read(path: Path) -> str:
     """The text of a regular file of at most MAX_SIZE bytes, as UTF-8 (TOML's encoding)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except (OSError, ValueError) as exc:
-        raise UlpError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):  # before fdopen, which refuses a directory
-        os.close(fd)
-        raise UlpError(f"{path}: not a regular file")
-    with os.fdopen(fd, "rb") as file:
-        raw = file.read(MAX_SIZE + 1)
-    if len(raw) > MAX_SIZE:
-        raise UlpError(f"{path}: larger than {MAX_SIZE} bytes: not a patch description")
+    raw, _ = read_regular(path, MAX_SIZE)
     try:
         return raw.decode()
     except UnicodeDecodeError as exc:
