@@ -22,6 +22,8 @@ def prepared_libc(libc_copy: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     out = tmp_path_factory.mktemp("libc-prepared") / "libc.so.6"
     result = rewrite(libc_copy, out)
     assert result.trampolines > 2000 and result.ifuncs > 40
+    # Its vtables (DT_RELR places) and `lea`s of exported functions (hidden aliases).
+    assert result.redirected_sites > 200 and result.not_redirectable == []
     return out
 
 
@@ -58,6 +60,7 @@ def test_check_prepared_libc(prepared_libc: Path) -> None:
     assert "__libc_start_main" in report["untracked"]
     assert "vfork" in report["untracked"]
     assert len(report["tracked_not_patchable"]) > 2000
+    assert report["redirected_sites"] > 200
 
 
 def test_elflint_nothing_new(prepared_libc: Path, libc_copy: Path) -> None:

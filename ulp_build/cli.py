@@ -54,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
         help="keep a plain entry for these exported functions; added to"
         " the default list of functions that never return or return twice",
     )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail, writing nothing, when the library takes a function's address in a way"
+        " that cannot be redirected to its trampoline",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser(
@@ -219,7 +225,7 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 def _cmd_rewrite(args: argparse.Namespace) -> int:
     from ulp_build.prepare.rewrite import rewrite
 
-    result = rewrite(args.library, args.output, args.untracked)
+    result = rewrite(args.library, args.output, args.untracked, args.strict)
     _emit(args, asdict(result), _rewrite_text(result))
     return 0
 
@@ -230,8 +236,13 @@ def _rewrite_text(r: RewriteResult) -> str:
     lines = [
         f"{r.output}: prepared: {r.trampolines} trampolines ({r.ifuncs} IFUNC),"
         f" {r.patchable} patchable functions ({r.normalized} entry nops normalized),"
-        f" {len(r.untracked)} untracked"
+        f" {len(r.untracked)} untracked, {r.redirected_sites} address-taking sites redirected"
     ]
+    if r.not_redirectable:
+        lines.append(
+            f"  warning: address taken, not redirectable (untracked entry):"
+            f" {_names(r.not_redirectable)}"
+        )
     if r.not_patchable:
         lines.append(f"  tracked but not patchable (no padding): {_names(r.not_patchable)}")
     if r.padding_without_record:
@@ -267,6 +278,7 @@ def _check_text(r: CheckReport) -> str:
         ("tracked, not patchable", len(r.tracked_not_patchable), r.tracked_not_patchable),
         ("untracked", len(r.untracked), r.untracked),
         ("IFUNCs", r.ifuncs, []),
+        ("redirected sites", r.redirected_sites, []),
     ]
     for label, count, names in rows:
         lines.append(f"  {label:<24}{count}" + (f"  ({_names(names)})" if names else ""))

@@ -1,10 +1,12 @@
-"""The relocations with addends that the dynamic section lists at DT_RELA (`.rela.dyn`)."""
+"""The relocations with addends that the dynamic section lists at DT_RELA (`.rela.dyn`), and the
+places of the packed relative relocations at DT_RELR."""
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
-from ulp_build.elf.constants import DT_RELA, DT_RELASZ, RELA
+from ulp_build.elf.constants import DT_RELA, DT_RELASZ, DT_RELR, DT_RELRSZ, RELA
 from ulp_build.elf.dynamic import Dynamic
 from ulp_build.elf.image import ElfImage
 
@@ -27,18 +29,47 @@ class Relocations:
         self.elf = elf
         self.dynamic = dynamic
 
-    def at(self, vaddr: int, size: int) -> list[Relocation]:
-        """The relocations whose target lies in [vaddr, vaddr + size)."""
+    def every(self) -> list[Relocation]:
+        """Every relocation of DT_RELA, in table order."""
         elf = self.elf
         addr = self.dynamic.value(DT_RELA)
         total = self.dynamic.value(DT_RELASZ) or 0
         if addr is None or total == 0:
             return []
         off = elf.offset_of(addr, total)
-        out = []
-        for r_offset, info, addend in RELA.iter_unpack(
-            elf.data[off : off + total - total % RELA.size]
-        ):
-            if vaddr <= r_offset < vaddr + size:
-                out.append(Relocation(r_offset, info & 0xFFFFFFFF, info >> 32, addend))
-        return out
+        return [
+            Relocation(r_offset, info & 0xFFFFFFFF, info >> 32, addend)
+            for r_offset, info, addend in RELA.iter_unpack(
+                elf.data[off : off + total - total % RELA.size]
+            )
+        ]
+
+    def at(self, vaddr: int, size: int) -> list[Relocation]:
+        """The relocations whose target lies in [vaddr, vaddr + size)."""
+        return [r for r in self.every() if vaddr <= r.offset < vaddr + size]
+
+    def relr_places(self) -> list[int]:
+        """The places DT_RELR relocates by the load base: the value added to is the place's own
+        8 bytes. An even word is a place; an odd one is a bitmap of the 63 words after the
+        last place (bit i: the i-th word), and moves the place 63 words on."""
+        elf = self.elf
+        addr = self.dynamic.value(DT_RELR)
+        total = self.dynamic.value(DT_RELRSZ) or 0
+        if addr is None or total == 0:
+            return []
+        off = elf.offset_of(addr, total)
+        places = []
+        where = 0
+        for (word,) in struct.iter_unpack("<Q", elf.data[off : off + total - total % 8]):
+            if word & 1 == 0:
+                places.append(word)
+                where = word + 8
+                continue
+            bits, at = word >> 1, where
+            while bits:
+                if bits & 1:
+                    places.append(at)
+                bits >>= 1
+                at += 8
+            where += 63 * 8
+        return places

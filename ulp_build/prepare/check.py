@@ -2,15 +2,25 @@
 
 `check` trusts nothing the rewriter might have written: it decodes every trampoline and IFUNC
 wrapper back to the function it reaches and compares that with the padding found in the code,
-so it also catches a prepared library that was later stripped, edited or truncated.
+so it also catches a prepared library that was later stripped, edited or truncated. The
+redirected address takings it counts itself, from the relocations and the code: every
+relative relocation and RIP-relative `lea` whose value is in `.ulp` must be a trampoline's
+start (a trampoline reached that way and not from `.dynsym` is a taken local function's).
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 
-from ulp_build.elf import R_X86_64_GLOB_DAT, STT_GNU_IFUNC, ElfFile, Section
-from ulp_build.prepare import codegen, patchable
+from ulp_build.elf import (
+    R_X86_64_GLOB_DAT,
+    R_X86_64_RELATIVE,
+    STT_GNU_IFUNC,
+    ElfFile,
+    Section,
+)
+from ulp_build.prepare import codegen, patchable, taken_addresses
 from ulp_build.prepare.inputs import check_input, exported_functions
 from ulp_build.prepare.layout import (
     DEFAULT_UNTRACKED,
@@ -37,6 +47,7 @@ class CheckReport:
     trampolines: int = 0
     patchable: int = 0
     ifuncs: int = 0
+    redirected_sites: int = 0
     tracked_not_patchable: list[str] = field(default_factory=list)
     untracked: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -134,7 +145,31 @@ def check(elf: ElfFile) -> CheckReport:
             report.tracked_not_patchable.append(label)
     report.untracked = sorted(untracked)
     report.tracked_not_patchable.sort()
+    report.redirected_sites = _redirected_sites(elf, ulp, report)
     return report
+
+
+def _redirected_sites(elf: ElfFile, ulp: Section, report: CheckReport) -> int:
+    """The relative relocations and `lea`s whose value is a trampoline; an error for each whose
+    value is in `.ulp` but not a trampoline to a function in the code."""
+    size = codegen.trampoline_size(report.ibt)
+    values = [(r.offset, r.addend) for r in elf.relocations.every() if r.type == R_X86_64_RELATIVE]
+    for place in elf.relocations.relr_places():
+        values.append((place, struct.unpack("<Q", elf.read(place, 8))[0]))
+    sites = [(place, v) for place, v in values if ulp.contains(v)]
+    # The rewriter's own code (the IFUNC wrappers return IFUNC trampolines) is not the library's.
+    own = {SECTION_TRAMPOLINES, SECTION_TRACK}
+    sites += taken_addresses.leas_into(elf, ulp.addr, ulp.addr + ulp.size, own)
+    for place, value in sites:
+        decoded = None
+        if (value - ulp.addr) % size == 0:
+            decoded = codegen.decode_trampoline(elf.read(value, codegen.TRAMPOLINE_CODE + 4), value)
+        if decoded is None or decoded.indirect or not elf.is_code(decoded.target):
+            report.errors.append(
+                f"the address taken at {place:#x} points into {ulp.name} but not at a"
+                " trampoline to a function"
+            )
+    return len(sites)
 
 
 def _check_data(elf: ElfFile, data: Section, ulp: Section, report: CheckReport) -> int | None:
@@ -174,6 +209,7 @@ def summary(report: CheckReport) -> dict[str, object]:
         "trampolines": report.trampolines,
         "patchable_functions": report.patchable,
         "ifuncs": report.ifuncs,
+        "redirected_sites": report.redirected_sites,
         "tracked_not_patchable": report.tracked_not_patchable,
         "untracked": report.untracked,
         "errors": report.errors,

@@ -5,7 +5,8 @@ The loader binds the weak undefined RUNTIME_SYMBOL through one GOT relocation, s
 more. The grown copies go in the R segment and `.dynamic` is pointed at them; in the original
 bytes only `.dynamic` values and the symbol indices in `.rela.plt` change. In the copy of
 `.dynsym` every tracked symbol is pointed at its trampoline (an IFUNC at its wrapper), so a
-caller that binds by name calls through the trampoline.
+caller that binds by name calls through the trampoline, and in the copy of `.rela.dyn` every
+relative relocation that takes a tracked function's address is pointed at it too.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ulp_build.elf import (
     DT_VERSYM,
     DYN,
     R_X86_64_GLOB_DAT,
+    R_X86_64_RELATIVE,
     RELA,
     STB_WEAK,
     STT_GNU_IFUNC,
@@ -72,9 +74,11 @@ def grow(
     runtime: RuntimeSymbol,
     tracked: list[Symbol],
     code: CodeSegment,
+    addends: dict[int, int],
     ibt: bool,
 ) -> dict[int, bytes]:
-    """The grown dynamic tables by their address in the R segment."""
+    """The grown dynamic tables by their address in the R segment; `addends` are the new
+    addends of the `R_X86_64_RELATIVE` relocations redirected to a trampoline, by place."""
     syms = bytearray(elf.section_data(tables.dynsym))
     tracked_size = codegen.TRAMPOLINE_CODE + (4 if ibt else 0)
     wrapper_size = codegen.ifunc_wrapper_size(ibt)
@@ -98,6 +102,8 @@ def grow(
 
     rela = bytearray()
     for r_offset, info, addend in RELA.iter_unpack(elf.section_data(tables.rela)):
+        if info & 0xFFFFFFFF == R_X86_64_RELATIVE:
+            addend = addends.get(r_offset, addend)
         rela += RELA.pack(r_offset, runtime.renumber(info), addend)
     rela += RELA.pack(lay.w_va + RUNTIME_SLOT_OFFSET, (runtime.index << 32) | R_X86_64_GLOB_DAT, 0)
 

@@ -60,8 +60,10 @@ CFLAGS = ("-fpatchable-function-entry=16,14", "-fno-ipa-ra")
 PAD_BEFORE = 14
 
 # Functions that never return to their caller, or return more than once (setjmp, vfork): a
-# tracked entry would steal a return address that is never (or twice) used. They keep a plain
-# entry; `rewrite --untracked` adds to this list.
+# tracked entry would steal a return address that is never (or twice) used. And the signal
+# return trampoline a sigaction hands the kernel as sa_restorer, which the kernel enters by
+# returning into it, with the signal frame at %rsp. They keep a plain entry (and their address,
+# wherever the library takes it, stays theirs); `rewrite --untracked` adds to this list.
 DEFAULT_UNTRACKED = (
     "__libc_start_main",
     "__libc_start_call_main",
@@ -100,6 +102,7 @@ DEFAULT_UNTRACKED = (
     "__cxa_rethrow",
     "_Unwind_Resume",
     "_Unwind_RaiseException",
+    "__restore_rt",
 )
 
 

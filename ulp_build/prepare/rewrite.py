@@ -4,12 +4,16 @@ The transformation only appends: three new loadable segments after the highest a
 input, a new program header table, new copies of the dynamic symbol, string, version, hash and
 relocation tables (one weak undefined symbol and one GOT relocation longer), and a new section
 header table. In the original bytes only fields change: ELF header pointers, `.dynamic` values,
-symbol indices in `.rela.plt`, and the two entry nops of each padded function. No code or data
-address moves, so separate debug info and every absolute address stay valid.
+symbol indices in `.rela.plt`, the two entry nops of each padded function, and where the
+library takes the address of one of its functions, the field that holds it: the 8 bytes of a
+DT_RELR place and the 32-bit displacement of a RIP-relative `lea` (a `R_X86_64_RELATIVE`
+addend changes in the appended copy of `.rela.dyn`). No code or data address moves, so
+separate debug info and every absolute address stay valid.
 
-`_prepared_image` reads as the steps: what is tracked (tracked.py), where the additions go
-(segments.py), the code and data (trampolines.py), the grown dynamic tables (grown_tables.py),
-and the file assembled (output_file.py).
+`_prepared_image` reads as the steps: what is tracked (tracked.py, with taken_addresses.py),
+where the additions go (segments.py), the code and data (trampolines.py), the redirected
+address takings (taken_addresses.py), the grown dynamic tables (grown_tables.py), and the file
+assembled (output_file.py).
 """
 
 from __future__ import annotations
@@ -22,7 +26,15 @@ from pathlib import Path
 from ulp_build.atomic_write import write_atomically
 from ulp_build.elf import SHN_LORESERVE, ElfError, ElfFile
 from ulp_build.errors import UlpError
-from ulp_build.prepare import grown_tables, output_file, segments, tracked, trampolines
+from ulp_build.prepare import (
+    grown_tables,
+    output_file,
+    patchable,
+    segments,
+    taken_addresses,
+    tracked,
+    trampolines,
+)
 from ulp_build.prepare.check import check
 from ulp_build.prepare.dynamic_tables import DynamicTables
 from ulp_build.prepare.inputs import check_input, exported_functions
@@ -39,22 +51,29 @@ class RewriteResult:
     exported_functions: int = 0
     patchable: int = 0
     normalized: int = 0
+    redirected_sites: int = 0
     untracked: list[str] = field(default_factory=list)
     not_patchable: list[str] = field(default_factory=list)
     padding_without_record: list[str] = field(default_factory=list)
     records_without_padding: list[str] = field(default_factory=list)
+    not_redirectable: list[str] = field(default_factory=list)
 
 
 def rewrite(
-    path: str | Path, output: str | Path | None = None, untracked: Iterable[str] = ()
+    path: str | Path,
+    output: str | Path | None = None,
+    untracked: Iterable[str] = (),
+    strict: bool = False,
 ) -> RewriteResult:
     """Prepare the library at `path`, in place (atomically) or into `output`.
 
     A library that is already prepared is left byte-identical (and copied if `output` is given).
+    With `strict`, a function whose address is taken in a way that cannot be redirected is an
+    error, and nothing is written.
     """
     source = Path(path)
     elf = ElfFile.load(source)
-    data, result = prepare(elf, untracked)
+    data, result = prepare(elf, untracked, strict)
     # In place means the file behind any symlink, so the link stays a link.
     target = Path(output) if output is not None else source.resolve()
     result.output = str(output if output is not None else source)
@@ -64,7 +83,9 @@ def rewrite(
     return result
 
 
-def prepare(elf: ElfFile, untracked: Iterable[str] = ()) -> tuple[bytes | bytearray, RewriteResult]:
+def prepare(
+    elf: ElfFile, untracked: Iterable[str] = (), strict: bool = False
+) -> tuple[bytes | bytearray, RewriteResult]:
     """The prepared image of `elf` and what was done, without touching any file."""
     tables = check_input(elf)
     result = RewriteResult(elf.name, elf.name)
@@ -77,7 +98,9 @@ def prepare(elf: ElfFile, untracked: Iterable[str] = ()) -> tuple[bytes | bytear
         result.already_prepared = True
         return elf.data, result
     try:
-        image = _prepared_image(elf, tables, set(DEFAULT_UNTRACKED) | set(untracked), result)
+        image = _prepared_image(
+            elf, tables, set(DEFAULT_UNTRACKED) | set(untracked), result, strict
+        )
         return image, result
     except (struct.error, IndexError) as exc:
         # A table whose counts disagree with its size: the headers said nothing wrong, but
@@ -91,7 +114,11 @@ def prepare(elf: ElfFile, untracked: Iterable[str] = ()) -> tuple[bytes | bytear
 
 
 def _prepared_image(
-    elf: ElfFile, tables: DynamicTables, untracked: set[str], result: RewriteResult
+    elf: ElfFile,
+    tables: DynamicTables,
+    untracked: set[str],
+    result: RewriteResult,
+    strict: bool,
 ) -> bytearray:
     """One preparation of one library: layout first, then the bytes."""
     ibt = elf.uses_ibt
@@ -99,12 +126,20 @@ def _prepared_image(
     exported = exported_functions(elf)
     _check_room(elf, tables)
 
-    chosen = tracked.select(exported, untracked)
+    pads = patchable.find(elf)
+    chosen = tracked.select(elf, exported, untracked, pads)
     result.exported_functions = len(exported)
     result.untracked = chosen.untracked
     result.trampolines = chosen.trampolines
     result.ifuncs = len(chosen.ifuncs)
-    padding = tracked.normalize_padding(elf, out, exported, chosen.functions)
+    result.redirected_sites = len(chosen.taken.sites)
+    result.not_redirectable = chosen.taken.not_redirectable
+    if strict and result.not_redirectable:
+        raise ElfError(
+            f"{elf.name}: the address of {', '.join(result.not_redirectable)} is taken in a way"
+            " that cannot be redirected to a trampoline (--strict)"
+        )
+    padding = tracked.normalize_padding(elf, out, exported, chosen.functions, pads)
     result.patchable = padding.patchable
     result.not_patchable = padding.not_patchable
     result.padding_without_record = padding.padding_without_record
@@ -116,7 +151,8 @@ def _prepared_image(
         elf, tables, len(runtime.dynstr), len(chosen.functions), len(chosen.ifuncs), ibt
     )
     code = trampolines.code_segment(lay, chosen, ibt)
-    grown = grown_tables.grow(elf, tables, lay, runtime, chosen.symbols, code, ibt)
+    addends = taken_addresses.redirect(out, elf, chosen.taken.sites, code.trampoline_at)
+    grown = grown_tables.grow(elf, tables, lay, runtime, chosen.symbols, code, addends, ibt)
     grown_tables.renumber_plt_relocations(out, tables, runtime)
     grown_tables.point_dynamic_at(out, elf, tables, lay, grown)
 

@@ -1,17 +1,21 @@
-"""Which exported functions get a trampoline, and the entry padding they will be patched through.
+"""Which functions get a trampoline, and the entry padding they will be patched through.
 
-Every exported function is tracked except the untracked ones (layout.DEFAULT_UNTRACKED and
-`rewrite --untracked`). A tracked function with the nop padding of
-`-fpatchable-function-entry` at its entry can later be replaced live; one without is still
-tracked, and reported as not patchable.
+Every exported function is tracked, and every function whose address the library takes itself
+(taken_addresses.py), except the untracked ones (layout.DEFAULT_UNTRACKED and
+`rewrite --untracked`) and their aliases: a name untracks its address, whatever other names
+it has. The functions known to the rewriter are the exported ones, those of `.symtab` when
+there is one, and the padded ones, which a stripped library still shows. A tracked function
+with the nop padding of `-fpatchable-function-entry` at its entry can later be replaced live;
+one without is still tracked, and reported as not patchable.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ulp_build.elf import STT_GNU_IFUNC, ElfFile, Symbol
-from ulp_build.prepare import codegen, patchable
+from ulp_build.elf import STT_FUNC, STT_GNU_IFUNC, ElfFile, Symbol
+from ulp_build.prepare import codegen, patchable, taken_addresses
+from ulp_build.prepare.taken_addresses import TakenAddresses
 
 
 @dataclass(frozen=True)
@@ -19,32 +23,43 @@ class Tracked:
     """What gets a trampoline: one per distinct entry address.
 
     Aliases and symbol versions of one function share its address, so they share one
-    trampoline and `&f` is the same whichever name it was looked up by.
+    trampoline and `&f` is the same whichever name it was looked up by, or wherever the library
+    took it.
     """
 
-    functions: list[int]  # entry addresses of tracked FUNC symbols, sorted
+    functions: list[int]  # entry addresses of tracked FUNC symbols and taken functions, sorted
     ifuncs: list[int]  # addresses of tracked IFUNC resolvers, sorted
     symbols: list[Symbol]  # the tracked exported symbols, in .dynsym order
     untracked: list[str]  # the exported names left with a plain entry, sorted
+    taken: TakenAddresses  # where the library takes its functions' addresses
 
     @property
     def trampolines(self) -> int:
         return len(self.functions) + len(self.ifuncs)
 
 
-def select(exported: list[Symbol], untracked: set[str]) -> Tracked:
+def select(
+    elf: ElfFile, exported: list[Symbol], untracked: set[str], pads: patchable.Padding
+) -> Tracked:
+    every = elf.symtab_symbols + elf.dynamic_symbols
+    plain = {s.value for s in every if s.defined and s.name in untracked}
     functions: set[int] = set()
     ifuncs: set[int] = set()
     left: set[str] = set()
     for sym in exported:
-        if sym.name in untracked:
+        if sym.name in untracked or sym.value in plain:
             left.add(sym.name)
         elif sym.type == STT_GNU_IFUNC:
             ifuncs.add(sym.value)
         else:
             functions.add(sym.value)
-    symbols = [sym for sym in exported if sym.name not in untracked]
-    return Tracked(sorted(functions), sorted(ifuncs), symbols, sorted(left))
+    known = {s.value for s in elf.symtab_symbols if s.type == STT_FUNC and s.defined}
+    known = {a for a in known if elf.is_code(a)} | pads.functions.keys() | functions
+    taken = taken_addresses.find(elf, known - plain)
+    symbols = [sym for sym in exported if sym.name not in left]
+    return Tracked(
+        sorted(functions | taken.functions), sorted(ifuncs), symbols, sorted(left), taken
+    )
 
 
 @dataclass(frozen=True)
@@ -60,11 +75,14 @@ class EntryPadding:
 
 
 def normalize_padding(
-    elf: ElfFile, out: bytearray, exported: list[Symbol], functions: list[int]
+    elf: ElfFile,
+    out: bytearray,
+    exported: list[Symbol],
+    functions: list[int],
+    pads: patchable.Padding,
 ) -> EntryPadding:
     """Make each entry's `90 90` one `66 90` in `out`: a thread is never stopped between two
     nops, so the universe checker's 2-byte jump can later replace it in one write."""
-    pads = patchable.find(elf)
     no_padding = set(functions) - pads.functions.keys()
     # In .dynsym order, which is deterministic; sorting 3000 names would cost more than
     # the trampolines do.
