@@ -45,6 +45,7 @@ _Static_assert(offsetof(struct ulp_frame, sp) == ULP_FRAME_SP, "track.S");
 _Static_assert(offsetof(struct ulp_frame, ret) == ULP_FRAME_RET, "track.S");
 _Static_assert(offsetof(struct ulp_frame, rbx) == ULP_FRAME_RBX, "track.S");
 _Static_assert(offsetof(struct ulp_frame, lib) == ULP_FRAME_LIB, "track.S");
+_Static_assert(offsetof(struct ulp_frame, depth) == ULP_FRAME_DEPTH, "track.S");
 _Static_assert(sizeof(struct ulp_frame) == ULP_FRAME_SIZE, "track.S");
 _Static_assert(offsetof(struct ulp_thread, top) == ULP_THREAD_TOP, "track.S");
 _Static_assert(offsetof(struct ulp_thread, end) == ULP_THREAD_END, "track.S");

@@ -16,6 +16,12 @@
  * return address and the caller's %rbx are read from the shadow frame through DW_OP_breg3.
  * That is what keeps C++ exceptions, pthread_cancel, backtrace() and gdb working through a
  * tracked call: the unwinder walks from the function to ulp_return's row and on to the caller.
+ * The routine's personality (unwind.c) is how the runtime learns that an exception or a
+ * cancellation unwound through a tracked call that will never return.
+ *
+ * A frame's library depth is restored by a store of the depth its entry found (ULP_FRAME_DEPTH),
+ * never by a decrement: however a frame goes (a return, a prune, a jump or an unwind out of it)
+ * and wherever a signal lands, the store can be repeated and the depth comes out right.
  */
 #include "ulp.h"
 
@@ -36,6 +42,7 @@
         .hidden ulp_library_register
         .hidden ulp_prune
         .hidden ulp_discard_above
+        .hidden ulp_personality
 
 /* %rbx = &thread->libs[library], from the descriptor %r11 and the thread %r10. */
 .macro library_record
@@ -59,6 +66,7 @@
         .p2align 4
 ulp_track:
         .cfi_startproc
+        .cfi_personality 0x1b, ulp_personality  /* DW_EH_PE_pcrel | DW_EH_PE_sdata4 */
         /* The caller's frame: its CFA is 16 above us, past the real entry and R. */
         .cfi_def_cfa_offset 16
         endbr64
@@ -94,13 +102,18 @@ ulp_track:
         addq    $ULP_FRAME_SIZE, ULP_THREAD_TOP(%r10)
         movq    %rsp, ULP_FRAME_SP(%r11)
         movq    $0, ULP_FRAME_LIB(%r11)
-        cmpl    $0, ULP_LIB_DEPTH(%rbx)
-        jne     1f
+        /* The depth this entry finds is what popping its frame will store back. */
+        movl    ULP_LIB_DEPTH(%rbx), %r10d
+        movq    %r10, ULP_FRAME_DEPTH(%r11)
+        testl   %r10d, %r10d
+        jnz     1f
         /* First entry into this library: from now until the thread leaves it, it sees the
-         * function versions of the universe current at this moment. */
+         * function versions of the universe current at this moment. (A signal handler's
+         * entry before the depth is stored below may sync it again: the function has not
+         * started, so it runs in that universe throughout.) */
         movq    ulp_universe(%rip), %r10
         movq    %r10, ULP_LIB_UNIVERSE(%rbx)
-1:      incl    ULP_LIB_DEPTH(%rbx)
+1:
         .cfi_remember_state
         /* R moves into the frame and the return slot A gets ulp_return now, before the frame
          * gets its library: a frame with a library always has ulp_return in its slot, which
@@ -115,6 +128,10 @@ ulp_track:
         leaq    ulp_return(%rip), %r10
         movq    %r10, 16(%rsp)
         movq    %rbx, ULP_FRAME_LIB(%r11)       /* pairs with returns_into_runtime, as above */
+        /* Only now the depth: dropping the frame from here on stores back what it found. */
+        movl    ULP_FRAME_DEPTH(%r11), %r10d
+        incl    %r10d
+        movl    %r10d, ULP_LIB_DEPTH(%rbx)
         popq    ULP_FRAME_RBX(%r11)
         .cfi_adjust_cfa_offset -8
         .cfi_escape DW_CFA_expression, REG_RBX, 2, DW_OP_breg11, ULP_FRAME_RBX
@@ -152,9 +169,18 @@ ulp_return:
         movq    ULP_FRAME_LIB(%rbx), %rdi
         movq    ULP_FRAME_RBX(%rbx), %r8
         .cfi_register %rbx, %r8
+        movq    ULP_FRAME_SP(%rbx), %r10
+        /* The depth first, then the library: a prune in between stores the same depth. */
+        movl    ULP_FRAME_DEPTH(%rbx), %r9d
+        movl    %r9d, ULP_LIB_DEPTH(%rdi)
         movq    $0, ULP_FRAME_LIB(%rbx)         /* a prune from here on changes no depth */
-        decl    ULP_LIB_DEPTH(%rdi)
         movq    %rbx, ULP_THREAD_TOP(%rcx)      /* release */
+        /* Frames of tail calls into other libraries share this return slot (same sp), under
+         * this one: they return now too (below). */
+        cmpq    %r10, ULP_FRAME_SP - ULP_FRAME_SIZE(%rbx)
+        je      .Ltail_frames
+.Lreturn_to_caller:
+        .cfi_remember_state
         movq    %r8, %rbx
         .cfi_restore %rbx
         /* push + ret, not jmp: the caller's call left R on the CPU's return stack buffer, and
@@ -164,6 +190,23 @@ ulp_return:
         .cfi_restore REG_RSP
         .cfi_offset REG_RA, -8
         ret
+
+        .cfi_restore_state
+.Ltail_frames:
+        /* Each frame at the same slot whose return address was handed to the frame above it
+         * (0, see the tail call below) is popped like ours; the first other one ends it. */
+        leaq    -ULP_FRAME_SIZE(%rbx), %r11
+2:      cmpq    $0, ULP_FRAME_RET(%r11)
+        jne     .Lreturn_to_caller
+        movq    ULP_FRAME_LIB(%r11), %rdi
+        movl    ULP_FRAME_DEPTH(%r11), %r9d
+        movl    %r9d, ULP_LIB_DEPTH(%rdi)
+        movq    $0, ULP_FRAME_LIB(%r11)
+        movq    %r11, ULP_THREAD_TOP(%rcx)      /* release */
+        subq    $ULP_FRAME_SIZE, %r11
+        cmpq    %r10, ULP_FRAME_SP(%r11)
+        je      2b
+        jmp     .Lreturn_to_caller
 
         .cfi_restore_state
 .Ldiscard:
@@ -195,21 +238,49 @@ ulp_return:
         subq    $ULP_FRAME_SIZE, %r11
         cmpq    %r11, (%rsp)
         jne     .Lprune_reload
+        /* Into the same library: that frame already stands for this entry. */
         cmpq    %rbx, ULP_FRAME_LIB(%r11)
-        je      .Ltail_same_library
-        movq    ULP_FRAME_LIB(%r11), %r10
+        je      .Lenter_plain
+        /* Into another library M. The caller's library L must stay held until this call
+         * returns, since M may call back into L (a callback) and L's call is not over: the
+         * frame stays, and M gets a frame of its own at the same return slot, which takes the
+         * caller's return address and %rbx over (so unwinders see one frame per slot, as
+         * before). The frame below gets return address 0: ulp_return pops it with ours. */
+        .cfi_remember_state
+        addq    $ULP_FRAME_SIZE, %r11
+        cmpq    ULP_THREAD_END(%r10), %r11
+        jae     .Lenter_plain                   /* no room: M untracked, L still held */
+        movq    %rsp, ULP_FRAME_SP(%r11)        /* fill, reserve, fill: as at .Lreserve */
         movq    $0, ULP_FRAME_LIB(%r11)
-        testq   %r10, %r10
-        jz      2f
-        decl    ULP_LIB_DEPTH(%r10)
-2:      cmpl    $0, ULP_LIB_DEPTH(%rbx)
-        jne     3f
+        addq    $ULP_FRAME_SIZE, ULP_THREAD_TOP(%r10)
+        movq    %rsp, ULP_FRAME_SP(%r11)
+        movq    $0, ULP_FRAME_LIB(%r11)
+        movq    ULP_FRAME_RET - ULP_FRAME_SIZE(%r11), %r10
+        movq    %r10, ULP_FRAME_RET(%r11)
+        movq    ULP_FRAME_RBX - ULP_FRAME_SIZE(%r11), %r10
+        movq    %r10, ULP_FRAME_RBX(%r11)
+        movl    ULP_LIB_DEPTH(%rbx), %r10d
+        movq    %r10, ULP_FRAME_DEPTH(%r11)
+        testl   %r10d, %r10d
+        jnz     3f
         movq    ulp_universe(%rip), %r10
         movq    %r10, ULP_LIB_UNIVERSE(%rbx)
-3:      incl    ULP_LIB_DEPTH(%rbx)
-        movq    %rbx, ULP_FRAME_LIB(%r11)
-.Ltail_same_library:
-        jmp     .Lenter_plain
+3:      movq    %rbx, ULP_FRAME_LIB(%r11)
+        movl    ULP_FRAME_DEPTH(%r11), %r10d
+        incl    %r10d
+        movl    %r10d, ULP_LIB_DEPTH(%rbx)
+        /* Last: a handler's return before this finds the frame below still a plain one. */
+        movq    $0, ULP_FRAME_RET - ULP_FRAME_SIZE(%r11)
+        movq    %r11, %rbx
+        /* The function returns into ulp_return (still in the slot) with %rbx = the new frame,
+         * whose rows describe the caller: so is the caller's %rbx described from here on. */
+        leaq    8(%rsp), %rsp
+        .cfi_adjust_cfa_offset -8
+        .cfi_restore %rbx
+        popq    %r11                            /* the real entry */
+        .cfi_adjust_cfa_offset -8
+        jmp     *%r11
+        .cfi_restore_state
 .Lprune_reload:
         addq    $ULP_FRAME_SIZE, %r11
 .Lprune:
@@ -243,7 +314,7 @@ ulp_return:
         /* No thread state, no room, or an unknown library: behave as if no runtime were
          * loaded. The function returns straight to the caller. */
 .Lenter_plain:
-        /* Also the end of a tail call: the frame on top already stands for this entry. */
+        /* Also the end of a tail call within one library: the frame on top stands for it. */
         popq    %rbx
         .cfi_adjust_cfa_offset -8
         .cfi_restore %rbx

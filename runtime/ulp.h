@@ -17,7 +17,8 @@
 #define ULP_FRAME_RET 8      /* the caller's return address, taken off the stack */
 #define ULP_FRAME_RBX 16     /* the caller's %rbx; %rbx points at the frame meanwhile */
 #define ULP_FRAME_LIB 24     /* this thread's record of the library entered */
-#define ULP_FRAME_SIZE 32
+#define ULP_FRAME_DEPTH 32   /* that library's depth before this entry: what a pop restores */
+#define ULP_FRAME_SIZE 40
 
 #define ULP_THREAD_TOP 0     /* next free shadow frame */
 #define ULP_THREAD_END 8     /* first frame past the shadow stack */
@@ -49,7 +50,7 @@
 /* The layouts the trigger reads or writes in a running process (the request, the introspection
  * header and every record it leads to), as one number: published in ulp_runtime, a trigger
  * with another refuses the process (ulp_build/live/runtime_state.py, LAYOUT_VERSION). */
-#define ULP_LAYOUT_VERSION 5
+#define ULP_LAYOUT_VERSION 6
 #define ULP_MAX_LIBRARIES 1024
 /* Shadow frames reserved (not committed) per thread: deeper than any real stack can recurse
  * through tracked entries; past it, entries run untracked rather than fail. The environment
@@ -73,12 +74,16 @@ struct ulp_descriptor {
     _Atomic uint64_t dispatch;      /* the universe checkers jump through it: ulp_dispatch */
 };
 
-/* One tracked entry that has not returned yet. */
+/* One tracked entry that has not returned yet. Popping a frame, however it happens (a return, a
+ * prune, a jump out of it), *stores* `depth` back into its library's record rather than
+ * decrementing it: a store can be repeated, so a frame dropped between the two writes that
+ * give it its library and change the depth leaves the depth right either way (shadow.c). */
 struct ulp_frame {
     uintptr_t sp;
-    uintptr_t ret;
+    uintptr_t ret;                  /* 0: a tail call's frame, which returns with the one above */
     uintptr_t rbx;
-    struct ulp_thread_lib *lib;
+    struct ulp_thread_lib *lib;     /* NULL while being built or returned from */
+    uint64_t depth;
 };
 
 /* A thread's state for one prepared library. */
@@ -299,6 +304,9 @@ void ulp_threads_init(void);
 /* shadow.c */
 void ulp_prune(struct ulp_thread *thread, uintptr_t unused, uintptr_t sp);
 void ulp_discard_above(struct ulp_thread *thread, struct ulp_frame *frame);
+void ulp_leave_to(uintptr_t target);
+void ulp_unwound(struct ulp_frame *frame);
+void ulp_vfork_returned(struct ulp_thread *thread, struct ulp_frame *top);
 
 /* library.c */
 extern struct ulp_library ulp_libraries[ULP_MAX_LIBRARIES];

@@ -35,6 +35,7 @@ STRUCTS = [
 def _probe_source() -> str:
     lines = ["#include <stddef.h>", "#include <stdio.h>", '#include "ulp.h"', "int main(void) {"]
     lines.append('    printf("ULP_LAYOUT_VERSION %d\\n", ULP_LAYOUT_VERSION);')
+    lines.append('    printf("ulp_frame %zu\\n", sizeof(struct ulp_frame));')
     for s in STRUCTS:
         # A struct with a tail is read by its fixed part: its size is where the tail starts.
         size = f"offsetof(struct {s.name}, {s.tail})" if s.tail else f"sizeof(struct {s.name})"
@@ -73,6 +74,12 @@ def test_layout_matches_ulp_h(declared: CStruct, layouts: dict[str, int]) -> Non
 
 def test_layout_version_matches_ulp_h(layouts: dict[str, int]) -> None:
     assert layouts["ULP_LAYOUT_VERSION"] == runtime_state.LAYOUT_VERSION
+
+
+def test_shadow_frame_size_matches_ulp_h(layouts: dict[str, int]) -> None:
+    # The trigger counts a thread's tracked entries by it (the header publishes it too, and
+    # a runtime publishing another size is refused).
+    assert layouts["ulp_frame"] == runtime_state.FRAME_SIZE
 
 
 def test_another_layout_version_is_refused(

@@ -26,7 +26,7 @@ from ulp_build.prepare.layout import PAD_BEFORE
 INFO_SYMBOL = "ulp_runtime"
 INFO_MAGIC = b"ULPRUN\0\0"
 # ULP_LAYOUT_VERSION: every layout below and the request's (request.py).
-LAYOUT_VERSION = 5
+LAYOUT_VERSION = 6
 RESUME_SYMBOL = "ulp_resume"
 RESUME_RETURN_SYMBOL = "ulp_resume_return"
 
@@ -121,7 +121,7 @@ FUNCTION = CStruct(
 )
 VERSION = CStruct("ulp_version", [("universe", "Q"), ("code", "Q")])
 
-FRAME_SIZE = 32  # sizeof(struct ulp_frame)
+FRAME_SIZE = 40  # sizeof(struct ulp_frame)
 
 # Bounds against a corrupt or hostile process: the runtime never has more.
 MAX_LIBRARIES = 1024  # ULP_MAX_LIBRARIES
