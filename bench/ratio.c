@@ -4,6 +4,7 @@
  * the median nanoseconds per round of each. Run it under `ulp run` to time A unprepared against
  * B prepared and tracked.
  *   empty: 1,000,000 calls of tracking_empty()
+ *   sort:  tracking_sort() of 1,000,000 ints (qsort calling the library's static comparator)
  *   zlib:  deflate 4 MiB in 4 KiB chunks, then inflate it back in 4 KiB chunks
  */
 #define _GNU_SOURCE
@@ -86,6 +87,22 @@ static double run_empty(void (*f)(void))
     return now_ns() - start;
 }
 
+static int sort_input[1000000], sort_work[1000000];
+
+static double run_sort(void (*sort)(int *, unsigned long))
+{
+    memcpy(sort_work, sort_input, sizeof sort_work);
+    double start = now_ns();
+    sort(sort_work, 1000000);
+    double elapsed = now_ns() - start;
+    for (int i = 1; i < 1000000; i++)
+        if (sort_work[i - 1] > sort_work[i]) {
+            fputs("not sorted\n", stderr);
+            exit(1);
+        }
+    return elapsed;
+}
+
 static int by_value(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -95,14 +112,15 @@ static int by_value(const void *a, const void *b)
 int main(int argc, char **argv)
 {
     if (argc < 4) {
-        fprintf(stderr, "usage: %s empty|zlib LIB_A LIB_B [ROUNDS]\n", argv[0]);
+        fprintf(stderr, "usage: %s empty|sort|zlib LIB_A LIB_B [ROUNDS]\n", argv[0]);
         return 2;
     }
     int rounds = argc > 4 ? atoi(argv[4]) : 21;
     void *h[2];
     struct zlib_api z[2];
     void (*empty[2])(void);
-    int zlib_mode = strcmp(argv[1], "zlib") == 0;
+    void (*sort[2])(int *, unsigned long);
+    int zlib_mode = strcmp(argv[1], "zlib") == 0, sort_mode = strcmp(argv[1], "sort") == 0;
     for (int i = 0; i < 2; i++) {
         h[i] = dlopen(argv[2 + i], RTLD_NOW | RTLD_LOCAL);
         if (!h[i]) {
@@ -116,6 +134,8 @@ int main(int argc, char **argv)
             z[i].inflateInit_ = need(h[i], "inflateInit_");
             z[i].inflate = need(h[i], "inflate");
             z[i].inflateEnd = need(h[i], "inflateEnd");
+        } else if (sort_mode) {
+            sort[i] = need(h[i], "tracking_sort");
         } else {
             empty[i] = need(h[i], "tracking_empty");
         }
@@ -126,10 +146,16 @@ int main(int argc, char **argv)
         state = state * 1103515245 + 12345;
         input[i] = "ulp_build live patching "[(state >> 16) % 24] ^ (i % 251 == 0);
     }
+    for (size_t i = 0; i < 1000000; i++) {
+        state = state * 1103515245 + 12345;
+        sort_input[i] = (int)(state >> 1);
+    }
     double *t[2] = {calloc(rounds, sizeof(double)), calloc(rounds, sizeof(double))};
     for (int r = -1; r < rounds; r++) /* round -1 warms both up */
         for (int i = 0; i < 2; i++) {
-            double ns = zlib_mode ? run_zlib(&z[i]) : run_empty(empty[i]);
+            double ns = zlib_mode ? run_zlib(&z[i])
+                        : sort_mode ? run_sort(sort[i])
+                                    : run_empty(empty[i]);
             if (r >= 0)
                 t[i][r] = ns;
         }

@@ -1,6 +1,6 @@
 """Rewriting a libc-sized library against a plain LIEF parse-and-write round trip of the same
-file (docs/design.md, "Cost targets": at most 2x), in one run, interleaved so both see the same
-machine.
+file, in one run, interleaved so both see the same machine (docs/design.md, "Cost targets": the
+whole command under 1 s).
 
 Two views, both reported:
 - in process: `ulp_build.rewrite.rewrite()` against `lief.ELF.parse(); write()`, both with
@@ -70,9 +70,11 @@ def main() -> None:
             subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
             cmd_theirs.append(time.perf_counter() - t)
 
-    for label, a, b in (
-        ("rewrite libc.so.6, in process", ours, theirs),
-        ("rewrite libc.so.6, whole command", cmd_ours, cmd_theirs),
+    # The bound is absolute since the rewrite searches the code for the addresses a library
+    # takes of its functions (docs/design.md, "Cost targets"); the ratios are reported.
+    for label, a, b, target in (
+        ("rewrite libc.so.6, in process", ours, theirs, "report"),
+        ("rewrite libc.so.6, whole command", cmd_ours, cmd_theirs, "< 1 s"),
     ):
         ma, mb = statistics.median(a), statistics.median(b)
         print(
@@ -80,7 +82,7 @@ def main() -> None:
             f" ratio {ma / mb:.2f}x (median of {len(a)})"
         )
         record(
-            label, f"{ma * 1000:.1f} ms", f"LIEF parse+write {mb * 1000:.1f} ms", ma / mb, "<= 2x"
+            label, f"{ma * 1000:.1f} ms", f"LIEF parse+write {mb * 1000:.1f} ms", ma / mb, target
         )
 
 

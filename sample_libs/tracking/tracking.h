@@ -11,5 +11,6 @@ long tracking_block_read(int fd);                   /* blocks in read() */
 long tracking_block_sleep(long seconds);            /* blocks in nanosleep() */
 long tracking_block_pause(void);                    /* blocks in pause() */
 int tracking_backtrace(void);                       /* prints backtrace() from inside */
+void tracking_sort(int *values, unsigned long count); /* qsort with a static comparator */
 
 #endif

@@ -55,9 +55,10 @@ from ulp_build.prepare.patchable import RECORDS_SECTION
 # a `lea`'s 32-bit displacement.
 RELA, RELR, LEA = "rela", "relr", "lea"
 
-# A ModRM byte with mode 00 and r/m 101 (RIP-relative in 64-bit mode, any register), then its
-# displacement; a lookahead, so that candidates may overlap.
-_RIP_MODRM = re.compile(rb"(?=[\x05\x0d\x15\x1d\x25\x2d\x35\x3d](....))", re.DOTALL)
+# A ModRM byte with mode 00 and r/m 101 (RIP-relative in 64-bit mode, any register); its
+# displacement follows. One byte per match, so that candidates may overlap.
+_RIP_MODRM = re.compile(rb"[\x05\x0d\x15\x1d\x25\x2d\x35\x3d]")
+_DISP32 = struct.Struct("<i")
 # What capstone prints for that operand.
 _RIP_OPERAND = re.compile(r"\[rip ([+-]) (0x[0-9a-f]+|\d+)\]")
 # The one form redirected: `lea disp32(%rip), %r64`, REX.W 8D ModRM disp32, 7 bytes.
@@ -214,16 +215,19 @@ def _code_sites(
 def _candidates(elf: ElfFile, entries: set[int]) -> list[int]:
     """Addresses of ModRM bytes whose RIP-relative displacement could reach one of `entries`,
     sorted. Most are chance bytes; decoding tells."""
+    # One set lookup per match: libc's code has some 25 000 of them.
+    reached = {entry - k for entry in entries for k in _IMMEDIATES}
     found = []
     for sec in elf.sections:
         if not sec.flags & SHF_EXECINSTR:
             continue
-        data, base = elf.section_data(sec), sec.addr
-        for m in _RIP_MODRM.finditer(data):
-            pos = m.start()
-            target = base + pos + 5 + int.from_bytes(m.group(1), "little", signed=True)
-            if any(target + k in entries for k in _IMMEDIATES):
-                found.append(base + pos)
+        data, end = elf.section_data(sec), sec.addr + 5
+        unpack = _DISP32.unpack_from
+        found += [
+            end + pos - 5
+            for m in _RIP_MODRM.finditer(data, 0, len(data) - 4)
+            if end + (pos := m.start()) + unpack(data, pos + 1)[0] in reached
+        ]
     return found
 
 
