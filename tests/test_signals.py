@@ -1,8 +1,10 @@
 """Signals at any instruction of a tracked call: a thread calls into a prepared library in a loop
 while timers interrupt it at 20 kHz for 10 s, its handlers calling into the library too, on an
-alternate signal stack above or below the thread's stack (tests/programs/signals.c). No live
-shadow frame may be dropped (the runtime would abort), every call returns the right value, and
-the thread ends at depth 0."""
+alternate signal stack above or below the thread's stack (tests/programs/signals.c), nested,
+or leaving by siglongjmp (from inside a tracked call or after one) whatever the thread was
+doing. No live shadow frame may be dropped (the runtime would abort), every call returns the
+right value, and the thread ends at depth 0 with an empty shadow stack: a frame left at any
+instruction of a tracked entry or return took its depth along."""
 
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ def program(built: dict[str, BuiltSample], tmp_path_factory: pytest.TempPathFact
         ("below", "plain"),
         ("above", "nested"),
         ("below", "nested"),
+        ("above", "jump"),
+        ("below", "jump"),
     ],
 )
 def test_signals_during_tracked_calls(
@@ -58,15 +62,17 @@ def test_signals_during_tracked_calls(
         ready = proc.stdout.readline().strip()
         assert ready == "ready", (report, proc.wait(), proc.stderr and proc.stderr.read())
         found = re.fullmatch(
-            r"tid (\d+): (\w+) (\w+): (\d+) calls, (\d+) handler calls, (\d+) deep, (\d+) wrong",
+            r"tid (\d+): (\w+) (\w+): (\d+) calls, (\d+) handler calls, (\d+) deep,"
+            r" (\d+) jumps, (\d+) wrong",
             report,
         )
         assert found, report
-        tid, where, how, calls, handled, deep, wrong = found.groups()
+        tid, where, how, calls, handled, deep, jumps, wrong = found.groups()
         assert (where, how, wrong) == (placement, variant, "0")
         # Signals did land, many of them, and the loop went on between them.
         assert int(handled) > 10 * SECONDS * 100 and int(calls) > 1000
         assert (int(deep) > 1) == (variant == "nested")
+        assert (int(jumps) > 1000) == (variant == "jump"), report
         state = runtime_state.read(proc.pid)
         (thread,) = [t for t in state.threads if t.tid == int(tid)]
         assert thread.frames == 0

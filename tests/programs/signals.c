@@ -7,13 +7,17 @@
  *            below: it is malloc'ed (from the heap), below the thread's stack.
  * VARIANT    plain: one signal;
  *            nested: handlers that stay a while, for two signals that interrupt each other,
- *                    one of them (less often) also itself (SA_NODEFER).
+ *                    one of them (less often) also itself (SA_NODEFER);
+ *            jump: every third handler leaves by siglongjmp back into the thread's loop,
+ *                  half of them from inside a tracked call (its callback jumps), abandoning
+ *                  whatever the thread was doing, tracked entries and returns included.
  * Prints "tid TID: PLACEMENT VARIANT: N calls, M handler calls, D deep (handlers nested at
- * most), W wrong", then "ready", and waits on
+ * most), J jumps, W wrong", then "ready", and waits on
  * stdin with the thread alive (for reading the runtime's state), then exits 0.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -29,10 +33,11 @@
 #define ALT_SIZE (64 * 1024)
 
 static stack_t alt;
-static int nested_variant;
-static volatile sig_atomic_t stop;
-static volatile long handler_calls, wrong, nesting, deepest;
+static int nested_variant, jump_variant;
+static volatile sig_atomic_t stop, jump_armed;
+static volatile long handler_calls, wrong, nesting, deepest, jumps;
 static volatile pid_t worker_tid;
+static sigjmp_buf back_to_loop;
 
 static long twice(long x)
 {
@@ -53,6 +58,12 @@ static long inner(long x)
     return tracking_call(twice, x) + tracking_tail(x);
 }
 
+static long jump_out(long x)
+{
+    (void)x;
+    siglongjmp(back_to_loop, 1);
+}
+
 static void on_signal(int sig)
 {
     long x = sig + handler_calls % 8;
@@ -63,6 +74,12 @@ static void on_signal(int sig)
         wrong++;
     if (nested_variant && tracking_spin(2000) != spin_expected(2000))
         wrong++;
+    if (jump_armed && handler_calls % 3 == 0) {
+        nesting = 0;
+        if (handler_calls % 2)
+            tracking_call(jump_out, x);
+        siglongjmp(back_to_loop, 1);
+    }
     nesting--;
 }
 
@@ -78,7 +95,10 @@ static void *worker(void *arg)
     if (sigaltstack(&alt, NULL) != 0)
         exit(2);
     worker_tid = gettid();
-    long calls = 0;
+    static volatile long calls;
+    if (sigsetjmp(back_to_loop, 1))
+        jumps++;
+    jump_armed = jump_variant;
     while (!stop) {
         long x = calls % 50;
         if (tracking_call(twice, x) != 2 * x + 1)
@@ -87,12 +107,14 @@ static void *worker(void *arg)
             wrong++;
         calls++;
     }
+    jump_armed = 0;
     /* One tracked call after the last signal: the thread's next entry. */
     if (tracking_call(twice, 1) != 3)
         wrong++;
-    printf("tid %d: %s %s: %ld calls, %ld handler calls, %ld deep, %ld wrong\n", (int)worker_tid,
-           above ? "above" : "below", nested_variant ? "nested" : "plain",
-           (long)calls, (long)handler_calls, (long)deepest, (long)wrong);
+    printf("tid %d: %s %s: %ld calls, %ld handler calls, %ld deep, %ld jumps, %ld wrong\n",
+           (int)worker_tid, above ? "above" : "below",
+           nested_variant ? "nested" : jump_variant ? "jump" : "plain", (long)calls,
+           (long)handler_calls, (long)deepest, (long)jumps, (long)wrong);
     printf("ready\n");
     fflush(stdout);
     char line[16];
@@ -121,6 +143,7 @@ int main(int argc, char **argv)
         return 2;
     int above = !strcmp(argv[1], "above");
     nested_variant = !strcmp(argv[2], "nested");
+    jump_variant = !strcmp(argv[2], "jump");
     setvbuf(stdout, NULL, _IOLBF, 0);
 
     /* Mapped before the thread's stack is: mmap hands out addresses downwards. */
