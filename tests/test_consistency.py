@@ -18,7 +18,7 @@ import pytest
 from conftest import run, ulp
 from live import PROGRAMS, Process, running
 
-from ulp_build.live import protocol, runtime_state
+from ulp_build.live import protocol, runtime_state, transition
 from ulp_build.live.operation import Operation, operation
 from ulp_build.patch.packer import pack
 from ulp_build.prepare.layout import CFLAGS
@@ -125,6 +125,9 @@ def _threaded(program: Path, runtime: Path, mode: str, patch: Patch) -> Outcome:
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         pending, failed = _cycles(proc.pid, patch)
+        # Pending after an operation is a matter of timing on a loaded machine; pending for
+        # good is what a stale frame does.
+        transition.wait_and_finish(proc.pid, 5.0)
         finished = all(lib.finished for lib in runtime_state.read(proc.pid).libraries)
         out, _ = proc.communicate(timeout=60)
     finally:
@@ -171,8 +174,8 @@ def test_thread_start_routine(built: Built, runtime: Path) -> None:
 
 def test_signal_handler_on_threads_outside(built: Built, runtime: Path) -> None:
     """Row 3: the library's static SIGUSR1 handler, fired thousands of times a second on 8
-    threads that spin outside the library. The control's handler calls the exported enc and
-    dec: two tracked entries."""
+    threads that spin outside the library. The control's handler, the program's own, calls the
+    exported enc and dec: two tracked entries."""
     _row(built, runtime, "signal")
 
 
@@ -297,14 +300,16 @@ def test_thread_cancelled_inside_a_tracked_call(built: Built, runtime: Path) -> 
 
 
 def test_frames_left_by_longjmp_under_threads(built: Built, runtime: Path) -> None:
-    """Row 6b: 8 threads alternately leave a tracked call by longjmp and make a roundtrip from
-    deeper in the stack: never mixed, and no transition is left pending. The control leaves
-    by __builtin_longjmp: transitions stay pending, which the test sees."""
+    """Row 6b: 8 threads each leave a tracked call by longjmp under a 16 KiB frame, then make
+    roundtrips from deeper in the stack: never mixed, both versions run, and no transition is
+    left pending. The control leaves by __builtin_longjmp, unseen: its stale frames hold the
+    universe they were left in (consistently: never mixed), so the transitions stay pending."""
     main = _threaded(built.threads, runtime, "abandon", built.patch)
     control = _threaded(built.threads, runtime, "abandon-builtin", built.patch)
-    assert control.pending > 0 and not control.finished, control
+    assert control.pending >= CYCLES and not control.finished, control
+    assert control.counts["mixed"] == 0, control
     _never_mixed(main)
-    assert main.pending == 0 and main.finished, main
+    assert main.finished, main
 
 
 # -- children made inside a call -----------------------------------------------------------------
@@ -318,7 +323,7 @@ def test_child_made_inside_a_tracked_call(built: Built, runtime: Path, mode: str
     control = _threaded(built.threads, runtime, "split", built.patch)
     _control(control)
     _never_mixed(main)
-    assert main.pending == 0 and main.finished, main
+    assert main.finished, main
 
 
 def test_fork_at_any_moment(built: Built, runtime: Path) -> None:

@@ -204,21 +204,20 @@ def mapped_elf(pid: int, m: Mapping) -> ElfFile:
 
 
 class Memory:
-    """/proc/PID/mem open once, read only inside the process's readable mappings as they were
-    when it was opened, at most `limit` bytes in all: what a corrupt or hostile process
-    publishes cannot send the reader outside its memory, or make it read without end."""
+    """/proc/PID/mem open once, read only inside the process's readable mappings, at most
+    `limit` bytes in all: what a corrupt or hostile process publishes cannot send the reader
+    outside its memory, or make it read without end.
+
+    A running process maps memory while it is read (a new thread's state): an address outside
+    the mappings known is looked up again in fresh ones, a bounded number of times."""
+
+    REFRESHES = 8
 
     def __init__(self, pid: int, limit: int) -> None:
         self.pid = pid
         self.left = limit
-        self.regions: list[tuple[int, int]] = []
-        for m in maps(pid):
-            if "r" not in m.perms:
-                continue
-            if self.regions and self.regions[-1][1] == m.start:
-                self.regions[-1] = (self.regions[-1][0], m.end)
-            else:
-                self.regions.append((m.start, m.end))
+        self.refreshes = self.REFRESHES
+        self.regions = self._readable_regions()
         try:
             self.fd = os.open(f"{proc_dir(pid)}/mem", os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
@@ -230,7 +229,24 @@ class Memory:
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
 
+    def _readable_regions(self) -> list[tuple[int, int]]:
+        regions: list[tuple[int, int]] = []
+        for m in maps(self.pid):
+            if "r" not in m.perms:
+                continue
+            if regions and regions[-1][1] == m.start:
+                regions[-1] = (regions[-1][0], m.end)
+            else:
+                regions.append((m.start, m.end))
+        return regions
+
     def mapped(self, address: int, size: int) -> bool:
+        if any(a <= address and address + size <= b for a, b in self.regions):
+            return True
+        if self.refreshes == 0:
+            return False
+        self.refreshes -= 1
+        self.regions = self._readable_regions()
         return any(a <= address and address + size <= b for a, b in self.regions)
 
     def read(self, address: int, size: int) -> bytes:

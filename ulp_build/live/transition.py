@@ -18,7 +18,9 @@ when it is safe; otherwise the holders are reported, each with its reason:
 - INSIDE_LIBRARY: a thread inside the library with an older universe (read again while every
   thread is stopped);
 - INSIDE_RUNTIME: a thread inside the runtime, where it may have read the global universe and
-  not yet stored it as its own (it would enter the library with an old universe unseen);
+  not yet stored it as its own (it would enter the library with an old universe unseen). Not
+  in the runtime's own `vfork` and jumps (runtime/vfork.S, jumps.c), which read no universe: a
+  thread whose vfork child runs waits in `vfork` for as long as the child does;
 - AT_CHECKER_JUMP: a thread stopped at a checker's second instruction (its indirect jump), which
   the new pad may cut in the middle (a thread at the pad's first instruction is fine: the new
   one starts there too).
@@ -30,12 +32,13 @@ anything else is an error, and nothing is written.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ulp_build.errors import UlpError
 from ulp_build.live import runtime_state
-from ulp_build.live.process import Snapshot, maps
+from ulp_build.live.process import Snapshot, mapped_elf, maps
 from ulp_build.live.ptrace import Tracee
 from ulp_build.prepare import codegen
 from ulp_build.prepare.layout import DESCRIPTOR, PAD_BEFORE
@@ -43,6 +46,9 @@ from ulp_build.prepare.layout import DESCRIPTOR, PAD_BEFORE
 INSIDE_LIBRARY = "inside the library"
 INSIDE_RUNTIME = "inside the runtime"
 AT_CHECKER_JUMP = "at a checker's jump"
+
+# The C library's ways out of a call, as the runtime defines them.
+WAYS_OUT = frozenset(("vfork", "longjmp", "_longjmp", "siglongjmp", "__longjmp_chk", "setcontext"))
 
 # A function's pad and entry nop as prepared (an endbr64 may come between them).
 PRISTINE = (b"\x90" * PAD_BEFORE, codegen.NOP2)
@@ -144,8 +150,7 @@ def finish(pid: int, timeout: float = 5.0) -> list[Transition]:
                 f"process {pid}: {t.library.name}: the bytes at {', '.join(t.unexpected)} are"
                 " neither a universe checker nor a finished transition; not finishing it"
             )
-    runtime = runtime_state.find_runtime(pid)[0]
-    runtime_code = [(m.start, m.end) for m in maps(pid) if m.path == runtime and "x" in m.perms]
+    universe_code = _universe_code(pid)
     with Tracee(pid, timeout) as tracee:
         # The bytes to write were worked out above, while the process ran; `replace` writes
         # them only where nothing changed since. Who holds what is read again, now that
@@ -153,9 +158,7 @@ def finish(pid: int, timeout: float = 5.0) -> list[Transition]:
         state = runtime_state.read(pid)
         now = {t.library.index: t for t in transitions(state)}
         rips = {tid: tracee.registers(tid).rip for tid in tracee.threads}
-        in_runtime = [
-            tid for tid, rip in rips.items() if any(a <= rip < b for a, b in runtime_code)
-        ]
+        in_runtime = [tid for tid, rip in rips.items() if universe_code(rip)]
         for t in found:
             current = now.get(t.library.index)
             if current is None or current.universe != t.universe:
@@ -175,6 +178,23 @@ def finish(pid: int, timeout: float = 5.0) -> list[Transition]:
             if not t.holders and tracee.replace(t.edits):
                 t.finished = True
     return found
+
+
+def _universe_code(pid: int) -> Callable[[int], bool]:
+    """Whether an address is runtime code that may read the global universe: its executable
+    mappings but the WAYS_OUT functions."""
+    first = runtime_state.runtime_mapping(pid)
+    code = [(m.start, m.end) for m in maps(pid) if m.path == first.path and "x" in m.perms]
+    ways_out = [
+        (first.start + s.value, first.start + s.value + s.size)
+        for s in mapped_elf(pid, first).dynamic_symbols
+        if s.defined and s.name in WAYS_OUT
+    ]
+
+    def inside(rip: int) -> bool:
+        return any(a <= rip < b for a, b in code) and not any(a <= rip < b for a, b in ways_out)
+
+    return inside
 
 
 def _holder(state: runtime_state.RuntimeState, t: Transition, tid: int, reason: str) -> Holder:

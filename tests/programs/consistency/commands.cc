@@ -134,6 +134,9 @@ static int child_in[2], child_out[2];
 
 static void child_loop()
 {
+    // The parent's ends: with this copy open, the child would never see the end of its input.
+    close(child_in[1]);
+    close(child_out[0]);
     char c;
     while (read(child_in[0], &c, 1) == 1) {
         int version = 0, r = l_roundtrip(5, &version);

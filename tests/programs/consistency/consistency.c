@@ -8,6 +8,7 @@
 #include <spawn.h>
 #include <stdlib.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "consistency.h"
@@ -71,20 +72,20 @@ const struct l_ops *l_ops(void)
     return &ops;
 }
 
-/* The roundtrip in two tracked calls (through the exported names): what every control does. */
-static int split_roundtrip(int x, int *version)
+/* What a control waits between its two calls: long enough that most commits land while some
+ * thread is between them, so that a control that sees no mix means a broken test. (A sleep is
+ * async-signal-safe: the signal handler's control calls it too.) */
+void l_between_calls(void)
 {
-    int y = l_encode(x);
-    delay();
-    *version = version_of(x, y);
-    return l_decode(y);
+    struct timespec pause = {0, 300000};
+    nanosleep(&pause, NULL);
 }
 
 /* Row 2: a thread whose start routine is a static function of the library. */
 static void *job_start(void *arg)
 {
     struct l_job *job = arg;
-    job->result = (job->split ? split_roundtrip : roundtrip)(job->x, &job->version);
+    job->result = roundtrip(job->x, &job->version);
     return job;
 }
 
@@ -95,22 +96,20 @@ int l_spawn(pthread_t *thread, struct l_job *job)
 
 /* Row 3: a signal handler of the library, run on threads that are not inside it. */
 static long sig_counts[4]; /* calls, mixed, v1, v2 */
-static int sig_split;
 static int sig_x = 1;
 
 static void handler(int sig)
 {
     (void)sig;
     int x = __atomic_add_fetch(&sig_x, 1, __ATOMIC_RELAXED) % 100000 + 1, version;
-    int r = (sig_split ? split_roundtrip : roundtrip)(x, &version);
+    int r = roundtrip(x, &version);
     __atomic_add_fetch(&sig_counts[0], 1, __ATOMIC_RELAXED);
     __atomic_add_fetch(&sig_counts[1], r != x, __ATOMIC_RELAXED);
     __atomic_add_fetch(&sig_counts[1 + version], 1, __ATOMIC_RELAXED);
 }
 
-int l_install_handler(int sig, int split)
+int l_install_handler(int sig)
 {
-    sig_split = split;
     struct sigaction sa = {.sa_handler = handler, .sa_flags = SA_RESTART};
     sigemptyset(&sa.sa_mask);
     return sigaction(sig, &sa, NULL);

@@ -17,7 +17,7 @@ struct l_ops {
 };
 
 struct l_job {
-    int x, split;
+    int x;
     int result, version;
 };
 
@@ -29,11 +29,12 @@ int l_roundtrip(int x, int *version);
 int l_version(void);
 const struct l_ops *l_ops(void);
 int l_spawn(pthread_t *thread, struct l_job *job);
-int l_install_handler(int sig, int split);
+int l_install_handler(int sig);
 void l_signal_counts(long out[4]);
 int produce(int x);
 int l_call_back(void (*cb)(void));
 int l_child_roundtrip(int x, int *version, int how);
+void l_between_calls(void);
 
 /* Library M. */
 int m_apply(int y, int (*cb)(int));
