@@ -1,14 +1,15 @@
 // A program that uses the C library's harder corners, to run on a prepared libc under the
-// runtime (tests/test_prepared_libc.py): an exception thrown through qsort, children made by
-// vfork, posix_spawn and fork (in a threaded process), coroutines switched with swapcontext,
-// the next malloc of an interposer. Each command prints what it saw; `... wait` then prints
-// "ready" and blocks in read(2) on stdin, inside a tracked call, until a line arrives.
+// runtime (tests/test_prepared_libc.py): an exception thrown through qsort and a longjmp out of
+// it, children made by vfork, posix_spawn and fork (in a threaded process), coroutines switched
+// with swapcontext, the next malloc of an interposer. Each command prints what it saw; `wait`
+// prints "ready" and blocks in read(2) on stdin, inside a tracked call, until a line arrives.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 
 #include <atomic>
+#include <csetjmp>
 #include <dlfcn.h>
 #include <pthread.h>
 #include <spawn.h>
@@ -51,6 +52,27 @@ static void qsort_throw()
         std::puts("not thrown");
     } catch (const std::runtime_error &e) {
         std::printf("caught after %d comparisons: %s\n", comparisons, e.what());
+    }
+    sort(by_value);
+}
+
+static jmp_buf out_of_qsort;
+
+static int by_value_or_jump(const void *a, const void *b)
+{
+    if (++comparisons == 500)
+        longjmp(out_of_qsort, 1);
+    return by_value(a, b);
+}
+
+static void qsort_longjmp()
+{
+    comparisons = 0;
+    if (setjmp(out_of_qsort) == 0) {
+        sort(by_value_or_jump);
+        std::puts("not jumped");
+    } else {
+        std::printf("jumped out after %d comparisons\n", comparisons);
     }
     sort(by_value);
 }
@@ -173,6 +195,8 @@ int main(int argc, char **argv)
         const char *command = argv[i];
         if (!std::strcmp(command, "qsort-throw"))
             qsort_throw();
+        else if (!std::strcmp(command, "qsort-longjmp"))
+            qsort_longjmp();
         else if (!std::strcmp(command, "sort"))
             sort(by_value);
         else if (!std::strcmp(command, "spawn"))
