@@ -17,6 +17,16 @@ __thread struct ulp_thread *ulp_self __attribute__((tls_model("initial-exec")));
 
 static pthread_key_t exit_key;
 
+/* The state of every thread whose key destructor ran (thread_exit). The C library still calls
+ * in after it (free, through its own PLT, when it releases the thread's buffers; other keys'
+ * destructors), and those calls must neither touch the state released nor start a new one,
+ * which nothing would free. This one has no room on its shadow stack, so ulp_track runs every
+ * call made through it untracked; its guard frame keeps them on the fast path up to that
+ * check, so it is only ever read, by any number of exiting threads. Set up by the constructor,
+ * before the key exists. */
+static struct ulp_frame exited_guard;
+static struct ulp_thread exited;
+
 /* The initial %rsp of the process (ld.so's, exported at GLIBC_2.2.5): above every frame of the
  * main thread's stack. */
 extern void *__libc_stack_end;
@@ -103,13 +113,13 @@ __attribute__((visibility("hidden"))) int ulp_thread_start(void)
 
 /* Key destructors run after the thread's last call returned or was unwound (pthread_exit,
  * cancellation): whatever its shadow stack still holds is dead. Free the entry for the next
- * thread; a call made by a later destructor starts a fresh one. */
+ * thread; calls made after this one run untracked (`exited`). */
 static void thread_exit(void *arg)
 {
     struct ulp_thread *t = arg;
     sigset_t saved;
     ulp_signals_block(&saved);
-    ulp_self = NULL;
+    ulp_self = &exited;
     t->top = t->base;
     for (unsigned i = 0; i < ULP_MAX_LIBRARIES; i++)
         t->libs[i].depth = 0;
@@ -130,6 +140,9 @@ static void after_fork_in_child(void)
 
 void ulp_threads_init(void)
 {
+    exited_guard.sp = UINTPTR_MAX - 1;
+    exited.stack_top = UINTPTR_MAX;
+    exited.base = exited.top = exited.end = &exited_guard + 1;
     pthread_key_create(&exit_key, thread_exit);
     pthread_atfork(NULL, NULL, after_fork_in_child);
 }

@@ -43,6 +43,8 @@
         .hidden ulp_prune
         .hidden ulp_discard_above
         .hidden ulp_personality
+        .hidden __ehdr_start
+        .hidden etext
 
 /* %rbx = &thread->libs[library], from the descriptor %r11 and the thread %r10. */
 .macro library_record
@@ -73,6 +75,18 @@ ulp_track:
         pushq   %rbx
         .cfi_adjust_cfa_offset 8
         .cfi_rel_offset %rbx, 0
+        /* A call made by the runtime's own code (into a prepared C library) is never tracked:
+         * its slow paths call the C library, and tracked, those calls would enter them again.
+         * Checking the caller's address holds before the constructor, in every thread and in
+         * signal handlers, with no state. The runtime's code lies between its ELF header and
+         * etext (both placed by the linker, hidden). */
+        movq    16(%rsp), %rbx
+        leaq    etext(%rip), %r10
+        cmpq    %r10, %rbx
+        jae     .Lretry
+        leaq    __ehdr_start(%rip), %r10
+        cmpq    %r10, %rbx
+        jae     .Luntracked
 .Lretry:
         load_thread %r10
         testq   %r10, %r10

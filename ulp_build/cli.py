@@ -15,6 +15,7 @@ import signal
 import sys
 from collections import Counter
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ulp_build import __version__
@@ -185,6 +186,13 @@ def _parser() -> argparse.ArgumentParser:
         help="run a program with the runtime preloaded",
         description="Execute PROG with libulp.so added in front of LD_PRELOAD"
         " (anything already preloaded stays).",
+    )
+    p.add_argument(
+        "--libc",
+        metavar="DIR",
+        type=Path,
+        help="run on the prepared C library DIR/libc.so.6 (`ulp rewrite` of this system's own"
+        " libc.so.6): DIR goes first in LD_LIBRARY_PATH",
     )
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- PROG ARGS")
     return parser
@@ -503,13 +511,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from ulp_build.live.runtime import exec_with_runtime
+    from ulp_build.live.runtime import exec_with_runtime, prepared_libc_dir
 
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
         print("ulp run: no program given (ulp run -- PROG ARGS)", file=sys.stderr)
         return 2
-    exec_with_runtime(argv)
+    exec_with_runtime(argv, None if args.libc is None else prepared_libc_dir(args.libc))
 
 
 _COMMANDS = {

@@ -59,11 +59,17 @@ IFUNC_SLOTS_OFFSET = DESCRIPTOR_OFFSET + DESCRIPTOR.size
 CFLAGS = ("-fpatchable-function-entry=16,14", "-fno-ipa-ra")
 PAD_BEFORE = 14
 
-# Functions that never return to their caller, or return more than once (setjmp, vfork): a
-# tracked entry would steal a return address that is never (or twice) used. And the signal
-# return trampoline a sigaction hands the kernel as sa_restorer, which the kernel enters by
-# returning into it, with the signal frame at %rsp. They keep a plain entry (and their address,
-# wherever the library takes it, stays theirs); `rewrite --untracked` adds to this list.
+# Functions kept with a plain entry (and their address, wherever the library takes it, stays
+# theirs); `rewrite --untracked` adds to this list:
+# - those that never return to their caller, or return more than once (setjmp, vfork): a
+#   tracked entry would steal a return address that is never (or twice) used;
+# - the signal return trampoline a sigaction hands the kernel as sa_restorer, which the kernel
+#   enters by returning into it, with the signal frame at %rsp;
+# - those that read their own return address to learn who called them: tracked, they would see
+#   the runtime's ulp_return. dlopen, dlmopen, dlsym and dlvsym (in libc since glibc 2.34) pick
+#   the caller's namespace and, for RTLD_NEXT, the object after the caller's: an LD_PRELOAD
+#   interposer's dlsym(RTLD_NEXT, "malloc") would find the object after the runtime.
+#   dl_iterate_phdr picks the caller's namespace; the profiling hooks record the call site.
 DEFAULT_UNTRACKED = (
     "__libc_start_main",
     "__libc_start_call_main",
@@ -72,16 +78,22 @@ DEFAULT_UNTRACKED = (
     "_Exit",
     "quick_exit",
     "abort",
+    "__assert",
     "__assert_fail",
     "__assert_perror_fail",
     "__stack_chk_fail",
     "__fortify_fail",
     "__chk_fail",
+    "__libc_fatal",
     "err",
     "errx",
     "verr",
     "verrx",
     "pthread_exit",
+    "thrd_exit",
+    "__pthread_unwind_next",
+    "_dl_signal_error",
+    "_dl_signal_exception",
     "longjmp",
     "_longjmp",
     "siglongjmp",
@@ -103,6 +115,14 @@ DEFAULT_UNTRACKED = (
     "_Unwind_Resume",
     "_Unwind_RaiseException",
     "__restore_rt",
+    "dlopen",
+    "dlmopen",
+    "dlsym",
+    "dlvsym",
+    "dl_iterate_phdr",
+    "mcount",
+    "_mcount",
+    "__fentry__",
 )
 
 
