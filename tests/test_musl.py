@@ -107,3 +107,21 @@ def test_table_elsewhere_dies_before_main(prepared: Path, program: Path, tmp_pat
     assert "program headers not at e_phoff's address; musl's loader would not find them" in (
         result.stdout
     )
+
+
+def test_zlib_make_test_on_the_prepared_loader(
+    prepared: Path, zlib_source: Path, tmp_path: Path
+) -> None:
+    """zlib's own `make test` (static, shared and 64-bit) built with musl-gcc, its programs'
+    interpreter the prepared libc.so: every program starts through the prepared loader."""
+    from sample_libs import zlib
+
+    tree = tmp_path / "zlib"
+    linker = f"-Wl,--dynamic-linker={prepared}"
+    zlib.build(zlib_source, tree, {"CC": "musl-gcc", "LDFLAGS": linker})
+    interp = run(["readelf", "-lW", str(tree / "examplesh")])
+    assert f"[Requesting program interpreter: {prepared}]" in interp.stdout
+    result = run(["make", "test"], cwd=tree, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for banner in ("zlib test OK", "zlib shared test OK", "zlib 64-bit test OK"):
+        assert banner in result.stdout
