@@ -39,7 +39,7 @@ def test_complete_cache_entry_is_used(tmp_path: Path) -> None:
     versions = script.debian.versions("glibc")
     assert versions, "apt-cache showsrc glibc lists nothing: run tools/install-deps"
     entry = tmp_path / "ulp_build" / f"glibc-{versions[0]}-{script.flags_hash()}"
-    libdir = entry / "prefix" / "usr" / "lib64"
+    libdir = entry / "prefix" / "lib64"  # where glibc installs with --prefix=/usr
     libdir.mkdir(parents=True)
     libm = Path(system_libc()).parent / "libm.so.6"
     for lib, name in ((Path(system_libc()), "libc.so.6"), (libm, "libm.so.6")):
