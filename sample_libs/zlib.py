@@ -17,11 +17,11 @@ def source(root: Path) -> Path:
     return debian.fetch("zlib", root)
 
 
-def build(source_tree: Path, tree: Path) -> Path:
+def build(source_tree: Path, tree: Path, environment: dict[str, str] | None = None) -> Path:
     """Copy `source_tree` to `tree`, configure and build it there; return the shared library
-    (the real file behind libz.so.1)."""
+    (the real file behind libz.so.1). `environment` adds to configure's (CC, LDFLAGS)."""
     shutil.copytree(source_tree, tree)
-    env = dict(os.environ, CFLAGS=" ".join(["-O2", "-g", *CFLAGS]))
+    env = dict(os.environ, CFLAGS=" ".join(["-O2", "-g", *CFLAGS]), **(environment or {}))
     for cmd in (["./configure"], ["make", "-j2"]):
         result = subprocess.run(
             cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=600, check=False

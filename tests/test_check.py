@@ -7,9 +7,9 @@ import shutil
 import struct
 from pathlib import Path
 
-from conftest import BuiltSample, ulp
+from conftest import BuiltSample, run, ulp
 
-from ulp_build.elf import ElfFile
+from ulp_build.elf import PF_X, ElfFile
 from ulp_build.prepare import patchable
 from ulp_build.prepare.layout import DESCRIPTOR_OFFSET, SECTION_DATA
 
@@ -154,3 +154,45 @@ def test_every_prepared_sample_checks_clean(built: dict[str, BuiltSample]) -> No
         code, report = _check(b.prepared)
         assert code == 0, (name, report["errors"])
         assert report["errors"] == [], name
+
+
+# Two padded functions, the second (66 90 c3) the last bytes of the code segment: ld.so's
+# __rtld_version_placeholder is laid out so. -nostdlib leaves no .fini after .text.
+_LAST_IN_SEGMENT = """
+    .text
+    .globl with_endbr, last
+    .type with_endbr, @function
+    .type last, @function
+    .rept 14
+    nop
+    .endr
+with_endbr:
+    endbr64
+    xchg %ax, %ax
+    ret
+    .size with_endbr, .-with_endbr
+    .rept 14
+    nop
+    .endr
+last:
+    xchg %ax, %ax
+    ret
+    .size last, .-last
+    .section .note.GNU-stack,"",@progbits
+"""
+
+
+def test_padded_function_ending_the_code_segment(tmp_path: Path) -> None:
+    (tmp_path / "last.s").write_text(_LAST_IN_SEGMENT)
+    lib = tmp_path / "liblast.so"
+    built = run(["gcc", "-shared", "-nostdlib", "-o", str(lib), str(tmp_path / "last.s")])
+    assert built.returncode == 0, built.stderr
+    elf = ElfFile.load(lib)
+    last = next(s for s in elf.dynamic_symbols if s.name == "last")
+    code_end = max(p.vaddr + p.filesz for p in elf.loads if p.flags & PF_X)
+    assert last.value + last.size == code_end  # nothing after it in the segment
+    found = patchable.find(elf).functions
+    assert sorted(found) == sorted(s.value for s in elf.dynamic_symbols if s.size)
+    assert found[last.value].nop_at == last.value
+    _code, report = _check(lib)
+    assert report["patchable_functions"] == 2

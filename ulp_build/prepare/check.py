@@ -14,6 +14,8 @@ import struct
 from dataclasses import dataclass, field
 
 from ulp_build.elf import (
+    PHDR,
+    PT_PHDR,
     R_X86_64_GLOB_DAT,
     R_X86_64_RELATIVE,
     STT_GNU_IFUNC,
@@ -81,6 +83,7 @@ def check(elf: ElfFile) -> CheckReport:
         report.errors.append("not prepared (run `ulp rewrite` on it)")
         return report
 
+    _check_program_headers(elf, report)
     for func in pads.functions.values():
         if not func.normalized:
             report.errors.append(
@@ -147,6 +150,25 @@ def check(elf: ElfFile) -> CheckReport:
     report.tracked_not_patchable.sort()
     report.redirected_sites = _redirected_sites(elf, ulp, report)
     return report
+
+
+def _check_program_headers(elf: ElfFile, report: CheckReport) -> None:
+    """The rewriter moves the program header table; it must be loaded at the address equal to
+    its file offset. musl's loader, which is musl's libc.so, finds its own headers at
+    base + e_phoff, so elsewhere it reads other bytes as headers and every program dies before
+    main, while readelf and elflint find nothing wrong."""
+    phoff = elf.header.phoff
+    size = elf.header.phnum * PHDR.size
+    loaded_at = [
+        s.vaddr + phoff - s.offset
+        for s in elf.loads
+        if s.offset <= phoff and phoff + size <= s.offset + s.filesz
+    ]
+    phdr = [s.vaddr for s in elf.segments if s.type == PT_PHDR]
+    if loaded_at[:1] != [phoff] or any(vaddr != phoff for vaddr in phdr):
+        report.errors.append(
+            "program headers not at e_phoff's address; musl's loader would not find them"
+        )
 
 
 def _redirected_sites(elf: ElfFile, ulp: Section, report: CheckReport) -> int:

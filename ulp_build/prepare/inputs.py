@@ -67,11 +67,19 @@ def check_input(elf: ElfFile) -> DynamicTables:
 # or the file's name, for musl, whose loader is its libc.so under the name ld-musl-*), and the
 # debugger rendezvous (`_r_debug`, `_dl_debug_state`), which by definition lives in the loader.
 # A false positive refuses a library that poses as a loader; a false negative ships a crash.
+# musl's loader is the exception: its libc.so (installed also as ld-musl-*) binds only relative
+# relocations before it can look names up, then binds its symbolic ones by lookup, the weak
+# runtime symbol to 0 (and again once preloads are in), so it can be prepared. `__dls3`, the
+# stage its bootstrap looks up by name, is exported by musl's libc.so alone.
 _LOADER_NAMES = re.compile(r"^(ld-linux[-.].*|ld-musl-.*|ld64\.so\..*|ld\.so(\..*)?)$")
 _LOADER_SYMBOLS = {"_r_debug", "_dl_debug_state"}
+_MUSL_LOADER_SYMBOL = "__dls3"
 
 
 def is_dynamic_loader(elf: ElfFile) -> bool:
+    """A loader that binds its own symbols before it can look any up (glibc's ld.so)."""
+    if any(s.defined and s.name == _MUSL_LOADER_SYMBOL for s in elf.dynamic_symbols):
+        return False
     names = (elf.soname or "", Path(elf.name).name)
     if any(_LOADER_NAMES.match(n) for n in names):
         return True

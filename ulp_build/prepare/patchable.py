@@ -62,11 +62,20 @@ def records(elf: ElfFile) -> list[int]:
 
 def entry_nop(elf: ElfFile, entry: int) -> tuple[int, bool] | None:
     """(address of the entry nop, already normalized) when `entry` has the padding, else None."""
-    code = elf.code_at(entry - PAD_BEFORE, PAD_BEFORE + 6)
+    # Only the bytes the padding itself needs are read: a padded function can be the last thing
+    # in its segment (ld.so's 3-byte __rtld_version_placeholder is), and reading the 4 bytes an
+    # endbr64 would take past it would call it unpadded.
+    code = elf.code_at(entry - PAD_BEFORE, PAD_BEFORE + 2)
     # The byte before the entry rejects almost every unpadded function before any slicing.
     if code is None or code[PAD_BEFORE - 1] != 0x90 or code[:PAD_BEFORE] != _PAD:
         return None
-    at = PAD_BEFORE + (4 if code[PAD_BEFORE : PAD_BEFORE + 4] == codegen.ENDBR64 else 0)
+    at = PAD_BEFORE
+    if code[at:] == codegen.ENDBR64[:2]:
+        # Only an endbr64 starts so (neither entry nop does): read it and the nop after it.
+        code = elf.code_at(entry - PAD_BEFORE, PAD_BEFORE + len(codegen.ENDBR64) + 2)
+        if code is None or code[at : at + len(codegen.ENDBR64)] != codegen.ENDBR64:
+            return None
+        at += len(codegen.ENDBR64)
     nop = code[at : at + 2]
     if nop not in _ENTRY_NOPS:
         return None

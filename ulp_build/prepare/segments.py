@@ -29,11 +29,11 @@ class Layout:
 
     Three segments above the highest address of the input, each starting on a page: R (program
     headers and the dynamic tables), RX (trampolines, then ulp_entry and IFUNC wrappers), RW
-    (runtime slot, descriptor, IFUNC slots). The appended file part mirrors them page for page.
+    (runtime slot, descriptor, IFUNC slots). The appended file part mirrors them page for page,
+    each at the file offset equal to its address.
     """
 
     r_va: int
-    r_offset: int
     phdrs: int
     dynsym: int
     dynstr: int
@@ -51,7 +51,8 @@ class Layout:
     w_size: int
 
     def offset(self, va: int) -> int:
-        return self.r_offset + va - self.r_va
+        """The file offset of an appended address: the same number (see `lay_out`)."""
+        return va
 
     def ifunc_slot(self, index: int) -> int:
         return self.w_va + IFUNC_SLOTS_OFFSET + 8 * index
@@ -68,7 +69,13 @@ def lay_out(
     """Place the grown tables (one symbol or relocation longer than in `tables`, `.dynstr`
     `dynstr_size` bytes, `.gnu.hash` as long: the new symbol is unhashed), a trampoline per
     function and IFUNC, and an IFUNC wrapper and slot per IFUNC."""
-    r_va = align(max(s.vaddr + s.memsz for s in elf.loads), PAGE)
+    # The R segment, and the program header table at its start, is loaded at the address equal
+    # to its file offset: musl's loader finds its own headers at base + e_phoff (it is the
+    # libc.so every musl program maps), so a table anywhere else sends it reading other bytes.
+    # Either the file grows to the highest address (zeros, a large .bss's worth) or the address
+    # rises to the end of the file (unmapped address space, debug sections' worth), whichever
+    # is larger; both are appended, so nothing of the input moves.
+    r_va = max(align(max(s.vaddr + s.memsz for s in elf.loads), PAGE), align(len(elf.data), PAGE))
     cursor = r_va
 
     def place(size: int, alignment: int) -> int:
@@ -94,7 +101,6 @@ def lay_out(
     w_va = align(x_va + x_size, PAGE)
     return Layout(
         r_va,
-        align(len(elf.data), PAGE),
         phdrs,
         dynsym,
         dynstr,
