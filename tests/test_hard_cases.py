@@ -197,7 +197,10 @@ def test_fork_during_a_prepare(tree: Path, patchee: Path, runtime: Path, tmp_pat
             assert out.read_text() == f"{OVERFLOWED}\n"  # forked before the commit
             result = trigger_cli("-p", str(child), patch)
             assert result.returncode == 0, result.stdout + result.stderr
-            time.sleep(0.1)
+            # The child rewrites its answer in a loop: the next one after the trigger.
+            deadline = time.monotonic() + 10
+            while out.read_text() != f"{SATURATED}\n" and time.monotonic() < deadline:
+                time.sleep(0.02)
             assert out.read_text() == f"{SATURATED}\n"
         finally:
             os.kill(child, signal.SIGKILL)  # the patchee's child: it reaps it

@@ -14,7 +14,7 @@ from conftest import BuiltSample, run, ulp
 from ulp_build.elf import STT_FUNC, STT_GNU_IFUNC, ElfFile
 from ulp_build.prepare import codegen, patchable
 from ulp_build.prepare.inputs import exported_functions
-from ulp_build.prepare.layout import SECTION_TRACK, SECTION_TRAMPOLINES
+from ulp_build.prepare.layout import CFLAGS, SECTION_TRACK, SECTION_TRAMPOLINES
 from ulp_build.prepare.rewrite import rewrite
 
 SAMPLES = ["basic", "abi", "versioned", "ifunc", "symbolic", "cet", "cxx"]
@@ -277,3 +277,29 @@ def test_lief_reads_the_prepared_library(built: dict[str, BuiltSample]) -> None:
     assert symbol is not None and symbol.binding == lief.ELF.Symbol.BINDING.WEAK
     assert any(r.has_symbol and r.symbol.name == "ulp_track" for r in binary.dynamic_relocations)
     assert re.fullmatch(r"[0-9a-f]+", ElfFile.load(built["basic"].prepared).build_id or "")
+
+
+def test_a_large_bss_does_not_grow_the_file(tmp_path: Path) -> None:
+    """The program headers go at e_phoff's address (musl's loader reads its own there) when the
+    file needs only a few zeros for it; a library with a 64 MiB .bss keeps its table at the end
+    of its file, mapped where PT_PHDR says, and works."""
+    source = tmp_path / "big.c"
+    source.write_text(
+        "static char buffer[64 << 20];\n"
+        "int big_touch(int i) { buffer[i] = (char)i; return buffer[i] + 1; }\n"
+    )
+    lib = tmp_path / "libbig.so"
+    built = run(["gcc", *CFLAGS, "-O2", "-fPIC", "-shared", "-o", str(lib), str(source)])
+    assert built.returncode == 0, built.stderr
+    before = lib.stat().st_size
+    assert ulp("rewrite", str(lib)).returncode == 0
+    assert lib.stat().st_size - before < 1 << 20
+    assert ulp("check", str(lib)).returncode == 0
+    program = tmp_path / "big"
+    main = tmp_path / "main.c"
+    main.write_text(
+        "int big_touch(int);\nint main(void) { return big_touch(1 << 25) == 1 ? 0 : 1; }\n"
+    )
+    linked = run(["gcc", "-o", str(program), str(main), str(lib), f"-Wl,-rpath,{tmp_path}"])
+    assert linked.returncode == 0, linked.stderr
+    assert run([str(program)]).returncode == 0

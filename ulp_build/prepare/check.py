@@ -23,7 +23,7 @@ from ulp_build.elf import (
     Section,
 )
 from ulp_build.prepare import codegen, patchable, taken_addresses
-from ulp_build.prepare.inputs import check_input, exported_functions
+from ulp_build.prepare.inputs import check_input, exported_functions, is_musl_loader
 from ulp_build.prepare.layout import (
     DEFAULT_UNTRACKED,
     DESCRIPTOR,
@@ -153,10 +153,11 @@ def check(elf: ElfFile) -> CheckReport:
 
 
 def _check_program_headers(elf: ElfFile, report: CheckReport) -> None:
-    """The rewriter moves the program header table; it must be loaded at the address equal to
-    its file offset. musl's loader, which is musl's libc.so, finds its own headers at
-    base + e_phoff, so elsewhere it reads other bytes as headers and every program dies before
-    main, while readelf and elflint find nothing wrong."""
+    """The rewriter moves the program header table. Loaders find it through the segment that
+    maps e_phoff, and PT_PHDR must say the same address; musl's loader, which is musl's
+    libc.so, finds its own at base + e_phoff, so there the two must be equal, or it reads other
+    bytes as headers and every program dies before main, while readelf and elflint find
+    nothing wrong."""
     phoff = elf.header.phoff
     size = elf.header.phnum * PHDR.size
     loaded_at = [
@@ -165,10 +166,12 @@ def _check_program_headers(elf: ElfFile, report: CheckReport) -> None:
         if s.offset <= phoff and phoff + size <= s.offset + s.filesz
     ]
     phdr = [s.vaddr for s in elf.segments if s.type == PT_PHDR]
-    if loaded_at[:1] != [phoff] or any(vaddr != phoff for vaddr in phdr):
+    if is_musl_loader(elf) and loaded_at[:1] != [phoff]:
         report.errors.append(
             "program headers not at e_phoff's address; musl's loader would not find them"
         )
+    elif not loaded_at or any(vaddr != loaded_at[0] for vaddr in phdr):
+        report.errors.append("program headers not loaded where PT_PHDR says")
 
 
 def _redirected_sites(elf: ElfFile, ulp: Section, report: CheckReport) -> int:

@@ -76,9 +76,14 @@ _LOADER_SYMBOLS = {"_r_debug", "_dl_debug_state"}
 _MUSL_LOADER_SYMBOL = "__dls3"
 
 
+def is_musl_loader(elf: ElfFile) -> bool:
+    """musl's libc.so, which is also its loader."""
+    return any(s.defined and s.name == _MUSL_LOADER_SYMBOL for s in elf.dynamic_symbols)
+
+
 def is_dynamic_loader(elf: ElfFile) -> bool:
     """A loader that binds its own symbols before it can look any up (glibc's ld.so)."""
-    if any(s.defined and s.name == _MUSL_LOADER_SYMBOL for s in elf.dynamic_symbols):
+    if is_musl_loader(elf):
         return False
     names = (elf.soname or "", Path(elf.name).name)
     if any(_LOADER_NAMES.match(n) for n in names):

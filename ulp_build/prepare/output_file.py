@@ -31,7 +31,7 @@ def append_segments(
     out: bytearray, lay: Layout, r_segment: dict[int, bytes], code: bytes, data: bytes
 ) -> None:
     """Append the R segment (its contents by address), the RX and the RW segment."""
-    _pad_to(out, lay.offset(lay.r_va))
+    _pad_to(out, lay.r_offset)
     segment = bytearray(lay.r_size)
     for va, blob in r_segment.items():
         segment[va - lay.r_va : va - lay.r_va + len(blob)] = blob

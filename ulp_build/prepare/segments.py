@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from ulp_build.elf import PF_R, PF_W, PF_X, PHDR, PT_LOAD, PT_PHDR, RELA, SYM, ElfFile, align
 from ulp_build.prepare import codegen
 from ulp_build.prepare.dynamic_tables import DynamicTables
+from ulp_build.prepare.inputs import is_musl_loader
 from ulp_build.prepare.layout import IFUNC_SLOTS_OFFSET
 
 PAGE = 0x1000
+# Zeros the file may grow by so that its program headers lie at e_phoff's address (lay_out).
+MAX_ZEROS = 1 << 20
 
 
 def wrapper_stride(ibt: bool) -> int:
@@ -30,10 +33,11 @@ class Layout:
     Three segments above the highest address of the input, each starting on a page: R (program
     headers and the dynamic tables), RX (trampolines, then ulp_entry and IFUNC wrappers), RW
     (runtime slot, descriptor, IFUNC slots). The appended file part mirrors them page for page,
-    each at the file offset equal to its address.
+    from `r_offset` (usually equal to `r_va`: see `lay_out`).
     """
 
     r_va: int
+    r_offset: int
     phdrs: int
     dynsym: int
     dynstr: int
@@ -51,8 +55,7 @@ class Layout:
     w_size: int
 
     def offset(self, va: int) -> int:
-        """The file offset of an appended address: the same number (see `lay_out`)."""
-        return va
+        return self.r_offset + va - self.r_va
 
     def ifunc_slot(self, index: int) -> int:
         return self.w_va + IFUNC_SLOTS_OFFSET + 8 * index
@@ -72,10 +75,15 @@ def lay_out(
     # The R segment, and the program header table at its start, is loaded at the address equal
     # to its file offset: musl's loader finds its own headers at base + e_phoff (it is the
     # libc.so every musl program maps), so a table anywhere else sends it reading other bytes.
-    # Either the file grows to the highest address (zeros, a large .bss's worth) or the address
-    # rises to the end of the file (unmapped address space, debug sections' worth), whichever
-    # is larger; both are appended, so nothing of the input moves.
-    r_va = max(align(max(s.vaddr + s.memsz for s in elf.loads), PAGE), align(len(elf.data), PAGE))
+    # Either the file grows to the highest address (zeros, a .bss's worth) or the address rises
+    # to the end of the file (unmapped address space, debug sections' worth), whichever is
+    # larger; both are appended, so nothing of the input moves. Other loaders, and musl's for
+    # every other library, find the table through the segment that maps it: for a library with
+    # a .bss larger than MAX_ZEROS, the file does not grow by that much for nothing.
+    highest = align(max(s.vaddr + s.memsz for s in elf.loads), PAGE)
+    end = align(len(elf.data), PAGE)
+    r_va = max(highest, end)
+    r_offset = r_va if r_va - end <= MAX_ZEROS or is_musl_loader(elf) else end
     cursor = r_va
 
     def place(size: int, alignment: int) -> int:
@@ -101,6 +109,7 @@ def lay_out(
     w_va = align(x_va + x_size, PAGE)
     return Layout(
         r_va,
+        r_offset,
         phdrs,
         dynsym,
         dynstr,
