@@ -19,12 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD_CFLAGS = " ".join(["-O2", "-g", *CFLAGS])
 CONFIGURE = ["--prefix=/usr", "--disable-werror"]
 PREPARED = ("libc.so.6", "libm.so.6")
-# Left with a plain entry besides the rewriter's default list. start_thread, the static function
-# pthread_create hands to clone, runs a thread's whole life and never returns (it ends in the
-# exit system call): tracked, every thread would stay inside libc, in the universe it started in,
-# and never see a patch to libc. The padded build has it in .symtab, padded and address-taken,
-# so the rewriter would track it; the system's stripped, unpadded libc shows no such function.
-UNTRACKED = {"libc.so.6": ("start_thread",)}
 
 
 def cache_root() -> Path:
@@ -65,10 +59,7 @@ def prepare(original: Path, out: Path) -> bool:
     an older rewriter is brought up to date, one that is current is left alone (processes running
     on it keep it). Returns whether `out` was written; raises RuntimeError with ulp's message."""
     fresh = out.with_name(out.name + ".new")
-    untracked = UNTRACKED.get(out.name, ())
     cmd = [sys.executable, "-m", "ulp_build", "rewrite", str(original), "-o", str(fresh)]
-    if untracked:
-        cmd += ["--untracked", *untracked]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         fresh.unlink(missing_ok=True)

@@ -65,6 +65,11 @@ PAD_BEFORE = 14
 #   tracked entry would steal a return address that is never (or twice) used;
 # - the signal return trampoline a sigaction hands the kernel as sa_restorer, which the kernel
 #   enters by returning into it, with the signal frame at %rsp;
+# - the functions a C library hands to clone as a new thread's or child's whole life, which end
+#   in the exit system call: tracked (a padded glibc has them in .symtab, address-taken), every
+#   thread would stay inside libc in the universe it started in and never see a patch, and
+#   posix_spawn's child, which shares its parent's memory and thread pointer, would push its
+#   frame on the parent's shadow stack;
 # - those that read their own return address to learn who called them: tracked, they would see
 #   the runtime's ulp_return. dlopen, dlmopen, dlsym and dlvsym (in libc since glibc 2.34) pick
 #   the caller's namespace and, for RTLD_NEXT, the object after the caller's: an LD_PRELOAD
@@ -115,6 +120,8 @@ DEFAULT_UNTRACKED = (
     "_Unwind_Resume",
     "_Unwind_RaiseException",
     "__restore_rt",
+    "start_thread",
+    "__spawni_child",
     "dlopen",
     "dlmopen",
     "dlsym",
