@@ -204,11 +204,17 @@ def _holder(state: runtime_state.RuntimeState, t: Transition, tid: int, reason: 
 
 def wait_and_finish(pid: int, wait: float, timeout: float = 5.0) -> list[Transition]:
     """Poll from outside (no stop) until no thread holds an old universe or `wait` seconds
-    pass, then finish what can be finished."""
+    pass, then finish what can be finished; while `wait` lasts, again, since a thread found
+    passing through the runtime or a checker's jump at that stop (a moment's business, likely
+    among a thousand threads) or entering the library since is gone a moment later."""
     deadline = time.monotonic() + wait
     while True:
-        found = transitions(runtime_state.read(pid))
-        if all(not t.holders for t in found if not t.done) or time.monotonic() >= deadline:
-            break
+        while True:
+            found = transitions(runtime_state.read(pid))
+            if all(not t.holders for t in found if not t.done) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+        found = finish(pid, timeout)
+        if all(t.done for t in found) or time.monotonic() >= deadline:
+            return found
         time.sleep(0.02)
-    return finish(pid, timeout)
