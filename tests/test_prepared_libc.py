@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -211,7 +212,12 @@ CPYTHON_TESTS = ["test_json", "test_os", "test_signal", "test_thread", "test_sql
 def test_cpython_regression_tests(libc_dir: Path) -> None:
     # The interpreter running these tests, with its `test` package; it links the system's libc.
     # -w runs a failed test file again, verbosely: test_signal has timing tests that fail on a
-    # loaded machine without the runtime too; a failure that stays is printed in full.
-    result = on_libc(libc_dir, sys.executable, "-m", "test", "-w", *CPYTHON_TESTS, timeout=900)
+    # loaded machine without the runtime too; a failure that stays is printed in full. SIGINT
+    # as a program normally starts: test_signal expects KeyboardInterrupt, and a test run
+    # started in the background (as `cmd &` in a script) inherits SIGINT ignored.
+    result = on_libc(
+        libc_dir, sys.executable, "-m", "test", "-w", *CPYTHON_TESTS, timeout=900,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert re.search(r"Tests result: (FAILURE then )?SUCCESS", result.stdout), result.stdout
