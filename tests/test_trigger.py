@@ -32,6 +32,7 @@ from ulp_build.live import protocol, runtime_state
 from ulp_build.live.operation import operation
 from ulp_build.live.process import maps, read_memory
 from ulp_build.patch.packer import pack
+from ulp_build.prepare.layout import CFLAGS
 
 # -- applying and reverting --------------------------------------------------------------------
 
@@ -642,3 +643,42 @@ def test_every_pending_transition_is_reported(tree: Path, patchee: Path, runtime
         p.ask("unwatch")
     assert pending >= 3, pending  # the case the test is about did occur
     assert reasons <= {"inside the library", "inside the runtime", "at a checker's jump"}
+
+
+def test_a_reference_to_a_zero_initialized_variable(tmp_path: Path, runtime: Path) -> None:
+    """A static variable in .bss (loaded, not in the file) is a valid reference: the patched
+    function counts on with the running library's counter, not a copy of its own."""
+    (tmp_path / "counter.c").write_text(
+        "static int calls;\nint counter_next(void) { return ++calls; }\n"
+    )
+    (tmp_path / "fix.c").write_text(
+        "int *calls_ref;\nint counter_next_by_ten(void) { return *calls_ref += 10; }\n"
+    )
+    (tmp_path / "fix.toml").write_text(
+        'target = "libcounter.so"\nobject = "fix.so"\nid = "counter-by-ten"\n'
+        'description = "count by ten"\n\n[replace]\ncounter_next = "counter_next_by_ten"\n\n'
+        '[references]\ncalls = "calls_ref"\n'
+    )
+    (tmp_path / "main.c").write_text(
+        "#include <stdio.h>\nint counter_next(void);\n"
+        'int main(void) { char l[8]; puts("ready"); fflush(stdout);\n'
+        "  while (fgets(l, sizeof l, stdin))\n"
+        '    { printf("%d\\n", counter_next()); fflush(stdout); } }\n'
+    )
+    lib = tmp_path / "libcounter.so"
+    for cmd in (
+        ["gcc", *CFLAGS, "-O2", "-fPIC", "-shared", "-o", str(lib), str(tmp_path / "counter.c")],
+        ["gcc", "-O2", "-fPIC", "-shared", "-o", str(tmp_path / "fix.so"),
+         str(tmp_path / "fix.c")],
+        ["gcc", "-O2", "-o", str(tmp_path / "main"), str(tmp_path / "main.c"), str(lib),
+         f"-Wl,-rpath,{tmp_path}"],
+    ):  # fmt: skip
+        result = run(cmd)
+        assert result.returncode == 0, result.stderr
+    assert ulp("rewrite", str(lib)).returncode == 0
+    patch = pack(tmp_path / "fix.toml").metadata
+    with running(tmp_path / "main", runtime) as p:
+        assert [p.ask("next") for _ in range(2)] == ["1", "2"]
+        result = trigger_cli("-p", str(p.pid), str(patch))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert p.ask("next") == "12"

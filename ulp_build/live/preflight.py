@@ -184,10 +184,10 @@ def _check_offsets(patch: Patch, path: Path | None, library: loaded_library.Load
     for r in patch.references:
         if r.kind == "tls":
             wrong = r.offset >= tls  # an offset in the library's TLS block
-        else:
-            wrong = elf.segment_at(r.offset) is None or (
-                r.kind == "function" and not elf.is_code(r.offset)
-            )
+        elif r.kind == "function":
+            wrong = not elf.is_code(r.offset)
+        else:  # a variable: in a loaded segment, its file part or its .bss
+            wrong = not any(s.vaddr <= r.offset < s.vaddr + s.memsz for s in elf.loads)
         if wrong:
             raise UlpError(
                 f"{path}: reference {r.name}: offset {r.offset:#x} is not in {library.path}"
