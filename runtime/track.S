@@ -79,14 +79,18 @@ ulp_track:
          * its slow paths call the C library, and tracked, those calls would enter them again.
          * Checking the caller's address holds before the constructor, in every thread and in
          * signal handlers, with no state. The runtime's code lies between its ELF header and
-         * etext (both placed by the linker, hidden). */
+         * etext (both placed by the linker, hidden). But for ulp_return: a tail call from a
+         * tracked function reuses its return slot, which returns there, and is tracked. */
         movq    16(%rsp), %rbx
         leaq    etext(%rip), %r10
         cmpq    %r10, %rbx
         jae     .Lretry
         leaq    __ehdr_start(%rip), %r10
         cmpq    %r10, %rbx
-        jae     .Luntracked
+        jb      .Lretry
+        leaq    ulp_return(%rip), %r10
+        cmpq    %r10, %rbx
+        jne     .Luntracked
 .Lretry:
         load_thread %r10
         testq   %r10, %r10

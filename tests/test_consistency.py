@@ -211,6 +211,19 @@ def test_tail_call_patched_while_the_callee_waits(built: Built, runtime: Path) -
     start = time.monotonic()
     results: dict[str, int] = {}
     with running(built.commands, runtime) as p:
+        # While M waits, the thread is inside both: L by its call, M by the tail call's own
+        # frame at the same return slot.
+        assert p.ask("hold") == "held"
+        state = runtime_state.read(p.pid)
+        depths = {
+            name: max(
+                getattr(t.libraries.get(state.library(name).index), "depth", 0)
+                for t in state.threads
+            )
+            for name in (LIBRARY, "libmiddle.so")
+        }
+        assert depths == {LIBRARY: 1, "libmiddle.so": 1}, depths
+        assert p.ask("release") == "5"
         for _ in range(1000):
             for op in (built.patch.apply, built.patch.revert):
                 assert p.ask("hold") == "held"
