@@ -173,6 +173,26 @@ def _check(counts: dict[str, int]) -> None:
     assert counts["calls"] == counts["old"] + counts["new"]
 
 
+def _patched_live(
+    glibc: Glibc,
+    command: list[str],
+    fix: Path,
+    runtime: Path,
+    capsys: pytest.CaptureFixture[str],
+    label: str,
+) -> None:
+    """Run `command` on the padded libc under the runtime, patch and revert it, check its
+    counts."""
+    with caller(command) as c:
+        maps = _mapped(c.pid)
+        assert str(glibc.libc) in maps and str(runtime) in maps and str(glibc.loader) in maps
+        seconds = _cycles(c, fix)
+        counts = c.quit()
+    _check(counts)
+    with capsys.disabled():
+        print(f"\n{label}: {counts}, trigger {min(seconds):.2f}-{max(seconds):.2f} s")
+
+
 def test_eight_threads_in_c(
     glibc: Glibc, fix: Path, runtime: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -181,24 +201,11 @@ def test_eight_threads_in_c(
     built = run(["gcc", "-std=c11", "-Wall", "-Wextra", "-Werror", "-O2", "-pthread", "-o",
                  str(program), str(source)])  # fmt: skip
     assert built.returncode == 0, built.stderr
-    with caller(glibc.command(runtime, str(program))) as c:
-        maps = _mapped(c.pid)
-        assert str(glibc.libc) in maps and str(runtime) in maps and str(glibc.loader) in maps
-        seconds = _cycles(c, fix)
-        counts = c.quit()
-    _check(counts)
-    with capsys.disabled():
-        print(f"\n8 threads: {counts}, trigger {min(seconds):.2f}-{max(seconds):.2f} s")
+    _patched_live(glibc, glibc.command(runtime, str(program)), fix, runtime, capsys, "8 threads")
 
 
 def test_python_through_ctypes(
     glibc: Glibc, fix: Path, runtime: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with caller(glibc.command(runtime, PYTHON, "-c", PYTHON_CALLER)) as c:
-        maps = _mapped(c.pid)
-        assert str(glibc.libc) in maps and str(runtime) in maps and str(glibc.loader) in maps
-        seconds = _cycles(c, fix)
-        counts = c.quit()
-    _check(counts)
-    with capsys.disabled():
-        print(f"\npython3: {counts}, trigger {min(seconds):.2f}-{max(seconds):.2f} s")
+    command = glibc.command(runtime, PYTHON, "-c", PYTHON_CALLER)
+    _patched_live(glibc, command, fix, runtime, capsys, "python3")
