@@ -51,7 +51,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, BuiltSample]:
         raw = samples.build_library(sample, root / "raw" / name)
         prepared = root / "prepared" / name / sample.library_name
         prepared.parent.mkdir(parents=True)
-        rewrite(raw, prepared)
+        # Every exported function tracked: these samples test the trampolines and the tracking
+        # themselves, with small functions most of which are leaves (tests/test_leaves.py).
+        rewrite(raw, prepared, track_leaves=True)
         linked = samples.build_test(sample, root / "bin", raw.parent, dlopen=False)
         dlopened = samples.build_test(sample, root / "bin", raw.parent, dlopen=True)
         out[name] = BuiltSample(sample, raw, prepared, linked, dlopened)

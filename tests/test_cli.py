@@ -34,7 +34,7 @@ def test_cflags_work_with_gcc(tmp_path: Path) -> None:
 
 def test_rewrite_json(built: dict[str, BuiltSample], tmp_path: Path) -> None:
     out = tmp_path / "libabi.so"
-    result = ulp("rewrite", str(built["abi"].raw), "-o", str(out), "--json")
+    result = ulp("rewrite", str(built["abi"].raw), "-o", str(out), "--track-leaves", "--json")
     assert result.returncode == 0
     data = json.loads(result.stdout)
     assert data["output"] == str(out)

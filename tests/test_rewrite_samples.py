@@ -214,8 +214,8 @@ def test_second_rewrite_changes_nothing(built: dict[str, BuiltSample], tmp_path:
 @pytest.mark.parametrize("name", SAMPLES)
 def test_rewrite_is_deterministic(built: dict[str, BuiltSample], name: str, tmp_path: Path) -> None:
     first, second = tmp_path / "a.so", tmp_path / "b.so"
-    rewrite(built[name].raw, first)
-    rewrite(built[name].raw, second)
+    rewrite(built[name].raw, first, track_leaves=True)
+    rewrite(built[name].raw, second, track_leaves=True)
     assert first.read_bytes() == second.read_bytes() == built[name].prepared.read_bytes()
 
 
@@ -227,7 +227,7 @@ def test_in_place_keeps_mode_and_follows_symlinks(
     real.chmod(0o751)
     link = tmp_path / "libbasic.so"
     link.symlink_to(real.name)
-    result = ulp("rewrite", str(link))
+    result = ulp("rewrite", str(link), "--track-leaves")  # as `built` was
     assert result.returncode == 0, result.stderr
     assert link.is_symlink()
     assert stat.S_IMODE(real.stat().st_mode) == 0o751
@@ -243,6 +243,7 @@ def test_untracked_names_keep_plain_entries(built: dict[str, BuiltSample], tmp_p
         "-o",
         str(out),
         "--json",
+        "--track-leaves",  # basic_add is a leaf
         "--untracked",
         "basic_name",
         "basic_square",

@@ -130,7 +130,9 @@ def program(raw: Path) -> Path:
 
 def _prepare(lib: Path, out_dir: Path) -> dict[str, object]:
     out_dir.mkdir(exist_ok=True)
-    result = ulp("rewrite", str(lib), "-o", str(out_dir / "libtaken.so"), "--json")
+    # Leaves tracked too: the program counts a tracked entry for every function it calls.
+    out = str(out_dir / "libtaken.so")
+    result = ulp("rewrite", str(lib), "-o", out, "--track-leaves", "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 

@@ -61,13 +61,20 @@ def _parser() -> argparse.ArgumentParser:
         help="fail, writing nothing, when the library takes a function's address in a way"
         " that cannot be redirected to its trampoline",
     )
+    p.add_argument(
+        "--track-leaves",
+        action="store_true",
+        help="track the leaves too (exported functions that call no other function of the"
+        " library, which by default keep a plain entry: they cannot mix versions)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser(
         "check",
         help="is a library prepared, and is it consistent",
         description="Report whether LIB is prepared, counts of exported, tracked,"
-        " patchable and untracked functions, and every problem found."
+        " patchable and untracked functions, the leaves (found again from the code),"
+        " and every problem found."
         " Exit 1 when LIB is not usable as a prepared library.",
     )
     p.add_argument("library", metavar="LIB")
@@ -233,7 +240,7 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 def _cmd_rewrite(args: argparse.Namespace) -> int:
     from ulp_build.prepare.rewrite import rewrite
 
-    result = rewrite(args.library, args.output, args.untracked, args.strict)
+    result = rewrite(args.library, args.output, args.untracked, args.strict, args.track_leaves)
     _emit(args, asdict(result), _rewrite_text(result))
     return 0
 
@@ -244,7 +251,8 @@ def _rewrite_text(r: RewriteResult) -> str:
     lines = [
         f"{r.output}: prepared: {r.trampolines} trampolines ({r.ifuncs} IFUNC),"
         f" {r.patchable} patchable functions ({r.normalized} entry nops normalized),"
-        f" {len(r.untracked)} untracked, {r.redirected_sites} address-taking sites redirected"
+        f" {len(r.untracked)} untracked, {len(r.leaves)} leaves untracked,"
+        f" {r.redirected_sites} address-taking sites redirected"
     ]
     if r.not_redirectable:
         lines.append(
@@ -285,6 +293,7 @@ def _check_text(r: CheckReport) -> str:
         ("patchable functions", r.patchable, []),
         ("tracked, not patchable", len(r.tracked_not_patchable), r.tracked_not_patchable),
         ("untracked", len(r.untracked), r.untracked),
+        ("leaves (untracked)", len(r.leaves), r.leaves),
         ("IFUNCs", r.ifuncs, []),
         ("redirected sites", r.redirected_sites, []),
     ]
@@ -307,6 +316,8 @@ def _cmd_pack(args: argparse.Namespace) -> int:
     from ulp_build.patch.packer import pack
 
     packed = pack(args.description, args.output)
+    for warning in packed.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     p = packed.patch
     text = (
         f"{packed.metadata}: patch {p.id!r} for {p.target_name} (build-id"

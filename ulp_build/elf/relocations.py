@@ -1,12 +1,20 @@
-"""The relocations with addends that the dynamic section lists at DT_RELA (`.rela.dyn`), and the
-places of the packed relative relocations at DT_RELR."""
+"""The relocations with addends that the dynamic section lists at DT_RELA (`.rela.dyn`) and at
+DT_JMPREL (`.rela.plt`), and the places of the packed relative relocations at DT_RELR."""
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
 
-from ulp_build.elf.constants import DT_RELA, DT_RELASZ, DT_RELR, DT_RELRSZ, RELA
+from ulp_build.elf.constants import (
+    DT_JMPREL,
+    DT_PLTRELSZ,
+    DT_RELA,
+    DT_RELASZ,
+    DT_RELR,
+    DT_RELRSZ,
+    RELA,
+)
 from ulp_build.elf.dynamic import Dynamic
 from ulp_build.elf.image import ElfImage
 
@@ -31,9 +39,16 @@ class Relocations:
 
     def every(self) -> list[Relocation]:
         """Every relocation of DT_RELA, in table order."""
+        return self._table(DT_RELA, DT_RELASZ)
+
+    def plt(self) -> list[Relocation]:
+        """Every relocation of DT_JMPREL (the PLT's GOT slots), in table order."""
+        return self._table(DT_JMPREL, DT_PLTRELSZ)
+
+    def _table(self, address_tag: int, size_tag: int) -> list[Relocation]:
         elf = self.elf
-        addr = self.dynamic.value(DT_RELA)
-        total = self.dynamic.value(DT_RELASZ) or 0
+        addr = self.dynamic.value(address_tag)
+        total = self.dynamic.value(size_tag) or 0
         if addr is None or total == 0:
             return []
         off = elf.offset_of(addr, total)

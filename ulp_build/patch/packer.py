@@ -27,7 +27,7 @@ from ulp_build.errors import UlpError
 from ulp_build.patch.description import Description, Entry
 from ulp_build.patch.description import load as load_description
 from ulp_build.patch.metadata import Function, Patch, Reference, dumps
-from ulp_build.prepare import codegen, patchable
+from ulp_build.prepare import codegen, leaves, patchable
 from ulp_build.prepare.layout import SECTION_TRAMPOLINES, is_prepared
 
 _KIND_OF = {STT_OBJECT: "data", STT_TLS: "tls", STT_FUNC: "function"}
@@ -39,6 +39,7 @@ class Packed:
     metadata: Path
     reverse: Path
     patch: Patch
+    warnings: list[str]
 
 
 def reverse_path(metadata: Path) -> Path:
@@ -52,11 +53,12 @@ def pack(description_path: str | Path, output: str | Path | None = None) -> Pack
     out = Path(output) if output is not None else desc.path.with_suffix(".ulp")
     rev = reverse_path(out)
     _check_outputs(desc, out, rev)
-    patch = _build(desc, out)
+    warnings: list[str] = []
+    patch = _build(desc, out, warnings)
     write_all_atomically(
         [(out, dumps(patch).encode(), 0o644), (rev, dumps(patch.reverse()).encode(), 0o644)]
     )
-    return Packed(out, rev, patch)
+    return Packed(out, rev, patch, warnings)
 
 
 def _check_outputs(desc: Description, out: Path, rev: Path) -> None:
@@ -110,7 +112,7 @@ class _Symbols:
         return [(sym, addr) for addr, sym in seen.items()]
 
 
-def _build(desc: Description, out: Path) -> Patch:
+def _build(desc: Description, out: Path, warnings: list[str]) -> Patch:
     problems: list[str] = []
     target = _load(desc.target, "target", desc, problems)
     obj = _load(desc.object, "object", desc, problems)
@@ -133,6 +135,7 @@ def _build(desc: Description, out: Path) -> Patch:
             )
     in_target, in_object = _Symbols(target), _Symbols(obj)
     functions = _functions(desc, in_target, in_object, problems)
+    warnings += _leaves_that_stop_being_leaves(desc, target, obj, functions)
     references = _references(desc, in_target, in_object, problems)
     if problems:
         raise UlpError("\n".join(problems))
@@ -240,6 +243,40 @@ def _functions(
         if replacement is not None:
             out.append(Function(entry.name, addr, nop[0], entry.value))
     return out
+
+
+def _leaves_that_stop_being_leaves(
+    desc: Description, target: ElfFile, obj: ElfFile, functions: list[Function]
+) -> list[str]:
+    """A leaf of the target keeps a plain entry (`ulp rewrite`): a call of it is untracked, and
+    cannot mix versions only while the code it runs is its own. A replacement that is no leaf
+    (it calls a function of the target, by name or through a pointer, or one of its own object,
+    which the rule cannot see past) could: a commit between its start and that call would
+    give the call a newer version. Decided by the rewriter's own rule, applied to the target's
+    code and to the object's, where the target's exported names count as the library."""
+    replaced = {f.offset: f for f in functions}
+    exported = [s for s in target.dynamic_symbols if s.type == STT_FUNC and s.value in replaced]
+    leaf_entries = leaves.find(target, exported)
+    if not leaf_entries:
+        return []
+    names = frozenset(s.name for s in target.dynamic_symbols if s.defined)
+    by_name = {s.name: s for s in obj.dynamic_symbols if s.defined and s.type == STT_FUNC}
+    out = []
+    for addr in sorted(leaf_entries):
+        f = replaced[addr]
+        sym = by_name.get(f.replacement)
+        if sym is not None and sym.value in leaves.find(obj, [sym], names):
+            continue
+        out.append(
+            f"{desc.where(_line(desc, f.name))}: replace: {f.name}: is a leaf of the target"
+            f" (entered untracked), but its replacement {f.replacement} calls other code: a"
+            ' call of it can mix versions (docs/writing-patches.md, "Leaves")'
+        )
+    return out
+
+
+def _line(desc: Description, name: str) -> int | None:
+    return next((e.line for e in desc.replace if e.name == name), None)
 
 
 def _references(

@@ -6,6 +6,8 @@ so it also catches a prepared library that was later stripped, edited or truncat
 redirected address takings it counts itself, from the relocations and the code: every
 relative relocation and RIP-relative `lea` whose value is in `.ulp` must be a trampoline's
 start (a trampoline reached that way and not from `.dynsym` is a taken local function's).
+Which of the untracked exported functions are leaves it decides again from their code
+(leaves.py), by the rewriter's rule, as the file records no such list.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from ulp_build.elf import (
     STT_GNU_IFUNC,
     ElfFile,
     Section,
+    Symbol,
 )
-from ulp_build.prepare import codegen, patchable, taken_addresses
+from ulp_build.prepare import codegen, leaves, patchable, taken_addresses
 from ulp_build.prepare.inputs import check_input, exported_functions, is_musl_loader
 from ulp_build.prepare.layout import (
     DEFAULT_UNTRACKED,
@@ -51,7 +54,8 @@ class CheckReport:
     ifuncs: int = 0
     redirected_sites: int = 0
     tracked_not_patchable: list[str] = field(default_factory=list)
-    untracked: list[str] = field(default_factory=list)
+    untracked: list[str] = field(default_factory=list)  # plain entries but the leaves
+    leaves: list[str] = field(default_factory=list)  # plain entries that are leaves
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -79,6 +83,8 @@ def check(elf: ElfFile) -> CheckReport:
     if not pads.functions:
         report.warnings.append("no patchable functions (build with the flags `ulp cflags` prints)")
     if not report.prepared:
+        # What `rewrite` would leave untracked: by name, and the leaves.
+        _split_leaves(elf, exported, report)
         report.untracked = sorted({s.name for s in exported if s.name in DEFAULT_UNTRACKED})
         report.errors.append("not prepared (run `ulp rewrite` on it)")
         return report
@@ -103,7 +109,7 @@ def check(elf: ElfFile) -> CheckReport:
     entry = _check_data(elf, data, ulp, report)
 
     tracked: set[int] = set()
-    untracked: set[str] = set()
+    untracked: list[Symbol] = []
     for sym in exported:
         label = names[sym.index]
         if ulp.contains(sym.value):
@@ -136,7 +142,7 @@ def check(elf: ElfFile) -> CheckReport:
             )
             continue
         else:
-            untracked.add(sym.name)
+            untracked.append(sym)
             continue
         if entry is not None and decoded.entry != entry:
             report.errors.append(f"{label}: trampoline does not jump to this library's ulp_entry")
@@ -146,10 +152,21 @@ def check(elf: ElfFile) -> CheckReport:
         tracked.add(target)
         if sym.type != STT_GNU_IFUNC and target not in pads.functions:
             report.tracked_not_patchable.append(label)
-    report.untracked = sorted(untracked)
+    _split_leaves(elf, untracked, report)
     report.tracked_not_patchable.sort()
     report.redirected_sites = _redirected_sites(elf, ulp, report)
     return report
+
+
+def _split_leaves(elf: ElfFile, plain: list[Symbol], report: CheckReport) -> None:
+    """Sort the exported functions with a plain entry into leaves and the rest. A function
+    untracked by name (layout.DEFAULT_UNTRACKED, with every alias) stays untracked, as the
+    rewriter says; a name given to `rewrite --untracked` that is a leaf is reported as one,
+    since the file does not record that list."""
+    named = {s.value for s in plain if s.name in DEFAULT_UNTRACKED}
+    found = leaves.find(elf, [s for s in plain if s.value not in named])
+    report.leaves = sorted({s.name for s in plain if s.value in found})
+    report.untracked = sorted({s.name for s in plain if s.value not in found})
 
 
 def _check_program_headers(elf: ElfFile, report: CheckReport) -> None:
@@ -237,6 +254,7 @@ def summary(report: CheckReport) -> dict[str, object]:
         "redirected_sites": report.redirected_sites,
         "tracked_not_patchable": report.tracked_not_patchable,
         "untracked": report.untracked,
+        "leaves": report.leaves,
         "errors": report.errors,
         "warnings": report.warnings,
     }

@@ -10,7 +10,8 @@ DT_RELR place and the 32-bit displacement of a RIP-relative `lea` (a `R_X86_64_R
 addend changes in the appended copy of `.rela.dyn`). No code or data address moves, so
 separate debug info and every absolute address stay valid.
 
-`_prepared_image` reads as the steps: what is tracked (tracked.py, with taken_addresses.py),
+`_prepared_image` reads as the steps: what is tracked (tracked.py, with leaves.py and
+taken_addresses.py),
 where the additions go (segments.py), the code and data (trampolines.py), the redirected
 address takings (taken_addresses.py), the grown dynamic tables (grown_tables.py), and the file
 assembled (output_file.py).
@@ -53,6 +54,7 @@ class RewriteResult:
     normalized: int = 0
     redirected_sites: int = 0
     untracked: list[str] = field(default_factory=list)
+    leaves: list[str] = field(default_factory=list)
     not_patchable: list[str] = field(default_factory=list)
     padding_without_record: list[str] = field(default_factory=list)
     records_without_padding: list[str] = field(default_factory=list)
@@ -64,16 +66,18 @@ def rewrite(
     output: str | Path | None = None,
     untracked: Iterable[str] = (),
     strict: bool = False,
+    track_leaves: bool = False,
 ) -> RewriteResult:
     """Prepare the library at `path`, in place (atomically) or into `output`.
 
     A library that is already prepared is left byte-identical (and copied if `output` is given).
     With `strict`, a function whose address is taken in a way that cannot be redirected is an
-    error, and nothing is written.
+    error, and nothing is written. With `track_leaves`, the leaves (leaves.py) get trampolines
+    too.
     """
     source = Path(path)
     elf = ElfFile.load(source)
-    data, result = prepare(elf, untracked, strict)
+    data, result = prepare(elf, untracked, strict, track_leaves)
     # In place means the file behind any symlink, so the link stays a link.
     target = Path(output) if output is not None else source.resolve()
     result.output = str(output if output is not None else source)
@@ -84,7 +88,10 @@ def rewrite(
 
 
 def prepare(
-    elf: ElfFile, untracked: Iterable[str] = (), strict: bool = False
+    elf: ElfFile,
+    untracked: Iterable[str] = (),
+    strict: bool = False,
+    track_leaves: bool = False,
 ) -> tuple[bytes | bytearray, RewriteResult]:
     """The prepared image of `elf` and what was done, without touching any file."""
     tables = check_input(elf)
@@ -98,9 +105,8 @@ def prepare(
         result.already_prepared = True
         return elf.data, result
     try:
-        image = _prepared_image(
-            elf, tables, set(DEFAULT_UNTRACKED) | set(untracked), result, strict
-        )
+        untracked_names = set(DEFAULT_UNTRACKED) | set(untracked)
+        image = _prepared_image(elf, tables, untracked_names, result, strict, track_leaves)
         return image, result
     except (struct.error, IndexError) as exc:
         # A table whose counts disagree with its size: the headers said nothing wrong, but
@@ -119,6 +125,7 @@ def _prepared_image(
     untracked: set[str],
     result: RewriteResult,
     strict: bool,
+    track_leaves: bool,
 ) -> bytearray:
     """One preparation of one library: layout first, then the bytes."""
     ibt = elf.uses_ibt
@@ -127,9 +134,10 @@ def _prepared_image(
     _check_room(elf, tables)
 
     pads = patchable.find(elf)
-    chosen = tracked.select(elf, exported, untracked, pads)
+    chosen = tracked.select(elf, exported, untracked, pads, track_leaves)
     result.exported_functions = len(exported)
     result.untracked = chosen.untracked
+    result.leaves = chosen.leaves
     result.trampolines = chosen.trampolines
     result.ifuncs = len(chosen.ifuncs)
     result.redirected_sites = len(chosen.taken.sites)

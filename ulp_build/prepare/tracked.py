@@ -2,11 +2,14 @@
 
 Every exported function is tracked, and every function whose address the library takes itself
 (taken_addresses.py), except the untracked ones (layout.DEFAULT_UNTRACKED and
-`rewrite --untracked`) and their aliases: a name untracks its address, whatever other names
-it has. The functions known to the rewriter are the exported ones, those of `.symtab` when
-there is one, and the padded ones, which a stripped library still shows. A tracked function
-with the nop padding of `-fpatchable-function-entry` at its entry can later be replaced live;
-one without is still tracked, and reported as not patchable.
+`rewrite --untracked`), the leaves (leaves.py: entered untracked they cannot mix versions, and
+tracking them costs the most, as the most called functions are leaves; `rewrite --track-leaves`
+tracks them), and their aliases: a name untracks its address, whatever other names it has, and
+the library's own address takings of it stay plain, so `&f` is still one value. The functions
+known to the rewriter are the exported ones, those of `.symtab` when there is one, and the
+padded ones, which a stripped library still shows. A tracked function with the nop padding
+of `-fpatchable-function-entry` at its entry can later be replaced live; one without is still
+tracked, and reported as not patchable.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ulp_build.elf import STT_FUNC, STT_GNU_IFUNC, ElfFile, Symbol
-from ulp_build.prepare import codegen, patchable, taken_addresses
+from ulp_build.prepare import codegen, leaves, patchable, taken_addresses
 from ulp_build.prepare.taken_addresses import TakenAddresses
 
 
@@ -30,7 +33,8 @@ class Tracked:
     functions: list[int]  # entry addresses of tracked FUNC symbols and taken functions, sorted
     ifuncs: list[int]  # addresses of tracked IFUNC resolvers, sorted
     symbols: list[Symbol]  # the tracked exported symbols, in .dynsym order
-    untracked: list[str]  # the exported names left with a plain entry, sorted
+    untracked: list[str]  # the exported names left with a plain entry by name, sorted
+    leaves: list[str]  # the exported names left with a plain entry as leaves, sorted
     taken: TakenAddresses  # where the library takes its functions' addresses
 
     @property
@@ -39,26 +43,42 @@ class Tracked:
 
 
 def select(
-    elf: ElfFile, exported: list[Symbol], untracked: set[str], pads: patchable.Padding
+    elf: ElfFile,
+    exported: list[Symbol],
+    untracked: set[str],
+    pads: patchable.Padding,
+    track_leaves: bool = False,
 ) -> Tracked:
     every = elf.symtab_symbols + elf.dynamic_symbols
     plain = {s.value for s in every if s.defined and s.name in untracked}
+    leaf_entries: set[int] = set()
+    if not track_leaves:
+        leaf_entries = leaves.find(elf, [s for s in exported if s.value not in plain])
     functions: set[int] = set()
     ifuncs: set[int] = set()
     left: set[str] = set()
+    as_leaves: set[str] = set()
     for sym in exported:
         if sym.name in untracked or sym.value in plain:
             left.add(sym.name)
+        elif sym.value in leaf_entries:
+            as_leaves.add(sym.name)
         elif sym.type == STT_GNU_IFUNC:
             ifuncs.add(sym.value)
         else:
             functions.add(sym.value)
     known = {s.value for s in elf.symtab_symbols if s.type == STT_FUNC and s.defined}
     known = {a for a in known if elf.is_code(a)} | pads.functions.keys() | functions
+    plain |= leaf_entries
     taken = taken_addresses.find(elf, known - plain)
-    symbols = [sym for sym in exported if sym.name not in left]
+    symbols = [sym for sym in exported if sym.value not in plain and sym.name not in left]
     return Tracked(
-        sorted(functions | taken.functions), sorted(ifuncs), symbols, sorted(left), taken
+        sorted(functions | taken.functions),
+        sorted(ifuncs),
+        symbols,
+        sorted(left),
+        sorted(as_leaves),
+        taken,
     )
 
 
