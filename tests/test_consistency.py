@@ -7,8 +7,10 @@ that the test can see what it asserts never happens."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -205,11 +207,24 @@ def test_tail_call_into_another_prepared_library(built: Built, runtime: Path) ->
     _row(built, runtime, "produce")
 
 
+def _held_cycles(p: Process, patch: Patch, hold: str, cycles: int) -> dict[str, int]:
+    """`cycles` apply+revert operations, each made while a thread's call (`hold`) waits in M
+    between L's two halves; the count of each answer."""
+    results: dict[str, int] = {}
+    for _ in range(cycles):
+        for op in (patch.apply, patch.revert):
+            assert p.ask(hold) == "held"
+            result = protocol.run(p.pid, op, wait=0)
+            assert not result.failed, result.message
+            answer = p.ask("release")
+            results[answer] = results.get(answer, 0) + 1
+    return results
+
+
 def test_tail_call_patched_while_the_callee_waits(built: Built, runtime: Path) -> None:
     """Row 5, deterministic: M's m_apply waits after L's enc ran; the patch is applied or
     reverted right then; produce(5) must still be 5 (all old or all new), 1000 cycles."""
     start = time.monotonic()
-    results: dict[str, int] = {}
     with running(built.commands, runtime) as p:
         # While M waits, the thread is inside both: L by its call, M by the tail call's own
         # frame at the same return slot.
@@ -224,15 +239,39 @@ def test_tail_call_patched_while_the_callee_waits(built: Built, runtime: Path) -
         }
         assert depths == {LIBRARY: 1, "libmiddle.so": 1}, depths
         assert p.ask("release") == "5"
-        for _ in range(1000):
-            for op in (built.patch.apply, built.patch.revert):
-                assert p.ask("hold") == "held"
-                result = protocol.run(p.pid, op, wait=0)
-                assert not result.failed, result.message
-                answer = p.ask("release")
-                results[answer] = results.get(answer, 0) + 1
+        results = _held_cycles(p, built.patch, "hold", 1000)
     print(f"tail call, 1000 cycles: {results} in {time.monotonic() - start:.1f} s")
     assert results == {"5": 2000}
+
+
+def test_a_function_calling_another_library_is_no_leaf(
+    built: Built, runtime: Path, tmp_path: Path
+) -> None:
+    """The leaf rule (ulp_build/prepare/leaves.py) against its hole: produce_inlined does its
+    half of the agreement in its own code and tail-calls M, which calls dec back by a pointer L
+    handed out before. It must stay tracked, so that the call, held in M while the patch is
+    applied or reverted, still gets 5. The control prepares the same library with
+    `--untracked produce_inlined`, as a rule letting a leaf call other libraries would: every
+    operation then mixes."""
+    lib = built.directory / LIBRARY
+    assert _tail_call_target(lib, "produce_inlined") == "m_apply@plt"
+    report = json.loads(ulp("check", str(lib), "--json").stdout)
+    assert "produce_inlined" not in report["leaves"] + report["untracked"]
+    with running(built.commands, runtime) as p:
+        assert _held_cycles(p, built.patch, "hold inlined", 20) == {"5": 40}
+
+    d = tmp_path
+    link = ("-L", d, f"-Wl,-rpath,{d}")
+    shutil.copy(built.directory / "libmiddle.so", d)
+    _build("gcc", *CFLAGS, "-O2", "-fPIC", "-shared", "-pthread", "-I", SOURCES,
+           "-o", d / LIBRARY, SOURCES / "consistency.c", *link, "-lmiddle")  # fmt: skip
+    assert ulp("rewrite", str(d / LIBRARY), "--untracked", "produce_inlined").returncode == 0
+    _build("g++", "-O2", "-pthread", "-I", SOURCES, "-o", d / "commands",
+           SOURCES / "commands.cc", *link, "-lconsistency", "-lmiddle")  # fmt: skip
+    control = _patch(d, "gcc", "consistency_v2.c", "consistency_v2.toml")
+    with running(d / "commands", runtime) as p:
+        # Applied: the old half, then the new dec: (2*5 - 1) // 3 = 3; reverted: 16 // 2 = 8.
+        assert _held_cycles(p, control, "hold inlined", 20) == {"3": 20, "8": 20}
 
 
 # -- frames that never return -------------------------------------------------------------------

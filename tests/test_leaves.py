@@ -16,15 +16,18 @@ from ulp_build.prepare import patchable
 from ulp_build.prepare.layout import CFLAGS, SECTION_TRAMPOLINES
 
 SOURCE = REPO / "tests" / "programs" / "leaves" / "leaves.c"
-LEAVES = ["leaf_add", "leaf_count", "leaf_libc"]
-NOT_LEAVES = ["calls_helper", "hands_out_callback", "tail_call", "through_pointer"]
+LEAVES = ["leaf_add", "leaf_count", "leaf_guarded"]
+NOT_LEAVES = ["calls_helper", "calls_libc", "hands_out_callback", "tail_call", "through_pointer"]
 
 
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("leaves") / "libleaves.so"
-    result = run(["gcc", *CFLAGS, "-O2", "-fPIC", "-shared", "-o", str(out), str(SOURCE)])
+    cmd = ["gcc", *CFLAGS, "-O2", "-fstack-protector-all", "-fPIC", "-shared", "-o", str(out)]
+    result = run([*cmd, str(SOURCE)])
     assert result.returncode == 0, result.stderr
+    calls = run(["objdump", "-d", "--disassemble=leaf_guarded", str(out)]).stdout
+    assert "__stack_chk_fail@plt" in calls  # the exception the rule makes is really there
     return out
 
 
@@ -48,7 +51,7 @@ def test_rewrite_leaves_exactly_the_leaves_untracked(raw: Path, tmp_path: Path) 
     report = json.loads(ulp("check", str(out), "--json").stdout)
     assert report["usable"] and report["leaves"] == LEAVES and report["untracked"] == []
     text = ulp("check", str(out)).stdout
-    assert "leaves (untracked)      3  (leaf_add, leaf_count, leaf_libc)" in text
+    assert "leaves (untracked)      3  (leaf_add, leaf_count, leaf_guarded)" in text
     # Unprepared, `check` says which functions `rewrite` would leave untracked as leaves.
     assert json.loads(ulp("check", str(raw), "--json").stdout)["leaves"] == LEAVES
 
@@ -77,6 +80,7 @@ def test_a_leaf_stays_patchable(tree: Path) -> None:
     [
         ("return a * b;", False),
         ("return calls_helper(a) + b;", True),  # a function of the target, through the PLT
+        ("return getpid() * 0 + a + b;", True),  # another library's
     ],
 )
 def test_pack_warns_when_a_leaf_is_replaced_by_a_non_leaf(
@@ -85,7 +89,9 @@ def test_pack_warns_when_a_leaf_is_replaced_by_a_non_leaf(
     lib = tmp_path / "libleaves.so"
     assert ulp("rewrite", str(raw), "-o", str(lib)).returncode == 0
     source = tmp_path / "patch.c"
-    source.write_text(f"int calls_helper(int);\nint leaf_add_v2(int a, int b) {{ {body} }}\n")
+    source.write_text(
+        f"int calls_helper(int);\nint getpid(void);\nint leaf_add_v2(int a, int b) {{ {body} }}\n"
+    )
     obj = tmp_path / "patch.so"
     result = run(["gcc", "-O2", "-fPIC", "-shared", "-o", str(obj), str(source)])
     assert result.returncode == 0, result.stderr

@@ -250,22 +250,21 @@ def _leaves_that_stop_being_leaves(
 ) -> list[str]:
     """A leaf of the target keeps a plain entry (`ulp rewrite`): a call of it is untracked, and
     cannot mix versions only while the code it runs is its own. A replacement that is no leaf
-    (it calls a function of the target, by name or through a pointer, or one of its own object,
-    which the rule cannot see past) could: a commit between its start and that call would
-    give the call a newer version. Decided by the rewriter's own rule, applied to the target's
-    code and to the object's, where the target's exported names count as the library."""
+    (it calls a function of the target or of any other library, or through a pointer) could: a
+    commit between its start and a call back into the target would give that call a newer
+    version. Decided by the rewriter's own rule, applied to the target's code and to the
+    object's."""
     replaced = {f.offset: f for f in functions}
     exported = [s for s in target.dynamic_symbols if s.type == STT_FUNC and s.value in replaced]
     leaf_entries = leaves.find(target, exported)
     if not leaf_entries:
         return []
-    names = frozenset(s.name for s in target.dynamic_symbols if s.defined)
     by_name = {s.name: s for s in obj.dynamic_symbols if s.defined and s.type == STT_FUNC}
     out = []
     for addr in sorted(leaf_entries):
         f = replaced[addr]
         sym = by_name.get(f.replacement)
-        if sym is not None and sym.value in leaves.find(obj, [sym], names):
+        if sym is not None and sym.value in leaves.find(obj, [sym]):
             continue
         out.append(
             f"{desc.where(_line(desc, f.name))}: replace: {f.name}: is a leaf of the target"

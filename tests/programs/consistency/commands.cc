@@ -10,8 +10,9 @@
 //   exit         a thread leaves a tracked call by pthread_exit
 //   block, unblock, cancel
 //                a thread waits inside a tracked call; it returns, or is cancelled there
-//   hold, release
-//                a thread's produce(5) stops in M between L's enc and dec; its result
+//   hold, hold inlined, release
+//                a thread's produce(5) (or produce_inlined(5)) stops in M between L's
+//                enc and dec; its result
 //   fork, child, reap
 //                a child process (of this thread) that makes a roundtrip per `child`
 #include <csetjmp>
@@ -123,9 +124,9 @@ static void *block_thread(void *)
 
 static int held_result;
 
-static void *hold_thread(void *)
+static void *hold_thread(void *produce_function)
 {
-    held_result = produce(5);
+    held_result = reinterpret_cast<int (*)(int)>(produce_function)(5);
     return nullptr;
 }
 
@@ -188,7 +189,8 @@ static std::string command(const std::string &line)
         return result == PTHREAD_CANCELED ? "cancelled" : "not cancelled";
     }
     if (word == "hold") {
-        pthread_create(&worker, nullptr, hold_thread, nullptr);
+        auto f = line == "hold inlined" ? produce_inlined : produce;
+        pthread_create(&worker, nullptr, hold_thread, reinterpret_cast<void *>(f));
         return read(entered[0], &c, 1) == 1 ? "held" : "error";
     }
     if (word == "release") {

@@ -127,6 +127,18 @@ int produce(int x)
     return m_apply(enc(x), dec);
 }
 
+/* Row 5 again, against the leaf rule (ulp_build/prepare/leaves.py): enc's half is its own code
+ * (written out, no call of enc), and dec is reached only through M, by a pointer the library
+ * handed out before. A rule that let a leaf call other libraries would leave this function
+ * untracked, and M's call of dec, entered tracked by a thread holding no universe of L, would
+ * run a newer dec than the half already done. */
+static int (*volatile handed_dec)(int) = dec;
+
+int produce_inlined(int x)
+{
+    return m_apply(2 * x, handed_dec);
+}
+
 /* Row 6: a tracked call that hands control to `cb`, which may never return (longjmp, an
  * exception, pthread_exit, cancellation). */
 int l_call_back(void (*cb)(void))

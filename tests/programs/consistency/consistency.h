@@ -32,6 +32,7 @@ int l_spawn(pthread_t *thread, struct l_job *job);
 int l_install_handler(int sig);
 void l_signal_counts(long out[4]);
 int produce(int x);
+int produce_inlined(int x);
 int l_call_back(void (*cb)(void));
 int l_child_roundtrip(int x, int *version, int how);
 void l_between_calls(void);

@@ -1,5 +1,6 @@
 /* One function of each kind for the leaf rule (ulp_build/prepare/leaves.py): the names say
- * whether `ulp rewrite` may leave each untracked. Built with `ulp cflags`, -O2. */
+ * whether `ulp rewrite` may leave each untracked. Built with `ulp cflags`, -O2,
+ * -fstack-protector-all. */
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -21,8 +22,17 @@ long leaf_count(const char *s, char c)
     return n;
 }
 
-/* Calls only the C library, another library: a leaf of this one. */
-long leaf_libc(const char *s)
+/* Its stack protector's failure path calls __stack_chk_fail, which ends the process: still a
+ * leaf (the library is built with -fstack-protector-all). */
+int leaf_guarded(int i)
+{
+    volatile char buf[64];
+    buf[i & 63] = (char)i;
+    return buf[0];
+}
+
+/* Calls the C library, another library, which could call back into this one: no leaf. */
+long calls_libc(const char *s)
 {
     return (long)strlen(s) + getpid() * 0;
 }
