@@ -83,9 +83,8 @@ def check(elf: ElfFile) -> CheckReport:
     if not pads.functions:
         report.warnings.append("no patchable functions (build with the flags `ulp cflags` prints)")
     if not report.prepared:
-        # What `rewrite` would leave untracked: by name, and the leaves.
-        _split_leaves(elf, exported, report)
-        report.untracked = sorted({s.name for s in exported if s.name in DEFAULT_UNTRACKED})
+        # What `rewrite` would leave untracked: by name (with their aliases), and the leaves.
+        _split_leaves(elf, exported, report, prepared=False)
         report.errors.append("not prepared (run `ulp rewrite` on it)")
         return report
 
@@ -152,21 +151,25 @@ def check(elf: ElfFile) -> CheckReport:
         tracked.add(target)
         if sym.type != STT_GNU_IFUNC and target not in pads.functions:
             report.tracked_not_patchable.append(label)
-    _split_leaves(elf, untracked, report)
+    _split_leaves(elf, untracked, report, prepared=True)
     report.tracked_not_patchable.sort()
     report.redirected_sites = _redirected_sites(elf, ulp, report)
     return report
 
 
-def _split_leaves(elf: ElfFile, plain: list[Symbol], report: CheckReport) -> None:
-    """Sort the exported functions with a plain entry into leaves and the rest. A function
-    untracked by name (layout.DEFAULT_UNTRACKED, with every alias) stays untracked, as the
-    rewriter says; a name given to `rewrite --untracked` that is a leaf is reported as one,
-    since the file does not record that list."""
-    named = {s.value for s in plain if s.name in DEFAULT_UNTRACKED}
+def _split_leaves(elf: ElfFile, plain: list[Symbol], report: CheckReport, prepared: bool) -> None:
+    """Sort the exported functions with a plain entry (in an unprepared library: all of them)
+    into leaves and the rest. A function untracked by name (layout.DEFAULT_UNTRACKED, with
+    every alias) stays untracked, as the rewriter says; in a prepared library, a name given to
+    `rewrite --untracked` that is a leaf is reported as one, since the file does not record
+    that list. In an unprepared one, the rest is what `rewrite` would leave plain by name."""
+    every = elf.symtab_symbols + elf.dynamic_symbols
+    named = {s.value for s in every if s.defined and s.name in DEFAULT_UNTRACKED}
     found = leaves.find(elf, [s for s in plain if s.value not in named])
     report.leaves = sorted({s.name for s in plain if s.value in found})
-    report.untracked = sorted({s.name for s in plain if s.value not in found})
+    report.untracked = sorted(
+        {s.name for s in plain if s.value not in found and (prepared or s.value in named)}
+    )
 
 
 def _check_program_headers(elf: ElfFile, report: CheckReport) -> None:
