@@ -1,11 +1,22 @@
-"""musl's libc.so, which is also musl's dynamic loader, prepared (Debian's build has no padding:
-trampolines only) and running a musl program as its loader. musl finds its own program headers
-at base + e_phoff, so the rewriter must load the moved table at the address equal to its file
-offset; the control copy with the table elsewhere dies before main, and `check` says why."""
+"""musl's libc.so, which is also musl's dynamic loader, prepared and running musl programs as
+their loader: Debian's binary build (no padding: trampolines only), and musl 1.2.3 built from
+Debian's source with the flags `ulp cflags` prints (padded: patchable functions, except those
+written in assembly). musl finds its own program headers at base + e_phoff, so the rewriter must
+load the moved table at the address equal to its file offset; the control copy with the table
+elsewhere dies before main, and `check` says why.
+
+The workloads are a small program, zlib's `make test` and jansson's 213 tests, built with
+musl-gcc (against Debian's musl headers and libc.so: the same 1.2.3) and started through the
+libc.so under test; a probe linked the same way reads /proc/self/maps to show which libc.so the
+kernel mapped. The runtime needs glibc: under musl's loader it is refused before main.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import run, ulp
@@ -109,19 +120,169 @@ def test_table_elsewhere_dies_before_main(prepared: Path, program: Path, tmp_pat
     )
 
 
-def test_zlib_make_test_on_the_prepared_loader(
-    prepared: Path, zlib_source: Path, tmp_path: Path
+# Started through the loader link (the interpreter path of the programs built for it), the probe
+# says at once that main ran and which files the kernel and the loader mapped.
+_PROBE = r"""
+#include <stdio.h>
+#include <unistd.h>
+
+int main(void) {
+    write(1, "main ran\n", 9);
+    FILE *maps = fopen("/proc/self/maps", "r");
+    char line[4096];
+    while (fgets(line, sizeof line, maps))
+        fputs(line, stdout);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def padded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """musl's libc.so built from Debian's source with the padding (sample_libs/musl.py)."""
+    from sample_libs import musl
+
+    root = tmp_path_factory.mktemp("musl-source")
+    return musl.build(musl.source(root), root / "build")
+
+
+@pytest.fixture(scope="module")
+def padded_prepared(padded: Path) -> Path:
+    out = padded.with_name("libc.prepared.so")
+    result = ulp("rewrite", str(padded), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def loader(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The interpreter path of the programs below: a symlink that `_use` points at the libc.so
+    under test, so that one build of each workload runs on every libc."""
+    return tmp_path_factory.mktemp("loader") / "libc.so"
+
+
+@pytest.fixture(scope="module")
+def probe(loader: Path) -> Path:
+    source = loader.parent / "probe.c"
+    source.write_text(_PROBE)
+    out = loader.parent / "probe"
+    built = run(["musl-gcc", "-O2", f"-Wl,--dynamic-linker={loader}", "-o", str(out), str(source)])
+    assert built.returncode == 0, built.stderr
+    return out
+
+
+def _use(loader: Path, libc: Path, probe: Path) -> None:
+    """Point `loader` at `libc` and check with the probe that it is the one C library mapped:
+    the musl that musl-gcc linked against (Debian's, /usr/lib/x86_64-linux-musl) is not."""
+    fresh = loader.with_name("libc.so.new")
+    fresh.symlink_to(libc)
+    fresh.replace(loader)
+    result = run([str(probe)])
+    assert result.returncode == 0 and result.stdout.startswith("main ran\n"), result.stderr
+    mapped = {line.split()[5] for line in result.stdout.splitlines()[1:] if " /" in line}
+    assert mapped == {str(probe.resolve()), str(libc.resolve())}
+
+
+def _assembly_functions(musl_tree: Path) -> set[str]:
+    """The global names musl's x86-64 assembly sources define (no padding: gcc never sees them)."""
+    names = set()
+    for source in musl_tree.glob("src/**/x86_64/*.s"):
+        for line in source.read_text().splitlines():
+            words = line.split()
+            if len(words) == 2 and words[0] in (".global", ".globl"):
+                names.add(words[1])
+    return names
+
+
+def _check(lib: Path) -> dict[str, Any]:
+    result = ulp("check", str(lib), "--json")
+    return json.loads(result.stdout)
+
+
+def test_padded_musl_keeps_its_padding_through_the_rewrite(
+    padded: Path, padded_prepared: Path
 ) -> None:
-    """zlib's own `make test` (static, shared and 64-bit) built with musl-gcc, its programs'
-    interpreter the prepared libc.so: every program starts through the prepared loader."""
+    """Linked without --gc-sections, every padded function keeps its record (with musl's own
+    --gc-sections, 36 lose theirs and `check` warns); prepared, all stay patchable, and the
+    tracked functions without padding are exactly musl's assembly ones (memcpy, fenv, the x87
+    long double maths)."""
+    built = _check(padded)
+    assert built["warnings"] == [] and built["patchable_functions"] > 1800
+    report = _check(padded_prepared)
+    assert report["usable"] and report["errors"] == [] and report["warnings"] == []
+    assert report["patchable_functions"] == built["patchable_functions"]
+    assert report["trampolines"] > 1500
+    not_patchable = set(report["tracked_not_patchable"])
+    assert {"memcpy", "memset", "feclearexcept", "expl"} <= not_patchable
+    assert not_patchable <= _assembly_functions(padded.parent.parent)
+
+
+@pytest.fixture(scope="module")
+def jansson_tree(tmp_path_factory: pytest.TempPathFactory, loader: Path) -> Path:
+    from sample_libs import jansson
+
+    root = tmp_path_factory.mktemp("jansson")
+    tree = root / "build"
+    jansson.build(jansson.source(root / "source"), tree, loader)
+    return tree
+
+
+@pytest.mark.parametrize("libc", ["padded", "padded_prepared"])
+def test_jansson_suite_on_padded_musl(
+    libc: str, request: pytest.FixtureRequest, loader: Path, probe: Path, jansson_tree: Path
+) -> None:
+    """jansson's own test suite (ctest: its API tests and the valid, invalid and encoding
+    suites through json_process), every program started by the libc.so under test: all 213
+    pass on the built musl and on the same prepared."""
+    from sample_libs import jansson
+
+    _use(loader, request.getfixturevalue(libc), probe)
+    passed, total, output = jansson.run_tests(jansson_tree)
+    assert (passed, total) == (213, 213), output
+
+
+@pytest.fixture(scope="module")
+def zlib_tree(tmp_path_factory: pytest.TempPathFactory, loader: Path, zlib_source: Path) -> Path:
     from sample_libs import zlib
 
-    tree = tmp_path / "zlib"
-    linker = f"-Wl,--dynamic-linker={prepared}"
-    zlib.build(zlib_source, tree, {"CC": "musl-gcc", "LDFLAGS": linker})
+    tree = tmp_path_factory.mktemp("zlib") / "src"
+    zlib.build(zlib_source, tree, {"CC": "musl-gcc", "LDFLAGS": f"-Wl,--dynamic-linker={loader}"})
     interp = run(["readelf", "-lW", str(tree / "examplesh")])
-    assert f"[Requesting program interpreter: {prepared}]" in interp.stdout
-    result = run(["make", "test"], cwd=tree, timeout=600)
+    assert f"[Requesting program interpreter: {loader}]" in interp.stdout
+    return tree
+
+
+@pytest.mark.parametrize("libc", ["prepared", "padded", "padded_prepared"])
+def test_zlib_make_test_on_musl(
+    libc: str, request: pytest.FixtureRequest, loader: Path, probe: Path, zlib_tree: Path
+) -> None:
+    """zlib's own `make test` (static, shared and 64-bit) built with musl-gcc, every program
+    started by the libc.so under test: Debian's prepared, the padded one built and prepared."""
+    _use(loader, request.getfixturevalue(libc), probe)
+    result = run(["make", "test"], cwd=zlib_tree, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     for banner in ("zlib test OK", "zlib shared test OK", "zlib 64-bit test OK"):
         assert banner in result.stdout
+
+
+def test_runtime_is_refused_under_musl(
+    runtime: Path, padded_prepared: Path, loader: Path, probe: Path
+) -> None:
+    """libulp.so needs glibc (docs/runtime.md): musl's loader, Debian's or the prepared padded
+    one, fails to load it and exits 127 before the program's main, with `ulp run` as with
+    LD_PRELOAD; the same program without the runtime runs."""
+    _use(loader, padded_prepared, probe)
+    with_preload = dict(os.environ, LD_PRELOAD=str(runtime))
+    for result in (
+        ulp("run", str(probe)),
+        run([str(MUSL_LIBC), str(probe)], env=with_preload),
+    ):
+        assert (result.returncode, result.stdout) == (127, "")
+        for message in (
+            "Error loading shared library libgcc_s.so.1: No such file or directory",
+            "Error loading shared library ld-linux-x86-64.so.2: No such file or directory",
+            f"Error relocating {runtime}: _r_debug: symbol not found",
+            f"Error relocating {runtime}: __libc_stack_end: symbol not found",
+        ):
+            assert message in result.stderr
+    assert run([str(MUSL_LIBC), str(probe)]).stdout.startswith("main ran\n")
