@@ -211,7 +211,8 @@ def test_padded_musl_keeps_its_padding_through_the_rewrite(
     report = _check(padded_prepared)
     assert report["usable"] and report["errors"] == [] and report["warnings"] == []
     assert report["patchable_functions"] == built["patchable_functions"]
-    assert report["trampolines"] > 1500
+    # Tracked, or left plain as a leaf (strlen and its kind): 1189 + 350 here.
+    assert report["trampolines"] + len(report["leaves"]) > 1500 and len(report["leaves"]) > 300
     not_patchable = set(report["tracked_not_patchable"])
     assert {"memcpy", "memset", "feclearexcept", "expl"} <= not_patchable
     assert not_patchable <= _assembly_functions(padded.parent.parent)
