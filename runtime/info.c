@@ -92,4 +92,6 @@ __attribute__((constructor)) static void ulp_start(void)
     ulp_threads_init();
     ulp_patches_init();
     atomic_store(&ulp_ready, 1);
+    /* Last: applying a patch takes the whole runtime. */
+    ulp_installed_start();
 }

@@ -56,7 +56,8 @@ __attribute__((visibility("hidden"))) uint64_t ulp_library_register(struct ulp_d
         ;
     uint64_t offset = atomic_load(&d->runtime_private);
     uint32_t n = atomic_load(&ulp_library_count);
-    if (offset == 0 && n < ULP_MAX_LIBRARIES) {
+    int registered = offset == 0 && n < ULP_MAX_LIBRARIES;
+    if (registered) {
         struct ulp_library *lib = &ulp_libraries[n];
         lib->descriptor = d;
         lib->base = (uintptr_t)d - d->link_address;
@@ -71,5 +72,8 @@ __attribute__((visibility("hidden"))) uint64_t ulp_library_register(struct ulp_d
     }
     atomic_flag_clear_explicit(&lock, memory_order_release);
     ulp_signals_restore(&saved);
+    /* Before this first call runs: its installed patches (installed.c). */
+    if (registered)
+        ulp_installed_registered(d);
     return offset;
 }

@@ -312,6 +312,10 @@ void ulp_vfork_returned(struct ulp_thread *thread, struct ulp_frame *top);
 extern struct ulp_library ulp_libraries[ULP_MAX_LIBRARIES];
 extern _Atomic uint32_t ulp_library_count;
 uint64_t ulp_library_register(struct ulp_descriptor *descriptor);
+int64_t ulp_prepare(struct ulp_request *request);
+int64_t ulp_commit(uint64_t ticket);
+void ulp_installed_start(void);
+void ulp_installed_registered(const struct ulp_descriptor *descriptor);
 
 /* info.c */
 extern _Atomic uint64_t ulp_universe;

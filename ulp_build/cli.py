@@ -25,9 +25,12 @@ from ulp_build.errors import UlpError
 # `ulp rewrite` then load neither ptrace nor the trigger (docs/design.md, "The code and its
 # layers").
 if TYPE_CHECKING:
-    from ulp_build.live import inventory, protocol
+    from ulp_build.live import installed, inventory, protocol
     from ulp_build.prepare.check import CheckReport
     from ulp_build.prepare.rewrite import RewriteResult
+
+
+_DIR_HELP = "the patch directory (default: $ULP_PATCH_DIR, else /var/lib/ulp/patches)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -176,7 +179,34 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--pid", type=int, action="append", help="a process (repeatable)")
     p.add_argument("--finish", action="store_true", help="finish pending transitions")
     p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="per stop (default 5)")
+    p.add_argument(
+        "--installed",
+        action="store_true",
+        help="the installed patches instead, each with why processes refuse it, if they do",
+    )
+    p.add_argument("--dir", metavar="DIR", help=_DIR_HELP)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser(
+        "install",
+        help="install a patch: processes started later apply it themselves",
+        description="Put PATCH (a .ulp and its object, root's files) into the patch"
+        " directory. Every process that starts later with the runtime, or loads the target"
+        " later, applies it before the target's first call, with no trigger. Processes"
+        " running now need `ulp trigger --all PATCH`.",
+    )
+    p.add_argument("patch", metavar="PATCH")
+    p.add_argument("--dir", metavar="DIR", help=_DIR_HELP)
+
+    p = sub.add_parser(
+        "uninstall",
+        help="remove an installed patch",
+        description="Remove the installed patch PATCH (its id, or its .ulp) from the patch"
+        " directory: processes started later no longer apply it. Processes that applied it"
+        " keep it until `ulp trigger --all --revert PATCH.ulp`.",
+    )
+    p.add_argument("patch", metavar="PATCH")
+    p.add_argument("--dir", metavar="DIR", help=_DIR_HELP)
 
     p = sub.add_parser(
         "demo",
@@ -470,7 +500,14 @@ def _summary(results: list[protocol.Result]) -> str:
 
 
 def _cmd_patches(args: argparse.Namespace) -> int:
-    from ulp_build.live import inventory, transition
+    from ulp_build.live import installed, inventory, transition
+
+    if args.installed:
+        where = installed.directory(args.dir)
+        found = installed.listing(where)
+        text = "\n".join(_installed_text(i) for i in found) or f"{where}: no installed patch"
+        _emit(args, [asdict(i) | {"path": str(i.path)} for i in found], text)
+        return 0
 
     found = None if args.pid else inventory.scan()
     pids = args.pid if found is None else found.pids
@@ -490,6 +527,28 @@ def _cmd_patches(args: argparse.Namespace) -> int:
     nothing = f"no process with the runtime among those you may read; {note}" if note else ""
     text = "\n".join(map(_process_text, out)) or nothing or "no process"
     _emit(args, [asdict(p) for p in out], text)
+    return 0
+
+
+def _installed_text(i: installed.Installed) -> str:
+    state = f"refused: {i.refusal}" if i.refusal else "trusted"
+    return f"{i.path}  {i.id or '-'}  build-id {i.target_build_id[:12]}  {state}"
+
+
+def _cmd_install(args: argparse.Namespace) -> int:
+    from ulp_build.live import installed
+
+    entry, new = installed.install(args.patch, installed.directory(args.dir))
+    verb = "installed" if new else "already installed"
+    print(f"{entry.path}: {verb}: patch {entry.id} for build-id {entry.target_build_id[:12]}")
+    return 0
+
+
+def _cmd_uninstall(args: argparse.Namespace) -> int:
+    from ulp_build.live import installed
+
+    for path in installed.uninstall(args.patch, installed.directory(args.dir)):
+        print(f"{path}: uninstalled")
     return 0
 
 
@@ -540,6 +599,8 @@ _COMMANDS = {
     "runtime-path": _cmd_runtime_path,
     "trigger": _cmd_trigger,
     "patches": _cmd_patches,
+    "install": _cmd_install,
+    "uninstall": _cmd_uninstall,
     "demo": _cmd_demo,
     "run": _cmd_run,
 }

@@ -144,29 +144,35 @@ def check(pid: int, op: Operation) -> CheckedOperation:
         raise AlreadyApplied(
             f"process {pid}: patch {patch.id} is already applied", applied[0].applied
         )
+    add_application(req, op, library.base)
+    code += library.function_codes(patch.functions, checked.records)
+    return checked
+
+
+def add_application(req: rq.Request, op: Operation, base: int) -> None:
+    """What applying `op`'s patch adds to `req`, for the target loaded at `base` (0 for an
+    installed patch, whose addresses the runtime adds its load base to: runtime/installed.c)."""
+    patch = op.patch
+    assert patch is not None and op.object_file is not None and op.object_elf is not None
     req.flags |= rq.APPLY
-    assert op.object_file is not None and op.object_elf is not None
     # The runtime loads these bytes, not the path (shown by `ulp patches` only).
     obj = op.object_file.path
     req.object, req.object_data = str(obj), op.object_file.data
     replacements, pointers, req.object_build_id = _object_symbols(obj, op.object_elf, patch)
     patched = {f.offset: f for f in patch.functions}
-    code += library.function_codes(patch.functions, checked.records)
     for f in patch.functions:
         req.functions.append(
-            rq.FunctionEntry(library.base + f.offset, library.base + f.nop_offset,
-                             replacements[f.replacement])
-        )  # fmt: skip
+            rq.FunctionEntry(base + f.offset, base + f.nop_offset, replacements[f.replacement])
+        )
     for r in patch.references:
         if r.kind == "tls":
             value = r.offset
         elif r.kind == "function" and r.offset in patched:
             # The replacement calls the original: past the checker, or it would call itself.
-            value = library.base + patched[r.offset].nop_offset + 2
+            value = base + patched[r.offset].nop_offset + 2
         else:
-            value = library.base + r.offset
+            value = base + r.offset
         req.references.append(rq.ReferenceEntry(r.kind, pointers[r.pointer], value))
-    return checked
 
 
 def _check_offsets(patch: Patch, path: Path | None, library: loaded_library.LoadedLibrary) -> None:

@@ -82,11 +82,20 @@ def owners(pid: int) -> tuple[int, frozenset[int]]:
     return real, frozenset({0, real})
 
 
-def refusal(file: TrustedFile, allowed: frozenset[int], pid: int, uid: int) -> str | None:
-    """Why `file` must not be given to process `pid` (running as `uid`), or None."""
+def refusal(
+    file: TrustedFile, allowed: frozenset[int], pid: int | None = None, uid: int | None = None
+) -> str | None:
+    """Why `file` must not be given to process `pid` (running as `uid`), or None. Without a
+    process (an installed patch, for every process), `allowed` is root alone."""
     for entry in file.chain:
         what = "directory" if entry is not file.chain[0] else "file"
         if entry.uid not in allowed:
+            if pid is None:
+                # The words of runtime/installed.c, which judges the same files.
+                return (
+                    f"{entry.path}: {what} owned by uid {entry.uid}, not root: it could have"
+                    " written the patch"
+                )
             return (
                 f"{entry.path}: {what} owned by uid {entry.uid}, neither root nor the owner of"
                 f" process {pid} (uid {uid}): it could have written the patch"

@@ -1,0 +1,510 @@
+/*
+ * Installed patches (docs/design.md, "Installed patches"): `ulp install` writes a patch into
+ * the patch directory as the very request the trigger would hand ulp_prepare, with the
+ * target's addresses relative to its load base and the patch object's bytes inside. A process
+ * applies every installed patch of a prepared library itself, with no trigger and no ptrace:
+ * at start-up (this runtime's constructor) for the libraries loaded with the program, and at
+ * the first tracked call for a library loaded later, before that call runs.
+ *
+ * Trust: the same rule as for a patch the trigger is given as root (docs/security.md): the
+ * file and every directory above it belong to root and are writable by nobody else (a
+ * directory writable by all only with the sticky bit). A refused file is reported on stderr,
+ * once per load of its library, and `ulp patches` shows the same reason.
+ *
+ * The change is the trigger's two steps in this thread: ulp_prepare, the universe checkers
+ * (written through /proc/self/mem, which needs no writable mapping of the code), ulp_commit.
+ * No thread is inside the library with a universe of its own yet when its first call, or the
+ * constructor, gets here, so no call mixes versions. When the process has one thread, nobody
+ * can be about to enter it either, and the checkers become direct jumps at once (the
+ * transition finished); otherwise they stay, and the next trigger finishes the transition.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <elf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <link.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ulp.h"
+
+#define DEFAULT_DIRECTORY "/var/lib/ulp/patches"
+#define SUFFIX ".ulpreq"
+#define MAX_REQUEST (256u << 20) /* as the trigger's bound on a patch file (live/trust.py) */
+#define PAD_BEFORE ULP_PAD_BEFORE
+#define BUSY_ATTEMPTS 5000 /* 1 ms apart */
+
+/* A thread applying installed patches registers their target itself (ulp_prepare): that
+ * registration must not start another application. */
+static __thread int applying;
+static _Atomic int started; /* the constructor's scan has run: later registrations apply */
+/* One application at a time: two threads making the first calls of two new libraries would
+ * otherwise find each other's ulp_prepare busy. */
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+
+static const char *directory(void)
+{
+    /* Not from the environment of a setuid program. */
+    const char *dir = secure_getenv("ULP_PATCH_DIR");
+    return dir && *dir ? dir : DEFAULT_DIRECTORY;
+}
+
+static void report(const char *path, const char *why)
+{
+    fprintf(stderr, "ulp: installed patch %s not applied: %s\n", path, why);
+}
+
+/* Why a file or directory on the way to an installed patch could have been written by
+ * someone other than root (false: it could not): live/trust.py's rule, with root alone
+ * trusted, in its words. */
+static int refused(const char *path, const struct stat *st, char *why, size_t size)
+{
+    const char *what = S_ISDIR(st->st_mode) ? "directory" : "file";
+    unsigned mode = st->st_mode & 07777;
+    int sticky_dir = S_ISDIR(st->st_mode) && (st->st_mode & S_ISVTX);
+    if (st->st_uid != 0)
+        snprintf(why, size, "%s: %s owned by uid %u, not root: it could have written the patch",
+                 path, what, (unsigned)st->st_uid);
+    else if ((st->st_mode & S_IWOTH) && !sticky_dir)
+        snprintf(why, size, "%s: %s writable by every user (mode %o)", path, what, mode);
+    else if ((st->st_mode & S_IWGRP) && st->st_gid != 0 && !sticky_dir)
+        snprintf(why, size, "%s: %s writable by group %u (mode %o)", path, what,
+                 (unsigned)st->st_gid, mode);
+    else
+        return 0;
+    return 1;
+}
+
+/* The patch directory and every one above it (the files are judged by their own fstat). */
+static int refused_directory(const char *dir, char *why, size_t size)
+{
+    char path[PATH_MAX];
+    if (!realpath(dir, path)) {
+        snprintf(why, size, "%s: %s", dir, strerror(errno));
+        return 1;
+    }
+    for (;;) {
+        struct stat st;
+        if (lstat(path, &st) != 0 || !S_ISDIR(st.st_mode)) {
+            snprintf(why, size, "%s: changed while it was read", path);
+            return 1;
+        }
+        if (refused(path, &st, why, size))
+            return 1;
+        char *slash = strrchr(path, '/');
+        if (slash == path) {
+            if (path[1] == '\0')
+                return 0;
+            path[1] = '\0';
+        } else {
+            *slash = '\0';
+        }
+    }
+}
+
+/* ---- the library ------------------------------------------------------------------------ */
+
+struct target {
+    struct ulp_descriptor *descriptor;
+    uintptr_t base;
+    const ElfW(Phdr) *phdr;
+    ElfW(Half) phnum;
+};
+
+/* A prepared library's descriptor is in its last writable PT_LOAD, `.ulp.data`, right after
+ * the runtime slot (docs/prepared-library-format.md). */
+static struct ulp_descriptor *descriptor_of(const struct dl_phdr_info *info)
+{
+    const ElfW(Phdr) *data = NULL;
+    for (ElfW(Half) i = 0; i < info->dlpi_phnum; i++)
+        if (info->dlpi_phdr[i].p_type == PT_LOAD && (info->dlpi_phdr[i].p_flags & PF_W))
+            data = &info->dlpi_phdr[i];
+    if (!data || data->p_memsz < 8 + sizeof(struct ulp_descriptor))
+        return NULL;
+    struct ulp_descriptor *d = (void *)(info->dlpi_addr + data->p_vaddr + 8);
+    static const char magic[8] = {'U', 'L', 'P', 'L', 'I', 'B', 0, 0};
+    if (memcmp(d->magic, magic, sizeof magic) != 0 || d->version != ULP_DESC_VERSION ||
+        d->link_address != data->p_vaddr + 8)
+        return NULL;
+    return d;
+}
+
+static int in_segment(const struct target *t, uint64_t offset, uint64_t size, uint32_t flag)
+{
+    for (ElfW(Half) i = 0; i < t->phnum; i++) {
+        const ElfW(Phdr) *p = &t->phdr[i];
+        if (p->p_type == PT_LOAD && (p->p_flags & flag) && offset >= p->p_vaddr &&
+            size <= p->p_memsz && offset - p->p_vaddr <= p->p_memsz - size)
+            return 1;
+    }
+    return 0;
+}
+
+/* The request's addresses are offsets in the target: make them its run-time addresses, after
+ * checking that each lies where the metadata says (code for a function, a loaded segment for
+ * a variable): a forged file must not make the runtime write elsewhere. */
+static const char *locate(struct ulp_request *r, const struct target *t)
+{
+    struct ulp_request_function *f = (void *)(r + 1);
+    struct ulp_request_reference *ref = (void *)(f + r->function_count);
+    for (uint32_t i = 0; i < r->function_count; i++) {
+        if (f[i].entry < PAD_BEFORE || !in_segment(t, f[i].entry - PAD_BEFORE, PAD_BEFORE, PF_X) ||
+            !in_segment(t, f[i].nop, 2, PF_X))
+            return "a function offset is not code of the library";
+        f[i].entry += t->base;
+        f[i].nop += t->base;
+    }
+    for (uint32_t i = 0; i < r->reference_count; i++) {
+        if (ref[i].kind == ULP_REF_TLS)
+            continue;
+        if (!in_segment(t, ref[i].value, 1, ref[i].kind == ULP_REF_FUNCTION ? PF_X : PF_R))
+            return "a reference offset is not in the library";
+        ref[i].value += t->base;
+    }
+    r->descriptor = (uint64_t)(uintptr_t)t->descriptor;
+    return NULL;
+}
+
+/* ---- the code ---------------------------------------------------------------------------- */
+
+static void put32(uint8_t *at, uint32_t v)
+{
+    memcpy(at, &v, 4);
+}
+
+/* The universe checker and the finished forms, as ulp_build/prepare/codegen.py writes them. */
+static void checker_pad(uint8_t pad[PAD_BEFORE], uintptr_t at, uintptr_t slot, uint32_t index)
+{
+    pad[0] = 0x41, pad[1] = 0xbb; /* mov $index, %r11d */
+    put32(pad + 2, index);
+    pad[6] = 0xff, pad[7] = 0x25; /* jmp *slot(%rip) */
+    put32(pad + 8, (uint32_t)(slot - (at + 12)));
+    pad[12] = pad[13] = 0x90;
+}
+
+static void direct_pad(uint8_t pad[PAD_BEFORE], uintptr_t at, uintptr_t target)
+{
+    int64_t disp = (int64_t)target - (int64_t)(at + 5);
+    if (disp >= INT32_MIN && disp <= INT32_MAX) {
+        pad[0] = 0xe9;
+        put32(pad + 1, (uint32_t)disp);
+        memset(pad + 5, 0x90, 9);
+    } else {
+        pad[0] = 0xff, pad[1] = 0x25;
+        put32(pad + 2, 0);
+        memcpy(pad + 6, &target, 8);
+    }
+}
+
+static int is_checker(const uint8_t *pad, uintptr_t at, uintptr_t slot)
+{
+    uint8_t expect[PAD_BEFORE];
+    uint32_t index;
+    memcpy(&index, pad + 2, 4);
+    checker_pad(expect, at, slot, index);
+    return memcmp(pad, expect, PAD_BEFORE) == 0;
+}
+
+static int poke(int mem, uintptr_t at, const void *bytes, size_t size)
+{
+    return pwrite(mem, bytes, size, (off_t)at) == (ssize_t)size ? 0 : -1;
+}
+
+/* The checkers of every function of the prepared request; the pad first, then the 2-byte
+ * entry jump that makes it reachable. Only over the prepared padding or a checker. */
+static const char *write_checkers(int mem, const struct ulp_request *r, uintptr_t slot)
+{
+    static const uint8_t nops[PAD_BEFORE] = {0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90,
+                                             0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90};
+    const struct ulp_request_function *f = (const void *)(r + 1);
+    for (uint32_t i = 0; i < r->function_count; i++) {
+        uintptr_t pad_at = f[i].entry - PAD_BEFORE;
+        const uint8_t *now = (const uint8_t *)pad_at, *nop = (const uint8_t *)f[i].nop;
+        int64_t back = (int64_t)pad_at - (int64_t)(f[i].nop + 2);
+        if (back < -128 || back >= 0)
+            return "an entry nop cannot reach its pad";
+        uint8_t jump[2] = {0xeb, (uint8_t)back};
+        int pristine = memcmp(now, nops, PAD_BEFORE) == 0 && nop[0] == 0x66 && nop[1] == 0x90;
+        if (!pristine && !(is_checker(now, pad_at, slot) && memcmp(nop, jump, 2) == 0))
+            return "a function's entry is neither as prepared nor a universe checker";
+        uint8_t pad[PAD_BEFORE];
+        checker_pad(pad, pad_at, slot, f[i].index);
+        if (poke(mem, pad_at, pad, PAD_BEFORE) || poke(mem, f[i].nop, jump, 2))
+            return "cannot write the code through /proc/self/mem";
+    }
+    return NULL;
+}
+
+static int alone(void)
+{
+    FILE *status = fopen("/proc/self/status", "re");
+    if (!status)
+        return 0;
+    char line[128];
+    int threads = 0;
+    while (fgets(line, sizeof line, status))
+        if (sscanf(line, "Threads: %d", &threads) == 1)
+            break;
+    fclose(status);
+    return threads == 1;
+}
+
+/* With no other thread, nobody holds an older universe of the library or can be on its way
+ * in: each checker of the request becomes its function's finished form, and the library's
+ * transition is finished (ulp_build/live/transition.py, which does the same under a stop). */
+static void finish(int mem, const struct ulp_request *r, const struct ulp_descriptor *d)
+{
+    static const uint8_t nop2[2] = {0x66, 0x90};
+    const struct ulp_request_function *f = (const void *)(r + 1);
+    struct ulp_function **all = atomic_load(&ulp_functions);
+    for (uint32_t i = 0; i < r->function_count; i++) {
+        const struct ulp_function *fn = all[f[i].index];
+        uintptr_t code = atomic_load(&fn->latest)->code;
+        uint8_t pad[PAD_BEFORE];
+        if (code == fn->original) {
+            memset(pad, 0x90, PAD_BEFORE);
+            if (poke(mem, f[i].nop, nop2, 2) || poke(mem, fn->pad, pad, PAD_BEFORE))
+                return;
+        } else {
+            direct_pad(pad, fn->pad, code);
+            if (poke(mem, fn->pad, pad, PAD_BEFORE))
+                return;
+        }
+    }
+    uint64_t offset = atomic_load(&d->runtime_private);
+    if (offset >= ULP_THREAD_LIBS)
+        ulp_libraries[(offset - ULP_THREAD_LIBS) / ULP_THREAD_LIB_SIZE].finished = 1;
+}
+
+/* ---- one file ---------------------------------------------------------------------------- */
+
+static struct ulp_request *read_request(int dirfd, const char *path, const char *name,
+                                        char *why, size_t size)
+{
+    int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        snprintf(why, size, "%s", strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return NULL;
+    }
+    const char *bad = NULL;
+    if (!S_ISREG(st.st_mode))
+        bad = "not a regular file";
+    else if ((uint64_t)st.st_size < sizeof(struct ulp_request) ||
+             (uint64_t)st.st_size > MAX_REQUEST)
+        bad = "not an installed patch (its size)";
+    struct ulp_request *r = NULL;
+    if (!bad && refused(path, &st, why, size)) {
+        close(fd);
+        return NULL;
+    }
+    if (!bad && !(r = malloc((size_t)st.st_size)))
+        bad = "out of memory";
+    size_t got = 0;
+    while (!bad && got < (size_t)st.st_size) {
+        ssize_t n = read(fd, (char *)r + got, (size_t)st.st_size - got);
+        if (n <= 0)
+            bad = "cannot read it";
+        got += n > 0 ? (size_t)n : 0;
+    }
+    close(fd);
+    if (!bad && (r->size != (uint64_t)st.st_size || r->flags != ULP_REQ_APPLY))
+        bad = "not an installed patch";
+    if (bad) {
+        snprintf(why, size, "%s", bad);
+        free(r);
+        return NULL;
+    }
+    return r;
+}
+
+static void apply_file(const char *path, int dirfd, const char *name, const struct target *t,
+                       int mem)
+{
+    char why[PATH_MAX + 128] = "";
+    struct ulp_request *r = read_request(dirfd, path, name, why, sizeof why);
+    const char *bad = NULL;
+    /* A trigger patching the process meanwhile makes either step busy: wait for it, as a
+     * trigger would retry (a checker written by a failed attempt is harmless). */
+    for (int attempt = 0; r && !bad && attempt < BUSY_ATTEMPTS; attempt++) {
+        if (attempt == 0 && (bad = locate(r, t)))
+            break;
+        if (attempt > 0)
+            nanosleep(&(struct timespec){0, 1000000}, NULL);
+        int64_t ticket = ulp_prepare(r);
+        if (ticket == -ULP_EALREADY) {
+            free(r);
+            return;
+        }
+        if (ticket == -ULP_EBUSY)
+            continue;
+        if (ticket <= 0) {
+            bad = r->message[0] ? r->message : "the runtime refused it";
+        } else if (!(bad = write_checkers(mem, r, (uintptr_t)&t->descriptor->dispatch))) {
+            if (ulp_commit(ticket) == -ULP_EBUSY)
+                continue;
+            if (alone())
+                finish(mem, r, t->descriptor);
+            free(r);
+            return;
+        }
+    }
+    if (r && !bad)
+        bad = "another trigger kept the runtime busy";
+    if (bad)
+        snprintf(why, sizeof why, "%s", bad);
+    if (why[0])
+        report(path, why);
+    free(r);
+}
+
+static int by_name(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Every installed patch of `t`'s build, in the order of their names (`ulp install` numbers
+ * them). */
+static void apply_installed(const struct target *t)
+{
+    const struct ulp_descriptor *d = t->descriptor;
+    if (!d->build_id || d->build_id_size == 0 || d->build_id_size > 32)
+        return;
+    char prefix[2 * 32 + 2];
+    const uint8_t *id = (const uint8_t *)(t->base + d->build_id);
+    for (uint32_t i = 0; i < d->build_id_size; i++)
+        snprintf(prefix + 2 * i, 3, "%02x", id[i]);
+    strcat(prefix, ".");
+    const char *dir = directory();
+    DIR *listing = opendir(dir);
+    if (!listing)
+        return;
+    char **names = NULL;
+    size_t count = 0, room = 0;
+    for (struct dirent *e; (e = readdir(listing));) {
+        size_t n = strlen(e->d_name);
+        if (strncmp(e->d_name, prefix, strlen(prefix)) != 0 || n < sizeof SUFFIX ||
+            strcmp(e->d_name + n - (sizeof SUFFIX - 1), SUFFIX) != 0)
+            continue;
+        if (count == room) {
+            room = room ? 2 * room : 8;
+            char **more = realloc(names, room * sizeof *names);
+            if (!more)
+                break;
+            names = more;
+        }
+        if ((names[count] = strdup(e->d_name)))
+            count++;
+    }
+    if (count) {
+        char why[PATH_MAX + 128];
+        int refused = refused_directory(dir, why, sizeof why);
+        int mem = open("/proc/self/mem", O_RDWR | O_CLOEXEC);
+        if (!refused && mem < 0) {
+            snprintf(why, sizeof why, "/proc/self/mem: %s", strerror(errno));
+            refused = 1;
+        }
+        qsort(names, count, sizeof *names, by_name);
+        for (size_t i = 0; i < count; i++) {
+            char path[PATH_MAX];
+            snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+            if (refused)
+                report(path, why);
+            else
+                apply_file(path, dirfd(listing), names[i], t, mem);
+        }
+        if (mem >= 0)
+            close(mem);
+    }
+    for (size_t i = 0; i < count; i++)
+        free(names[i]);
+    free(names);
+    closedir(listing);
+}
+
+/* ---- when ------------------------------------------------------------------------------- */
+
+struct search {
+    const struct ulp_descriptor *wanted; /* NULL: every prepared library */
+    int found;
+};
+
+static int visit(struct dl_phdr_info *info, size_t size, void *data)
+{
+    (void)size;
+    struct search *s = data;
+    struct ulp_descriptor *d = descriptor_of(info);
+    if (!d || (s->wanted && d != s->wanted))
+        return 0;
+    struct target t = {d, info->dlpi_addr, info->dlpi_phdr, info->dlpi_phnum};
+    apply_installed(&t);
+    s->found = 1;
+    return s->wanted != NULL;
+}
+
+/* The libraries the constructor looked at that have not made their first tracked call yet:
+ * that call must not apply (or refuse, and say so) the same files again. */
+static const struct ulp_descriptor *seen[ULP_MAX_LIBRARIES];
+static uint32_t seen_count;
+
+static int note_unregistered(struct dl_phdr_info *info, size_t size, void *data)
+{
+    (void)size, (void)data;
+    struct ulp_descriptor *d = descriptor_of(info);
+    if (d && atomic_load(&d->runtime_private) == 0 && seen_count < ULP_MAX_LIBRARIES)
+        seen[seen_count++] = d;
+    return 0;
+}
+
+/* The constructor: the libraries loaded with the program, before main. Still one thread, as
+ * a rule (another library's constructor may have started one). */
+static void forget_in_child(void)
+{
+    pthread_mutex_init(&lock, NULL);
+}
+
+void ulp_installed_start(void)
+{
+    pthread_atfork(NULL, NULL, forget_in_child);
+    pthread_mutex_lock(&lock);
+    applying = 1;
+    struct search s = {NULL, 0};
+    dl_iterate_phdr(visit, &s);
+    dl_iterate_phdr(note_unregistered, NULL);
+    applying = 0;
+    atomic_store(&started, 1);
+    pthread_mutex_unlock(&lock);
+}
+
+/* A library's first tracked call (library.c, once per load): for one loaded after the
+ * constructor ran. */
+void ulp_installed_registered(const struct ulp_descriptor *d)
+{
+    if (applying || !atomic_load(&started))
+        return;
+    pthread_mutex_lock(&lock);
+    int done = 0;
+    for (uint32_t i = 0; i < seen_count && !done; i++) {
+        if (seen[i] == d) {
+            seen[i] = NULL; /* once: a later load at the same address is a new library */
+            done = 1;
+        }
+    }
+    if (!done) {
+        applying = 1;
+        struct search s = {d, 0};
+        dl_iterate_phdr(visit, &s);
+        applying = 0;
+    }
+    pthread_mutex_unlock(&lock);
+}

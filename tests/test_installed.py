@@ -1,0 +1,199 @@
+"""Installed patches (ulp_build/live/installed.py, runtime/installed.c): a process that starts
+after `ulp install`, or loads the target after it, runs the new code from the target's first
+call, with no trigger; a pre-fork server's later workers follow `install` + `trigger --all`
+and `uninstall` + revert; a patch file anyone could have written is refused, with the reason
+on the process's stderr and in `ulp patches --installed`. Each test has its control: the same
+program without the installed patch answers the old version."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import run, ulp
+from live import PROGRAMS, running
+
+from ulp_build.patch.packer import pack
+from ulp_build.prepare.layout import CFLAGS
+
+SOURCES = PROGRAMS / "installed"
+OLD, NEW = "1 12", "2 24"
+
+
+@dataclass(frozen=True)
+class Built:
+    directory: Path
+    library: Path
+    patch: Path  # the .ulp
+    reverse: Path
+    first_call: Path
+    late: Path
+    server: Path
+
+
+def _build(*cmd: str | Path) -> None:
+    result = run([str(c) for c in cmd])
+    assert result.returncode == 0, f"{cmd}: {result.stderr}"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, runtime: Path) -> Built:
+    d = tmp_path_factory.mktemp("installed")
+    lib = d / "libinstalled.so"
+    _build("gcc", *CFLAGS, "-O2", "-fPIC", "-shared", "-o", lib, SOURCES / "installed.c")
+    assert ulp("rewrite", str(lib)).returncode == 0
+    _build("gcc", "-O2", "-fPIC", "-shared", "-o", d / "installed_v2.so",
+           SOURCES / "installed_v2.c")  # fmt: skip
+    (d / "installed_v2.toml").write_text((SOURCES / "installed_v2.toml").read_text())
+    packed = pack(d / "installed_v2.toml")
+    link = ("-L", d, f"-Wl,-rpath,{d}", "-linstalled")
+    for name in ("first_call", "server"):
+        _build("gcc", "-O2", "-o", d / name, SOURCES / f"{name}.c", *link)
+    _build("gcc", "-O2", "-o", d / "late", SOURCES / "late.c", "-ldl")
+    return Built(d, lib, packed.metadata, packed.reverse, d / "first_call", d / "late",
+                 d / "server")  # fmt: skip
+
+
+@pytest.fixture
+def patch_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty patch directory, named in ULP_PATCH_DIR for the runtime and the commands."""
+    where = tmp_path / "patches"
+    monkeypatch.setenv("ULP_PATCH_DIR", str(where))
+    return where
+
+
+def _first_call(built: Built, runtime: Path) -> tuple[str, str]:
+    result = run([str(built.first_call)], env=os.environ | {"LD_PRELOAD": str(runtime)})
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip(), result.stderr
+
+
+def _install(built: Built) -> Path:
+    result = ulp("install", str(built.patch))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith(": installed: patch installed-v2 for build-id "
+                                  f"{_build_id(built)[:12]}\n")  # fmt: skip
+    return Path(result.stdout.split(":")[0])
+
+
+def _build_id(built: Built) -> str:
+    return json.loads(ulp("check", str(built.library), "--json").stdout)["build_id"]
+
+
+def test_a_program_started_after_install_runs_the_new_code_from_its_first_call(
+    built: Built, runtime: Path, patch_dir: Path
+) -> None:
+    """main's first statement calls version(), a leaf (untracked): only an application before
+    main can reach it; report() is tracked."""
+    assert _first_call(built, runtime) == (OLD, "")  # the control: nothing installed
+    installed = _install(built)
+    assert installed.parent == patch_dir and installed.name.endswith(".installed-v2.ulpreq")
+    assert _first_call(built, runtime) == (NEW, "")
+    again = ulp("install", str(built.patch))
+    assert again.returncode == 0 and ": already installed: " in again.stdout
+    assert sorted(patch_dir.iterdir()) == [installed]
+    # Without the runtime, nothing applies it.
+    result = run([str(built.first_call)])
+    assert result.stdout.strip() == OLD
+    uninstalled = ulp("uninstall", "installed-v2")
+    assert uninstalled.returncode == 0 and uninstalled.stdout == f"{installed}: uninstalled\n"
+    assert _first_call(built, runtime) == (OLD, "")
+
+
+def test_the_process_shows_it_applied_and_finished(
+    built: Built, runtime: Path, patch_dir: Path
+) -> None:
+    """A one-thread process finishes the transition at once: `ulp patches` shows the patch,
+    and no transition left; the trigger can revert it like any other."""
+    _install(built)
+    with running(built.server, runtime) as p:
+        assert p.ask("stats") == "started with 24"
+        status = json.loads(ulp("patches", "-p", str(p.pid), "--json").stdout)[0]
+        (lib,) = [x for x in status["libraries"] if x["path"] == str(built.library)]
+        assert [(q["id"], q["functions"]) for q in lib["patches"]] == [("installed-v2", 2)]
+        assert lib["transition"] == "done", lib
+        reverted = ulp("trigger", "-p", str(p.pid), str(built.reverse))
+        assert reverted.returncode == 0, reverted.stderr
+        assert p.ask("work") == OLD
+
+
+def test_a_library_loaded_later_applies_it_before_its_first_call(
+    built: Built, runtime: Path, patch_dir: Path
+) -> None:
+    with running(built.late, runtime, str(built.library)) as p:
+        _install(built)  # after the process started, before it loads the library
+        assert p.ask("load") == NEW
+    with running(built.late, runtime, str(built.library)) as p:  # the control
+        ulp("uninstall", "installed-v2")
+        assert p.ask("load") == OLD
+
+
+def test_pre_fork_server(built: Built, runtime: Path, patch_dir: Path) -> None:
+    """Workers forked after `install` + `trigger --all` answer the new version, in a server
+    started before and in one started after; after `uninstall` + revert, both answer the old
+    one again."""
+    with running(built.server, runtime) as before:
+        assert before.ask("work") == OLD
+        _install(built)
+        assert before.ask("work") == OLD  # installing changes no running process
+        applied = ulp("trigger", "--all", str(built.patch))
+        assert applied.returncode == 0, applied.stderr
+        with running(built.server, runtime) as after:
+            for _ in range(3):
+                assert before.ask("work") == NEW
+                assert after.ask("work") == NEW
+            assert ulp("uninstall", str(built.patch)).returncode == 0
+            reverted = ulp("trigger", "--all", str(built.reverse))
+            assert reverted.returncode == 0, reverted.stderr
+            for _ in range(3):
+                assert before.ask("work") == OLD
+                assert after.ask("work") == OLD
+        with running(built.server, runtime) as later:
+            assert later.ask("work") == OLD
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [
+        ("file", "file writable by every user (mode 666)"),
+        ("owner", "file owned by uid 65534, not root: it could have written the patch"),
+        ("directory", "directory writable by every user (mode 777)"),
+    ],
+)
+def test_a_patch_anyone_could_have_written_is_refused(
+    built: Built, runtime: Path, patch_dir: Path, how: str, reason: str
+) -> None:
+    installed = _install(built)
+    if how == "file":
+        installed.chmod(0o666)
+    elif how == "owner":
+        os.chown(installed, 65534, 65534)
+    else:
+        patch_dir.chmod(0o777)
+    where = patch_dir if how == "directory" else installed
+    answer, stderr = _first_call(built, runtime)
+    assert answer == OLD
+    assert stderr == f"ulp: installed patch {installed} not applied: {where}: {reason}\n"
+    shown = json.loads(ulp("patches", "--installed", "--json").stdout)
+    assert [(i["path"], i["refusal"]) for i in shown] == [(str(installed), f"{where}: {reason}")]
+    text = ulp("patches", "--installed").stdout
+    build_id = _build_id(built)[:12]
+    assert text == f"{installed}  installed-v2  build-id {build_id}  refused: {where}: {reason}\n"
+
+
+def test_bad_input(built: Built, patch_dir: Path, tmp_path: Path) -> None:
+    result = ulp("uninstall", "nothing-such")
+    assert (result.returncode, result.stderr) == (
+        1,
+        f"ulp: {patch_dir}: no installed patch nothing-such\n",
+    )
+    result = ulp("install", str(built.reverse))
+    assert result.returncode == 1
+    assert (
+        result.stderr
+        == f"ulp: {built.reverse}: a reverse patch cannot be installed (`ulp uninstall`)\n"
+    )
+    assert not patch_dir.exists()
