@@ -318,7 +318,11 @@ static struct ulp_request *read_request(int dirfd, const char *path, const char 
         got += n > 0 ? (size_t)n : 0;
     }
     close(fd);
-    if (!bad && (r->size != (uint64_t)st.st_size || r->flags != ULP_REQ_APPLY))
+    /* locate() reads the entries before ulp_prepare checks the rest: their count first. */
+    if (!bad && (r->size != (uint64_t)st.st_size || r->flags != ULP_REQ_APPLY ||
+                 sizeof *r + (uint64_t)r->function_count * sizeof(struct ulp_request_function) +
+                         (uint64_t)r->reference_count * sizeof(struct ulp_request_reference) >
+                     r->size))
         bad = "not an installed patch";
     if (bad) {
         snprintf(why, size, "%s", bad);
@@ -328,8 +332,9 @@ static struct ulp_request *read_request(int dirfd, const char *path, const char 
     return r;
 }
 
-static void apply_file(const char *path, int dirfd, const char *name, const struct target *t,
-                       int mem)
+/* The request applied (the caller frees it), or NULL: already applied, or refused (said). */
+static struct ulp_request *apply_file(const char *path, int dirfd, const char *name,
+                                      const struct target *t, int mem)
 {
     char why[PATH_MAX + 128] = "";
     struct ulp_request *r = read_request(dirfd, path, name, why, sizeof why);
@@ -344,7 +349,7 @@ static void apply_file(const char *path, int dirfd, const char *name, const stru
         int64_t ticket = ulp_prepare(r);
         if (ticket == -ULP_EALREADY) {
             free(r);
-            return;
+            return NULL;
         }
         if (ticket == -ULP_EBUSY)
             continue;
@@ -353,10 +358,7 @@ static void apply_file(const char *path, int dirfd, const char *name, const stru
         } else if (!(bad = write_checkers(mem, r, (uintptr_t)&t->descriptor->dispatch))) {
             if (ulp_commit(ticket) == -ULP_EBUSY)
                 continue;
-            if (alone())
-                finish(mem, r, t->descriptor);
-            free(r);
-            return;
+            return r;
         }
     }
     if (r && !bad)
@@ -366,6 +368,7 @@ static void apply_file(const char *path, int dirfd, const char *name, const stru
     if (why[0])
         report(path, why);
     free(r);
+    return NULL;
 }
 
 static int by_name(const void *a, const void *b)
@@ -415,14 +418,24 @@ static void apply_installed(const struct target *t)
             refused = 1;
         }
         qsort(names, count, sizeof *names, by_name);
+        /* Applied in order (a later patch may replace a function an earlier one did); the
+         * checkers of all become direct jumps at the end, when nobody else can be inside. */
+        struct ulp_request **applied = calloc(count, sizeof *applied);
         for (size_t i = 0; i < count; i++) {
             char path[PATH_MAX];
             snprintf(path, sizeof path, "%s/%s", dir, names[i]);
-            if (refused)
-                report(path, why);
+            if (refused || !applied)
+                report(path, refused ? why : "out of memory");
             else
-                apply_file(path, dirfd(listing), names[i], t, mem);
+                applied[i] = apply_file(path, dirfd(listing), names[i], t, mem);
         }
+        int finishing = applied && alone();
+        for (size_t i = 0; applied && i < count; i++) {
+            if (applied[i] && finishing)
+                finish(mem, applied[i], t->descriptor);
+            free(applied[i]);
+        }
+        free(applied);
         if (mem >= 0)
             close(mem);
     }

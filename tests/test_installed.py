@@ -29,6 +29,7 @@ class Built:
     library: Path
     patch: Path  # the .ulp
     reverse: Path
+    on_top: Path  # installed_v3's .ulp: report() again
     first_call: Path
     late: Path
     server: Path
@@ -45,16 +46,16 @@ def built(tmp_path_factory: pytest.TempPathFactory, runtime: Path) -> Built:
     lib = d / "libinstalled.so"
     _build("gcc", *CFLAGS, "-O2", "-fPIC", "-shared", "-o", lib, SOURCES / "installed.c")
     assert ulp("rewrite", str(lib)).returncode == 0
-    _build("gcc", "-O2", "-fPIC", "-shared", "-o", d / "installed_v2.so",
-           SOURCES / "installed_v2.c")  # fmt: skip
-    (d / "installed_v2.toml").write_text((SOURCES / "installed_v2.toml").read_text())
-    packed = pack(d / "installed_v2.toml")
+    for name in ("installed_v2", "installed_v3"):
+        _build("gcc", "-O2", "-fPIC", "-shared", "-o", d / f"{name}.so", SOURCES / f"{name}.c")
+        (d / f"{name}.toml").write_text((SOURCES / f"{name}.toml").read_text())
+    packed, on_top = pack(d / "installed_v2.toml"), pack(d / "installed_v3.toml")
     link = ("-L", d, f"-Wl,-rpath,{d}", "-linstalled")
     for name in ("first_call", "server"):
         _build("gcc", "-O2", "-o", d / name, SOURCES / f"{name}.c", *link)
     _build("gcc", "-O2", "-o", d / "late", SOURCES / "late.c", "-ldl")
-    return Built(d, lib, packed.metadata, packed.reverse, d / "first_call", d / "late",
-                 d / "server")  # fmt: skip
+    return Built(d, lib, packed.metadata, packed.reverse, on_top.metadata, d / "first_call",
+                 d / "late", d / "server")  # fmt: skip
 
 
 @pytest.fixture
@@ -101,6 +102,26 @@ def test_a_program_started_after_install_runs_the_new_code_from_its_first_call(
     uninstalled = ulp("uninstall", "installed-v2")
     assert uninstalled.returncode == 0 and uninstalled.stdout == f"{installed}: uninstalled\n"
     assert _first_call(built, runtime) == (OLD, "")
+
+
+def test_patches_of_one_build_apply_in_the_order_installed(
+    built: Built, runtime: Path, patch_dir: Path
+) -> None:
+    """installed-v3 replaces report() again, over installed-v2: both apply, v3 last, and both
+    transitions finish (report's pad jumps to v3 directly)."""
+    _install(built)
+    result = ulp("install", str(built.on_top))
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.name for p in patch_dir.iterdir())
+    assert [n.split(".")[1:3] for n in names] == [["000001", "installed-v2"],
+                                                  ["000002", "installed-v3"]]  # fmt: skip
+    assert _first_call(built, runtime) == ("2 36", "")
+    with running(built.server, runtime) as p:
+        status = json.loads(ulp("patches", "-p", str(p.pid), "--json").stdout)[0]
+        (lib,) = [x for x in status["libraries"] if x["path"] == str(built.library)]
+        assert sorted(q["id"] for q in lib["patches"]) == ["installed-v2", "installed-v3"]
+        assert lib["transition"] == "done", lib
+        assert p.ask("work") == "2 36"
 
 
 def test_the_process_shows_it_applied_and_finished(
