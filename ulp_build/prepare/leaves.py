@@ -71,6 +71,11 @@ class _Library:
             if sym.type in (STT_FUNC, STT_GNU_IFUNC) and sym.defined:
                 starts.add(sym.value)
         self.sorted_starts = sorted(starts)
+        # Every function's extent the symbols give (0 when aliases disagree: unknown).
+        self.extents = _extents(
+            s for s in elf.symtab_symbols + elf.dynamic_symbols if s.type == STT_FUNC and s.defined
+        )
+        self._sized = sorted((a, n) for a, n in self.extents.items() if n > 0)
         # GOT slots bound to a function of another library that ends the process.
         syms = elf.dynamic_symbols
         self.ending_slots = {
@@ -104,6 +109,13 @@ class _Library:
         slot = target + m.end() + int.from_bytes(m.group(1), "little", signed=True)
         return slot in self.ending_slots
 
+    def function_around(self, address: int) -> int | None:
+        """The start of the function whose extent holds `address`, if one does."""
+        i = bisect.bisect_right(self._sized, (address, 1 << 64)) - 1
+        if i >= 0 and self._sized[i][0] <= address < sum(self._sized[i]):
+            return self._sized[i][0]
+        return None
+
     def start_inside(self, lo: int, hi: int) -> bool:
         """Whether a known function starts in (lo, hi)."""
         i = bisect.bisect_right(self.sorted_starts, lo)
@@ -111,30 +123,50 @@ class _Library:
 
 
 def find(elf: ElfFile, exported: Iterable[Symbol]) -> set[int]:
-    """The entries of the exported FUNC symbols that are leaves."""
-    extents: dict[int, int] = {}
-    for sym in exported:
-        if sym.type == STT_FUNC:
-            # Aliases that disagree on the size leave the extent unknown: 0, not a leaf.
-            extents[sym.value] = sym.size if extents.get(sym.value, sym.size) == sym.size else 0
-    extents = {a: n for a, n in extents.items() if n > 0}
-    if not extents:
+    """The entries of the exported FUNC symbols that are leaves, and the resolvers of the
+    exported IFUNCs whose every implementation is one."""
+    exported = list(exported)
+    functions = [s for s in exported if s.type == STT_FUNC]
+    ifuncs = _extents(s for s in exported if s.type == STT_GNU_IFUNC)
+    if not functions and not ifuncs:
         return set()
     lib = _Library(elf)
-    to_decode = []
-    for entry, size in extents.items():
-        code = elf.code_at(entry, size)
-        if code is None or lib.start_inside(entry, entry + size):
-            continue
-        if not _calls_out(lib, code, entry, size):
-            to_decode.append((entry, code))
-    if not to_decode:
+    # The byte scan first: most non-leaves never reach capstone.
+    candidates = {
+        s.value
+        for s in functions
+        if s.size > 0 and lib.extents.get(s.value) == s.size and _scanned_leaf(lib, s.value)
+    }
+    if not candidates and not ifuncs:
         return set()
     # Imported here: only a rewrite or a check needs it, and `ulp --version` must stay fast.
     import capstone
 
-    cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    return {entry for entry, code in to_decode if _decoded_leaf(lib, cs, code, entry)}
+    decide = _Decider(lib, capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64))
+    out = {entry for entry in candidates if decide.leaf(entry)}
+    for resolver, size in ifuncs.items():
+        chosen = decide.implementations(resolver, size)
+        if chosen and all(decide.leaf(a) for a in chosen):
+            out.add(resolver)
+    return out
+
+
+def _extents(symbols: Iterable[Symbol]) -> dict[int, int]:
+    """Address -> size; aliases that disagree on the size leave it unknown (0: not a leaf)."""
+    out: dict[int, int] = {}
+    for sym in symbols:
+        out[sym.value] = sym.size if out.get(sym.value, sym.size) == sym.size else 0
+    return out
+
+
+def _scanned_leaf(lib: _Library, entry: int) -> bool:
+    size = lib.extents[entry]
+    code = lib.elf.code_at(entry, size)
+    return (
+        code is not None
+        and not lib.start_inside(entry, entry + size)
+        and not _calls_out(lib, code, entry, size)
+    )
 
 
 def _calls_out(lib: _Library, code: bytes, entry: int, size: int) -> bool:
@@ -151,33 +183,83 @@ def _calls_out(lib: _Library, code: bytes, entry: int, size: int) -> bool:
     return False
 
 
-def _decoded_leaf(lib: _Library, cs: object, code: bytes, entry: int) -> bool:
-    end = entry + len(code)
-    decoded_to = entry
-    for addr, length, mnemonic, operands in cs.disasm_lite(code, entry):  # type: ignore[attr-defined]
-        decoded_to = addr + length
-        op = mnemonic.rsplit(" ", 1)[-1]  # without notrack, bnd, rep prefixes
-        if op in _BRANCHES or op.startswith("j"):
-            if operands.startswith("0x"):
-                target = int(operands, 16)
-                inside = entry < target < end
-                if not inside and not lib.ends_process(target):
-                    return False
-                continue
-            rip = _RIP_OPERAND.search(operands)
-            if rip is None or op not in ("call", "jmp"):
-                return False
-            disp = int(rip.group(2), 0)
-            slot = decoded_to + (disp if rip.group(1) == "+" else -disp)
-            if slot not in lib.ending_slots:
-                return False
-        elif op in ("lcall", "ljmp"):
+class _Decider:
+    """Leaf or not, per function start, decoded once. A branch into the middle of another
+    function passes no checker: it is fine when all of that function's code is (the whole
+    of it is then a leaf's code too). That is a greatest fixed point, so a function met again
+    while it is being decided counts as a leaf until proven otherwise: two functions that jump
+    into each other are leaves when nothing else in them is wrong."""
+
+    def __init__(self, lib: _Library, cs: object) -> None:
+        self.lib = lib
+        self.cs = cs
+        self.known: dict[int, bool] = {}
+
+    def leaf(self, entry: int) -> bool:
+        if entry not in self.known:
+            self.known[entry] = True  # meanwhile: see the class
+            self.known[entry] = self._decoded(entry)
+        return self.known[entry]
+
+    def _decoded(self, entry: int) -> bool:
+        lib = self.lib
+        size = lib.extents.get(entry, 0)
+        code = lib.elf.code_at(entry, size) if size > 0 else None
+        if code is None or lib.start_inside(entry, entry + size):
             return False
-        elif op == "lea":
-            rip = _RIP_OPERAND.search(operands)
-            if rip is not None:
-                disp = int(rip.group(2), 0)
-                taken = decoded_to + (disp if rip.group(1) == "+" else -disp)
-                if taken in lib.other_code:
+        end = entry + size
+        decoded_to = entry
+        for addr, length, mnemonic, operands in self.cs.disasm_lite(code, entry):  # type: ignore[attr-defined]
+            decoded_to = addr + length
+            op = mnemonic.rsplit(" ", 1)[-1]  # without notrack, bnd, rep prefixes
+            if op in _BRANCHES or op.startswith("j"):
+                if operands.startswith("0x"):
+                    if not self._may_branch(int(operands, 16), entry, end):
+                        return False
+                    continue
+                slot = _rip_target(operands, decoded_to)
+                if slot is None or op not in ("call", "jmp") or slot not in lib.ending_slots:
                     return False
-    return decoded_to == end
+            elif op in ("lcall", "ljmp"):
+                return False
+            elif op == "lea":
+                taken = _rip_target(operands, decoded_to)
+                if taken is not None and taken in lib.other_code:
+                    return False
+        return decoded_to == end
+
+    def _may_branch(self, target: int, entry: int, end: int) -> bool:
+        if entry < target < end or self.lib.ends_process(target):
+            return True
+        if target in self.lib.other_code:  # an entry (its checker) or the PLT
+            return False
+        around = self.lib.function_around(target)
+        return around is not None and self.leaf(around)
+
+    def implementations(self, resolver: int, size: int) -> set[int]:
+        """The functions an IFUNC resolver may return: every function whose address its code
+        takes (`lea f(%rip)`, as glibc's resolvers pick one). Empty, which is no leaf, when it
+        is unknown: no size, undecodable code, or an indirect jump (a table could hold
+        others)."""
+        code = self.lib.elf.code_at(resolver, size) if size > 0 else None
+        if code is None:
+            return set()
+        out = set()
+        decoded_to = resolver
+        for addr, length, mnemonic, operands in self.cs.disasm_lite(code, resolver):  # type: ignore[attr-defined]
+            decoded_to = addr + length
+            op = mnemonic.rsplit(" ", 1)[-1]
+            if op == "jmp" and not operands.startswith("0x"):
+                return set()
+            taken = _rip_target(operands, decoded_to) if op == "lea" else None
+            if taken is not None and taken in self.lib.extents:
+                out.add(taken)
+        return out if decoded_to == resolver + size else set()
+
+
+def _rip_target(operands: str, next_ip: int) -> int | None:
+    rip = _RIP_OPERAND.search(operands)
+    if rip is None:
+        return None
+    disp = int(rip.group(2), 0)
+    return next_ip + (disp if rip.group(1) == "+" else -disp)
