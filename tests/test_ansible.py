@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -225,6 +226,105 @@ def test_facts_give_the_processes_and_their_patches(fleet: Fleet) -> None:
         (library,) = [lib for lib in facts[0]["libraries"] if lib["path"].endswith("/libbasic.so")]
         active = [patch["id"] for patch in library["patches"]]
         assert active == (["basic-square-saturate"] if name == "beta" else [])
+
+
+def install_task(tree: Path, patch_dir: Path, state: str = "applied") -> dict[str, Any]:
+    """The patch task with `installed`, into a patch directory of each host's own (the hosts
+    are local: one shared directory would be changed by whichever host came first)."""
+    task = patch_task(tree, state)
+    task["ulp.livepatch.patch"] |= {
+        "installed": True,
+        "patch_dir": f"{patch_dir}/{{{{ inventory_hostname }}}}",
+    }
+    return task
+
+
+def installed_files(patch_dir: Path) -> dict[str, list[str]]:
+    return {
+        name: sorted(f.name for f in (patch_dir / name).iterdir())
+        for name in HOSTS
+        if (patch_dir / name).exists()
+    }
+
+
+def test_install_and_uninstall_are_idempotent(fleet: Fleet) -> None:
+    where = fleet.tmp / "installed"
+
+    checked = fleet.play(install_task(fleet.tree, where), check=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert all(counts["changed"] == 1 for counts in recap(checked).values()), checked.stdout
+    assert fleet.saved("alpha")["installed"] == {"status": "would install", "path": None}
+    assert not where.exists()
+    assert fleet.answers() == dict.fromkeys(HOSTS, str(OVERFLOWED))
+
+    done = fleet.play(install_task(fleet.tree, where))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert all(counts["changed"] == 1 for counts in recap(done).values()), done.stdout
+    files = installed_files(where)
+    assert list(files) == list(HOSTS), files
+    for name, p in fleet.processes.items():
+        (file,) = files[name]
+        assert re.fullmatch(r"[0-9a-f]+\.000001\.basic-square-saturate\.ulpreq", file), file
+        result = fleet.saved(name)
+        assert result["installed"] == {"status": "installed", "path": str(where / name / file)}
+        assert [(r["pid"], r["status"]) for r in result["processes"]] == [(p.pid, "applied")]
+    assert fleet.answers() == dict.fromkeys(HOSTS, str(SATURATED))
+
+    again = fleet.play(
+        install_task(fleet.tree, where),
+        {
+            "ulp.livepatch.patch_facts": {
+                "pids": ["{{ target_pid }}"],
+                "patch_dir": f"{where}/{{{{ inventory_hostname }}}}",
+                "executable": "{{ ulp_command }}",
+            }
+        },
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert all(counts["changed"] == 0 for counts in recap(again).values()), again.stdout
+    assert fleet.saved("beta")["installed"]["status"] == "already installed"
+    assert fleet.saved("beta")["processes"][0]["status"] == "already applied"
+    assert installed_files(where) == files
+    (fact,) = fleet.saved("gamma", 1)["ansible_facts"]["ulp_installed_patches"]
+    assert (fact["path"], fact["id"], fact["refusal"]) == (
+        str(where / "gamma" / files["gamma"][0]),
+        "basic-square-saturate",
+        None,
+    )
+
+    back = fleet.play(install_task(fleet.tree, where, "reverted"), check=True)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert all(counts["changed"] == 1 for counts in recap(back).values()), back.stdout
+    assert fleet.saved("alpha")["installed"]["status"] == "would uninstall"
+    assert installed_files(where) == files
+    assert fleet.answers() == dict.fromkeys(HOSTS, str(SATURATED))
+
+    for status, changed in (("uninstalled", 1), ("not installed", 0)):
+        gone = fleet.play(install_task(fleet.tree, where, "reverted"))
+        assert gone.returncode == 0, gone.stdout + gone.stderr
+        counts = recap(gone)
+        assert all(c["changed"] == changed for c in counts.values()), gone.stdout
+        assert fleet.saved("gamma")["installed"]["status"] == status
+        assert installed_files(where) == {name: [] for name in HOSTS}
+        assert fleet.answers() == dict.fromkeys(HOSTS, str(OVERFLOWED))
+
+
+def test_a_patch_root_should_not_trust_is_not_installed(fleet: Fleet) -> None:
+    untrusted = fleet.tmp / "untrusted"
+    shutil.copytree(Path(patch_file(fleet.tree, "square_fix")).parent, untrusted)
+    (untrusted / "patch.ulp").chmod(0o666)
+    where = fleet.tmp / "installed"
+    task = install_task(fleet.tree, where)
+    task["ulp.livepatch.patch"]["patch"] = str(untrusted / "patch.ulp")
+    result = fleet.play(task)
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert all(counts["failed"] == 1 for counts in recap(result).values()), result.stdout
+    fatal = [line for line in result.stdout.splitlines() if line.startswith("fatal: [alpha]")]
+    assert len(fatal) == 1, result.stdout
+    reason = f"{untrusted / 'patch.ulp'}: file writable by every user (mode 666)"
+    assert f"{reason}: every process would refuse it once installed" in fatal[0], fatal[0]
+    assert not where.exists()
+    assert fleet.answers() == dict.fromkeys(HOSTS, str(OVERFLOWED))
 
 
 def test_the_modules_document_themselves(tmp_path: Path) -> None:

@@ -16,3 +16,14 @@ options:
 requirements:
   - ulp (ulp_build) on the managed host
 """
+
+    # The modules that read or change installed patches.
+    PATCH_DIR = r"""
+options:
+  patch_dir:
+    description:
+      - The directory of installed patches (C(ulp install --dir)). Without it, C(ulp)'s
+        default - E(ULP_PATCH_DIR) in the environment of the task, else C(/var/lib/ulp/patches),
+        the directory the runtime reads unless a process is given another.
+    type: path
+"""

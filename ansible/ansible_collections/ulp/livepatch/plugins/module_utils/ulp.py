@@ -14,6 +14,8 @@ from typing import Any
 
 # The `executable` option, shared by every module of the collection.
 EXECUTABLE_OPTION: dict[str, Any] = {"type": "list", "elements": "str", "default": ["ulp"]}
+# The `patch_dir` option, of the modules that read or change installed patches.
+PATCH_DIR_OPTION: dict[str, Any] = {"type": "path"}
 
 
 class UlpFailed(Exception):
@@ -24,19 +26,37 @@ class UlpFailed(Exception):
 def run_json(module: Any, *args: str) -> tuple[int, Any, str]:
     """Run `ulp ARGS --json`: its exit status, its JSON and its stderr. Raises UlpFailed when
     there is no JSON to read."""
+    rc, out, err = module.run_command([*_argv(module), *args, "--json"])
+    try:
+        return rc, json.loads(out), err
+    except ValueError:
+        raise UlpFailed(_said(module, args, rc, err)) from None
+
+
+def run(module: Any, *args: str) -> str:
+    """Run `ulp ARGS`, a command that has no `--json` (`install`, `uninstall`): what it printed.
+    Raises UlpFailed when it failed."""
+    rc, out, err = module.run_command([*_argv(module), *args])
+    if rc != 0:
+        raise UlpFailed(_said(module, args, rc, err))
+    return out
+
+
+def _argv(module: Any) -> list[str]:
     argv = list(module.params["executable"])
     if "/" not in argv[0]:
         # A bare name is looked up on PATH, with Ansible's own message when it is missing.
         argv[0] = module.get_bin_path(argv[0], required=True)
-    rc, out, err = module.run_command([*argv, *args, "--json"])
-    try:
-        return rc, json.loads(out), err
-    except ValueError:
-        # Each line is "ulp: REASON"; the reasons are what the task reports.
-        said = "; ".join(
-            line.strip().removeprefix("ulp: ") for line in err.splitlines() if line.strip()
-        )
-        raise UlpFailed(said or f"{' '.join(argv)} {' '.join(args)}: exit status {rc}") from None
+    return argv
+
+
+def _said(module: Any, args: tuple[str, ...], rc: int, err: str) -> str:
+    """Why `ulp ARGS` failed: its reasons (each line of stderr is "ulp: REASON"), or else its
+    exit status."""
+    said = "; ".join(
+        line.strip().removeprefix("ulp: ") for line in err.splitlines() if line.strip()
+    )
+    return said or f"{' '.join(_argv(module))} {' '.join(args)}: exit status {rc}"
 
 
 def patches(module: Any, pids: list[int] | None = None) -> tuple[list[dict[str, Any]], str]:
@@ -49,3 +69,17 @@ def patches(module: Any, pids: list[int] | None = None) -> tuple[list[dict[str, 
     if rc != 0:
         raise UlpFailed(f"ulp patches: exit status {rc}")
     return data, err
+
+
+def installed(module: Any, patch_dir: str | None) -> list[dict[str, Any]]:
+    """What `ulp patches --installed --json` shows: the patches installed in `patch_dir` (or
+    ulp's default directory), each with why processes refuse it, if they do."""
+    rc, data, _ = run_json(module, "patches", "--installed", *dir_args(patch_dir))
+    if rc != 0:
+        raise UlpFailed(f"ulp patches --installed: exit status {rc}")
+    return data
+
+
+def dir_args(patch_dir: str | None) -> list[str]:
+    """The `--dir` of `ulp install`, `uninstall` and `patches --installed`, if one is given."""
+    return [] if patch_dir is None else ["--dir", patch_dir]

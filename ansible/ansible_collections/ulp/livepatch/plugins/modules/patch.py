@@ -1,7 +1,8 @@
 #!/usr/bin/python
 """ulp.livepatch.patch: apply or revert a live patch in the running processes of a host, with
-`ulp trigger --json`, as an Ansible task that changes something only when there is something
-to change.
+`ulp trigger --json`, and install or uninstall it for the processes started later (`ulp
+install`, `ulp uninstall`), as an Ansible task that changes something only when there is
+something to change.
 
 `ulp trigger` is idempotent by itself for one patch: a patch already applied is reported
 `already applied`, one to revert that is not `not applied`, and neither touches the process.
@@ -10,6 +11,12 @@ applying a patch always makes a new universe), so for it, and for check mode, wh
 process would undergo is worked out first from `ulp patches --json` (the active patches of
 each library) and `ulp dump --json` (the patch's id and target build-id), and only the
 processes that need it are triggered.
+
+Installing is idempotent in `ulp install` too (`already installed`), but uninstalling a patch
+that is not installed fails; and neither has `--json`. So what is installed is read first with
+`ulp patches --installed --json`, a patch being there when one with its id and target build-id
+is, and the commands run only to change something (except `ulp install`, run even then: it
+refuses the same id with other contents, and patch files root should not trust).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from ansible_collections.ulp.livepatch.plugins.module_utils import ulp
 DOCUMENTATION = r"""
 ---
 module: patch
-short_description: Apply or revert a ulp live patch in running processes
+short_description: Apply, revert, install or uninstall a ulp live patch
 version_added: "0.1.0"
 description:
   - Applies a patch (a C(.ulp) metadata file made by C(ulp pack), next to its patch object) to
@@ -38,9 +45,15 @@ description:
     O(all) and O(patch), every process with the target is triggered, and changed.
   - Fails when the trigger failed in any process, naming each such process and its reason.
     The processes where it succeeded are changed all the same and listed in RV(processes).
-  - Installing a patch file onto the host is not part of this module (C(ulp) has no
-    C(install) command yet); copy the C(.ulp) file and its patch object with
-    M(ansible.builtin.copy), owned by root, in a directory only root may write.
+  - With O(installed), the patch is also installed into the patch directory (C(ulp install)),
+    before it is applied to the running processes, so that every process started later with
+    the runtime applies it itself; to revert (O(state=reverted) or a reverse patch), it is
+    uninstalled (C(ulp uninstall)) before the running processes are reverted. Without O(pids)
+    and O(all), the task only installs or uninstalls. C(ulp install) refuses patch files
+    that root should not trust, and the task then fails before any process is touched.
+  - The patch files themselves are not copied by this module; copy the C(.ulp) file and its
+    patch object with M(ansible.builtin.copy), owned by root, in a directory only root may
+    write.
 options:
   patch:
     description:
@@ -62,7 +75,8 @@ options:
     type: str
   pids:
     description:
-      - The processes to patch. Exactly one of O(pids) and O(all) is required.
+      - The processes to patch. Exactly one of O(pids) and O(all) is required, unless
+        O(installed) is given.
     type: list
     elements: int
   all:
@@ -74,6 +88,16 @@ options:
     description:
       - With O(all), only the processes of this user (a name or a uid).
     type: str
+  installed:
+    description:
+      - Also install O(patch) into the patch directory (or, to revert, uninstall it), for the
+        processes started later. Installing needs root, and O(patch) and its object root's
+        files in directories only root may write. With O(revert_all), only O(patch) is
+        installed; other installed patches of the library stay installed.
+      - A patch is installed when one with its id and target build-id is in the directory.
+        Uninstalling removes the installed patches with its id (C(ulp uninstall ID)).
+    type: bool
+    default: false
   timeout:
     description: Seconds each stop and each call into a process may take (C(--timeout)).
     type: float
@@ -92,13 +116,16 @@ attributes:
   check_mode:
     support: full
     details:
-      - Reads C(ulp dump --json) and C(ulp patches --json) and changes nothing. The trigger's
-        rules on who owns the patch files are not checked then.
+      - Reads C(ulp dump --json), C(ulp patches --json) and C(ulp patches --installed --json)
+        and changes nothing. The trigger's rules on who owns the patch files are not checked
+        then, nor, for O(installed), whether an installed patch of the same id and build has
+        the same contents.
 notes:
   - C(ulp trigger) attaches to the processes with ptrace; run the task as root (C(become))
     unless every process belongs to the connecting user.
 extends_documentation_fragment:
   - ulp.livepatch.ulp
+  - ulp.livepatch.ulp.patch_dir
 author:
   - ulp_build developers
 """
@@ -109,6 +136,21 @@ EXAMPLES = r"""
     patch: /srv/patches/libfoo-fix-1/fix.ulp
     all: true
     user: www-data
+  become: true
+
+- name: Install the fix for the processes started later, and apply it to those running
+  ulp.livepatch.patch:
+    patch: /srv/patches/libfoo-fix-1/fix.ulp
+    installed: true
+    all: true
+  become: true
+
+- name: Uninstall it, and revert it where it runs
+  ulp.livepatch.patch:
+    patch: /srv/patches/libfoo-fix-1/fix.ulp
+    state: reverted
+    installed: true
+    all: true
   become: true
 
 - name: Revert it in one process
@@ -140,9 +182,23 @@ processes:
       universe: 2
       pending: []
       uid: 0
+installed:
+  description:
+    - With O(installed), what was done in the patch directory - its status, C(installed),
+      C(already installed), C(uninstalled) or C(not installed) (in check mode C(would install)
+      or C(would uninstall) for what would change), and the path of the installed file
+      (null when there is none).
+  returned: when O(installed) is true
+  type: dict
+  sample:
+    status: installed
+    path: /var/lib/ulp/patches/3f2a9c0d51e7.000001.libfoo-fix-1.ulpreq
 """
 
-CHANGES = ("applied", "reverted", "would apply", "would revert")
+CHANGES = (
+    *("applied", "reverted", "would apply", "would revert"),
+    *("installed", "uninstalled", "would install", "would uninstall"),
+)
 
 
 def main() -> None:
@@ -154,6 +210,8 @@ def main() -> None:
             "pids": {"type": "list", "elements": "int"},
             "all": {"type": "bool", "default": False},
             "user": {"type": "str"},
+            "installed": {"type": "bool", "default": False},
+            "patch_dir": ulp.PATCH_DIR_OPTION,
             "executable": ulp.EXECUTABLE_OPTION,
             "timeout": {"type": "float"},
             "wait": {"type": "float"},
@@ -164,27 +222,29 @@ def main() -> None:
         supports_check_mode=True,
     )
     p = module.params
-    if bool(p["pids"]) == p["all"]:
+    if (p["pids"] and p["all"]) or not (p["pids"] or p["all"] or p["installed"]):
         module.fail_json(msg="give the processes: either pids or all=true")
     if p["user"] is not None and not p["all"]:
         module.fail_json(msg="user goes with all=true")
     if p["revert_all"] and p["patch"] and p["state"] == "reverted":
         module.fail_json(msg="revert_all with a patch applies that patch; it cannot revert it")
+    if p["installed"] and not p["patch"]:
+        module.fail_json(msg="installed=true needs the patch to install or uninstall")
+    if p["patch_dir"] is not None and not p["installed"]:
+        module.fail_json(msg="patch_dir goes with installed=true")
+    # Installed first: a process that starts while the running ones are being patched then
+    # applies the patch itself (or, to revert, no longer does).
+    installed = None
     try:
-        # With `all`, a process whose target the runtime has not seen called yet is not
-        # listed by `ulp patches`: only the trigger's own scan finds it, for an apply.
-        if module.check_mode or (p["revert_all"] and (p["pids"] or not p["patch"])):
-            results = _planned(module)
-            if not module.check_mode:
-                todo = [r["pid"] for r in results if r["status"] in CHANGES]
-                results = [r for r in results if r["status"] not in CHANGES]
-                results += _trigger(module, todo) if todo else []
-        else:
-            results = _trigger(module, p["pids"])
+        installed = _installation(module) if p["installed"] else None
+        results = _processes(module) if p["pids"] or p["all"] else []
     except ulp.UlpFailed as exc:
-        module.fail_json(msg=str(exc))
+        changed = installed is not None and installed["status"] in CHANGES
+        module.fail_json(msg=str(exc), changed=changed, **_installed_result(installed))
     results.sort(key=lambda r: r["pid"])
-    changed = any(r["status"] in CHANGES for r in results)
+    changed = any(r["status"] in CHANGES for r in results) or (
+        installed is not None and installed["status"] in CHANGES
+    )
     for r in results:
         if r.get("pending"):
             held = ", ".join(f"{h['tid']} ({h['name']}, {h['reason']})" for h in r["pending"])
@@ -197,8 +257,66 @@ def main() -> None:
             msg=f"ulp trigger {would} in {len(failed)} of {len(results)} process(es): {why}",
             changed=changed,
             processes=results,
+            **_installed_result(installed),
         )
-    module.exit_json(changed=changed, processes=results)
+    module.exit_json(changed=changed, processes=results, **_installed_result(installed))
+
+
+def _processes(module: AnsibleModule) -> list[dict[str, Any]]:
+    """Apply or revert the patch in the processes: what each underwent (or, in check mode,
+    would)."""
+    p = module.params
+    # With `all`, a process whose target the runtime has not seen called yet is not
+    # listed by `ulp patches`: only the trigger's own scan finds it, for an apply.
+    if module.check_mode or (p["revert_all"] and (p["pids"] or not p["patch"])):
+        results = _planned(module)
+        if not module.check_mode:
+            todo = [r["pid"] for r in results if r["status"] in CHANGES]
+            results = [r for r in results if r["status"] not in CHANGES]
+            results += _trigger(module, todo) if todo else []
+        return results
+    return _trigger(module, p["pids"])
+
+
+def _installation(module: AnsibleModule) -> dict[str, Any]:
+    """Install the patch into the patch directory (or, to revert, uninstall it) unless it
+    already is (is not): what was done, or in check mode what would be. An installed patch
+    is the one with the same id and target build-id."""
+    p = module.params
+    where = ulp.dir_args(p["patch_dir"])
+    patch = ulp.run_json(module, "dump", p["patch"])[1]
+    key = (patch["id"], patch["target_build_id"])
+    present = _installed_as(module, key)
+    if p["state"] == "reverted" or patch["kind"] == "revert":
+        if not present:
+            return {"status": "not installed", "path": None}
+        if not module.check_mode:
+            # By id, as `ulp uninstall` takes it: the patch of this id for every build goes.
+            ulp.run(module, "uninstall", patch["id"], *where)
+        status = "would uninstall" if module.check_mode else "uninstalled"
+        return {"status": status, "path": present[0]["path"]}
+    if module.check_mode:
+        status, entry = ("already installed", present[0]) if present else ("would install", None)
+    else:
+        # Even when it is there: `ulp install` refuses the same id with other contents, and
+        # patch files root should not trust.
+        ulp.run(module, "install", p["patch"], *where)
+        status = "already installed" if present else "installed"
+        entry = (present or _installed_as(module, key))[0]
+    if entry is not None and entry["refusal"]:
+        module.warn(f"installed patch {entry['path']}: processes refuse it: {entry['refusal']}")
+    return {"status": status, "path": None if entry is None else entry["path"]}
+
+
+def _installed_as(module: AnsibleModule, key: tuple[str, str]) -> list[dict[str, Any]]:
+    """The installed patches with this (id, target build-id)."""
+    found = ulp.installed(module, module.params["patch_dir"])
+    return [i for i in found if (i["id"], i["target_build_id"]) == key]
+
+
+def _installed_result(installed: dict[str, Any] | None) -> dict[str, Any]:
+    """The `installed` return value, when the task installs or uninstalls."""
+    return {} if installed is None else {"installed": installed}
 
 
 def _trigger(module: AnsibleModule, pids: list[int] | None) -> list[dict[str, Any]]:

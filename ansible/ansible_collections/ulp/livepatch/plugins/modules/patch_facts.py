@@ -1,8 +1,9 @@
 #!/usr/bin/python
 """ulp.livepatch.patch_facts: what `ulp patches --json` shows of a host, as the fact
 `ulp_processes`: the processes with the runtime, their prepared libraries, the patches active
-in each, and the transitions not finished yet. It only reads (no `--finish`), so it runs in
-check mode as it does otherwise.
+in each, and the transitions not finished yet; and what `ulp patches --installed --json` shows,
+as `ulp_installed_patches`. It only reads (no `--finish`), so it runs in check mode as it does
+otherwise.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ module: patch_facts
 short_description: Gather the processes with the ulp runtime and their live patches
 version_added: "0.1.0"
 description:
-  - Runs C(ulp patches --json) on the managed host and sets the fact C(ulp_processes).
+  - Runs C(ulp patches --json) on the managed host and sets the fact C(ulp_processes), and
+    C(ulp patches --installed --json) for the fact C(ulp_installed_patches).
   - Without O(pids), every process with the runtime that the connecting user may read; a
     process that cannot be read is skipped with a warning naming it.
   - With O(pids), those processes; the task fails if one of them has no runtime.
@@ -34,6 +36,7 @@ notes:
   - Run it as root (C(become)) to see every user's processes.
 extends_documentation_fragment:
   - ulp.livepatch.ulp
+  - ulp.livepatch.ulp.patch_dir
 author:
   - ulp_build developers
 """
@@ -49,6 +52,10 @@ EXAMPLES = r"""
       {{ item.pid }} {{ item.command }}:
       {{ item.libraries | map(attribute='patches') | flatten | map(attribute='id') | list }}
   loop: "{{ ulp_processes }}"
+
+- name: No installed patch is refused
+  ansible.builtin.assert:
+    that: ulp_installed_patches | selectattr('refusal') | list == []
 """
 
 RETURN = r"""
@@ -85,6 +92,20 @@ ansible_facts:
               transition: done
               universe: 2
               holders: []
+    ulp_installed_patches:
+      description:
+        - One entry per patch installed in the patch directory, in the order processes
+          apply them, as C(ulp patches --installed --json) gives it - path, id,
+          description, target_build_id, and refusal (null, or why processes refuse the file).
+      returned: always
+      type: list
+      elements: dict
+      sample:
+        - path: /var/lib/ulp/patches/3f2a9c0d51e7.000001.libfoo-fix-1.ulpreq
+          id: libfoo-fix-1
+          description: Fix off-by-one in foo_parse
+          target_build_id: 3f2a9c0d51e7
+          refusal: null
 """
 
 
@@ -92,18 +113,21 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "pids": {"type": "list", "elements": "int"},
+            "patch_dir": ulp.PATCH_DIR_OPTION,
             "executable": ulp.EXECUTABLE_OPTION,
         },
         supports_check_mode=True,
     )
     try:
         processes, said = ulp.patches(module, module.params["pids"])
+        installed = ulp.installed(module, module.params["patch_dir"])
     except ulp.UlpFailed as exc:
         module.fail_json(msg=str(exc))
     for line in said.splitlines():
         if line.strip():
             module.warn(line.strip())
-    module.exit_json(changed=False, ansible_facts={"ulp_processes": processes})
+    facts = {"ulp_processes": processes, "ulp_installed_patches": installed}
+    module.exit_json(changed=False, ansible_facts=facts)
 
 
 if __name__ == "__main__":
