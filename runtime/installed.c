@@ -447,40 +447,21 @@ static void apply_installed(const struct target *t)
 
 /* ---- when ------------------------------------------------------------------------------- */
 
-struct search {
-    const struct ulp_descriptor *wanted; /* NULL: every prepared library */
-    int found;
-};
-
-static int visit(struct dl_phdr_info *info, size_t size, void *data)
+/* dl_iterate_phdr's callback; `wanted`: one library's descriptor, or NULL for every one. */
+static int visit(struct dl_phdr_info *info, size_t size, void *wanted)
 {
     (void)size;
-    struct search *s = data;
     struct ulp_descriptor *d = descriptor_of(info);
-    if (!d || (s->wanted && d != s->wanted))
+    if (!d || (wanted && d != wanted))
         return 0;
     struct target t = {d, info->dlpi_addr, info->dlpi_phdr, info->dlpi_phnum};
+    /* Registered now rather than at its first tracked call: `ulp patches` lists it even if
+     * the program only ever calls its leaves, and that call has no application left to do. */
+    ulp_library_register(d);
     apply_installed(&t);
-    s->found = 1;
-    return s->wanted != NULL;
+    return wanted != NULL;
 }
 
-/* The libraries the constructor looked at that have not made their first tracked call yet:
- * that call must not apply (or refuse, and say so) the same files again. */
-static const struct ulp_descriptor *seen[ULP_MAX_LIBRARIES];
-static uint32_t seen_count;
-
-static int note_unregistered(struct dl_phdr_info *info, size_t size, void *data)
-{
-    (void)size, (void)data;
-    struct ulp_descriptor *d = descriptor_of(info);
-    if (d && atomic_load(&d->runtime_private) == 0 && seen_count < ULP_MAX_LIBRARIES)
-        seen[seen_count++] = d;
-    return 0;
-}
-
-/* The constructor: the libraries loaded with the program, before main. Still one thread, as
- * a rule (another library's constructor may have started one). */
 static void forget_in_child(void)
 {
     pthread_mutex_init(&lock, NULL);
@@ -491,9 +472,7 @@ void ulp_installed_start(void)
     pthread_atfork(NULL, NULL, forget_in_child);
     pthread_mutex_lock(&lock);
     applying = 1;
-    struct search s = {NULL, 0};
-    dl_iterate_phdr(visit, &s);
-    dl_iterate_phdr(note_unregistered, NULL);
+    dl_iterate_phdr(visit, NULL);
     applying = 0;
     atomic_store(&started, 1);
     pthread_mutex_unlock(&lock);
@@ -506,18 +485,8 @@ void ulp_installed_registered(const struct ulp_descriptor *d)
     if (applying || !atomic_load(&started))
         return;
     pthread_mutex_lock(&lock);
-    int done = 0;
-    for (uint32_t i = 0; i < seen_count && !done; i++) {
-        if (seen[i] == d) {
-            seen[i] = NULL; /* once: a later load at the same address is a new library */
-            done = 1;
-        }
-    }
-    if (!done) {
-        applying = 1;
-        struct search s = {d, 0};
-        dl_iterate_phdr(visit, &s);
-        applying = 0;
-    }
+    applying = 1;
+    dl_iterate_phdr(visit, (void *)d);
+    applying = 0;
     pthread_mutex_unlock(&lock);
 }

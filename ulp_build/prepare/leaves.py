@@ -20,10 +20,13 @@ symbol's extent, each branch stays inside that extent without coming back to its
 - no RIP-relative `lea` of a function entry of the library: a function handing out its own
   functions' addresses is not the plain code this rule is for;
 - no other known function's entry inside its extent (code falling through into it passes that
-  function's checker);
+  function's checker); a branch into the middle of another function meets no checker, and is
+  fine when the whole of that function is a leaf;
 - a known size (the symbol's, the same for every alias), all of it decoded: anything else is
   not a leaf.
-System calls are fine: the kernel runs no code of the library. A signal handler that runs while
+An IFUNC is a leaf when every function whose address its resolver takes is one (whichever the
+CPU gets), and the resolver has no indirect jump. System calls are fine: the kernel runs no code
+of the library. A signal handler that runs while
 a leaf runs makes calls of its own, as it would between two calls.
 
 Decoding 400 000 instructions of a libc with capstone in Python would cost seconds, so a byte

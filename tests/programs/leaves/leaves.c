@@ -69,3 +69,52 @@ void hands_out_callback(int *v, size_t n)
 {
     qsort(v, n, sizeof *v, by_value);
 }
+
+/* IFUNCs: leaf_pick's resolver can only return leaves, so the IFUNC is one; calls_pick's can
+ * return a function that calls the C library. */
+static int pick_a(int x)
+{
+    return x + 1;
+}
+
+static int pick_b(int x)
+{
+    return x + 2;
+}
+
+static int pick_calls(int x)
+{
+    return x + getpid() * 0;
+}
+
+static void *resolve_leaf_pick(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") ? (void *)pick_a : (void *)pick_b;
+}
+
+static void *resolve_calls_pick(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") ? (void *)pick_a : (void *)pick_calls;
+}
+
+int leaf_pick(int x) __attribute__((ifunc("resolve_leaf_pick")));
+int calls_pick(int x) __attribute__((ifunc("resolve_calls_pick")));
+
+/* Assembly sharing a tail, as glibc's string functions do: leaf_into_middle jumps into the
+ * middle of leaf_with_tail (no checker there), a leaf, so both are leaves; into_middle_of_caller
+ * jumps into a function that calls the C library, so it is none. */
+__asm__(".text\n"
+        ".globl leaf_into_middle\n.type leaf_into_middle, @function\n"
+        "leaf_into_middle:\n mov %edi, %eax\n jmp .Lshared_tail\n"
+        ".size leaf_into_middle, .-leaf_into_middle\n"
+        ".globl leaf_with_tail\n.type leaf_with_tail, @function\n"
+        "leaf_with_tail:\n lea (%rdi,%rdi), %eax\n.Lshared_tail:\n add $1, %eax\n ret\n"
+        ".size leaf_with_tail, .-leaf_with_tail\n"
+        ".globl into_middle_of_caller\n.type into_middle_of_caller, @function\n"
+        "into_middle_of_caller:\n jmp .Lcalls\n"
+        ".size into_middle_of_caller, .-into_middle_of_caller\n"
+        ".globl calls_getpid\n.type calls_getpid, @function\n"
+        "calls_getpid:\n nop\n.Lcalls:\n jmp getpid@PLT\n"
+        ".size calls_getpid, .-calls_getpid\n");
