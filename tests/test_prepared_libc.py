@@ -202,6 +202,15 @@ def test_libc_that_is_not_prepared_is_refused(libc_copy: Path, tmp_path: Path) -
     )
     result = ulp("run", "--libc", str(tmp_path), "--", "/bin/true")
     assert result.stderr == f"ulp: {tmp_path}: no libc.so.6 in this directory\n"
+    # A prepared C library of another build (musl's, named as glibc's): the system's loader
+    # would fail on it, so `ulp run` says so first, and runs nothing.
+    other = tmp_path / "libc.so.6"
+    assert ulp("rewrite", "/lib/x86_64-linux-musl/libc.so", "-o", str(other)).returncode == 0
+    marker = tmp_path / "ran"
+    result = ulp("run", "--libc", str(tmp_path), "--", "/bin/touch", str(marker))
+    assert result.returncode == 1 and not marker.exists()
+    assert result.stderr.startswith(f"ulp: {other}: another build than this system's C library ")
+    assert len(result.stderr.splitlines()) == 1
 
 
 # CPython's regression tests for threads, signals, the os module, json and sqlite3 (about 30 s;
