@@ -139,13 +139,7 @@ static struct ulp_descriptor *descriptor_of(const struct dl_phdr_info *info)
 
 static int in_segment(const struct target *t, uint64_t offset, uint64_t size, uint32_t flag)
 {
-    for (ElfW(Half) i = 0; i < t->phnum; i++) {
-        const ElfW(Phdr) *p = &t->phdr[i];
-        if (p->p_type == PT_LOAD && (p->p_flags & flag) && offset >= p->p_vaddr &&
-            size <= p->p_memsz && offset - p->p_vaddr <= p->p_memsz - size)
-            return 1;
-    }
-    return 0;
+    return ulp_in_segment(t->phdr, t->phnum, offset, size, flag);
 }
 
 /* The request's addresses are offsets in the target: make them its run-time addresses, after

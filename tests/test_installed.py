@@ -16,6 +16,7 @@ import pytest
 from conftest import run, ulp
 from live import PROGRAMS, running
 
+from ulp_build.live import request as rq
 from ulp_build.patch.packer import pack
 from ulp_build.prepare.layout import CFLAGS
 
@@ -218,3 +219,55 @@ def test_bad_input(built: Built, patch_dir: Path, tmp_path: Path) -> None:
         == f"ulp: {built.reverse}: a reverse patch cannot be installed (`ulp uninstall`)\n"
     )
     assert not patch_dir.exists()
+
+
+def _forged(data: bytes, how: str) -> bytes:
+    """The installed request `data` made malformed in one way (review: the runtime reads a
+    root-owned file it must still not trust to be well-formed)."""
+    h = rq.HEADER.unpack(data)
+    first = rq.HEADER.size  # the first function entry
+    out = bytearray(data)
+    if how == "short":
+        return data[: rq.HEADER.size // 2]
+    if how == "header only":
+        return rq.HEADER.pack(**(h | {"size": rq.HEADER.size}))
+    if how in ("functions", "references"):
+        h[f"{how[:-1]}_count"] = 0xFFFFFFFF
+    elif how == "object offset":
+        h["object_offset"] = 2**64 - 1
+    elif how == "object size":
+        h["object_size"] = 2**64 - 16
+    elif how == "build-id size":
+        h["build_id_size"] = 0xFFFFFFFF
+    elif how == "entry":
+        rq.FUNCTION.pack_into(out, first, **(rq.FUNCTION.unpack(data, first) | {"entry": 2**63}))
+    elif how == "nop":
+        f = rq.FUNCTION.unpack(data, first)
+        rq.FUNCTION.pack_into(out, first, **(f | {"nop": f["entry"] + 4096}))
+    elif how == "replacement":
+        f = rq.FUNCTION.unpack(data, first)
+        rq.FUNCTION.pack_into(out, first, **(f | {"replacement": 2**64 - 8}))
+    rq.HEADER.pack_into(out, 0, **h)
+    return bytes(out)
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        *("short", "header only", "functions", "references", "object offset", "object size"),
+        *("build-id size", "entry", "nop", "replacement"),
+    ],
+)
+def test_a_malformed_root_owned_file_is_refused_without_harm(
+    built: Built, runtime: Path, patch_dir: Path, how: str
+) -> None:
+    """Trusted is not well-formed: each forgery leaves the process running the old code, with
+    one line saying why, in a process that applies at start and in one that loads it later."""
+    installed = _install(built)
+    installed.write_bytes(_forged(installed.read_bytes(), how))
+    answer, stderr = _first_call(built, runtime)
+    assert answer == OLD
+    assert stderr.startswith(f"ulp: installed patch {installed} not applied: ")
+    assert stderr.count("\n") == 1, stderr
+    with running(built.late, runtime, str(built.library)) as p:
+        assert p.ask("load") == OLD
