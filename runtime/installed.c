@@ -441,9 +441,15 @@ static void apply_installed(const struct target *t)
 
 /* ---- when ------------------------------------------------------------------------------- */
 
+/* The prepared libraries to apply to, found by dl_iterate_phdr and applied once it has
+ * returned: its callback runs under the loader's list lock, and ulp_prepare's dlopen of a patch
+ * object waits for the loader's main lock, which another thread's dlopen holds while it waits
+ * for the list lock. Under `lock`. */
+static struct target targets[ULP_MAX_LIBRARIES];
+
 struct search {
     const struct ulp_descriptor *wanted; /* NULL: every prepared library */
-    int found;
+    uint32_t count;
 };
 
 static int visit(struct dl_phdr_info *info, size_t size, void *data)
@@ -451,12 +457,18 @@ static int visit(struct dl_phdr_info *info, size_t size, void *data)
     (void)size;
     struct search *s = data;
     struct ulp_descriptor *d = descriptor_of(info);
-    if (!d || (s->wanted && d != s->wanted))
+    if (!d || (s->wanted && d != s->wanted) || s->count == ULP_MAX_LIBRARIES)
         return 0;
-    struct target t = {d, info->dlpi_addr, info->dlpi_phdr, info->dlpi_phnum};
-    apply_installed(&t);
-    s->found = 1;
+    targets[s->count++] = (struct target){d, info->dlpi_addr, info->dlpi_phdr, info->dlpi_phnum};
     return s->wanted != NULL;
+}
+
+static void apply_to(const struct ulp_descriptor *wanted)
+{
+    struct search s = {wanted, 0};
+    dl_iterate_phdr(visit, &s);
+    for (uint32_t i = 0; i < s.count; i++)
+        apply_installed(&targets[i]);
 }
 
 /* The libraries the constructor looked at that have not made their first tracked call yet:
@@ -485,8 +497,7 @@ void ulp_installed_start(void)
     pthread_atfork(NULL, NULL, forget_in_child);
     pthread_mutex_lock(&lock);
     applying = 1;
-    struct search s = {NULL, 0};
-    dl_iterate_phdr(visit, &s);
+    apply_to(NULL);
     dl_iterate_phdr(note_unregistered, NULL);
     applying = 0;
     atomic_store(&started, 1);
@@ -509,8 +520,7 @@ void ulp_installed_registered(const struct ulp_descriptor *d)
     }
     if (!done) {
         applying = 1;
-        struct search s = {d, 0};
-        dl_iterate_phdr(visit, &s);
+        apply_to(d);
         applying = 0;
     }
     pthread_mutex_unlock(&lock);

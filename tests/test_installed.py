@@ -55,6 +55,7 @@ def built(tmp_path_factory: pytest.TempPathFactory, runtime: Path) -> Built:
     for name in ("first_call", "server"):
         _build("gcc", "-O2", "-o", d / name, SOURCES / f"{name}.c", *link)
     _build("gcc", "-O2", "-o", d / "late", SOURCES / "late.c", "-ldl")
+    _build("gcc", "-O2", "-pthread", "-o", d / "dlopen_meanwhile", SOURCES / "dlopen_meanwhile.c")
     return Built(d, lib, packed.metadata, packed.reverse, on_top.metadata, d / "first_call",
                  d / "late", d / "server")  # fmt: skip
 
@@ -151,6 +152,20 @@ def test_a_library_loaded_later_applies_it_before_its_first_call(
     with running(built.late, runtime, str(built.library)) as p:  # the control
         ulp("uninstall", "installed-v2")
         assert p.ask("load") == OLD
+
+
+def test_a_first_call_while_another_thread_loads_a_library(
+    built: Built, runtime: Path, patch_dir: Path
+) -> None:
+    """The patch object is loaded (dlopen) at the target's first call while another thread
+    loads and unloads a library: applying from within dl_iterate_phdr's callback deadlocked
+    (its list lock against the other dlopen's main lock), about one run in eight."""
+    _install(built)
+    program = [str(built.directory / "dlopen_meanwhile"), str(built.library),
+               str(built.directory / "installed_v2.so")]  # fmt: skip
+    for _ in range(40):
+        result = run(program, env=os.environ | {"LD_PRELOAD": str(runtime)}, timeout=20)
+        assert (result.returncode, result.stdout, result.stderr) == (0, "24\n", "")
 
 
 def test_pre_fork_server(built: Built, runtime: Path, patch_dir: Path) -> None:
