@@ -286,7 +286,10 @@ static struct ulp_request *read_request(int dirfd, const char *path, const char 
     int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
     struct stat st;
     if (fd < 0 || fstat(fd, &st) != 0) {
-        snprintf(why, size, "%s", strerror(errno));
+        if (errno == ELOOP) /* O_NOFOLLOW: as `ulp patches --installed` words it */
+            snprintf(why, size, "%s: a symbolic link: processes do not follow it", path);
+        else
+            snprintf(why, size, "%s", strerror(errno));
         if (fd >= 0)
             close(fd);
         return NULL;

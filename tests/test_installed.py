@@ -198,6 +198,7 @@ def test_pre_fork_server(built: Built, runtime: Path, patch_dir: Path) -> None:
         ("file", "file writable by every user (mode 666)"),
         ("owner", "file owned by uid 65534, not root: it could have written the patch"),
         ("directory", "directory writable by every user (mode 777)"),
+        ("link", "a symbolic link: processes do not follow it"),
     ],
 )
 def test_a_patch_anyone_could_have_written_is_refused(
@@ -208,6 +209,9 @@ def test_a_patch_anyone_could_have_written_is_refused(
         installed.chmod(0o666)
     elif how == "owner":
         os.chown(installed, 65534, 65534)
+    elif how == "link":
+        kept = installed.rename(patch_dir.parent / "kept")
+        installed.symlink_to(kept)
     else:
         patch_dir.chmod(0o777)
     where = patch_dir if how == "directory" else installed
@@ -218,7 +222,8 @@ def test_a_patch_anyone_could_have_written_is_refused(
     assert [(i["path"], i["refusal"]) for i in shown] == [(str(installed), f"{where}: {reason}")]
     text = ulp("patches", "--installed").stdout
     build_id = _build_id(built)[:12]
-    assert text == f"{installed}  installed-v2  build-id {build_id}  refused: {where}: {reason}\n"
+    shown_id = "-" if how == "link" else "installed-v2"  # a link is not read
+    assert text == f"{installed}  {shown_id}  build-id {build_id}  refused: {where}: {reason}\n"
 
 
 def test_bad_input(built: Built, patch_dir: Path, tmp_path: Path) -> None:

@@ -124,6 +124,10 @@ def listing(where: Path) -> list[Installed]:
 
 def _read(path: Path) -> Installed:
     build_id = _NAME.fullmatch(path.name)[1]  # type: ignore[index]
+    if path.is_symlink():  # the runtime opens it with O_NOFOLLOW
+        return Installed(
+            path, "", "", build_id, f"{path}: a symbolic link: processes do not follow it"
+        )
     try:
         file = trust.read(path)
     except UlpError as exc:
