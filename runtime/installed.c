@@ -13,10 +13,14 @@
  *
  * The change is the trigger's two steps in this thread: ulp_prepare, the universe checkers
  * (written through /proc/self/mem, which needs no writable mapping of the code), ulp_commit.
- * No thread is inside the library with a universe of its own yet when its first call, or the
- * constructor, gets here, so no call mixes versions. When the process has one thread, nobody
- * can be about to enter it either, and the checkers become direct jumps at once (the
- * transition finished); otherwise they stay, and the next trigger finishes the transition.
+ * It is the trigger's change, made in the process, so no call mixes versions: a thread that
+ * enters the library meanwhile (another thread's first calls, once the library is registered
+ * and before the commit) is tracked in the universe before it, and runs the old code
+ * throughout that call. Holding those threads back until the commit would mean waiting, with
+ * the loader's lock possibly held, for this thread's dlopen of the patch object. When the
+ * process has one thread, nobody can be inside or on the way in, and the checkers become direct
+ * jumps at once (the transition finished); otherwise they stay, and the next trigger (or
+ * `ulp patches --finish`) finishes the transition.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -139,13 +143,7 @@ static struct ulp_descriptor *descriptor_of(const struct dl_phdr_info *info)
 
 static int in_segment(const struct target *t, uint64_t offset, uint64_t size, uint32_t flag)
 {
-    for (ElfW(Half) i = 0; i < t->phnum; i++) {
-        const ElfW(Phdr) *p = &t->phdr[i];
-        if (p->p_type == PT_LOAD && (p->p_flags & flag) && offset >= p->p_vaddr &&
-            size <= p->p_memsz && offset - p->p_vaddr <= p->p_memsz - size)
-            return 1;
-    }
-    return 0;
+    return ulp_in_segment(t->phdr, t->phnum, offset, size, flag);
 }
 
 /* The request's addresses are offsets in the target: make them its run-time addresses, after
@@ -292,7 +290,10 @@ static struct ulp_request *read_request(int dirfd, const char *path, const char 
     int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
     struct stat st;
     if (fd < 0 || fstat(fd, &st) != 0) {
-        snprintf(why, size, "%s", strerror(errno));
+        if (errno == ELOOP) /* O_NOFOLLOW: as `ulp patches --installed` words it */
+            snprintf(why, size, "%s: a symbolic link: processes do not follow it", path);
+        else
+            snprintf(why, size, "%s", strerror(errno));
         if (fd >= 0)
             close(fd);
         return NULL;
@@ -388,7 +389,11 @@ static void apply_installed(const struct target *t)
     for (uint32_t i = 0; i < d->build_id_size; i++)
         snprintf(prefix + 2 * i, 3, "%02x", id[i]);
     strcat(prefix, ".");
-    const char *dir = directory();
+    /* Resolved once, then checked and read by that path: a symbolic link on the way cannot
+     * be switched between the check and the reading. */
+    char dir[PATH_MAX];
+    if (!realpath(directory(), dir))
+        return; /* no directory: nothing installed */
     DIR *listing = opendir(dir);
     if (!listing)
         return;
@@ -447,21 +452,43 @@ static void apply_installed(const struct target *t)
 
 /* ---- when ------------------------------------------------------------------------------- */
 
-/* dl_iterate_phdr's callback; `wanted`: one library's descriptor, or NULL for every one. */
-static int visit(struct dl_phdr_info *info, size_t size, void *wanted)
+/* The prepared libraries to apply to, found by dl_iterate_phdr and applied once it has
+ * returned: its callback runs under the loader's list lock, and ulp_prepare's dlopen of a patch
+ * object waits for the loader's main lock, which another thread's dlopen holds while it waits
+ * for the list lock. Under `lock`. */
+static struct target targets[ULP_MAX_LIBRARIES];
+
+struct search {
+    const struct ulp_descriptor *wanted; /* NULL: every prepared library */
+    uint32_t count;
+};
+
+static int visit(struct dl_phdr_info *info, size_t size, void *data)
 {
     (void)size;
+    struct search *s = data;
     struct ulp_descriptor *d = descriptor_of(info);
-    if (!d || (wanted && d != wanted))
+    if (!d || (s->wanted && d != s->wanted) || s->count == ULP_MAX_LIBRARIES)
         return 0;
-    struct target t = {d, info->dlpi_addr, info->dlpi_phdr, info->dlpi_phnum};
-    /* Registered now rather than at its first tracked call: `ulp patches` lists it even if
-     * the program only ever calls its leaves, and that call has no application left to do. */
-    ulp_library_register(d);
-    apply_installed(&t);
-    return wanted != NULL;
+    targets[s->count++] = (struct target){d, info->dlpi_addr, info->dlpi_phdr, info->dlpi_phnum};
+    return s->wanted != NULL;
 }
 
+static void apply_to(const struct ulp_descriptor *wanted)
+{
+    struct search s = {wanted, 0};
+    dl_iterate_phdr(visit, &s);
+    for (uint32_t i = 0; i < s.count; i++) {
+        /* Registered now rather than at its first tracked call: `ulp patches` lists it even if
+         * the program only ever calls its leaves, and that call has no application left to
+         * do. */
+        ulp_library_register(targets[i].descriptor);
+        apply_installed(&targets[i]);
+    }
+}
+
+/* The constructor: the libraries loaded with the program, before main. Still one thread, as
+ * a rule (another library's constructor may have started one). */
 static void forget_in_child(void)
 {
     pthread_mutex_init(&lock, NULL);
@@ -472,7 +499,7 @@ void ulp_installed_start(void)
     pthread_atfork(NULL, NULL, forget_in_child);
     pthread_mutex_lock(&lock);
     applying = 1;
-    dl_iterate_phdr(visit, NULL);
+    apply_to(NULL);
     applying = 0;
     atomic_store(&started, 1);
     pthread_mutex_unlock(&lock);
@@ -486,7 +513,7 @@ void ulp_installed_registered(const struct ulp_descriptor *d)
         return;
     pthread_mutex_lock(&lock);
     applying = 1;
-    dl_iterate_phdr(visit, (void *)d);
+    apply_to(d);
     applying = 0;
     pthread_mutex_unlock(&lock);
 }

@@ -27,6 +27,8 @@
 struct object_search {
     uintptr_t base;
     size_t module;                  /* its TLS module id */
+    const ElfW(Phdr) *phdr;         /* its program headers */
+    ElfW(Half) phnum;
     const uint8_t *build_id;        /* its NT_GNU_BUILD_ID descriptor */
     uint32_t build_id_size;
 };
@@ -62,12 +64,46 @@ static int find_object(struct dl_phdr_info *info, size_t size, void *data)
     if (info->dlpi_addr != search->base)
         return 0;
     search->module = info->dlpi_tls_modid;
+    search->phdr = info->dlpi_phdr;
+    search->phnum = info->dlpi_phnum;
     for (int i = 0; i < info->dlpi_phnum; i++)
         if (info->dlpi_phdr[i].p_type == PT_NOTE && !search->build_id)
             search->build_id = notes_build_id(
                 (const uint8_t *)(search->base + info->dlpi_phdr[i].p_vaddr),
                 info->dlpi_phdr[i].p_memsz, &search->build_id_size);
     return 1;
+}
+
+/* [offset, offset + size) lies in one loaded segment with `flag` (PF_X, PF_W, ...) of the object
+ * whose program headers are `phdr`: the addresses a request gives, checked before any is used. */
+int ulp_in_segment(const ElfW(Phdr) *phdr, ElfW(Half) phnum, uint64_t offset, uint64_t size,
+                   uint32_t flag)
+{
+    for (ElfW(Half) i = 0; i < phnum; i++) {
+        const ElfW(Phdr) *p = &phdr[i];
+        if (p->p_type == PT_LOAD && (p->p_flags & flag) && offset >= p->p_vaddr &&
+            size <= p->p_memsz && offset - p->p_vaddr <= p->p_memsz - size)
+            return 1;
+    }
+    return 0;
+}
+
+/* Every replacement is code of the object and every reference variable is writable data of
+ * it: the runtime jumps to the one and writes the other. The trigger checked both from the
+ * files; an installed patch's request comes from a file nobody checked since `ulp install`. */
+static int64_t check_object_offsets(struct ulp_request *r, const struct object_search *o)
+{
+    const struct ulp_request_function *funcs = (const void *)(r + 1);
+    const struct ulp_request_reference *refs = (const void *)(funcs + r->function_count);
+    for (uint32_t i = 0; i < r->function_count; i++)
+        if (!ulp_in_segment(o->phdr, o->phnum, funcs[i].replacement, 1, PF_X))
+            return ulp_fail(r, "a replacement is not code of the patch object");
+    for (uint32_t i = 0; i < r->reference_count; i++) {
+        uint64_t size = refs[i].kind == ULP_REF_TLS ? 16 : 8;
+        if (!ulp_in_segment(o->phdr, o->phnum, refs[i].pointer, size, PF_W))
+            return ulp_fail(r, "a reference variable is not writable data of the patch object");
+    }
+    return 0;
 }
 
 static int64_t fill_references(struct ulp_request *r, uintptr_t object, uintptr_t target)
@@ -78,7 +114,7 @@ static int64_t fill_references(struct ulp_request *r, uintptr_t object, uintptr_
     for (uint32_t i = 0; i < r->reference_count; i++) {
         uint64_t *slot = (uint64_t *)(object + refs[i].pointer);
         if (refs[i].kind == ULP_REF_TLS) {
-            struct object_search search = {target, 0, NULL, 0};
+            struct object_search search = {target, 0, NULL, 0, NULL, 0};
             dl_iterate_phdr(find_object, &search);
             if (search.module == 0)
                 return ulp_fail(r, "the target has no thread-local storage module");
@@ -192,14 +228,16 @@ int64_t ulp_load(struct ulp_request *r, const struct ulp_descriptor *d, uint64_t
         return ulp_fail(r, "cannot find where the patch object was loaded");
     /* dlopen hands back an object already loaded from the same path (a reverted patch stays
      * loaded), even if the file was rebuilt since: the offsets would then be wrong. */
-    struct object_search object = {map->l_addr, 0, NULL, 0};
+    struct object_search object = {map->l_addr, 0, NULL, 0, NULL, 0};
     dl_iterate_phdr(find_object, &object);
     if (r->object_build_id_size &&
         (object.build_id_size != r->object_build_id_size ||
          memcmp(object.build_id, r->object_build_id, r->object_build_id_size) != 0))
         return ulp_fail(r, "%s is loaded already, from another build (rename the new one)",
                         r->object);
-    int64_t status = fill_references(r, map->l_addr, (uintptr_t)d - d->link_address);
+    int64_t status = check_object_offsets(r, &object);
+    if (!status)
+        status = fill_references(r, map->l_addr, (uintptr_t)d - d->link_address);
     if (status)
         return status;
     for (uint32_t i = 0; i < r->function_count; i++) {

@@ -40,6 +40,7 @@
 
 #ifndef __ASSEMBLER__
 
+#include <link.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -265,6 +266,8 @@ extern struct ulp_function **_Atomic ulp_functions;
 struct ulp_function *ulp_function_for(uintptr_t entry, uintptr_t nop, uint64_t lib_offset);
 
 /* load.c */
+int ulp_in_segment(const ElfW(Phdr) *phdr, ElfW(Half) phnum, uint64_t offset, uint64_t size,
+                   uint32_t flag);
 int64_t ulp_load(struct ulp_request *r, const struct ulp_descriptor *d, uint64_t lib_offset,
                  struct ulp_patch **loaded);
 

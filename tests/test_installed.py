@@ -16,6 +16,7 @@ import pytest
 from conftest import run, ulp
 from live import PROGRAMS, running
 
+from ulp_build.live import request as rq
 from ulp_build.patch.packer import pack
 from ulp_build.prepare.layout import CFLAGS
 
@@ -54,6 +55,7 @@ def built(tmp_path_factory: pytest.TempPathFactory, runtime: Path) -> Built:
     for name in ("first_call", "server"):
         _build("gcc", "-O2", "-o", d / name, SOURCES / f"{name}.c", *link)
     _build("gcc", "-O2", "-o", d / "late", SOURCES / "late.c", "-ldl")
+    _build("gcc", "-O2", "-pthread", "-o", d / "dlopen_meanwhile", SOURCES / "dlopen_meanwhile.c")
     return Built(d, lib, packed.metadata, packed.reverse, on_top.metadata, d / "first_call",
                  d / "late", d / "server")  # fmt: skip
 
@@ -152,6 +154,20 @@ def test_a_library_loaded_later_applies_it_before_its_first_call(
         assert p.ask("load") == OLD
 
 
+def test_a_first_call_while_another_thread_loads_a_library(
+    built: Built, runtime: Path, patch_dir: Path
+) -> None:
+    """The patch object is loaded (dlopen) at the target's first call while another thread
+    loads and unloads a library: applying from within dl_iterate_phdr's callback deadlocked
+    (its list lock against the other dlopen's main lock), about one run in eight."""
+    _install(built)
+    program = [str(built.directory / "dlopen_meanwhile"), str(built.library),
+               str(built.directory / "installed_v2.so")]  # fmt: skip
+    for _ in range(40):
+        result = run(program, env=os.environ | {"LD_PRELOAD": str(runtime)}, timeout=20)
+        assert (result.returncode, result.stdout, result.stderr) == (0, "24\n", "")
+
+
 def test_pre_fork_server(built: Built, runtime: Path, patch_dir: Path) -> None:
     """Workers forked after `install` + `trigger --all` answer the new version, in a server
     started before and in one started after; after `uninstall` + revert, both answer the old
@@ -182,6 +198,7 @@ def test_pre_fork_server(built: Built, runtime: Path, patch_dir: Path) -> None:
         ("file", "file writable by every user (mode 666)"),
         ("owner", "file owned by uid 65534, not root: it could have written the patch"),
         ("directory", "directory writable by every user (mode 777)"),
+        ("link", "a symbolic link: processes do not follow it"),
     ],
 )
 def test_a_patch_anyone_could_have_written_is_refused(
@@ -192,6 +209,9 @@ def test_a_patch_anyone_could_have_written_is_refused(
         installed.chmod(0o666)
     elif how == "owner":
         os.chown(installed, 65534, 65534)
+    elif how == "link":
+        kept = installed.rename(patch_dir.parent / "kept")
+        installed.symlink_to(kept)
     else:
         patch_dir.chmod(0o777)
     where = patch_dir if how == "directory" else installed
@@ -202,7 +222,8 @@ def test_a_patch_anyone_could_have_written_is_refused(
     assert [(i["path"], i["refusal"]) for i in shown] == [(str(installed), f"{where}: {reason}")]
     text = ulp("patches", "--installed").stdout
     build_id = _build_id(built)[:12]
-    assert text == f"{installed}  installed-v2  build-id {build_id}  refused: {where}: {reason}\n"
+    shown_id = "-" if how == "link" else "installed-v2"  # a link is not read
+    assert text == f"{installed}  {shown_id}  build-id {build_id}  refused: {where}: {reason}\n"
 
 
 def test_bad_input(built: Built, patch_dir: Path, tmp_path: Path) -> None:
@@ -218,3 +239,55 @@ def test_bad_input(built: Built, patch_dir: Path, tmp_path: Path) -> None:
         == f"ulp: {built.reverse}: a reverse patch cannot be installed (`ulp uninstall`)\n"
     )
     assert not patch_dir.exists()
+
+
+def _forged(data: bytes, how: str) -> bytes:
+    """The installed request `data` made malformed in one way (review: the runtime reads a
+    root-owned file it must still not trust to be well-formed)."""
+    h = rq.HEADER.unpack(data)
+    first = rq.HEADER.size  # the first function entry
+    out = bytearray(data)
+    if how == "short":
+        return data[: rq.HEADER.size // 2]
+    if how == "header only":
+        return rq.HEADER.pack(**(h | {"size": rq.HEADER.size}))
+    if how in ("functions", "references"):
+        h[f"{how[:-1]}_count"] = 0xFFFFFFFF
+    elif how == "object offset":
+        h["object_offset"] = 2**64 - 1
+    elif how == "object size":
+        h["object_size"] = 2**64 - 16
+    elif how == "build-id size":
+        h["build_id_size"] = 0xFFFFFFFF
+    elif how == "entry":
+        rq.FUNCTION.pack_into(out, first, **(rq.FUNCTION.unpack(data, first) | {"entry": 2**63}))
+    elif how == "nop":
+        f = rq.FUNCTION.unpack(data, first)
+        rq.FUNCTION.pack_into(out, first, **(f | {"nop": f["entry"] + 4096}))
+    elif how == "replacement":
+        f = rq.FUNCTION.unpack(data, first)
+        rq.FUNCTION.pack_into(out, first, **(f | {"replacement": 2**64 - 8}))
+    rq.HEADER.pack_into(out, 0, **h)
+    return bytes(out)
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        *("short", "header only", "functions", "references", "object offset", "object size"),
+        *("build-id size", "entry", "nop", "replacement"),
+    ],
+)
+def test_a_malformed_root_owned_file_is_refused_without_harm(
+    built: Built, runtime: Path, patch_dir: Path, how: str
+) -> None:
+    """Trusted is not well-formed: each forgery leaves the process running the old code, with
+    one line saying why, in a process that applies at start and in one that loads it later."""
+    installed = _install(built)
+    installed.write_bytes(_forged(installed.read_bytes(), how))
+    answer, stderr = _first_call(built, runtime)
+    assert answer == OLD
+    assert stderr.startswith(f"ulp: installed patch {installed} not applied: ")
+    assert stderr.count("\n") == 1, stderr
+    with running(built.late, runtime, str(built.library)) as p:
+        assert p.ask("load") == OLD

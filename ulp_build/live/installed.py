@@ -48,8 +48,9 @@ class Installed:
 
 def directory(given: str | Path | None = None) -> Path:
     """The patch directory: `given`, else $ULP_PATCH_DIR (as the runtime reads it), else
-    /var/lib/ulp/patches."""
-    return Path(given or os.environ.get("ULP_PATCH_DIR") or DEFAULT_DIRECTORY)
+    /var/lib/ulp/patches; with every symbolic link resolved."""
+    # Resolved, as the runtime resolves it before it checks and reads it.
+    return Path(os.path.realpath(given or os.environ.get("ULP_PATCH_DIR") or DEFAULT_DIRECTORY))
 
 
 def install(patch_file: str, where: Path) -> tuple[Installed, bool]:
@@ -124,6 +125,10 @@ def listing(where: Path) -> list[Installed]:
 
 def _read(path: Path) -> Installed:
     build_id = _NAME.fullmatch(path.name)[1]  # type: ignore[index]
+    if path.is_symlink():  # the runtime opens it with O_NOFOLLOW
+        return Installed(
+            path, "", "", build_id, f"{path}: a symbolic link: processes do not follow it"
+        )
     try:
         file = trust.read(path)
     except UlpError as exc:
