@@ -1,4 +1,6 @@
-"""What tells one ELF file from another without reading it whole: its build-id and its SONAME.
+"""What tells one ELF file from another without reading it whole: its build-id and its SONAME,
+and the first bytes of its last writable segment (where a prepared library keeps its
+descriptor: prepare/layout.py reads them).
 
 The trigger looks at every file a candidate process maps for the patch's target, and a process
 maps what it likes (a 2 GiB image, a file another user controls). So only the ELF header, the
@@ -14,7 +16,16 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ulp_build.elf.constants import DT_SONAME, DT_STRTAB, EHDR, PHDR, PT_DYNAMIC, PT_LOAD, PT_NOTE
+from ulp_build.elf.constants import (
+    DT_SONAME,
+    DT_STRTAB,
+    EHDR,
+    PF_W,
+    PHDR,
+    PT_DYNAMIC,
+    PT_LOAD,
+    PT_NOTE,
+)
 from ulp_build.elf.dynamic import dynamic_entries
 from ulp_build.elf.errors import ElfError
 from ulp_build.elf.image import ElfHeader, Segment
@@ -24,12 +35,15 @@ from ulp_build.elf.notes import build_id_note, notes_in
 # files need a few KiB; a part larger than this is not looked at (no build-id, no SONAME).
 MAX_PART = 1 << 16
 MAX_SONAME = 4096
+WRITABLE_HEAD = 128  # bytes read at most at the start of the last writable segment
 
 
 @dataclass(frozen=True)
 class ElfIdentity:
     build_id_note: tuple[bytes, int] | None  # its bytes and their link-time address
     soname: str | None
+    # The last writable PT_LOAD's link-time address and its first bytes in the file.
+    writable_head: tuple[int, bytes] | None = None
 
     @property
     def build_id(self) -> str | None:
@@ -59,7 +73,12 @@ class ElfIdentity:
             if seg.type == PT_NOTE and seg.filesz <= MAX_PART
             for note in notes_in(part(seg.offset, seg.filesz), seg)
         ]
-        return cls(build_id_note(notes), _soname(segments, part))
+        writable = [s for s in segments if s.type == PT_LOAD and s.flags & PF_W]
+        head = None
+        if writable:
+            last = writable[-1]
+            head = (last.vaddr, part(last.offset, min(last.filesz, WRITABLE_HEAD)))
+        return cls(build_id_note(notes), _soname(segments, part), head)
 
 
 def _soname(segments: list[Segment], part: Callable[[int, int], bytes]) -> str | None:

@@ -17,9 +17,10 @@ from pathlib import Path
 
 from ulp_build.elf import ElfFile
 from ulp_build.errors import UlpError
-from ulp_build.live import runtime_state, transition
+from ulp_build.live import loaded_library, runtime_state, transition
 from ulp_build.live.process import Mapping, mapped_elf, maps, proc_dir
 from ulp_build.prepare import patchable
+from ulp_build.prepare.layout import prepared_by_headers
 
 
 @dataclass(frozen=True)
@@ -139,4 +140,13 @@ def of(pid: int, found: list[transition.Transition] | None = None) -> ProcessSta
             out.universe = t.universe
             out.holders = t.holders if not t.done else []
         status.libraries.append(out)
+    # Prepared libraries the runtime has not met yet (loaded later, and so far called only
+    # through their leaves, or not at all): no patch, no transition.
+    registered = {lib.base for lib in state.libraries}
+    for base, m in sorted(mapped.items()):
+        identity = None if base in registered else loaded_library.identity_of(pid, m)
+        if identity is not None and prepared_by_headers(identity):
+            status.libraries.append(
+                LibraryStatus(m.path, identity.build_id or "", _patchable_at(pid, m))
+            )
     return status

@@ -140,7 +140,8 @@ def _loaded_files(pid: int) -> dict[str, Mapping]:
     return first
 
 
-def _identity(pid: int, m: Mapping) -> ElfIdentity | None:
+def identity_of(pid: int, m: Mapping) -> ElfIdentity | None:
+    """The identity of the file `m` maps, or None when it cannot be read as ELF."""
     try:
         return mapped_identity(pid, m)
     except (UlpError, OSError):
@@ -165,7 +166,7 @@ def find(pid: int, name: str, build_id: str) -> LoadedLibrary:
     seen: list[str] = []
     for group in (named, others):
         for m in group:
-            identity = _identity(pid, m)
+            identity = identity_of(pid, m)
             if identity is None or (group is others and identity.soname != name):
                 continue
             loaded = _build_id_in_memory(pid, m.start, identity.build_id_note)
@@ -186,7 +187,7 @@ def find(pid: int, name: str, build_id: str) -> LoadedLibrary:
 def find_by_name(pid: int, name: str) -> LoadedLibrary:
     """The prepared library loaded in `pid` with this path, file name or SONAME."""
     for path, m in _loaded_files(pid).items():
-        identity = _identity(pid, m)
+        identity = identity_of(pid, m)
         if identity is None or name not in (path, Path(path).name, identity.soname):
             continue
         build_id = _build_id_in_memory(pid, m.start, identity.build_id_note) or ""

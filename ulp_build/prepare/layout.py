@@ -11,7 +11,7 @@ Layout of `.ulp.data` (writable, one per library):
 from __future__ import annotations
 
 from ulp_build.cstruct import CStruct
-from ulp_build.elf import ElfFile
+from ulp_build.elf import ElfFile, ElfIdentity
 
 SECTION_TRAMPOLINES = ".ulp"
 SECTION_TRACK = ".ulp.track"
@@ -136,3 +136,20 @@ DEFAULT_UNTRACKED = (
 def is_prepared(elf: ElfFile) -> bool:
     """Whether `elf` was prepared: it has the trampoline section the rewriter adds."""
     return elf.section(SECTION_TRAMPOLINES) is not None
+
+
+def prepared_by_headers(identity: ElfIdentity) -> bool:
+    """Whether a file is a prepared library, from its headers alone (the inventory of a process
+    looks at every file it maps): its last writable segment starts with the runtime slot and
+    this version's descriptor, which names its own address. As runtime/installed.c finds it."""
+    if identity.writable_head is None:
+        return False
+    vaddr, head = identity.writable_head
+    if len(head) < DESCRIPTOR_OFFSET + DESCRIPTOR.size:
+        return False
+    d = DESCRIPTOR.unpack(head, DESCRIPTOR_OFFSET)
+    return (
+        d["magic"] == DESCRIPTOR_MAGIC
+        and d["version"] == DESCRIPTOR_VERSION
+        and d["link_address"] == vaddr + DESCRIPTOR_OFFSET
+    )
