@@ -211,8 +211,8 @@ int64_t ulp_load(struct ulp_request *r, const struct ulp_descriptor *d, uint64_t
         if (imports(r) && bind_now && *bind_now)
             return ulp_fail(r, "cannot load the patch object: %s (LD_BIND_NOW is set in the"
                                " process, so its calls of the target cannot wait to be filled:"
-                               " link the object against the target, or restart the process"
-                               " without LD_BIND_NOW)", why ? why : "unknown error");
+                               " link the object against the target by its SONAME, or restart"
+                               " the process without LD_BIND_NOW)", why ? why : "unknown error");
         return ulp_fail(r, "cannot load the patch object: %s", why ? why : "unknown error");
     }
     *loaded = p;
