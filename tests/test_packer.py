@@ -347,7 +347,7 @@ def test_reader_refuses(raw: bytes, message: str, tmp_path: Path) -> None:
 @settings(max_examples=400, deadline=None)
 @given(st.binary(max_size=2048))
 def test_reader_on_random_bytes(raw: bytes) -> None:
-    for data in (raw, b"ULPPATCH 2\n" + raw):
+    for data in (raw, b"ULPPATCH 3\n" + raw):
         with contextlib.suppress(UlpError):
             metadata.parse(data, "fuzz.ulp")
 
@@ -378,7 +378,7 @@ def test_reader_on_mutated_metadata(edits: list[tuple[int, int]], cut: int) -> N
 )
 def test_reader_on_random_json(document: object) -> None:
     with contextlib.suppress(UlpError):
-        metadata.parse(b"ULPPATCH 2\n" + json.dumps(document).encode(), "fuzz.ulp")
+        metadata.parse(b"ULPPATCH 3\n" + json.dumps(document).encode(), "fuzz.ulp")
 
 
 def test_outputs_never_overwrite_inputs(tree: Path, tmp_path: Path) -> None:
