@@ -163,7 +163,8 @@ static const char *locate(struct ulp_request *r, const struct target *t)
     for (uint32_t i = 0; i < r->reference_count; i++) {
         if (ref[i].kind == ULP_REF_TLS)
             continue;
-        if (!in_segment(t, ref[i].value, 1, ref[i].kind == ULP_REF_FUNCTION ? PF_X : PF_R))
+        int code = ref[i].kind == ULP_REF_FUNCTION || ref[i].kind == ULP_REF_IMPORT;
+        if (!in_segment(t, ref[i].value, 1, code ? PF_X : PF_R))
             return "a reference offset is not in the library";
         ref[i].value += t->base;
     }

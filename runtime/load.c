@@ -7,9 +7,16 @@
  * constructor of the object runs), and the loader opens them as /proc/self/fd/N.
  *
  * Then: fill the object's reference variables with the target's addresses, and make the
- * record of every function it replaces. Runs in the thread the trigger chose while the others
- * run, so it may take the loader's and the allocator's locks; it changes nothing any thread
- * runs.
+ * record of every function it replaces.
+ *
+ * An object that calls functions of the target by name (its imports) is loaded lazily: a
+ * target loaded RTLD_LOCAL is not where the loader looks for them, and RTLD_NOW would refuse the
+ * object. Lazily, the loader leaves those calls' GOT slots to their first call, and they are
+ * filled here first (ulp_build/patch/imports.py). Any other object loads RTLD_NOW, so that a
+ * symbol missing from the process refuses it now rather than ending the process at a call.
+ *
+ * Runs in the thread the trigger chose while the others run, so it may take the loader's and
+ * the allocator's locks; it changes nothing any thread runs.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -106,11 +113,25 @@ static int64_t check_object_offsets(struct ulp_request *r, const struct object_s
     return 0;
 }
 
-static int64_t fill_references(struct ulp_request *r, uintptr_t object, uintptr_t target)
+static const struct ulp_request_reference *references(const struct ulp_request *r)
 {
     const char *after_functions =
         (const char *)(r + 1) + r->function_count * sizeof(struct ulp_request_function);
-    const struct ulp_request_reference *refs = (const void *)after_functions;
+    return (const void *)after_functions;
+}
+
+/* Whether the object calls functions of the target by name: then it loads lazily. */
+static int imports(const struct ulp_request *r)
+{
+    for (uint32_t i = 0; i < r->reference_count; i++)
+        if (references(r)[i].kind == ULP_REF_IMPORT)
+            return 1;
+    return 0;
+}
+
+static int64_t fill_references(struct ulp_request *r, uintptr_t object, uintptr_t target)
+{
+    const struct ulp_request_reference *refs = references(r);
     for (uint32_t i = 0; i < r->reference_count; i++) {
         uint64_t *slot = (uint64_t *)(object + refs[i].pointer);
         if (refs[i].kind == ULP_REF_TLS) {
@@ -211,7 +232,7 @@ int64_t ulp_load(struct ulp_request *r, const struct ulp_descriptor *d, uint64_t
      * thread-self, not self: /proc/self/fd is gone once the main thread has exited. */
     char path[64];
     snprintf(path, sizeof path, "/proc/thread-self/fd/%d", fd);
-    p->handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    p->handle = dlopen(path, (imports(r) ? RTLD_LAZY : RTLD_NOW) | RTLD_LOCAL);
     if (!p->handle) {
         const char *why = dlerror();
         int no_proc = access(path, F_OK) != 0;
@@ -220,6 +241,14 @@ int64_t ulp_load(struct ulp_request *r, const struct ulp_descriptor *d, uint64_t
         if (no_proc)
             return ulp_fail(r, "cannot load the patch object from memory: no /proc in this"
                                " process's root directory");
+        /* The loader read LD_BIND_NOW at the process's start: it binds every call at load,
+         * and one of the target's, out of its reach, fails. */
+        const char *bind_now = getenv("LD_BIND_NOW");
+        if (imports(r) && bind_now && *bind_now)
+            return ulp_fail(r, "cannot load the patch object: %s (LD_BIND_NOW is set in the"
+                               " process, so its calls of the target cannot wait to be filled:"
+                               " link the object against the target by its SONAME, or restart"
+                               " the process without LD_BIND_NOW)", why ? why : "unknown error");
         return ulp_fail(r, "cannot load the patch object: %s", why ? why : "unknown error");
     }
     *loaded = p;

@@ -173,6 +173,7 @@ struct ulp_function {
 #define ULP_REF_DATA 0
 #define ULP_REF_TLS 1
 #define ULP_REF_FUNCTION 2
+#define ULP_REF_IMPORT 3            /* a GOT slot of the object's PLT: the object loads lazily */
 enum { ULP_EINVALID = 1, ULP_EALREADY = 2, ULP_ENOTAPPLIED = 3, ULP_EBUSY = 4 };
 
 struct ulp_request_function {
@@ -186,7 +187,7 @@ struct ulp_request_function {
 struct ulp_request_reference {
     uint32_t kind;
     uint32_t reserved;
-    uint64_t pointer;               /* offset in the patch object of the variable to fill */
+    uint64_t pointer;               /* offset in the patch object of the variable (GOT slot) */
     uint64_t value;                 /* address; for ULP_REF_TLS the offset in the TLS block */
 };
 

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sample_libs import samples
+from ulp_build.elf import ElfFile
 from ulp_build.errors import UlpError
 from ulp_build.patch import metadata
 
@@ -75,6 +76,13 @@ def test_round_trip(tree: Path, name: str, tmp_path: Path) -> None:
     for r in dumped["references"]:
         assert r["offset"] == symbols[r["name"]]
     assert reverse["functions"] == dumped["functions"]
+    # The target's exported functions the object calls by name, at their .dynsym values (the
+    # trampolines a call by name enters, not the functions' entries .symtab gives).
+    dynsym = ElfFile.load(target).dynamic_symbols
+    imported = {i["name"]: i["offset"] for i in dumped["imports"]}
+    assert imported == {s.name: s.value for s in dynsym if s.name in imported}
+    assert set(imported) == ({"basic_add"} if name == "square_calls_add" else set())
+    assert all(offset != symbols[n] for n, offset in imported.items())
 
 
 def test_reference_kinds(tree: Path) -> None:
@@ -248,6 +256,69 @@ VALID = metadata.dumps(metadata.Patch(
 def test_reader_accepts_what_the_writer_writes() -> None:
     patch = metadata.parse(VALID, "x.ulp")
     assert metadata.parse(metadata.dumps(patch).encode(), "x.ulp") == patch
+    assert VALID.startswith(b"ULPPATCH 3\n")
+    # Version 2 had no imports: read as none; version 3 needs them.
+    old = VALID.replace(b"ULPPATCH 3", b"ULPPATCH 2").replace(b',\n "imports": []', b"")
+    assert old != VALID and metadata.parse(old, "x.ulp") == patch
+    with pytest.raises(UlpError, match=re.escape("missing 'imports'")):
+        metadata.parse(old.replace(b"ULPPATCH 2", b"ULPPATCH 3"), "x.ulp")
+
+
+CALLS_ADD = "int basic_add(int, int);\nint fixed(int x) { return basic_add(x * x, 1); }\n"
+NOT_IMPORTABLE = {
+    "called through its address (-fno-plt)": (
+        CALLS_ADD,
+        ["-fno-plt"],
+        r"p\.toml:2: object: basic_add: the target's function is used through its address"
+        r" \(R_X86_64_GLOB_DAT: .*; call it by name \(without -fno-plt\), or take its address"
+        r" from a \[references\] function reference",
+    ),
+    "its address in a table": (
+        "int basic_add(int, int);\nint (*table[])(int, int) = {basic_add};\n"
+        "int fixed(int x) { return table[0](x, x); }\n",
+        [],
+        r"p\.toml:2: object: basic_add: the target's function is used through its address"
+        r" \(R_X86_64_64: ",
+    ),
+    "a variable": (
+        "extern int basic_counter;\nint fixed(int x) { return x + basic_counter; }\n",
+        [],
+        r"p\.toml:2: object: basic_counter: the target's variable is used directly"
+        r" \(R_X86_64_GLOB_DAT\), .*; reach it through a \[references\] entry",
+    ),
+    "linked with -z now": (
+        CALLS_ADD,
+        ["-Wl,-z,now"],
+        r"p\.toml:2: object: linked with -z now, the object has the loader bind its calls of the"
+        r" target \(basic_add\) as it loads; link it with -z lazy",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_IMPORTABLE))
+def test_uses_of_the_target_that_only_the_loader_could_bind(
+    tree: Path, tmp_path: Path, case: str
+) -> None:
+    """Whatever scope the target is loaded in, the runtime can fill only the GOT slots of the
+    object's calls by name: every other use of a symbol of the target is refused, one line
+    each, naming the symbol and the fix."""
+    source, flags, expected = NOT_IMPORTABLE[case]
+    desc = _describe(tmp_path, tree, '[replace]\nbasic_square = "fixed"\n')
+    (tmp_path / "fix.c").write_text(source)
+    built = run(["gcc", "-O2", "-fPIC", "-shared", *flags, "-o", str(desc.parent / "patch.so"),
+                 str(tmp_path / "fix.c")])  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    result = ulp("pack", str(desc))
+    assert result.returncode == 1
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert re.search(expected, result.stderr), result.stderr
+    # The same source, called by name and linked lazily, packs with its import.
+    if flags:
+        built = run(["gcc", "-O2", "-fPIC", "-shared", "-o", str(desc.parent / "patch.so"),
+                     str(tmp_path / "fix.c")])  # fmt: skip
+        assert built.returncode == 0, built.stderr
+        packed = json.loads(ulp("pack", str(desc), "--json").stdout)
+        assert [i["name"] for i in packed["patch"]["imports"]] == ["basic_add"]
 
 
 @pytest.mark.parametrize(
@@ -255,7 +326,7 @@ def test_reader_accepts_what_the_writer_writes() -> None:
     [
         (b"", "not a ulp patch file"),
         (b"\x7fELF\x02\x01\x01", "not a ulp patch file"),
-        (b"ULPPATCH 3\n{}", "version '3' unsupported"),
+        (b"ULPPATCH 4\n{}", "version '4' unsupported"),
         (b"ULPPATCH 1\n{}", "version '1' unsupported"),
         (VALID.replace(b'"ef', b'"e'), "corrupt patch metadata (object_sha256"),
         (VALID[: len(VALID) // 2], "corrupt patch metadata"),
@@ -276,7 +347,7 @@ def test_reader_refuses(raw: bytes, message: str, tmp_path: Path) -> None:
 @settings(max_examples=400, deadline=None)
 @given(st.binary(max_size=2048))
 def test_reader_on_random_bytes(raw: bytes) -> None:
-    for data in (raw, b"ULPPATCH 2\n" + raw):
+    for data in (raw, b"ULPPATCH 3\n" + raw):
         with contextlib.suppress(UlpError):
             metadata.parse(data, "fuzz.ulp")
 
@@ -307,7 +378,7 @@ def test_reader_on_mutated_metadata(edits: list[tuple[int, int]], cut: int) -> N
 )
 def test_reader_on_random_json(document: object) -> None:
     with contextlib.suppress(UlpError):
-        metadata.parse(b"ULPPATCH 2\n" + json.dumps(document).encode(), "fuzz.ulp")
+        metadata.parse(b"ULPPATCH 3\n" + json.dumps(document).encode(), "fuzz.ulp")
 
 
 def test_outputs_never_overwrite_inputs(tree: Path, tmp_path: Path) -> None:

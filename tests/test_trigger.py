@@ -3,6 +3,7 @@ ptrace on programs that load the sample libraries (tests/programs/patchee.c)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -31,6 +32,7 @@ from ulp_build.elf import ElfFile
 from ulp_build.live import protocol, runtime_state
 from ulp_build.live.operation import operation
 from ulp_build.live.process import maps, read_memory
+from ulp_build.patch import imports, metadata
 from ulp_build.patch.packer import pack
 from ulp_build.prepare.layout import CFLAGS
 
@@ -682,3 +684,85 @@ def test_a_reference_to_a_zero_initialized_variable(tmp_path: Path, runtime: Pat
         result = trigger_cli("-p", str(p.pid), str(patch))
         assert result.returncode == 0, result.stdout + result.stderr
         assert p.ask("next") == "12"
+
+
+# -- a replacement calling the target's exported functions by name -----------------------------
+
+
+def _import_slot(pid: int, tree: Path, patch_id: str) -> tuple[int, int]:
+    """The GOT slot of the object's call of basic_add, as it is in the process, and the
+    address the target's loader binds that name to (its trampoline)."""
+    obj = tree / "patches" / "square_calls_add" / "patch.so"
+    (base,) = patch_object_bases(pid, patch_id)
+    slot = imports.plt_slots(ElfFile.load(obj))["basic_add"]
+    lib = tree / "basic" / "libbasic.so"
+    (add,) = [s for s in ElfFile.load(lib).dynamic_symbols if s.name == "basic_add"]
+    filled = int.from_bytes(read_memory(pid, base + slot, 8), "little")
+    return filled, base_of(pid, lib) + add.value
+
+
+def test_replacement_calling_the_target_of_a_local_dlopen(
+    tree: Path, patchee: Path, runtime: Path, tmp_path: Path
+) -> None:
+    """The patchee dlopens libbasic.so RTLD_LOCAL, as Python loads an extension's libraries: the
+    loader cannot bind the patch object's call of basic_add, the runtime fills it."""
+    patch = metadata.read(patch_file(tree, "square_calls_add"))
+    assert [i.name for i in patch.imports] == ["basic_add"]
+    # The control: the same patch without its import, as `pack` made it before.
+    blind = tree / "patches" / "square_calls_add" / "blind.ulp"
+    blind.write_text(metadata.dumps(dataclasses.replace(patch, imports=[])))
+    with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
+        refused = trigger_cli("-p", str(p.pid), str(blind))
+        assert refused.returncode == 1
+        assert "undefined symbol: basic_add" in refused.stdout, refused.stdout
+        assert p.ask("square 4") == "16"
+
+        applied = trigger_cli("-p", str(p.pid), patch_file(tree, "square_calls_add"))
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert p.ask("square 4") == "17"
+        filled, trampoline = _import_slot(p.pid, tree, patch.id)
+        assert filled == trampoline  # the call enters the target tracked, by its trampoline
+        reverted = trigger_cli("-p", str(p.pid), patch_file(tree, "square_calls_add", True))
+        assert reverted.returncode == 0, reverted.stdout
+        assert p.ask("square 4") == "16"
+
+
+def test_replacement_calling_the_target_of_a_program_linked_with_it(
+    tree: Path, runtime: Path, tmp_path: Path
+) -> None:
+    """The target loaded as a DT_NEEDED of the program, in the global scope: the loader could
+    bind the call itself, and the runtime's filling gives the same address."""
+    (tmp_path / "main.c").write_text(
+        "#include <stdio.h>\n#include <stdlib.h>\nint basic_square(int);\n"
+        'int main(void) { char l[16]; puts("ready"); fflush(stdout);\n'
+        "  while (fgets(l, sizeof l, stdin) && l[0] != 'q')\n"
+        '    { printf("%d\\n", basic_square(atoi(l))); fflush(stdout); } }\n'
+    )
+    lib = tree / "basic" / "libbasic.so"
+    built = run(["gcc", "-O2", "-o", str(tmp_path / "main"), str(tmp_path / "main.c"), str(lib),
+                 f"-Wl,-rpath,{lib.parent}"])  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    with running(tmp_path / "main", runtime) as p:
+        assert p.ask("4") == "16"
+        applied = trigger_cli("-p", str(p.pid), patch_file(tree, "square_calls_add"))
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert p.ask("4") == "17"
+        filled, trampoline = _import_slot(p.pid, tree, "basic-square-calls-add")
+        assert filled == trampoline
+        reverted = trigger_cli("-p", str(p.pid), patch_file(tree, "square_calls_add", True))
+        assert reverted.returncode == 0, reverted.stdout
+        assert p.ask("4") == "16"
+
+
+def test_replacement_calling_the_target_under_ld_bind_now(
+    tree: Path, patchee: Path, runtime: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LD_BIND_NOW makes the loader bind every call as it loads the object, lazily or not: the
+    trigger refuses the patch with the reason and its fixes, and the process runs on."""
+    monkeypatch.setenv("LD_BIND_NOW", "1")
+    with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
+        result = trigger_cli("-p", str(p.pid), patch_file(tree, "square_calls_add"))
+        assert result.returncode == 1
+        assert "undefined symbol: basic_add" in result.stdout, result.stdout
+        assert "LD_BIND_NOW is set in the process" in result.stdout
+        assert p.ask("square 4") == "16"

@@ -352,7 +352,8 @@ def _cmd_pack(args: argparse.Namespace) -> int:
     text = (
         f"{packed.metadata}: patch {p.id!r} for {p.target_name} (build-id"
         f" {p.target_build_id}): {len(p.functions)} function(s),"
-        f" {len(p.references)} reference(s)\n{packed.reverse}: its reverse"
+        f" {len(p.references)} reference(s), {len(p.imports)} import(s)\n"
+        f"{packed.reverse}: its reverse"
     )
     _emit(
         args,
@@ -384,6 +385,9 @@ def _cmd_dump(args: argparse.Namespace) -> int:
     if p.references:
         lines.append("  references")
         lines += [f"    {r.name} ({r.kind}) at {r.offset:#x} -> {r.pointer}" for r in p.references]
+    if p.imports:
+        lines.append("  imports (called by name)")
+        lines += [f"    {i.name} at {i.offset:#x}" for i in p.imports]
     _emit(args, metadata.to_json(p), "\n".join(lines))
     return 0
 

@@ -68,12 +68,14 @@ DT_SYMENT = 11
 DT_SONAME = 14
 DT_PLTREL = 20
 DT_JMPREL = 23
+DT_BIND_NOW = 24
 DT_PLTRELSZ = 2
 DT_INIT_ARRAY = 25
 DT_FINI_ARRAY = 26
 DT_INIT_ARRAYSZ = 27
 DT_FINI_ARRAYSZ = 28
 DT_PREINIT_ARRAY = 32
+DT_FLAGS = 30
 DT_PREINIT_ARRAYSZ = 33
 DT_RELRSZ = 35
 DT_RELR = 36
@@ -83,7 +85,9 @@ DT_VERSYM = 0x6FFFFFF0
 DT_VERDEF = 0x6FFFFFFC
 DT_VERDEFNUM = 0x6FFFFFFD
 DT_VERNEED = 0x6FFFFFFE
+DF_1_NOW = 0x00000001
 DF_1_PIE = 0x08000000
+DF_BIND_NOW = 0x00000008  # in DT_FLAGS
 
 # GNU symbol versions: a .gnu.version entry is a version index, its top bit set for a hidden
 # (non-default) version; a version definition flagged VER_FLG_BASE names the file itself.
@@ -93,6 +97,7 @@ VERSYM_INDEX = 0x7FFF
 VER_FLG_BASE = 1
 
 # Relocation types
+R_X86_64_64 = 1
 R_X86_64_GLOB_DAT = 6
 R_X86_64_JUMP_SLOT = 7
 R_X86_64_RELATIVE = 8

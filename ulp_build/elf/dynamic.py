@@ -8,7 +8,17 @@ from __future__ import annotations
 from functools import cached_property
 from typing import NamedTuple
 
-from ulp_build.elf.constants import DF_1_PIE, DT_FLAGS_1, DT_NULL, DYN, PT_DYNAMIC
+from ulp_build.elf.constants import (
+    DF_1_NOW,
+    DF_1_PIE,
+    DF_BIND_NOW,
+    DT_BIND_NOW,
+    DT_FLAGS,
+    DT_FLAGS_1,
+    DT_NULL,
+    DYN,
+    PT_DYNAMIC,
+)
 from ulp_build.elf.image import ElfImage
 
 
@@ -53,3 +63,13 @@ class Dynamic:
     @cached_property
     def is_pie_executable(self) -> bool:
         return bool((self.value(DT_FLAGS_1) or 0) & DF_1_PIE)
+
+    @cached_property
+    def binds_now(self) -> bool:
+        """Whether the loader binds every symbol as it loads the file (`-z now`), whatever
+        mode dlopen is asked for."""
+        return (
+            self.value(DT_BIND_NOW) is not None
+            or bool((self.value(DT_FLAGS) or 0) & DF_BIND_NOW)
+            or bool((self.value(DT_FLAGS_1) or 0) & DF_1_NOW)
+        )

@@ -111,6 +111,10 @@ class ElfFile(ElfImage):
         return self.dynamic.is_pie_executable
 
     @property
+    def binds_now(self) -> bool:
+        return self.dynamic.binds_now
+
+    @property
     def dynamic_symbols(self) -> list[Symbol]:
         return self.dynsym.symbols
 

@@ -19,6 +19,7 @@ from ulp_build.live import request as rq
 from ulp_build.live.operation import Operation
 from ulp_build.live.process import mapped_elf
 from ulp_build.live.ptrace import ReturnPoint
+from ulp_build.patch import imports
 from ulp_build.patch.metadata import Function, Patch
 from ulp_build.prepare.layout import PAD_BEFORE
 
@@ -158,7 +159,7 @@ def add_application(req: rq.Request, op: Operation, base: int) -> None:
     # The runtime loads these bytes, not the path (shown by `ulp patches` only).
     obj = op.object_file.path
     req.object, req.object_data = str(obj), op.object_file.data
-    replacements, pointers, req.object_build_id = _object_symbols(obj, op.object_elf, patch)
+    replacements, pointers, slots, req.object_build_id = _object_symbols(obj, op.object_elf, patch)
     patched = {f.offset: f for f in patch.functions}
     for f in patch.functions:
         req.functions.append(
@@ -173,6 +174,9 @@ def add_application(req: rq.Request, op: Operation, base: int) -> None:
         else:
             value = base + r.offset
         req.references.append(rq.ReferenceEntry(r.kind, pointers[r.pointer], value))
+    # A call by name enters where the loader would have bound it: the trampoline, tracked.
+    for i in patch.imports:
+        req.references.append(rq.ReferenceEntry("import", slots[i.name], base + i.offset))
 
 
 def _check_offsets(patch: Patch, path: Path | None, library: loaded_library.LoadedLibrary) -> None:
@@ -198,13 +202,19 @@ def _check_offsets(patch: Patch, path: Path | None, library: loaded_library.Load
             raise UlpError(
                 f"{path}: reference {r.name}: offset {r.offset:#x} is not in {library.path}"
             )
+    for i in patch.imports:
+        if not elf.is_code(i.offset):
+            raise UlpError(
+                f"{path}: import {i.name}: offset {i.offset:#x} is not code of {library.path}"
+            )
 
 
 def _object_symbols(
     obj: Path, elf: ElfFile, patch: Patch
-) -> tuple[dict[str, int], dict[str, int], bytes]:
-    """Offsets of the replacements and reference variables in the patch object, and its
-    build-id; an error naming every missing one, before anything is loaded."""
+) -> tuple[dict[str, int], dict[str, int], dict[str, int], bytes]:
+    """Offsets of the replacements, reference variables and GOT slots of the imports in the
+    patch object, and its build-id; an error naming every missing one, before anything is
+    loaded."""
     symbols = {s.name: s for s in elf.dynamic_symbols if s.shndx != SHN_UNDEF}
     missing = []
     replacements: dict[str, int] = {}
@@ -221,7 +231,9 @@ def _object_symbols(
             missing.append(f"variable {r.pointer}")
         else:
             pointers[r.pointer] = s.value
+    slots = imports.plt_slots(elf)
+    missing += [f"a call slot of {i.name}" for i in patch.imports if i.name not in slots]
     if missing:
         raise UlpError(f"{obj}: the patch object lacks {', '.join(missing)}")
     note = elf.build_id_note
-    return replacements, pointers, note[0][:32] if note else b""
+    return replacements, pointers, slots, note[0][:32] if note else b""

@@ -55,7 +55,9 @@ REVERT_ALL = 1
 APPLY = 2
 REVERT = 4
 
-REF_KINDS = {"data": 0, "tls": 1, "function": 2}
+# import: a GOT slot of the object's PLT, filled with a function of the target, which has the
+# runtime load the object lazily (runtime/load.c)
+REF_KINDS = {"data": 0, "tls": 1, "function": 2, "import": 3}
 
 # Statuses ulp_prepare and ulp_commit return, negated, that the trigger acts on (the others
 # come with a message).
@@ -73,7 +75,7 @@ class FunctionEntry:
 @dataclass(frozen=True)
 class ReferenceEntry:
     kind: str
-    pointer: int  # offset in the patch object of the variable to fill
+    pointer: int  # offset in the patch object of the variable (or GOT slot) to fill
     value: int  # run-time address; for tls the offset in the target's TLS block
 
 

@@ -1,14 +1,16 @@
 """Patch metadata files (`.ulp`, and the reverse `.rev.ulp`): what the trigger needs to apply
 or revert a patch, with nothing left to look up in the description.
 
-Format: the magic line `ULPPATCH 2`, then one JSON object. Text, because people read these
+Format: the magic line `ULPPATCH 3`, then one JSON object. Text, because people read these
 when something goes wrong (`ulp dump` shows them), and because nothing in a running process
 parses them: the trigger does, and hands the runtime plain addresses. The reader checks every
 field's presence and type and turns anything else into one clear error.
 
 Version 2 records the patch object's build-id and SHA-256: the trigger loads exactly the bytes
 the packer saw, or nothing (docs/security.md). Version 1 files, which named the object by path
-alone, are refused: pack the description again.
+alone, are refused: pack the description again. Version 3 adds `imports`, the target's exported
+functions the object calls by name; a version 2 file is read as having none (what it meant: the
+loader alone bound those calls, as it could).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing import Any
 from ulp_build.errors import UlpError
 
 MAGIC = "ULPPATCH"
-VERSION = 2
+VERSION = 3
+READS = (2, 3)  # versions read
 KINDS = ("apply", "revert")
 REFERENCE_KINDS = ("data", "tls", "function")
 MAX_SIZE = 64 << 20
@@ -43,6 +46,15 @@ class Reference:
     pointer: str  # variable in the patch object that receives it
 
 
+@dataclass(frozen=True)
+class Import:
+    """A function of the target the patch object calls by name, through its PLT: the runtime
+    fills the object's GOT slot for it, whatever scope the target was loaded in."""
+
+    name: str  # in the target's .dynsym and among the object's undefined symbols
+    offset: int  # its .dynsym value: a prepared function's trampoline, as a call by name enters
+
+
 @dataclass
 class Patch:
     kind: str  # "apply", or "revert" for a reverse patch
@@ -55,6 +67,7 @@ class Patch:
     object_sha256: str  # hex, of the whole file
     functions: list[Function] = field(default_factory=list)
     references: list[Reference] = field(default_factory=list)
+    imports: list[Import] = field(default_factory=list)
 
     def object_path(self, metadata_path: str | Path) -> Path:
         return Path(metadata_path).resolve().parent / self.object
@@ -72,6 +85,7 @@ class Patch:
             self.object_sha256,
             list(self.functions),
             list(self.references),
+            list(self.imports),
         )
 
 
@@ -100,16 +114,17 @@ def parse(raw: bytes, name: str) -> Patch:
     words = head.split()
     if len(words) != 2 or words[0] != MAGIC.encode():
         raise UlpError(f"{name}: not a ulp patch file")
-    if words[1] != str(VERSION).encode():
+    version = next((v for v in READS if words[1] == str(v).encode()), None)
+    if version is None:
         raise UlpError(
             f"{name}: patch format version {words[1].decode(errors='replace')!r}"
-            f" unsupported (this ulp reads version {VERSION})"
+            f" unsupported (this ulp reads versions {', '.join(map(str, READS))})"
         )
     try:
         data = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise UlpError(f"{name}: corrupt patch metadata ({exc})") from None
-    return _patch(data, name)
+    return _patch(data, name, version)
 
 
 def _field(obj: Any, key: str, kind: type, name: str, where: str) -> Any:
@@ -125,7 +140,7 @@ def _field(obj: Any, key: str, kind: type, name: str, where: str) -> Any:
     return value
 
 
-def _patch(data: Any, name: str) -> Patch:
+def _patch(data: Any, name: str, version: int) -> Patch:
     def text(obj: Any, key: str, where: str = "patch") -> str:
         return _field(obj, key, str, name, where)
 
@@ -158,6 +173,10 @@ def _patch(data: Any, name: str) -> Patch:
         if ref.kind not in REFERENCE_KINDS:
             raise UlpError(f"{name}: corrupt patch metadata ({where}.kind {ref.kind!r})")
         references.append(ref)
+    imports = []
+    for i, m in enumerate(_field(data, "imports", list, name, "patch") if version >= 3 else []):
+        where = f"imports[{i}]"
+        imports.append(Import(text(m, "name", where), number(m, "offset", where)))
     if not functions:
         raise UlpError(f"{name}: corrupt patch metadata (no functions)")
 
@@ -184,4 +203,5 @@ def _patch(data: Any, name: str) -> Patch:
         hex_digits("object_sha256", 64),
         functions,
         references,
+        imports,
     )

@@ -24,6 +24,7 @@ from ulp_build.elf import (
     Symbol,
 )
 from ulp_build.errors import UlpError
+from ulp_build.patch import imports
 from ulp_build.patch.description import Description, Entry
 from ulp_build.patch.description import load as load_description
 from ulp_build.patch.metadata import Function, Patch, Reference, dumps
@@ -137,6 +138,8 @@ def _build(desc: Description, out: Path, warnings: list[str]) -> Patch:
     functions = _functions(desc, in_target, in_object, problems)
     warnings += _leaves_that_stop_being_leaves(desc, target, obj, functions)
     references = _references(desc, in_target, in_object, problems)
+    calls, refused = imports.find(target, obj)
+    problems += [f"{desc.where(desc.lines.get('object'))}: object: {p}" for p in refused]
     if problems:
         raise UlpError("\n".join(problems))
     object_rel = os.path.relpath(desc.object.resolve(), out.resolve().parent)
@@ -151,6 +154,7 @@ def _build(desc: Description, out: Path, warnings: list[str]) -> Patch:
         hashlib.sha256(obj.data).hexdigest(),
         functions,
         references,
+        calls,
     )
 
 
