@@ -99,9 +99,9 @@ def _find_inlined(
 
 
 class _Scan:
-    """One pass over every DIE: the subprograms holding the functions' entries give their
-    origins, then each inlined instance of one of those origins is attributed to the concrete
-    function it sits in."""
+    """One pass over the DIEs of the units that can hold copies: the subprograms holding the
+    functions' entries give their origins, then each inlined instance of one of those origins
+    is attributed to the concrete function it sits in."""
 
     def __init__(
         self,
