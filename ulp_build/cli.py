@@ -98,10 +98,17 @@ def _parser() -> argparse.ArgumentParser:
         description="Check the patch description DESC.toml against its target"
         " and object and write OUT.ulp and the reverse patch OUT.rev.ulp"
         " (default: DESC.ulp next to the description). Every problem is"
-        " reported, with its line; nothing is written unless all is well.",
+        " reported, with its line; nothing is written unless all is well."
+        " Warnings (a replaced function with inlined copies or clones the patch leaves"
+        " old, a leaf replaced by a non-leaf) go to stderr and the files are written.",
     )
     p.add_argument("description", metavar="DESC.toml")
     p.add_argument("-o", "--output", metavar="OUT.ulp")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="treat every warning as a problem: exit 1 and write nothing",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("dump", help="show a patch metadata file")
@@ -345,7 +352,7 @@ def _cmd_pack(args: argparse.Namespace) -> int:
     from ulp_build.patch import metadata
     from ulp_build.patch.packer import pack
 
-    packed = pack(args.description, args.output)
+    packed = pack(args.description, args.output, strict=args.strict)
     for warning in packed.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     p = packed.patch
