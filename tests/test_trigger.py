@@ -3,10 +3,14 @@ ptrace on programs that load the sample libraries (tests/programs/patchee.c)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
+import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -619,6 +623,38 @@ def test_all_processes(tree: Path, patchee: Path, runtime: Path) -> None:
     finally:
         for p in [*procs, without]:
             p.close()
+
+
+def test_all_shows_progress_on_a_terminal(tree: Path, patchee: Path, runtime: Path) -> None:
+    """On a terminal, --all keeps one progress line on stderr, rewritten as it goes and erased
+    at the end: how many of the processes with the runtime it has looked at (the candidates
+    and the others); then the summary on stdout."""
+    lib = str(tree / "basic" / "libbasic.so")
+    procs = [Process(patchee, runtime, lib) for _ in range(3)]
+    without = Process(patchee, runtime)  # looked at, not a candidate
+    leader, terminal = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "ulp_build", "trigger", "--all", patch_file(tree, "square_fix")],
+            stdout=subprocess.PIPE, stderr=terminal, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        os.close(terminal)
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO once the terminal has no writer left
+            while chunk := os.read(leader, 4096):
+                shown += chunk
+    finally:
+        os.close(leader)
+        for p in [*procs, without]:
+            p.close()
+    assert done.returncode == 0, done.stdout
+    assert done.stdout.splitlines()[-1] == "3 processes: 3 applied (of users: root 3)"
+    text = shown.decode()
+    counts = re.findall(r"\[(\d+)/(\d+) with the runtime\] apply basic-square-saturate", text)
+    assert counts, repr(text)
+    looked, total = map(int, counts[-1])
+    assert looked == total >= 4, counts
+    assert text.endswith("\r\x1b[K"), repr(text)
 
 
 def test_every_pending_transition_is_reported(tree: Path, patchee: Path, runtime: Path) -> None:

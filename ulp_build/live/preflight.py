@@ -93,7 +93,7 @@ def check(pid: int, op: Operation) -> CheckedOperation:
     state = runtime_state.read(pid)
     # The runtime file the process has mapped (its inode, not the path in /proc/PID/maps,
     # which the process's owner may have replaced since).
-    mapping = runtime_state.runtime_mapping(pid)
+    mapping = state.runtime_mapping
     elf = mapped_elf(pid, mapping)
     symbols = {s.name: s.value for s in elf.dynamic_symbols if s.defined}
     for name in ("ulp_buffer", "ulp_buffer_free", "ulp_prepare", "ulp_commit", "ulp_resume"):
