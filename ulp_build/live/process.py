@@ -49,10 +49,13 @@ def _state(stat: str) -> str:
 
 
 def maps(pid: int) -> list[Mapping]:
-    # The leader's maps, unless they read empty (a user process always maps something): then
-    # the main thread has exited, and a live thread's directory has them. One read, where
-    # asking proc_dir first would be two.
-    text = _maps_text(pid, f"/proc/{pid}")
+    # The leader's maps, unless they cannot be read or read empty (a user process always maps
+    # something): then the main thread may have exited, and proc_dir finds the directory that
+    # has them. One read in the common case, where asking proc_dir first would be two.
+    try:
+        text = _maps_text(pid, f"/proc/{pid}")
+    except UlpError:
+        text = ""
     if not text:
         text = _maps_text(pid, proc_dir(pid))
     out = []
@@ -78,9 +81,13 @@ def _maps_text(pid: int, directory: str) -> str:
 
 
 def read_memory(pid: int, address: int, size: int) -> bytes:
-    # As for maps: the leader's memory reads empty once the main thread has exited.
-    data = _read_memory(pid, f"/proc/{pid}", address, size)
-    if size and not data:
+    # As for maps: the leader's memory first; once the main thread has exited it cannot be
+    # read, and proc_dir finds where it can (or the same directory: the same error again).
+    try:
+        data = _read_memory(pid, f"/proc/{pid}", address, size)
+    except UlpError:
+        data = b""
+    if len(data) != size:
         data = _read_memory(pid, proc_dir(pid), address, size)
     if len(data) != size:
         raise UlpError(f"process {pid}: short read at {address:#x}")
