@@ -32,7 +32,7 @@ from live import (
 
 from sample_libs import samples
 from ulp_build.elf import ElfFile
-from ulp_build.live import protocol, runtime_state
+from ulp_build.live import fleet, protocol, runtime_state
 from ulp_build.live.operation import operation
 from ulp_build.live.process import maps, read_memory
 from ulp_build.patch.packer import pack
@@ -655,6 +655,41 @@ def test_all_shows_progress_on_a_terminal(tree: Path, patchee: Path, runtime: Pa
     looked, total = map(int, counts[-1])
     assert looked == total >= 4, counts
     assert text.endswith("\r\x1b[K"), repr(text)
+
+
+def test_a_worker_that_dies_fails_no_process_it_did_not_kill(
+    tree: Path, patchee: Path, runtime: Path
+) -> None:
+    """A worker of --all killed at its work loses its chunk and the chunks still queued: their
+    processes are tried again, and each ends applied (or already applied, if the killed worker
+    had got that far): none is reported as failed for a death it did not cause."""
+    lib = str(tree / "basic" / "libbasic.so")
+    procs = [Process(patchee, runtime, lib) for _ in range(12)]
+    ours = {p.pid for p in procs}
+    killed: list[int] = []
+
+    def kill_a_worker(chunk: list[protocol.Result], looked: int, total: int) -> None:
+        if killed:
+            return
+        children = {
+            int(pid)
+            for task in Path("/proc/self/task").iterdir()
+            for pid in (task / "children").read_text().split()
+        }
+        killed.append(min(children - ours))
+        os.kill(killed[0], signal.SIGKILL)
+
+    try:
+        op = operation(patch_file(tree, "square_fix"))
+        results = {r.pid: r for r in fleet.run_all(op, jobs=2, progress=kill_a_worker)}
+        assert killed
+        assert set(results) == ours
+        statuses = {r.status for r in results.values()}
+        assert statuses <= {"applied", "already applied"}, results
+        assert all(p.ask("square 100000") == str(SATURATED) for p in procs)
+    finally:
+        for p in procs:
+            p.close()
 
 
 def test_every_pending_transition_is_reported(tree: Path, patchee: Path, runtime: Path) -> None:

@@ -9,16 +9,17 @@ stops cost, not what starting work for each of them would.
 
 One process cannot stop the others: whatever goes wrong in one (an error, a bug its memory
 triggers) is that process's result, "failed", and the rest go on. A worker that dies loses its
-chunk: the chunk's processes are tried again one per worker task, so that only the process
-that kills a worker is reported as failed for it (one its lost worker had already patched then
-reports what it finds: already applied, or not applied for a revert).
+chunk (and the chunks still queued): their processes are tried again one per worker task,
+those lost again one at a time, so that only a process that kills its worker is reported as
+failed for it (one a lost worker had already patched then reports what it finds: already
+applied, or not applied for a revert).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
@@ -122,27 +123,34 @@ def run_all(
                     done(future.result(), len(futures[future]), total)
                 except BrokenProcessPool:
                     lost += futures[future]
-            if lost:
+            # A worker died: its chunk, and every chunk still queued, are lost. Their
+            # processes are tried again one per task; those lost again, one at a time, so
+            # that only a process that kills its worker is reported as failed for it.
+            for one_at_a_time in (False, True):
+                if not lost:
+                    break
                 executor.shutdown(wait=True)
                 executor = pool()
-                futures = {executor.submit(_chunk, [pid]): [pid] for pid in lost}
+                retry, lost = lost, []
+                if one_at_a_time:
+                    for pid in retry:
+                        try:
+                            done(executor.submit(_chunk, [pid]).result(), 1, total)
+                        except BrokenProcessPool:
+                            message = f"process {pid}: the worker patching it died"
+                            done([Result(pid, "failed", message)], 1, total)
+                            executor.shutdown(wait=True)
+                            executor = pool()
+                    break
+                futures = {executor.submit(_chunk, [pid]): [pid] for pid in retry}
                 for future in as_completed(futures):
-                    (pid,) = futures[future]
-                    done(_chunk_result(pid, future), 1, total)
-                if any(isinstance(f.exception(), BrokenProcessPool) for f in futures):
-                    executor.shutdown(wait=True)
-                    executor = pool()
+                    try:
+                        done(future.result(), 1, total)
+                    except BrokenProcessPool:
+                        lost += futures[future]
     finally:
         executor.shutdown(wait=True)
     return [results[pid] for pid in sorted(results)]
-
-
-def _chunk_result(pid: int, future: Future[list[Result]]) -> list[Result]:
-    """The worker's result for the one process `pid`, or, when the worker died, its failure."""
-    try:
-        return future.result()
-    except BrokenProcessPool:
-        return [Result(pid, "failed", f"process {pid}: the worker patching it died")]
 
 
 def _failure(pid: int, exc: Exception) -> Result:
