@@ -24,6 +24,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from ulp_build.live import inventory, loaded_library, trust
+from ulp_build.live.loaded_library import LoadedLibrary
 from ulp_build.live.operation import Operation
 from ulp_build.live.protocol import Result, run
 
@@ -38,20 +39,18 @@ CHUNK = 16
 Progress = Callable[[list[Result], int, int], None]
 
 
-def is_candidate(pid: int, op: Operation, uid: int | None = None) -> bool:
-    """Whether `pid` has the operation's target loaded (with the patch's build-id), and runs
-    as `uid` if one is given."""
+def target(pid: int, op: Operation, uid: int | None = None) -> LoadedLibrary | None:
+    """The operation's target in `pid` (loaded, with the patch's build-id), if `pid` has it
+    and runs as `uid` when one is given: then `pid` is a candidate."""
     try:
         if uid is not None and trust.owners(pid)[0] != uid:
-            return False
+            return None
         if op.patch is not None:
-            loaded_library.find(pid, op.patch.target_name, op.patch.target_build_id)
-        else:
-            assert op.revert_all is not None
-            loaded_library.find_by_name(pid, op.revert_all)
+            return loaded_library.find(pid, op.patch.target_name, op.patch.target_build_id)
+        assert op.revert_all is not None
+        return loaded_library.find_by_name(pid, op.revert_all)
     except Exception:  # whatever it is, that process is not a candidate
-        return False
-    return True
+        return None
 
 
 # What a worker does for every process it is given, set once when it starts (_start).
@@ -70,8 +69,9 @@ def _chunk(pids: list[int]) -> list[Result]:
     out = []
     for pid in pids:
         try:
-            if is_candidate(pid, op, uid):
-                out.append(run(pid, op, **options))
+            library = target(pid, op, uid)
+            if library is not None:
+                out.append(run(pid, op, library=library, **options))
         except Exception as exc:  # reported as that process's failure
             out.append(_failure(pid, exc))
     return out

@@ -82,9 +82,12 @@ class CheckedOperation:
         self.code += self.library.function_codes(metas, self.records)
 
 
-def check(pid: int, op: Operation) -> CheckedOperation:
+def check(
+    pid: int, op: Operation, library: loaded_library.LoadedLibrary | None = None
+) -> CheckedOperation:
     """`op` in process `pid`, checked and worked out; raises AlreadyApplied, or UlpError for
-    anything that stands in its way."""
+    anything that stands in its way. `library`: the target, if the caller has just found it
+    (`--all` looks for it in every process with the runtime, to know which to patch)."""
     uid, allowed = trust.owners(pid)
     for file in (op.patch_file, op.object_file):
         reason = file and trust.refusal(file, allowed, pid, uid)
@@ -103,7 +106,8 @@ def check(pid: int, op: Operation) -> CheckedOperation:
     return_point = runtime_state.return_point(elf, base)
     patch = op.patch
     if patch is not None:
-        library = loaded_library.find(pid, patch.target_name, patch.target_build_id)
+        if library is None:
+            library = loaded_library.find(pid, patch.target_name, patch.target_build_id)
         _check_offsets(patch, op.patch_path, library)
         if op.revert_all and op.revert_all not in (
             patch.target_name,
@@ -116,7 +120,8 @@ def check(pid: int, op: Operation) -> CheckedOperation:
             )
     else:
         assert op.revert_all is not None
-        library = loaded_library.find_by_name(pid, op.revert_all)
+        if library is None:
+            library = loaded_library.find_by_name(pid, op.revert_all)
     mine = state.patches_of(library.descriptor, library.lib_offset())
     active = [p for p in mine if p.active]
     flags = rq.REVERT_ALL if op.revert_all else 0

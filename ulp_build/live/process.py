@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import stat
 from collections import OrderedDict
-from pathlib import Path
 from typing import NamedTuple
 
 from ulp_build.elf import ElfFile, ElfIdentity
@@ -43,7 +42,8 @@ def proc_dir(pid: int) -> str:
 
 def _state(stat: str) -> str:
     try:
-        return Path(stat).read_text().rsplit(")", 1)[1].split()[0]
+        with open(stat) as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return ""
 
@@ -141,7 +141,7 @@ def write_at(pid: int, fd: int, address: int, data: bytes) -> None:
 
 def thread_ids(pid: int) -> list[int]:
     try:
-        return sorted(int(t.name) for t in Path(f"/proc/{pid}/task").iterdir() if t.name.isdigit())
+        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if t.isdigit())
     except FileNotFoundError:
         raise UlpError(f"process {pid}: no such process") from None
 
