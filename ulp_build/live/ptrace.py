@@ -15,7 +15,6 @@ only: what to call is the trigger's.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import signal
@@ -50,7 +49,9 @@ SYS_TGKILL = 234
 SYS_GETPID = 39
 _SYSCALL_STOP = signal.SIGTRAP | 0x80  # with PTRACE_O_TRACESYSGOOD
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The C library this Python runs on, from the symbols already loaded (dlopen(NULL)): where
+# ctypes.util.find_library would import subprocess and run ldconfig, at every start of `ulp`.
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.ptrace.restype = ctypes.c_long
 _libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
 
