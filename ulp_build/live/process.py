@@ -58,6 +58,9 @@ def maps(pid: int) -> list[Mapping]:
         text = ""
     if not text:
         text = _maps_text(pid, proc_dir(pid))
+    cached = _PARSED.get(text)  # read afresh, maybe parsed before: a step reads them often
+    if cached is not None:
+        return list(cached)
     out = []
     for line in text.splitlines():
         fields = line.split(maxsplit=5)
@@ -67,7 +70,13 @@ def maps(pid: int) -> list[Mapping]:
             Mapping(int(start, 16), int(end, 16), fields[1], int(fields[2], 16), path,
                     int(fields[4]))
         )  # fmt: skip
-    return out
+    _PARSED.clear()
+    _PARSED[text] = out
+    return list(out)
+
+
+# The last maps text parsed, and its parse.
+_PARSED: dict[str, list[Mapping]] = {}
 
 
 def _maps_text(pid: int, directory: str) -> str:
