@@ -3,11 +3,15 @@ ptrace on programs that load the sample libraries (tests/programs/patchee.c)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import pty
+import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -29,7 +33,7 @@ from live import (
 
 from sample_libs import samples
 from ulp_build.elf import ElfFile
-from ulp_build.live import protocol, runtime_state
+from ulp_build.live import fleet, protocol, runtime_state
 from ulp_build.live.operation import operation
 from ulp_build.live.process import maps, read_memory
 from ulp_build.patch import imports, metadata
@@ -620,6 +624,73 @@ def test_all_processes(tree: Path, patchee: Path, runtime: Path) -> None:
         assert again.stdout.splitlines()[-1] == "50 processes: 50 already applied"
     finally:
         for p in [*procs, without]:
+            p.close()
+
+
+def test_all_shows_progress_on_a_terminal(tree: Path, patchee: Path, runtime: Path) -> None:
+    """On a terminal, --all keeps one progress line on stderr, rewritten as it goes and erased
+    at the end: how many of the processes with the runtime it has looked at (the candidates
+    and the others); then the summary on stdout."""
+    lib = str(tree / "basic" / "libbasic.so")
+    procs = [Process(patchee, runtime, lib) for _ in range(3)]
+    without = Process(patchee, runtime)  # looked at, not a candidate
+    leader, terminal = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "ulp_build", "trigger", "--all", patch_file(tree, "square_fix")],
+            stdout=subprocess.PIPE, stderr=terminal, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        os.close(terminal)
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO once the terminal has no writer left
+            while chunk := os.read(leader, 4096):
+                shown += chunk
+    finally:
+        os.close(leader)
+        for p in [*procs, without]:
+            p.close()
+    assert done.returncode == 0, done.stdout
+    assert done.stdout.splitlines()[-1] == "3 processes: 3 applied (of users: root 3)"
+    text = shown.decode()
+    counts = re.findall(r"\[(\d+)/(\d+) with the runtime\] apply basic-square-saturate", text)
+    assert counts, repr(text)
+    looked, total = map(int, counts[-1])
+    assert looked == total >= 4, counts
+    assert text.endswith("\r\x1b[K"), repr(text)
+
+
+def test_a_worker_that_dies_fails_no_process_it_did_not_kill(
+    tree: Path, patchee: Path, runtime: Path
+) -> None:
+    """A worker of --all killed at its work loses its chunk and the chunks still queued: their
+    processes are tried again, and each ends applied (or already applied, if the killed worker
+    had got that far): none is reported as failed for a death it did not cause."""
+    lib = str(tree / "basic" / "libbasic.so")
+    procs = [Process(patchee, runtime, lib) for _ in range(12)]
+    ours = {p.pid for p in procs}
+    killed: list[int] = []
+
+    def kill_a_worker(chunk: list[protocol.Result], looked: int, total: int) -> None:
+        if killed:
+            return
+        children = {
+            int(pid)
+            for task in Path("/proc/self/task").iterdir()
+            for pid in (task / "children").read_text().split()
+        }
+        killed.append(min(children - ours))
+        os.kill(killed[0], signal.SIGKILL)
+
+    try:
+        op = operation(patch_file(tree, "square_fix"))
+        results = {r.pid: r for r in fleet.run_all(op, jobs=2, progress=kill_a_worker)}
+        assert killed
+        assert set(results) == ours
+        statuses = {r.status for r in results.values()}
+        assert statuses <= {"applied", "already applied"}, results
+        assert all(p.ask("square 100000") == str(SATURATED) for p in procs)
+    finally:
+        for p in procs:
             p.close()
 
 

@@ -7,24 +7,23 @@ Exit codes: 0 success, 1 a clear error (one line on stderr naming the file and t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pwd
-import shlex
 import signal
 import sys
 from collections import Counter
-from dataclasses import asdict
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from ulp_build import __version__
 from ulp_build.errors import UlpError
 
 # Each command imports what it uses when it runs: `ulp --version`, `--help` and a build's
 # `ulp rewrite` then load neither ptrace nor the trigger (docs/design.md, "The code and its
-# layers").
+# layers"), `ulp trigger -p` not the machinery of `--all`, and none of them `typing`,
+# `dataclasses`, `json` or `pathlib` before it needs them (start-up is mostly imports).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from ulp_build.live import installed, inventory, protocol
     from ulp_build.prepare.check import CheckReport
     from ulp_build.prepare.rewrite import RewriteResult
@@ -234,7 +233,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--libc",
         metavar="DIR",
-        type=Path,
+        type=str,
         help="run on the prepared C library DIR/libc.so.6 (`ulp rewrite` of this system's own"
         " libc.so.6): DIR goes first in LD_LIBRARY_PATH",
     )
@@ -271,10 +270,17 @@ def _printable(text: str) -> str:
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, indent=2) if args.json else _printable(text))
+    if args.json:
+        import json
+
+        print(json.dumps(data, indent=2))
+    else:
+        print(_printable(text))
 
 
 def _cmd_rewrite(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from ulp_build.prepare.rewrite import rewrite
 
     result = rewrite(args.library, args.output, args.untracked, args.strict, args.track_leaves)
@@ -342,6 +348,8 @@ def _check_text(r: CheckReport) -> str:
 
 
 def _cmd_cflags(args: argparse.Namespace) -> int:
+    import shlex
+
     from ulp_build.prepare.layout import CFLAGS
 
     _emit(args, list(CFLAGS), shlex.join(CFLAGS))
@@ -408,7 +416,7 @@ def _cmd_runtime_path(args: argparse.Namespace) -> int:
 
 
 def _cmd_trigger(args: argparse.Namespace) -> int:
-    from ulp_build.live import fleet, protocol
+    from ulp_build.live import protocol
     from ulp_build.live.operation import operation
 
     op = operation(
@@ -426,15 +434,18 @@ def _cmd_trigger(args: argparse.Namespace) -> int:
     options = {"timeout": args.timeout, "retries": args.retries, "wait": args.wait}
     show = None if args.json else _result_line
     if args.all:
+        from ulp_build.live import fleet
+
         terminal = sys.stderr.isatty() and not args.json
 
-        def progress(result: protocol.Result, done: int, total: int) -> None:
+        def progress(chunk: list[protocol.Result], looked: int, total: int) -> None:
             if terminal:
                 print("\r\033[K", end="", file=sys.stderr)
             if show:
-                show(result)
+                for result in chunk:
+                    show(result)
             if terminal:
-                line = _printable(f"[{done}/{total}] {op.describe()}")
+                line = _printable(f"[{looked}/{total} with the runtime] {op.describe()}")
                 print(line, end="", file=sys.stderr, flush=True)
 
         results = fleet.run_all(
@@ -455,6 +466,9 @@ def _cmd_trigger(args: argparse.Namespace) -> int:
             if show:
                 show(results[-1])
     if args.json:
+        import json
+        from dataclasses import asdict
+
         print(json.dumps([asdict(r) for r in results], indent=2))
     elif args.all:
         print(_printable(_summary(results)))
@@ -511,6 +525,8 @@ def _summary(results: list[protocol.Result]) -> str:
 
 
 def _cmd_patches(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from ulp_build.live import installed, inventory, transition
 
     if args.installed:
@@ -592,13 +608,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from ulp_build.live.runtime import exec_with_runtime, prepared_libc_dir
 
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
         print("ulp run: no program given (ulp run -- PROG ARGS)", file=sys.stderr)
         return 2
-    exec_with_runtime(argv, None if args.libc is None else prepared_libc_dir(args.libc))
+    libc = None if args.libc is None else prepared_libc_dir(Path(args.libc))
+    exec_with_runtime(argv, libc)
 
 
 _COMMANDS = {

@@ -79,7 +79,7 @@ def scan() -> Scan:
                     out.append(int(entry.name))
         except PermissionError:
             unreadable += 1
-        except OSError:
+        except (OSError, UlpError):  # gone meanwhile
             continue
     return Scan(sorted(out), unreadable)
 

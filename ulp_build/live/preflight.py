@@ -83,9 +83,12 @@ class CheckedOperation:
         self.code += self.library.function_codes(metas, self.records)
 
 
-def check(pid: int, op: Operation) -> CheckedOperation:
+def check(
+    pid: int, op: Operation, library: loaded_library.LoadedLibrary | None = None
+) -> CheckedOperation:
     """`op` in process `pid`, checked and worked out; raises AlreadyApplied, or UlpError for
-    anything that stands in its way."""
+    anything that stands in its way. `library`: the target, if the caller has just found it
+    (`--all` looks for it in every process with the runtime, to know which to patch)."""
     uid, allowed = trust.owners(pid)
     for file in (op.patch_file, op.object_file):
         reason = file and trust.refusal(file, allowed, pid, uid)
@@ -94,7 +97,7 @@ def check(pid: int, op: Operation) -> CheckedOperation:
     state = runtime_state.read(pid)
     # The runtime file the process has mapped (its inode, not the path in /proc/PID/maps,
     # which the process's owner may have replaced since).
-    mapping = runtime_state.runtime_mapping(pid)
+    mapping = state.runtime_mapping
     elf = mapped_elf(pid, mapping)
     symbols = {s.name: s.value for s in elf.dynamic_symbols if s.defined}
     for name in ("ulp_buffer", "ulp_buffer_free", "ulp_prepare", "ulp_commit", "ulp_resume"):
@@ -104,7 +107,8 @@ def check(pid: int, op: Operation) -> CheckedOperation:
     return_point = runtime_state.return_point(elf, base)
     patch = op.patch
     if patch is not None:
-        library = loaded_library.find(pid, patch.target_name, patch.target_build_id)
+        if library is None:
+            library = loaded_library.find(pid, patch.target_name, patch.target_build_id)
         _check_offsets(patch, op.patch_path, library)
         if op.revert_all and op.revert_all not in (
             patch.target_name,
@@ -117,7 +121,8 @@ def check(pid: int, op: Operation) -> CheckedOperation:
             )
     else:
         assert op.revert_all is not None
-        library = loaded_library.find_by_name(pid, op.revert_all)
+        if library is None:
+            library = loaded_library.find_by_name(pid, op.revert_all)
     mine = state.patches_of(library.descriptor, library.lib_offset())
     active = [p for p in mine if p.active]
     flags = rq.REVERT_ALL if op.revert_all else 0

@@ -11,15 +11,15 @@ from __future__ import annotations
 import os
 import stat
 from collections import OrderedDict
-from dataclasses import dataclass
-from pathlib import Path
+from typing import NamedTuple
 
 from ulp_build.elf import ElfFile, ElfIdentity
 from ulp_build.errors import UlpError
 
 
-@dataclass(frozen=True)
-class Mapping:
+class Mapping(NamedTuple):
+    """One line of /proc/PID/maps (a tuple: a process has hundreds, read again at each step)."""
+
     start: int
     end: int
     perms: str
@@ -42,30 +42,70 @@ def proc_dir(pid: int) -> str:
 
 def _state(stat: str) -> str:
     try:
-        return Path(stat).read_text().rsplit(")", 1)[1].split()[0]
+        with open(stat) as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return ""
 
 
 def maps(pid: int) -> list[Mapping]:
+    # The leader's maps, unless they cannot be read or read empty (a user process always maps
+    # something): then the main thread may have exited, and proc_dir finds the directory that
+    # has them. One read in the common case, where asking proc_dir first would be two.
     try:
-        text = Path(f"{proc_dir(pid)}/maps").read_text()
+        text = _maps_text(pid, f"/proc/{pid}")
+    except UlpError:
+        text = ""
+    if not text:
+        text = _maps_text(pid, proc_dir(pid))
+    cached = _PARSED.get(text)  # read afresh, maybe parsed before: a step reads them often
+    if cached is not None:
+        return list(cached)
+    out = []
+    for line in text.splitlines():
+        fields = line.split(maxsplit=5)
+        start, end = fields[0].split("-")
+        path = fields[5] if len(fields) > 5 else ""
+        out.append(
+            Mapping(int(start, 16), int(end, 16), fields[1], int(fields[2], 16), path,
+                    int(fields[4]))
+        )  # fmt: skip
+    _PARSED.clear()
+    _PARSED[text] = out
+    return list(out)
+
+
+# The last maps text parsed, and its parse.
+_PARSED: dict[str, list[Mapping]] = {}
+
+
+def _maps_text(pid: int, directory: str) -> str:
+    try:
+        with open(f"{directory}/maps") as f:
+            return f.read()
     except FileNotFoundError:
         raise UlpError(f"process {pid}: no such process") from None
     except PermissionError:
         raise UlpError(f"process {pid}: permission denied reading its mappings") from None
-    out = []
-    for line in text.splitlines():
-        fields = line.split(maxsplit=5)
-        start, end = (int(x, 16) for x in fields[0].split("-"))
-        path = fields[5] if len(fields) > 5 else ""
-        out.append(Mapping(start, end, fields[1], int(fields[2], 16), path, int(fields[4])))
-    return out
 
 
 def read_memory(pid: int, address: int, size: int) -> bytes:
+    # As for maps: the leader's memory first; once the main thread has exited it cannot be
+    # read, and proc_dir finds where it can (or the same directory: the same error again).
     try:
-        fd = os.open(f"{proc_dir(pid)}/mem", os.O_RDONLY)
+        data = _read_memory(pid, f"/proc/{pid}", address, size)
+    except UlpError:
+        data = b""
+    if len(data) != size:
+        data = _read_memory(pid, proc_dir(pid), address, size)
+    if len(data) != size:
+        raise UlpError(f"process {pid}: short read at {address:#x}")
+    return data
+
+
+def _read_memory(pid: int, directory: str, address: int, size: int) -> bytes:
+    try:
+        fd = os.open(f"{directory}/mem", os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise UlpError(f"process {pid}: no such process") from None
     except OSError as exc:
@@ -73,7 +113,11 @@ def read_memory(pid: int, address: int, size: int) -> bytes:
             f"process {pid}: cannot read memory at {address:#x}: {exc.strerror}"
         ) from None
     try:
-        return read_at(pid, fd, address, size)
+        return os.pread(fd, size, address)
+    except OSError as exc:
+        raise UlpError(
+            f"process {pid}: cannot read memory at {address:#x}: {exc.strerror}"
+        ) from None
     finally:
         os.close(fd)
 
@@ -106,7 +150,7 @@ def write_at(pid: int, fd: int, address: int, data: bytes) -> None:
 
 def thread_ids(pid: int) -> list[int]:
     try:
-        return sorted(int(t.name) for t in Path(f"/proc/{pid}/task").iterdir() if t.name.isdigit())
+        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if t.isdigit())
     except FileNotFoundError:
         raise UlpError(f"process {pid}: no such process") from None
 
@@ -213,11 +257,12 @@ class Memory:
 
     REFRESHES = 8
 
-    def __init__(self, pid: int, limit: int) -> None:
+    def __init__(self, pid: int, limit: int, mappings: list[Mapping] | None = None) -> None:
+        """`mappings`: the process's, if just read."""
         self.pid = pid
         self.left = limit
         self.refreshes = self.REFRESHES
-        self.regions = self._readable_regions()
+        self.regions = self._readable_regions(mappings)
         try:
             self.fd = os.open(f"{proc_dir(pid)}/mem", os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
@@ -229,9 +274,9 @@ class Memory:
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
 
-    def _readable_regions(self) -> list[tuple[int, int]]:
+    def _readable_regions(self, mappings: list[Mapping] | None = None) -> list[tuple[int, int]]:
         regions: list[tuple[int, int]] = []
-        for m in maps(self.pid):
+        for m in maps(self.pid) if mappings is None else mappings:
             if "r" not in m.perms:
                 continue
             if regions and regions[-1][1] == m.start:

@@ -22,16 +22,17 @@ Then the transition is finished when it can be (transition.py).
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from ulp_build.cstruct import c_string
 from ulp_build.errors import UlpError
 from ulp_build.live import request as rq
 from ulp_build.live import runtime_state, tracer_signals, transition, trust
+from ulp_build.live.loaded_library import LoadedLibrary
 from ulp_build.live.operation import Operation
 from ulp_build.live.preflight import AlreadyApplied, CheckedOperation, NotApplied, check
 from ulp_build.live.process import maps, read_memory
@@ -68,22 +69,35 @@ class _Busy(UlpError):
 
 
 def run(
-    pid: int, op: Operation, *, timeout: float = 5.0, retries: int = 20, wait: float = 3.0
+    pid: int,
+    op: Operation,
+    *,
+    timeout: float = 5.0,
+    retries: int = 20,
+    wait: float = 3.0,
+    library: LoadedLibrary | None = None,
 ) -> Result:
     """Carry `op` out in process `pid`, then wait up to `wait` seconds to finish transitions;
-    never raises for a problem of that process."""
-    if not Path(f"/proc/{pid}").exists():
+    never raises for a problem of that process. `library`: its target, if just found."""
+    if not os.path.exists(f"/proc/{pid}"):
         return Result(pid, "failed", f"process {pid}: no such process")
     try:
         uid = trust.owners(pid)[0]
     except UlpError:
         uid = None
-    return replace(_run(pid, op, timeout, retries, wait), uid=uid)
+    return replace(_run(pid, op, timeout, retries, wait, library), uid=uid)
 
 
-def _run(pid: int, op: Operation, timeout: float, retries: int, wait: float) -> Result:
+def _run(
+    pid: int,
+    op: Operation,
+    timeout: float,
+    retries: int,
+    wait: float,
+    library: LoadedLibrary | None,
+) -> Result:
     try:
-        checked = check(pid, op)
+        checked = check(pid, op, library)
         last = ""
         for attempt in range(retries + 1):
             if attempt:
@@ -101,7 +115,7 @@ def _run(pid: int, op: Operation, timeout: float, retries: int, wait: float) -> 
     except AlreadyApplied as exc:
         return _finished(Result(pid, "already applied", str(exc), exc.universe), wait, timeout)
     except UlpError as exc:
-        if not Path(f"/proc/{pid}").exists():
+        if not os.path.exists(f"/proc/{pid}"):
             return Result(pid, "exited", "the process exited")
         return Result(pid, "failed", str(exc))
 

@@ -15,7 +15,6 @@ only: what to call is the trigger's.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import signal
@@ -50,7 +49,9 @@ SYS_TGKILL = 234
 SYS_GETPID = 39
 _SYSCALL_STOP = signal.SIGTRAP | 0x80  # with PTRACE_O_TRACESYSGOOD
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The C library this Python runs on, from the symbols already loaded (dlopen(NULL)): where
+# ctypes.util.find_library would import subprocess and run ldconfig, at every start of `ulp`.
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.ptrace.restype = ctypes.c_long
 _libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
 
@@ -77,14 +78,19 @@ class _Wait:
     so that the deadline holds, with pauses between polls: first a few yields of the CPU (a
     stop or a call usually takes microseconds, and the process needs the CPU to get there),
     then sleeps that grow, so that waiting on a slow one, or on many processes at once, leaves
-    the CPU to them. One per stop or call: the deadline and the pauses run on across the
-    stops that a call goes through."""
+    the CPU to them. One per stop or call: the deadline runs on across the stops that a
+    call goes through; the pauses start small again at each (a call into the loader stops
+    at every one of its system calls, each a few microseconds after the last: a pause grown
+    long while the first was awaited would be slept at each of them)."""
+
+    YIELDS = 200
+    DELAY = 0.00005
 
     def __init__(self, tid: int, timeout: float) -> None:
         self.tid = tid
         self.deadline = time.monotonic() + timeout
-        self.yields = 200
-        self.delay = 0.00005
+        self.yields = self.YIELDS
+        self.delay = self.DELAY
 
     def status(self) -> int | None:
         """The thread's next wait status, or None once the deadline has passed (raises
@@ -92,6 +98,7 @@ class _Wait:
         while True:
             got, status = os.waitpid(self.tid, WALL | os.WNOHANG)
             if got != 0:
+                self.yields, self.delay = self.YIELDS, self.DELAY
                 return status
             if time.monotonic() > self.deadline:
                 return None

@@ -12,9 +12,9 @@ that publishes more is corrupt or hostile, and reading it is an error.
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ulp_build.cstruct import CStruct, c_string
 from ulp_build.elf import ElfFile
@@ -206,6 +206,8 @@ class RuntimeState:
     libraries: list[LibraryInfo]
     threads: list[ThreadInfo]
     patches: list[PatchInfo]  # newest first, reverted ones included
+    # The runtime's first mapping, as it was read: the file (its inode) and its base.
+    runtime_mapping: Mapping
 
     def patches_of(self, descriptor: int, lib_offset: int) -> list[PatchInfo]:
         """The patches committed to one load of a library (its descriptor's address, and its
@@ -224,10 +226,10 @@ class RuntimeState:
         raise KeyError(name_part)
 
 
-def runtime_mapping(pid: int) -> Mapping:
-    """The first mapping of the libulp.so mapped in `pid`."""
-    for m in maps(pid):
-        if m.offset == 0 and Path(m.path).name.startswith("libulp"):
+def runtime_mapping(pid: int, mappings: list[Mapping] | None = None) -> Mapping:
+    """The first mapping of the libulp.so mapped in `pid` (among `mappings`, if just read)."""
+    for m in maps(pid) if mappings is None else mappings:
+        if m.offset == 0 and os.path.basename(m.path).startswith("libulp"):
             return m
     raise UlpError(f"process {pid}: runtime not loaded (start it with `ulp run`)")
 
@@ -259,7 +261,8 @@ def _bounded(pid: int, what: str, value: int, low: int, high: int) -> int:
 
 
 def read(pid: int) -> RuntimeState:
-    mapping = runtime_mapping(pid)
+    mappings = maps(pid)
+    mapping = runtime_mapping(pid, mappings)
     path, base = mapping.path, mapping.start
     symbols = {s.name: s for s in mapped_elf(pid, mapping).dynamic_symbols}
     if INFO_SYMBOL not in symbols:
@@ -271,12 +274,12 @@ def read(pid: int) -> RuntimeState:
             f"process {pid}: its runtime {path} has layout version {version},"
             f" this ulp reads {LAYOUT_VERSION} (use the ulp that came with that runtime)"
         )
-    with Memory(pid, MAX_READ) as memory:
-        return _read(memory, path, at)
+    with Memory(pid, MAX_READ, mappings) as memory:
+        return _read(memory, mapping, at)
 
 
-def _read(memory: Memory, path: str, at: int) -> RuntimeState:
-    pid = memory.pid
+def _read(memory: Memory, mapping: Mapping, at: int) -> RuntimeState:
+    pid, path = memory.pid, mapping.path
     h = RUNTIME_INFO.unpack(memory.read(at, RUNTIME_INFO.size))
     # This ulp's layout is the runtime's (the version says so): the geometry the header
     # publishes must be it exactly.
@@ -339,7 +342,7 @@ def _read(memory: Memory, path: str, at: int) -> RuntimeState:
             threads.append(info)
         at = record["next"]
     patches = _patches(memory, h["patches"])
-    return RuntimeState(pid, path, universe, libraries, threads, patches)
+    return RuntimeState(pid, path, universe, libraries, threads, patches, mapping)
 
 
 class _ListWalk:

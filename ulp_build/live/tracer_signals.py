@@ -10,6 +10,10 @@ process). Signals that arrive meanwhile are delivered as soon as the step is ove
 from __future__ import annotations
 
 import signal
+
+# signal.pthread_sigmask without the wrapper that turns every signal of the old mask into an
+# enum member: this runs at each resume of a traced thread, dozens of times per process.
+from _signal import pthread_sigmask
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -17,8 +21,8 @@ from contextlib import contextmanager
 @contextmanager
 def held(signals: set[signal.Signals]) -> Iterator[None]:
     """`signals` wait, in this thread, until the block has run."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    old = pthread_sigmask(signal.SIG_BLOCK, signals)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        pthread_sigmask(signal.SIG_SETMASK, old)

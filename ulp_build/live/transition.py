@@ -138,10 +138,13 @@ def transitions(state: runtime_state.RuntimeState) -> list[Transition]:
     return out
 
 
-def finish(pid: int, timeout: float = 5.0) -> list[Transition]:
+def finish(
+    pid: int, timeout: float = 5.0, found: list[Transition] | None = None
+) -> list[Transition]:
     """Finish every transition of `pid` that can be finished now; return them all, the ones
-    left pending with their holders."""
-    found = transitions(runtime_state.read(pid))
+    left pending with their holders. `found`: its transitions just read, if they were."""
+    if found is None:
+        found = transitions(runtime_state.read(pid))
     if not any(not t.done and not t.holders for t in found):
         return found
     for t in found:
@@ -183,8 +186,9 @@ def finish(pid: int, timeout: float = 5.0) -> list[Transition]:
 def _universe_code(pid: int) -> Callable[[int], bool]:
     """Whether an address is runtime code that may read the global universe: its executable
     mappings but the WAYS_OUT functions."""
-    first = runtime_state.runtime_mapping(pid)
-    code = [(m.start, m.end) for m in maps(pid) if m.path == first.path and "x" in m.perms]
+    mappings = maps(pid)
+    first = runtime_state.runtime_mapping(pid, mappings)
+    code = [(m.start, m.end) for m in mappings if m.path == first.path and "x" in m.perms]
     ways_out = [
         (first.start + s.value, first.start + s.value + s.size)
         for s in mapped_elf(pid, first).dynamic_symbols
@@ -214,7 +218,7 @@ def wait_and_finish(pid: int, wait: float, timeout: float = 5.0) -> list[Transit
             if all(not t.holders for t in found if not t.done) or time.monotonic() >= deadline:
                 break
             time.sleep(0.02)
-        found = finish(pid, timeout)
+        found = finish(pid, timeout, found)
         if all(t.done for t in found) or time.monotonic() >= deadline:
             return found
         time.sleep(0.02)

@@ -70,7 +70,8 @@ def read(path: Path) -> TrustedFile:
 def owners(pid: int) -> tuple[int, frozenset[int]]:
     """The uid process `pid` runs as, and the owners whose files it may be given."""
     try:
-        text = Path(f"{proc_dir(pid)}/status").read_text()
+        with open(f"{proc_dir(pid)}/status") as f:
+            text = f.read()
     except OSError as exc:
         raise UlpError(f"process {pid}: {exc.strerror or exc}") from None
     uids = next((line.split()[1:] for line in text.splitlines() if line.startswith("Uid:")), [])
