@@ -12,7 +12,7 @@
  * once per load of its library, and `ulp patches` shows the same reason.
  *
  * The change is the trigger's two steps in this thread: ulp_prepare, the universe checkers
- * (written through /proc/self/mem, which needs no writable mapping of the code), ulp_commit.
+ * (write_checkers says how, with other threads running), ulp_commit.
  * It is the trigger's change, made in the process, so no call mixes versions: a thread that
  * enters the library meanwhile (another thread's first calls, once the library is registered
  * and before the commit) is tracked in the universe before it, and runs the old code
@@ -29,12 +29,14 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <link.h>
+#include <linux/membarrier.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -217,9 +219,39 @@ static int poke(int mem, uintptr_t at, const void *bytes, size_t size)
     return pwrite(mem, bytes, size, (off_t)at) == (ssize_t)size ? 0 : -1;
 }
 
-/* The checkers of every function of the prepared request; the pad first, then the 2-byte
- * entry jump that makes it reachable. Only over the prepared padding or a checker. */
-static const char *write_checkers(int mem, const struct ulp_request *r, uintptr_t slot)
+/* Other threads may be running the library while its checkers are written (one loaded later,
+ * at its first call). A pad is unreachable until its entry jump exists, so the pads go first;
+ * then every core of the process is serialized (membarrier's SYNC_CORE, the kernel's way to
+ * publish code modified in user space), and each entry nop becomes its jump by one aligned
+ * 2-byte store, through the mapping made writable for that moment: a CPU fetching the entry
+ * sees the nop or the jump, never half of each (a write through /proc/self/mem may copy byte
+ * by byte). A process with one thread has nobody to race: /proc/self/mem does it all. */
+static void serialize_cores(void)
+{
+    static int registered;
+    if (!registered)
+        registered = syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE,
+                             0, 0) == 0 ? 1 : -1;
+    if (registered > 0)
+        syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE, 0, 0);
+}
+
+static int store_jump(int mem, uintptr_t nop, const uint8_t jump[2], int alone)
+{
+    if (alone)
+        return poke(mem, nop, jump, 2);
+    uintptr_t page = nop & ~(uintptr_t)(getpagesize() - 1);
+    if (mprotect((void *)page, (size_t)getpagesize(), PROT_READ | PROT_WRITE | PROT_EXEC) != 0)
+        return -1;
+    uint16_t value;
+    memcpy(&value, jump, 2);
+    __atomic_store_n((uint16_t *)nop, value, __ATOMIC_RELEASE);
+    return mprotect((void *)page, (size_t)getpagesize(), PROT_READ | PROT_EXEC);
+}
+
+/* The checkers of every function of the prepared request, over the prepared padding or a
+ * checker only. */
+static const char *write_checkers(int mem, const struct ulp_request *r, uintptr_t slot, int alone)
 {
     static const uint8_t nops[PAD_BEFORE] = {0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90,
                                              0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90};
@@ -234,10 +266,20 @@ static const char *write_checkers(int mem, const struct ulp_request *r, uintptr_
         int pristine = memcmp(now, nops, PAD_BEFORE) == 0 && nop[0] == 0x66 && nop[1] == 0x90;
         if (!pristine && !(is_checker(now, pad_at, slot) && memcmp(nop, jump, 2) == 0))
             return "a function's entry is neither as prepared nor a universe checker";
+    }
+    for (uint32_t i = 0; i < r->function_count; i++) {
         uint8_t pad[PAD_BEFORE];
-        checker_pad(pad, pad_at, slot, f[i].index);
-        if (poke(mem, pad_at, pad, PAD_BEFORE) || poke(mem, f[i].nop, jump, 2))
+        checker_pad(pad, f[i].entry - PAD_BEFORE, slot, f[i].index);
+        if (poke(mem, f[i].entry - PAD_BEFORE, pad, PAD_BEFORE))
             return "cannot write the code through /proc/self/mem";
+    }
+    if (!alone)
+        serialize_cores();
+    for (uint32_t i = 0; i < r->function_count; i++) {
+        int64_t back = (int64_t)(f[i].entry - PAD_BEFORE) - (int64_t)(f[i].nop + 2);
+        uint8_t jump[2] = {0xeb, (uint8_t)back};
+        if (memcmp((const void *)f[i].nop, jump, 2) != 0 && store_jump(mem, f[i].nop, jump, alone))
+            return "cannot write an entry jump (the code could not be made writable)";
     }
     return NULL;
 }
@@ -357,7 +399,8 @@ static struct ulp_request *apply_file(const char *path, int dirfd, const char *n
             continue;
         if (ticket <= 0) {
             bad = r->message[0] ? r->message : "the runtime refused it";
-        } else if (!(bad = write_checkers(mem, r, (uintptr_t)&t->descriptor->dispatch))) {
+        } else if (!(bad = write_checkers(mem, r, (uintptr_t)&t->descriptor->dispatch,
+                                          alone()))) {
             if (ulp_commit(ticket) == -ULP_EBUSY)
                 continue;
             return r;
