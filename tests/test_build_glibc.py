@@ -43,6 +43,8 @@ def test_complete_cache_entry_is_used(tmp_path: Path) -> None:
     libdir.mkdir(parents=True)
     libm = Path(system_libc()).parent / "libm.so.6"
     for lib, name in ((Path(system_libc()), "libc.so.6"), (libm, "libm.so.6")):
+        # As a build leaves them: the library as built beside the prepared one.
+        (libdir / f"{name}.unprepared").write_bytes(lib.read_bytes())
         prepared = ulp("rewrite", str(lib), "-o", str(libdir / name))
         assert prepared.returncode == 0, prepared.stderr
     (entry / "build-seconds").write_text("600\n")
