@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ from conftest import run
 from ulp_build.elf import ElfFile
 from ulp_build.errors import UlpError
 from ulp_build.live.process import maps
-from ulp_build.live.ptrace import Tracee
+from ulp_build.live.ptrace import WALL, Tracee
 
 PROGRAM = Path(__file__).parent / "programs" / "victim.c"
 
@@ -35,7 +36,14 @@ def victim(victim_binary: Path) -> Iterator[subprocess.Popen[str]]:
     assert proc.stdout.readline() == "ready\n"
     yield proc
     if proc.poll() is None:
+        threads = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task")]
         proc.kill()
+        # A thread that a failed test left traced by this process must be reaped by it, with
+        # __WALL, before its leader can be: else the wait below would never return.
+        for tid in threads:
+            if tid != proc.pid:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(tid, WALL)
         proc.wait()
 
 
@@ -50,12 +58,14 @@ def _finish(proc: subprocess.Popen[str]) -> str:
         out, _ = proc.communicate("", timeout=30)
     except subprocess.TimeoutExpired:
         threads = {
-            t.name: [*(t / "stat").read_text().split(")")[1].split()[:1], (t / "wchan").read_text()]
+            t.name: [
+                *(t / "stat").read_text().split(")")[1].split()[:1],
+                (t / "wchan").read_text(),
+                *(line for line in (t / "status").read_text().splitlines() if "TracerPid" in line),
+            ]
             for t in Path(f"/proc/{proc.pid}/task").iterdir()
         }
-        status = Path(f"/proc/{proc.pid}/status").read_text()
-        tracer = [line for line in status.splitlines() if line.startswith("TracerPid")]
-        raise AssertionError(f"victim stuck: {threads} {tracer}") from None
+        raise AssertionError(f"victim stuck: {threads}") from None
     assert proc.returncode == 0
     return out.strip()
 
