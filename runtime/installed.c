@@ -89,14 +89,12 @@ static int refused(const char *path, const struct stat *st, char *why, size_t si
     return 1;
 }
 
-/* The patch directory and every one above it (the files are judged by their own fstat). */
+/* The patch directory, resolved, and every one above it (the files are judged by their own
+ * fstat). */
 static int refused_directory(const char *dir, char *why, size_t size)
 {
     char path[PATH_MAX];
-    if (!realpath(dir, path)) {
-        snprintf(why, size, "%s: %s", dir, strerror(errno));
-        return 1;
-    }
+    snprintf(path, sizeof path, "%s", dir);
     for (;;) {
         struct stat st;
         if (lstat(path, &st) != 0 || !S_ISDIR(st.st_mode)) {
@@ -136,9 +134,7 @@ static struct ulp_descriptor *descriptor_of(const struct dl_phdr_info *info)
     if (!data || data->p_memsz < 8 + sizeof(struct ulp_descriptor))
         return NULL;
     struct ulp_descriptor *d = (void *)(info->dlpi_addr + data->p_vaddr + 8);
-    static const char magic[8] = {'U', 'L', 'P', 'L', 'I', 'B', 0, 0};
-    if (memcmp(d->magic, magic, sizeof magic) != 0 || d->version != ULP_DESC_VERSION ||
-        d->link_address != data->p_vaddr + 8)
+    if (!ulp_is_descriptor(d) || d->link_address != data->p_vaddr + 8)
         return NULL;
     return d;
 }
@@ -236,6 +232,15 @@ static void serialize_cores(void)
         syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE, 0, 0);
 }
 
+/* The 2-byte jump from a function's entry nop back to its pad; 0 when out of reach. */
+static int entry_jump(const struct ulp_request_function *f, uint8_t jump[2])
+{
+    int64_t back = (int64_t)(f->entry - PAD_BEFORE) - (int64_t)(f->nop + 2);
+    jump[0] = 0xeb;
+    jump[1] = (uint8_t)back;
+    return back >= -128 && back < 0;
+}
+
 static int store_jump(int mem, uintptr_t nop, const uint8_t jump[2], int alone)
 {
     if (alone)
@@ -259,10 +264,9 @@ static const char *write_checkers(int mem, const struct ulp_request *r, uintptr_
     for (uint32_t i = 0; i < r->function_count; i++) {
         uintptr_t pad_at = f[i].entry - PAD_BEFORE;
         const uint8_t *now = (const uint8_t *)pad_at, *nop = (const uint8_t *)f[i].nop;
-        int64_t back = (int64_t)pad_at - (int64_t)(f[i].nop + 2);
-        if (back < -128 || back >= 0)
+        uint8_t jump[2];
+        if (!entry_jump(&f[i], jump))
             return "an entry nop cannot reach its pad";
-        uint8_t jump[2] = {0xeb, (uint8_t)back};
         int pristine = memcmp(now, nops, PAD_BEFORE) == 0 && nop[0] == 0x66 && nop[1] == 0x90;
         if (!pristine && !(is_checker(now, pad_at, slot) && memcmp(nop, jump, 2) == 0))
             return "a function's entry is neither as prepared nor a universe checker";
@@ -276,8 +280,8 @@ static const char *write_checkers(int mem, const struct ulp_request *r, uintptr_
     if (!alone)
         serialize_cores();
     for (uint32_t i = 0; i < r->function_count; i++) {
-        int64_t back = (int64_t)(f[i].entry - PAD_BEFORE) - (int64_t)(f[i].nop + 2);
-        uint8_t jump[2] = {0xeb, (uint8_t)back};
+        uint8_t jump[2];
+        entry_jump(&f[i], jump);
         if (memcmp((const void *)f[i].nop, jump, 2) != 0 && store_jump(mem, f[i].nop, jump, alone))
             return "cannot write an entry jump (the code could not be made writable)";
     }
@@ -364,9 +368,7 @@ static struct ulp_request *read_request(int dirfd, const char *path, const char 
     close(fd);
     /* locate() reads the entries before ulp_prepare checks the rest: their count first. */
     if (!bad && (r->size != (uint64_t)st.st_size || r->flags != ULP_REQ_APPLY ||
-                 sizeof *r + (uint64_t)r->function_count * sizeof(struct ulp_request_function) +
-                         (uint64_t)r->reference_count * sizeof(struct ulp_request_reference) >
-                     r->size))
+                 ulp_request_entries_size(r) > r->size))
         bad = "not an installed patch";
     if (bad) {
         snprintf(why, size, "%s", bad);

@@ -17,7 +17,6 @@ _Atomic uint32_t ulp_library_count;
 
 static atomic_flag lock = ATOMIC_FLAG_INIT;
 
-static const char magic[8] = {'U', 'L', 'P', 'L', 'I', 'B', 0, 0};
 
 /* The loader's list of objects: no lock to take (the first call may be in a signal handler),
  * and entries are complete before they are linked in. */
@@ -42,11 +41,18 @@ static void copy_build_id(struct ulp_library *lib, const struct ulp_descriptor *
     lib->build_id_size = d->build_id_size;
 }
 
+/* Whether `d` is a descriptor of a library prepared for this runtime (its magic and version). */
+int ulp_is_descriptor(const struct ulp_descriptor *d)
+{
+    static const char magic[8] = {'U', 'L', 'P', 'L', 'I', 'B', 0, 0};
+    return memcmp(d->magic, magic, sizeof magic) == 0 && d->version == ULP_DESC_VERSION;
+}
+
 /* Called by track.S (through ulp_preserving_call) on a library's first tracked call. Returns
  * the libs[] offset, or ULP_DESC_UNTRACKED / 0 to run this call untracked. */
 __attribute__((visibility("hidden"))) uint64_t ulp_library_register(struct ulp_descriptor *d)
 {
-    if (memcmp(d->magic, magic, sizeof magic) != 0 || d->version != ULP_DESC_VERSION)
+    if (!ulp_is_descriptor(d))
         return 0;
     /* Signals blocked: a handler's first call into another new library would otherwise spin
      * on the lock this thread holds. */

@@ -73,7 +73,6 @@ void ulp_patches_init(void)
 }
 
 static const char request_magic[8] = {'U', 'L', 'P', 'R', 'E', 'Q', 0, 0};
-static const char descriptor_magic[8] = {'U', 'L', 'P', 'L', 'I', 'B', 0, 0};
 
 /* -ULP_EINVALID, with the request's message saying why. */
 int64_t ulp_fail(struct ulp_request *r, const char *format, ...)
@@ -161,6 +160,13 @@ static void unstage(void)
 
 /* ---- the entry points --------------------------------------------------------------------- */
 
+/* The header and the entries the counts announce: what must fit in r->size. */
+uint64_t ulp_request_entries_size(const struct ulp_request *r)
+{
+    return sizeof *r + (uint64_t)r->function_count * sizeof(struct ulp_request_function) +
+           (uint64_t)r->reference_count * sizeof(struct ulp_request_reference);
+}
+
 static int64_t check_request(struct ulp_request *r, const struct ulp_descriptor **target)
 {
     if (memcmp(r->magic, request_magic, sizeof request_magic) != 0 || r->version != 2)
@@ -168,8 +174,7 @@ static int64_t check_request(struct ulp_request *r, const struct ulp_descriptor 
     r->message[sizeof r->message - 1] = '\0';
     r->id[sizeof r->id - 1] = r->description[sizeof r->description - 1] = '\0';
     r->object[sizeof r->object - 1] = '\0';
-    uint64_t need = sizeof *r + (uint64_t)r->function_count * sizeof(struct ulp_request_function) +
-                    (uint64_t)r->reference_count * sizeof(struct ulp_request_reference);
+    uint64_t need = ulp_request_entries_size(r);
     if (r->size < need || r->build_id_size > 32 || r->object_build_id_size > 32)
         return ulp_fail(r, "malformed request");
     if ((r->flags & ULP_REQ_APPLY) &&
@@ -177,8 +182,7 @@ static int64_t check_request(struct ulp_request *r, const struct ulp_descriptor 
          r->object_size > r->size - r->object_offset || r->object_build_id_size == 0))
         return ulp_fail(r, "malformed request: no patch object in it");
     const struct ulp_descriptor *d = (const void *)r->descriptor;
-    if (memcmp(d->magic, descriptor_magic, sizeof descriptor_magic) != 0 ||
-        d->version != ULP_DESC_VERSION)
+    if (!ulp_is_descriptor(d))
         return ulp_fail(r, "the target is not a library prepared by this version of ulp");
     const uint8_t *id = (const uint8_t *)((uintptr_t)d - d->link_address + d->build_id);
     if (d->build_id_size != r->build_id_size || !d->build_id ||

@@ -316,6 +316,8 @@ void ulp_vfork_returned(struct ulp_thread *thread, struct ulp_frame *top);
 extern struct ulp_library ulp_libraries[ULP_MAX_LIBRARIES];
 extern _Atomic uint32_t ulp_library_count;
 uint64_t ulp_library_register(struct ulp_descriptor *descriptor);
+int ulp_is_descriptor(const struct ulp_descriptor *descriptor);
+uint64_t ulp_request_entries_size(const struct ulp_request *request);
 int64_t ulp_prepare(struct ulp_request *request);
 int64_t ulp_commit(uint64_t ticket);
 void ulp_installed_start(void);

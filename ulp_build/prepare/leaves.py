@@ -51,12 +51,11 @@ from ulp_build.elf import (
     ElfFile,
     Symbol,
 )
-from ulp_build.prepare.taken_addresses import resolvers
+from ulp_build.prepare.taken_addresses import resolvers, rip_target
 
 _REL32 = re.compile(rb"[\xe8\xe9]", re.DOTALL)
 # What a PLT stub starts with: `jmp *slot(%rip)`, after an optional endbr64 and bnd prefix.
 _PLT_JUMP = re.compile(rb"(?:\xf3\x0f\x1e\xfa)?\xf2?\xff\x25(....)", re.DOTALL)
-_RIP_OPERAND = re.compile(r"\[rip ([+-]) (0x[0-9a-f]+|\d+)\]$")
 _BRANCHES = {"call", "jmp", "jrcxz", "jecxz", "loop", "loope", "loopne", "xbegin"}
 # Functions of another library that end the process: a leaf may call them (its failure paths).
 ENDS_PROCESS = frozenset(
@@ -220,13 +219,13 @@ class _Decider:
                     if not self._may_branch(int(operands, 16), entry, end):
                         return False
                     continue
-                slot = _rip_target(operands, decoded_to)
+                slot = rip_target(operands, decoded_to)
                 if slot is None or op not in ("call", "jmp") or slot not in lib.ending_slots:
                     return False
             elif op in ("lcall", "ljmp"):
                 return False
             elif op == "lea":
-                taken = _rip_target(operands, decoded_to)
+                taken = rip_target(operands, decoded_to)
                 if taken is not None and taken in lib.other_code:
                     return False
         return decoded_to == end
@@ -254,15 +253,7 @@ class _Decider:
             op = mnemonic.rsplit(" ", 1)[-1]
             if op == "jmp" and not operands.startswith("0x"):
                 return set()
-            taken = _rip_target(operands, decoded_to) if op == "lea" else None
+            taken = rip_target(operands, decoded_to) if op == "lea" else None
             if taken is not None and taken in self.lib.extents:
                 out.add(taken)
         return out if decoded_to == resolver + size else set()
-
-
-def _rip_target(operands: str, next_ip: int) -> int | None:
-    rip = _RIP_OPERAND.search(operands)
-    if rip is None:
-        return None
-    disp = int(rip.group(2), 0)
-    return next_ip + (disp if rip.group(1) == "+" else -disp)

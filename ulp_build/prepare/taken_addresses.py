@@ -196,11 +196,9 @@ def _code_sites(
                 continue
             while at is not None and at < end:
                 at = next(pending, None)
-            operand = _RIP_OPERAND.search(operands)
-            if operand is None:
+            target = rip_target(operands, end)
+            if target is None:
                 continue  # the candidate's bytes were part of another instruction
-            disp = int(operand.group(2), 0)
-            target = end + (disp if operand.group(1) == "+" else -disp)
             if target not in entries:
                 continue
             if in_resolver and (size == 0 or addr < start + size):
@@ -210,6 +208,16 @@ def _code_sites(
                 sites.append(Site(LEA, addr + 3, target))
             else:
                 unredirectable.add(target)
+
+
+def rip_target(operands: str, next_ip: int) -> int | None:
+    """The address a RIP-relative operand of capstone's text names, for the instruction that
+    ends at `next_ip`; None without one."""
+    operand = _RIP_OPERAND.search(operands)
+    if operand is None:
+        return None
+    disp = int(operand.group(2), 0)
+    return next_ip + (disp if operand.group(1) == "+" else -disp)
 
 
 def _candidates(elf: ElfFile, entries: set[int]) -> list[int]:
