@@ -825,6 +825,45 @@ def test_replacement_calling_the_target_of_a_program_linked_with_it(
         assert p.ask("4") == "16"
 
 
+def test_replacement_linked_against_the_target_is_bound_by_the_loader(
+    patchee: Path, runtime: Path, tmp_path: Path
+) -> None:
+    """An object that needs the target's soname has the loader bind every use of the target,
+    even of a target dlopened RTLD_LOCAL: its variable, a -fno-plt call, an address, all bound
+    as it loads (-z now), with nothing for the runtime to fill. The same object not linked
+    against the target is refused by `pack`, the control."""
+    lib = tmp_path / "libbasic.so"
+    built = run(["gcc", *CFLAGS, "-O2", "-fPIC", "-shared", "-Wl,-soname,libbasic.so", "-o",
+                 str(lib), str(samples.ROOT / "basic" / "basic.c")])  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    assert ulp("rewrite", str(lib)).returncode == 0
+    (tmp_path / "fix.c").write_text(
+        "extern int basic_counter;\nint basic_add(int, int);\n"
+        "int (*volatile adder)(int, int) = basic_add;\n"
+        "int fixed(int x) { return adder(x * x, 0) + 1000 * basic_counter; }\n"
+    )
+    (tmp_path / "fix.toml").write_text(
+        'target = "libbasic.so"\nobject = "fix.so"\nid = "linked"\ndescription = "linked"\n'
+        '\n[replace]\nbasic_square = "fixed"\n'
+    )
+    compile_fix = ["gcc", "-O2", "-fPIC", "-fno-plt", "-shared", "-Wl,-z,now", "-o",
+                   str(tmp_path / "fix.so"), str(tmp_path / "fix.c")]  # fmt: skip
+    assert run(compile_fix).returncode == 0
+    refused = ulp("pack", str(tmp_path / "fix.toml"))
+    assert refused.returncode == 1
+    assert "basic_counter: the target's variable is used directly" in refused.stderr
+    built = run([*compile_fix, f"-L{tmp_path}", "-lbasic"])
+    assert built.returncode == 0, built.stderr
+    packed = pack(tmp_path / "fix.toml")
+    assert packed.patch.imports == []
+    with running(patchee, runtime, str(lib)) as p:
+        assert p.ask("square 4") == "16"
+        applied = trigger_cli("-p", str(p.pid), str(packed.metadata))
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        # basic_add ran in the target (its counter is 1, the one the object reads), then 2.
+        assert [p.ask("square 4") for _ in range(2)] == ["1016", "2016"]
+
+
 def test_replacement_calling_the_target_under_ld_bind_now(
     tree: Path, patchee: Path, runtime: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -57,6 +57,7 @@ STB_WEAK = 2
 
 # Dynamic section tags
 DT_NULL = 0
+DT_NEEDED = 1
 DT_HASH = 4
 DT_STRTAB = 5
 DT_SYMTAB = 6

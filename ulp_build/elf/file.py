@@ -18,7 +18,7 @@ import stat
 from functools import cached_property
 from pathlib import Path
 
-from ulp_build.elf.constants import DT_SONAME, SHT_SYMTAB
+from ulp_build.elf.constants import DT_NEEDED, DT_SONAME, SHT_SYMTAB
 from ulp_build.elf.dynamic import Dynamic
 from ulp_build.elf.errors import ElfError
 from ulp_build.elf.image import ElfImage
@@ -105,6 +105,12 @@ class ElfFile(ElfImage):
     def soname(self) -> str | None:
         value = self.dynamic.value(DT_SONAME)
         return None if value is None else self.dynsym.strings.get(value)
+
+    @cached_property
+    def needed(self) -> list[str]:
+        """The names of the libraries the file depends on (its DT_NEEDED entries), in order."""
+        strings = self.dynsym.strings
+        return [strings.get(e.value) for e in self.dynamic.entries if e.tag == DT_NEEDED]
 
     @property
     def is_pie_executable(self) -> bool:

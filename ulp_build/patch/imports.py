@@ -8,6 +8,12 @@ the loader binds lazily, on the first call: the runtime loads the object lazily 
 slot itself with the target's symbol, before any code of the object runs but its constructors.
 Every other use of such a symbol is bound as the object loads and cannot be served that way;
 `problems` names each, with its fix.
+
+An object that names the target's soname among its DT_NEEDED needs none of this: the loader
+matches that name with the target already loaded, in whatever scope, and the target is then in
+the object's own scope, so the loader binds every use of it, variables, addresses and IFUNCs
+included, as for any other user of the library. (The C library is the usual case: every object
+gcc links needs libc.so.6.)
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ def find(target: ElfFile, obj: ElfFile) -> tuple[list[Import], list[str]]:
         if s.defined and s.name:
             exported.setdefault(s.name, []).append(s)
     used = {s.index: s for s in obj.dynamic_symbols if not s.defined and s.name in exported}
-    if not used:
+    if not used or (target.soname is not None and target.soname in obj.needed):
         return [], []
     problems = []
     for r in obj.relocations.every():
