@@ -33,6 +33,7 @@
 
 struct object_search {
     uintptr_t base;
+    const char *name;               /* its link map's l_name, if known */
     size_t module;                  /* its TLS module id */
     const ElfW(Phdr) *phdr;         /* its program headers */
     ElfW(Half) phnum;
@@ -68,7 +69,9 @@ static int find_object(struct dl_phdr_info *info, size_t size, void *data)
 {
     (void)size;
     struct object_search *search = data;
-    if (info->dlpi_addr != search->base)
+    /* The name too when known: a patch object the trigger rebased to where it is loaded has a
+     * load bias of 0, as has a main program that is not position-independent (listed first). */
+    if (info->dlpi_addr != search->base || (search->name && info->dlpi_name != search->name))
         return 0;
     search->module = info->dlpi_tls_modid;
     search->phdr = info->dlpi_phdr;
@@ -135,7 +138,7 @@ static int64_t fill_references(struct ulp_request *r, uintptr_t object, uintptr_
     for (uint32_t i = 0; i < r->reference_count; i++) {
         uint64_t *slot = (uint64_t *)(object + refs[i].pointer);
         if (refs[i].kind == ULP_REF_TLS) {
-            struct object_search search = {target, 0, NULL, 0, NULL, 0};
+            struct object_search search = {target, NULL, 0, NULL, 0, NULL, 0};
             dl_iterate_phdr(find_object, &search);
             if (search.module == 0)
                 return ulp_fail(r, "the target has no thread-local storage module");
@@ -257,7 +260,7 @@ int64_t ulp_load(struct ulp_request *r, const struct ulp_descriptor *d, uint64_t
         return ulp_fail(r, "cannot find where the patch object was loaded");
     /* dlopen hands back an object already loaded from the same path (a reverted patch stays
      * loaded), even if the file was rebuilt since: the offsets would then be wrong. */
-    struct object_search object = {map->l_addr, 0, NULL, 0, NULL, 0};
+    struct object_search object = {map->l_addr, map->l_name, 0, NULL, 0, NULL, 0};
     dl_iterate_phdr(find_object, &object);
     if (r->object_build_id_size &&
         (object.build_id_size != r->object_build_id_size ||

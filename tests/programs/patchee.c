@@ -21,12 +21,17 @@
  *   exitmain       serve commands from a new thread and end the main thread (pthread_exit)
  *   forker FIFO PATH  a thread that, once a byte arrives on FIFO, forks a child writing
  *                  basic_square(100000) to PATH every 20 ms, and the child's pid to PATH.pid
+ *   reserve G      map G GiB (and a page) PROT_NONE where the kernel puts the next mapping, as
+ *                  a big heap would: "at ADDR" (not a multiple of 2 MiB, which the kernel
+ *                  would align, leaving a hole above it)
+ *   probe PATH     dlopen PATH as it is, then dlclose it: "at ADDR", where the loader put it
  *   stats          EINTRs seen, SIGUSR1 and SIGRTMIN handled        quit
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <link.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <stddef.h>
@@ -297,6 +302,19 @@ static void *serve(void *arg)
         if (sscanf(line, "load %4095s", path) == 1) {
             load(path);
             printf("loaded\n");
+        } else if (sscanf(line, "reserve %d", &a) == 1) {
+            void *at = mmap(NULL, ((size_t)a << 30) + 4096, PROT_NONE,
+                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+            printf("at %p\n", at);
+        } else if (sscanf(line, "probe %4095s", path) == 1) {
+            void *probed = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+            struct link_map *map = NULL;
+            if (!probed || dlinfo(probed, RTLD_DI_LINKMAP, &map) != 0) {
+                printf("probe failed: %s\n", dlerror());
+                continue;
+            }
+            printf("at %#lx\n", (unsigned long)map->l_addr);
+            dlclose(probed);
         } else if (sscanf(line, "square %d", &a) == 1) {
             printf("%d\n", square(a));
         } else if (sscanf(line, "add %d %d", &a, &b) == 2) {

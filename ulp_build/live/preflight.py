@@ -14,7 +14,7 @@ from pathlib import Path
 from ulp_build.elf import SHN_UNDEF, STT_FUNC, STT_OBJECT, ElfFile
 from ulp_build.elf.constants import PT_TLS
 from ulp_build.errors import UlpError
-from ulp_build.live import loaded_library, runtime_state, trust
+from ulp_build.live import loaded_library, placement, runtime_state, trust
 from ulp_build.live import request as rq
 from ulp_build.live.operation import Operation
 from ulp_build.live.process import mapped_elf
@@ -150,21 +150,23 @@ def check(
         raise AlreadyApplied(
             f"process {pid}: patch {patch.id} is already applied", applied[0].applied
         )
-    add_application(req, op, library.base)
+    assert op.object_elf is not None
+    add_application(req, op, library.base, placement.placed(pid, library, op.object_elf))
     code += library.function_codes(patch.functions, checked.records)
     return checked
 
 
-def add_application(req: rq.Request, op: Operation, base: int) -> None:
+def add_application(req: rq.Request, op: Operation, base: int, object_elf: ElfFile) -> None:
     """What applying `op`'s patch adds to `req`, for the target loaded at `base` (0 for an
-    installed patch, whose addresses the runtime adds its load base to: runtime/installed.c)."""
+    installed patch, whose addresses the runtime adds its load base to: runtime/installed.c),
+    with the patch object `object_elf`: the one `op` read, or that rebased (placement.py)."""
     patch = op.patch
-    assert patch is not None and op.object_file is not None and op.object_elf is not None
+    assert patch is not None and op.object_file is not None
     req.flags |= rq.APPLY
     # The runtime loads these bytes, not the path (shown by `ulp patches` only).
     obj = op.object_file.path
-    req.object, req.object_data = str(obj), op.object_file.data
-    replacements, pointers, slots, req.object_build_id = _object_symbols(obj, op.object_elf, patch)
+    req.object, req.object_data = str(obj), object_elf.data
+    replacements, pointers, slots, req.object_build_id = _object_symbols(obj, object_elf, patch)
     patched = {f.offset: f for f in patch.functions}
     for f in patch.functions:
         req.functions.append(
