@@ -21,6 +21,8 @@
  *   exitmain       serve commands from a new thread and end the main thread (pthread_exit)
  *   forker FIFO PATH  a thread that, once a byte arrives on FIFO, forks a child writing
  *                  basic_square(100000) to PATH every 20 ms, and the child's pid to PATH.pid
+ *   crowd          reserve every free address within 3 GiB of the library: what is mapped next
+ *                  lands out of reach of a 32-bit displacement from it; prints how many
  *   stats          EINTRs seen, SIGUSR1 and SIGRTMIN handled        quit
  */
 #define _GNU_SOURCE
@@ -30,6 +32,7 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -144,6 +147,30 @@ static void load(const char *path)
     scaled = need(library, "basic_scaled");
     apply = need(library, "basic_apply");
     calls = need(library, "basic_calls");
+}
+
+/* Every free range within 3 GiB of `near`, reserved (PROT_NONE, nothing committed): the largest
+ * first, each size until the next one the kernel hands out is farther. */
+static int crowd(uintptr_t near)
+{
+    const uintptr_t reach = 3ul << 30;
+    int reserved = 0;
+    for (size_t size = 1ul << 30; size >= 4096; size >>= 2) {
+        for (;;) {
+            void *p = mmap(NULL, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                           -1, 0);
+            if (p == MAP_FAILED)
+                break;
+            uintptr_t at = (uintptr_t)p;
+            uintptr_t apart = at > near ? at - near : at + size < near ? near - (at + size) : 0;
+            if (apart >= reach) {
+                munmap(p, size);
+                break;
+            }
+            reserved++;
+        }
+    }
+    return reserved;
 }
 
 static int waiting(int x)
@@ -382,6 +409,8 @@ static void *serve(void *arg)
             pthread_create(&t, NULL, forker, paths);
             pthread_detach(t);
             printf("forker\n");
+        } else if (!strcmp(word, "crowd")) {
+            printf("%d\n", crowd((uintptr_t)square));
         } else if (!strcmp(word, "stats")) {
             printf("eintr %d usr1 %d rt %d\n", eintr, (int)usr1, (int)rt);
         } else if (!strcmp(word, "quit")) {
