@@ -71,7 +71,7 @@ def find(target: ElfFile, obj: ElfFile) -> tuple[list[Near], list[str]]:
             offset = int(digits, 16) if _HEX.fullmatch(digits) else None
             if offset is None:
                 problem = (
-                    f"malformed: a placeholder is {PREFIX} and the target's offset in"
+                    f"malformed placeholder name: {PREFIX} then the target's offset in"
                     " lowercase hex (no 0x)"
                 )
             elif placeholders is None or sym.shndx != placeholders.index:
