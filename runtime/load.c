@@ -150,7 +150,8 @@ static int fits(const struct ulp_request_reference *ref, uintptr_t object, int32
 /* The near references: each field gets its displacement, before any code of the object runs but
  * its constructors. All are computed first: an object the loader placed out of their reach is
  * refused whole, with nothing written. The code stays read-only (W^X): written through
- * /proc/self/mem, which copies the page for this process as a debugger's breakpoint does. */
+ * /proc/thread-self/mem (not self: gone once the main thread has exited), which copies the page
+ * for this process as a debugger's breakpoint does. */
 static int64_t fill_near(struct ulp_request *r, uintptr_t object, uintptr_t target)
 {
     const struct ulp_request_reference *refs = references(r);
@@ -169,17 +170,16 @@ static int64_t fill_near(struct ulp_request *r, uintptr_t object, uintptr_t targ
     }
     if (count == 0)
         return 0;
-    int mem = open("/proc/self/mem", O_RDWR | O_CLOEXEC);
+    int mem = open("/proc/thread-self/mem", O_RDWR | O_CLOEXEC);
     if (mem < 0)
-        return ulp_fail(r, "cannot write the near references: /proc/self/mem: %s",
+        return ulp_fail(r, "cannot write the near references: /proc/thread-self/mem: %s",
                         strerror(errno));
     for (uint32_t i = 0; i < r->reference_count; i++) {
         if (refs[i].kind != ULP_REF_NEAR)
             continue;
-        fits(&refs[i], object, &field);
+        fits(&refs[i], object, &field); /* it does: checked above */
         if (pwrite(mem, &field, sizeof field, (off_t)(object + refs[i].pointer)) != sizeof field) {
-            int64_t status = ulp_fail(r, "cannot write a near reference: /proc/self/mem: %s",
-                                      strerror(errno));
+            int64_t status = ulp_fail(r, "cannot write a near reference: %s", strerror(errno));
             close(mem);
             return status;
         }

@@ -938,3 +938,15 @@ def test_near_references_out_of_reach_are_refused(tree: Path, patchee: Path, run
         assert patch_object_bases(p.pid, patch.id) == []
         assert not runtime_state.read(p.pid).patches
         assert p.ask("square 3") == "9" and p.ask("scaled 1") == "8"
+
+
+def test_near_references_with_the_main_thread_exited(
+    tree: Path, patchee: Path, runtime: Path
+) -> None:
+    """The fields are written through /proc/thread-self/mem: /proc/self/mem is gone with the
+    main thread."""
+    with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
+        assert p.ask("exitmain") == "main exits"
+        applied = trigger_cli("-p", str(p.pid), patch_file(tree, "near_static"))
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert p.ask("square 3") == "21"
