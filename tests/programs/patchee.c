@@ -25,6 +25,8 @@
  *                  a big heap would: "at ADDR" (not a multiple of 2 MiB, which the kernel
  *                  would align, leaving a hole above it)
  *   probe PATH     dlopen PATH as it is, then dlclose it: "at ADDR", where the loader put it
+ *   crowd          reserve every free address within 3 GiB of the library: what is mapped next
+ *                  lands out of reach of a 32-bit displacement from it; prints how many
  *   stats          EINTRs seen, SIGUSR1 and SIGRTMIN handled        quit
  */
 #define _GNU_SOURCE
@@ -35,6 +37,7 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -149,6 +152,30 @@ static void load(const char *path)
     scaled = need(library, "basic_scaled");
     apply = need(library, "basic_apply");
     calls = need(library, "basic_calls");
+}
+
+/* Every free range within 3 GiB of `near`, reserved (PROT_NONE, nothing committed): the largest
+ * first, each size until the next one the kernel hands out is farther. */
+static int crowd(uintptr_t near)
+{
+    const uintptr_t reach = 3ul << 30;
+    int reserved = 0;
+    for (size_t size = 1ul << 30; size >= 4096; size >>= 2) {
+        for (;;) {
+            void *p = mmap(NULL, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                           -1, 0);
+            if (p == MAP_FAILED)
+                break;
+            uintptr_t at = (uintptr_t)p;
+            uintptr_t apart = at > near ? at - near : at + size < near ? near - (at + size) : 0;
+            if (apart >= reach) {
+                munmap(p, size);
+                break;
+            }
+            reserved++;
+        }
+    }
+    return reserved;
 }
 
 static int waiting(int x)
@@ -400,6 +427,8 @@ static void *serve(void *arg)
             pthread_create(&t, NULL, forker, paths);
             pthread_detach(t);
             printf("forker\n");
+        } else if (!strcmp(word, "crowd")) {
+            printf("%d\n", crowd((uintptr_t)square));
         } else if (!strcmp(word, "stats")) {
             printf("eintr %d usr1 %d rt %d\n", eintr, (int)usr1, (int)rt);
         } else if (!strcmp(word, "quit")) {

@@ -1,8 +1,8 @@
 """Everything about one operation in one process that can be checked from outside, checked
 before the process is touched: the runtime is loaded (and new enough), the target is loaded
 with the patch's build-id, the patch is applied or not as the operation needs, the patch object
-has every replacement and reference variable. The result is the request for the runtime and
-the code the commit must change, all worked out while the process runs: the stops
+has every replacement, reference variable and near field. The result is the request for the
+runtime and the code the commit must change, all worked out while the process runs: the stops
 (protocol.py) then only do what cannot be done outside them.
 """
 
@@ -184,6 +184,12 @@ def add_application(req: rq.Request, op: Operation, base: int, object_elf: ElfFi
     # A call by name enters where the loader would have bound it: the trampoline, tracked.
     for i in patch.imports:
         req.references.append(rq.ReferenceEntry("import", slots[i.name], base + i.offset))
+    # A near reference addresses the target's code or data as the target's own code does.
+    # Modulo 2**64: the addend may be negative, and the runtime's addition of an installed
+    # patch's base wraps the same way.
+    for n in patch.near:
+        value = (base + n.offset + n.addend) % (1 << 64)
+        req.references.append(rq.ReferenceEntry("near", n.field, value))
 
 
 def _check_offsets(patch: Patch, path: Path | None, library: loaded_library.LoadedLibrary) -> None:
@@ -204,7 +210,7 @@ def _check_offsets(patch: Patch, path: Path | None, library: loaded_library.Load
         elif r.kind == "function":
             wrong = not elf.is_code(r.offset)
         else:  # a variable: in a loaded segment, its file part or its .bss
-            wrong = not any(s.vaddr <= r.offset < s.vaddr + s.memsz for s in elf.loads)
+            wrong = not elf.is_loaded(r.offset)
         if wrong:
             raise UlpError(
                 f"{path}: reference {r.name}: offset {r.offset:#x} is not in {library.path}"
@@ -214,14 +220,19 @@ def _check_offsets(patch: Patch, path: Path | None, library: loaded_library.Load
             raise UlpError(
                 f"{path}: import {i.name}: offset {i.offset:#x} is not code of {library.path}"
             )
+    for n in patch.near:
+        if not elf.is_loaded(n.offset):
+            raise UlpError(
+                f"{path}: near reference {n.name}: offset {n.offset:#x} is not in {library.path}"
+            )
 
 
 def _object_symbols(
     obj: Path, elf: ElfFile, patch: Patch
 ) -> tuple[dict[str, int], dict[str, int], dict[str, int], bytes]:
     """Offsets of the replacements, reference variables and GOT slots of the imports in the
-    patch object, and its build-id; an error naming every missing one, before anything is
-    loaded."""
+    patch object, and its build-id; an error naming every missing one (and every near field
+    outside its code), before anything is loaded."""
     symbols = {s.name: s for s in elf.dynamic_symbols if s.shndx != SHN_UNDEF}
     missing = []
     replacements: dict[str, int] = {}
@@ -240,6 +251,9 @@ def _object_symbols(
             pointers[r.pointer] = s.value
     slots = imports.plt_slots(elf)
     missing += [f"a call slot of {i.name}" for i in patch.imports if i.name not in slots]
+    missing += [
+        f"code at the near field {n.field:#x}" for n in patch.near if not elf.is_code(n.field, 4)
+    ]
     if missing:
         raise UlpError(f"{obj}: the patch object lacks {', '.join(missing)}")
     note = elf.build_id_note
