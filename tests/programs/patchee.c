@@ -25,8 +25,9 @@
  *                  a big heap would: "at ADDR" (not a multiple of 2 MiB, which the kernel
  *                  would align, leaving a hole above it)
  *   probe PATH     dlopen PATH as it is, then dlclose it: "at ADDR", where the loader put it
- *   crowd          reserve every free address within 3 GiB of the library: what is mapped next
- *                  lands out of reach of a 32-bit displacement from it; prints how many
+ *   crowd          reserve every free address within 3 GiB of the library, on both sides: what
+ *                  is mapped next lands out of reach of a 32-bit displacement from it; prints
+ *                  how many ranges it took
  *   stats          EINTRs seen, SIGUSR1 and SIGRTMIN handled        quit
  */
 #define _GNU_SOURCE
@@ -154,25 +155,42 @@ static void load(const char *path)
     calls = need(library, "basic_calls");
 }
 
-/* Every free range within 3 GiB of `near`, reserved (PROT_NONE, nothing committed): the largest
- * first, each size until the next one the kernel hands out is farther. */
+/* Every free range within 3 GiB of `near`, below it and above it, reserved (PROT_NONE, nothing
+ * committed), but for the 16 MiB below the main stack, which it grows into: the gaps listed in
+ * /proc/self/maps, each taken whole at its place (MAP_FIXED_NOREPLACE). */
 static int crowd(uintptr_t near)
 {
-    const uintptr_t reach = 3ul << 30;
+    const uintptr_t reach = 3ul << 30, below_stack = 16ul << 20;
+    uintptr_t lo = near > reach ? (near - reach + 4095) & -4096ul : 4096;
+    uintptr_t hi = (near + reach) & -4096ul;
     int reserved = 0;
-    for (size_t size = 1ul << 30; size >= 4096; size >>= 2) {
-        for (;;) {
-            void *p = mmap(NULL, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                           -1, 0);
-            if (p == MAP_FAILED)
-                break;
-            uintptr_t at = (uintptr_t)p;
-            uintptr_t apart = at > near ? at - near : at + size < near ? near - (at + size) : 0;
-            if (apart >= reach) {
-                munmap(p, size);
-                break;
+    for (int pass = 0; pass < 4; pass++) { /* new reservations may split what the maps showed */
+        FILE *maps = fopen("/proc/self/maps", "r");
+        if (!maps)
+            return -1;
+        char line[4096];
+        uintptr_t previous_end = 0, starts[4096], ends[4096];
+        int gaps = 0;
+        while (fgets(line, sizeof line, maps) && gaps < 4096) {
+            uintptr_t from, to;
+            if (sscanf(line, "%lx-%lx", &from, &to) != 2)
+                continue;
+            uintptr_t limit = strstr(line, "[stack]") ? from - below_stack : from;
+            if (previous_end && limit > previous_end) {
+                starts[gaps] = previous_end > lo ? previous_end : lo;
+                ends[gaps] = limit < hi ? limit : hi;
+                if (starts[gaps] < ends[gaps])
+                    gaps++;
             }
-            reserved++;
+            previous_end = to;
+        }
+        fclose(maps);
+        for (int i = 0; i < gaps; i++) {
+            void *p = mmap((void *)starts[i], ends[i] - starts[i], PROT_NONE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1,
+                           0);
+            if (p != MAP_FAILED)
+                reserved++;
         }
     }
     return reserved;

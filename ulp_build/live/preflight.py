@@ -21,6 +21,7 @@ from ulp_build.live.process import mapped_elf
 from ulp_build.live.ptrace import ReturnPoint
 from ulp_build.patch import imports
 from ulp_build.patch.metadata import Function, Patch
+from ulp_build.patch.rebase import footprint
 from ulp_build.prepare.layout import PAD_BEFORE
 
 
@@ -166,7 +167,12 @@ def add_application(req: rq.Request, op: Operation, base: int, object_elf: ElfFi
     # The runtime loads these bytes, not the path (shown by `ulp patches` only).
     obj = op.object_file.path
     req.object, req.object_data = str(obj), object_elf.data
-    replacements, pointers, slots, req.object_build_id = _object_symbols(obj, object_elf, patch)
+    # The metadata's near fields are addresses in the object as packed; a rebased one has them
+    # this much further on (its symbols, read from it, already do).
+    shift = footprint(object_elf).start - footprint(op.object_elf).start
+    replacements, pointers, slots, req.object_build_id = _object_symbols(
+        obj, object_elf, patch, shift
+    )
     patched = {f.offset: f for f in patch.functions}
     for f in patch.functions:
         req.functions.append(
@@ -189,7 +195,7 @@ def add_application(req: rq.Request, op: Operation, base: int, object_elf: ElfFi
     # patch's base wraps the same way.
     for n in patch.near:
         value = (base + n.offset + n.addend) % (1 << 64)
-        req.references.append(rq.ReferenceEntry("near", n.field, value))
+        req.references.append(rq.ReferenceEntry("near", n.field + shift, value))
 
 
 def _check_offsets(patch: Patch, path: Path | None, library: loaded_library.LoadedLibrary) -> None:
@@ -228,11 +234,11 @@ def _check_offsets(patch: Patch, path: Path | None, library: loaded_library.Load
 
 
 def _object_symbols(
-    obj: Path, elf: ElfFile, patch: Patch
+    obj: Path, elf: ElfFile, patch: Patch, shift: int
 ) -> tuple[dict[str, int], dict[str, int], dict[str, int], bytes]:
     """Offsets of the replacements, reference variables and GOT slots of the imports in the
-    patch object, and its build-id; an error naming every missing one (and every near field
-    outside its code), before anything is loaded."""
+    patch object, and its build-id; an error naming every missing one (and every near field,
+    `shift` further on in a rebased object, outside its code), before anything is loaded."""
     symbols = {s.name: s for s in elf.dynamic_symbols if s.shndx != SHN_UNDEF}
     missing = []
     replacements: dict[str, int] = {}
@@ -252,7 +258,9 @@ def _object_symbols(
     slots = imports.plt_slots(elf)
     missing += [f"a call slot of {i.name}" for i in patch.imports if i.name not in slots]
     missing += [
-        f"code at the near field {n.field:#x}" for n in patch.near if not elf.is_code(n.field, 4)
+        f"code at the near field {n.field:#x}"
+        for n in patch.near
+        if not elf.is_code(n.field + shift, 4)
     ]
     if missing:
         raise UlpError(f"{obj}: the patch object lacks {', '.join(missing)}")
