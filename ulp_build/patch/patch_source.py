@@ -1,0 +1,284 @@
+"""The assembly source of a patch object made from two builds: the new build's code of every
+function the patch carries, byte for byte, with each field the linker filled pointed again at
+what it referred to.
+
+Code the patch carries is reached at its new place (a label here). What stays in the running
+library (unchanged functions, existing data, the library's GOT slots) is reached there, by a
+near reference (`__ulp_near_<offset>`: the runtime fills the field once the object is loaded,
+docs/writing-patches.md), so the patch and the library share one copy of every variable.
+Another library's symbols keep their relocation, for the loader. Data no symbol covers (string
+literals, switch tables) that carried code refers to is copied with it. (docs/diff.md.)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from ulp_build.elf.constants import R_X86_64_GLOB_DAT, SHF_EXECINSTR, SHF_WRITE, SHT_NOBITS
+from ulp_build.elf.link_relocations import LinkRelocation
+from ulp_build.patch.library_build import (
+    GOT_LOADS,
+    R_PC32,
+    R_PLT32,
+    RELOCATION_NAMES,
+    Item,
+    LibraryBuild,
+    Region,
+    Target,
+    width,
+)
+from ulp_build.prepare import codegen
+from ulp_build.prepare.layout import DESCRIPTOR, DESCRIPTOR_OFFSET, SECTION_DATA
+
+NEAR_SECTION = ".ulp.near"
+NEAR_PREFIX = "__ulp_near_"
+NEAR_TYPES = (R_PC32, R_PLT32)
+
+_BRANCHES = (0xE8, 0xE9)  # call, jmp rel32 (a jcc rel32 is 0f 8x, checked apart)
+
+
+@dataclass
+class PatchSource:
+    """The assembly, the replacement of each patched function (the running library's name ->
+    the label here), and one line per reference that cannot be carried."""
+
+    text: str = ""
+    replace: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def label_for(key: str, taken: set[str]) -> str:
+    base = "ulp_diff_" + re.sub(r"[^A-Za-z0-9_.]", "_", key.split(":")[-1])
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}_{n}"
+    taken.add(name)
+    return name
+
+
+class _Writer:
+    def __init__(
+        self, old: LibraryBuild, new: LibraryBuild, carried: list[Item], kept_data: set[str]
+    ) -> None:
+        self.old, self.new = old, new
+        self.kept_data = kept_data
+        taken: set[str] = set()
+        self.labels = {i.key: label_for(i.key, taken) for i in carried}
+        self.carried = carried
+        self.copies: dict[tuple[int, int], tuple[str, Region | Item]] = {}
+        self.near: set[int] = set()
+        self.problems: list[str] = []
+        self._taken = taken
+
+    # -- the expression a moved field gets ------------------------------------------------------
+
+    def _near(self, offset: int, addend: int) -> str:
+        self.near.add(offset)
+        return f"{NEAR_PREFIX}{offset:x} + {addend}"
+
+    def _copy(self, what: Region | Item) -> str:
+        start, end = (what.start, what.end)
+        key = (start, end)
+        if key not in self.copies:
+            name = f"ulp_diff_data_{len(self.copies)}"
+            self._taken.add(name)
+            self.copies[key] = (name, what)
+        return self.copies[key][0]
+
+    @cached_property
+    def _trampolines(self) -> dict[int, int]:
+        """The prepared library's trampolines by the function each enters: the address it
+        hands out for the function (docs/preparing-libraries.md)."""
+        elf = self.old.elf
+        data = elf.section(SECTION_DATA)
+        if data is None:
+            return {}
+        d = DESCRIPTOR.unpack(elf.read(data.addr + DESCRIPTOR_OFFSET, DESCRIPTOR.size))
+        out = {}
+        for n in range(d["trampoline_count"]):
+            at = d["trampolines"] + n * d["trampoline_size"]
+            decoded = codegen.decode_trampoline(elf.read(at, d["trampoline_size"]), at)
+            if decoded is not None and not decoded.indirect:
+                out.setdefault(decoded.target, at)
+        return out
+
+    def _got_slot(self, name: str) -> int | None:
+        """The running library's GOT slot of its exported symbol `name`."""
+        elf = self.old.elf
+        symbols = elf.dynamic_symbols
+        for r in elf.relocations.every():
+            if r.type == R_X86_64_GLOB_DAT and r.symbol < len(symbols) and symbols[r.symbol].name == name:
+                return r.offset
+        return None
+
+    def expression(
+        self, where: str, rel: LinkRelocation, target: Target, code: bytes, at: int
+    ) -> tuple[int, str] | None:
+        """The relocation type and expression of the field of `rel`, at `at` in `code`, or
+        None (a problem). A GOT load the linker relaxed into a direct reference (`lea`, a
+        direct call) is one: it moves as a PC32."""
+        item, kind = target.item, rel.type
+        if kind in GOT_LOADS and at >= 2 and (code[at - 1] in _BRANCHES or code[at - 2] == 0x8D):
+            kind = R_PC32
+            if item is not None:
+                target = Target("item", target.value, item=item, offset=target.value - item.start)
+        if target.kind == "tls":
+            self.problems.append(
+                f"{where}: uses thread-local data ({target.name}), which `ulp diff` does not"
+                " carry: write this patch by hand with a [references] tls entry"
+            )
+            return None
+        if target.kind == "external" or (target.kind == "got" and item is None):
+            return kind, f"{target.name} + {rel.addend}"  # another library's: the loader's
+        if target.kind == "got":
+            # The running library's own GOT slot of the symbol, filled by its loader.
+            slot = self._got_slot(target.name)
+            if slot is None:
+                self.problems.append(
+                    f"{where}: loads the address of {target.name} from a GOT slot the"
+                    " running library does not have"
+                )
+                return None
+            return R_PC32, self._near(slot, rel.addend)
+        if target.kind == "region":
+            assert target.region is not None
+            return kind, f"{self._copy(target.region)} + {target.offset}"
+        if item is None:
+            self.problems.append(f"{where}: refers to {target.name}, which it cannot place")
+            return None
+        if item.key in self.labels:
+            return kind, f"{self.labels[item.key]} + {target.value - item.start}"
+        if kind not in NEAR_TYPES:
+            self.problems.append(
+                f"{where}: refers to {item.key} with a {RELOCATION_NAMES.get(kind, kind)}"
+                " field, which cannot reach the running library"
+            )
+            return None
+        before = self.old.items.get(item.key)
+        if before is None:
+            # New data the carried code uses: a fresh copy in the patch, its only user.
+            return kind, f"{self._copy(item)} + {target.value - item.start}"
+        offset = target.value - item.start
+        if item.is_function:
+            branch = code[at - 1] in _BRANCHES or (at >= 2 and code[at - 2] == 0x0F)
+            if branch:
+                return kind, self._near(before.start, offset)
+            tramp = self._trampolines.get(before.start)
+            if tramp is None:
+                self.problems.append(
+                    f"{where}: takes the address of {item.key}, which the running library"
+                    " never hands out (it has no trampoline for it)"
+                )
+                return None
+            return kind, self._near(tramp, offset)
+        if item.key in self.kept_data or self.old.object_shape(before) == self.new.object_shape(
+            item
+        ):
+            return kind, self._near(before.start, offset)
+        return kind, f"{self._copy(item)} + {offset}"
+
+    # -- the source ------------------------------------------------------------------------------
+
+    def _bytes(self, raw: bytes) -> list[str]:
+        return [
+            "        .byte " + ", ".join(f"0x{b:02x}" for b in raw[i : i + 16])
+            for i in range(0, len(raw), 16)
+        ]
+
+    def _code(self, item: Item, exported: bool) -> list[str]:
+        new = self.new
+        label = self.labels[item.key]
+        code = new.code(item)
+        lines = ["", "        .p2align 4"]
+        if exported:
+            lines.append(f"        .globl {label}")
+        lines += [f"        .type {label}, @function", f"{label}:"]
+        done = 0
+        for _start, end in new.instruction_ends_cached(item):
+            for rel in new.relocations_in(_start, end):
+                at = rel.offset - item.start
+                lines += self._bytes(code[done:at])
+                moved = self.expression(item.key, rel, new.target(rel, end), code, at)
+                n = width(rel.type)
+                if moved is not None:
+                    lines.append(f"        .reloc ., {RELOCATION_NAMES[moved[0]]}, {moved[1]}")
+                lines += self._bytes(bytes(n))
+                done = at + n
+        lines += self._bytes(code[done:])
+        lines.append(f"        .size {label}, . - {label}")
+        return lines
+
+    def _data(self, name: str, what: Region | Item) -> list[str]:
+        new = self.new
+        sec = what.section
+        align = (what.start & -what.start) if what.start else 64
+        if sec.type == SHT_NOBITS:
+            kind = ".bss"
+        elif sec.flags & SHF_WRITE:
+            kind = ".data"
+        else:
+            kind = ".rodata"
+        lines = ["", f"        .section {kind}.ulp_diff, \"a{'w' if kind != '.rodata' else ''}\"",
+                 f"        .balign {min(align, 64)}", f"{name}:"]  # fmt: skip
+        if kind == ".bss":
+            return [*lines, f"        .zero {what.end - what.start}"]
+        raw = new.elf.read(what.start, what.end - what.start)
+        done = 0
+        for rel in new.relocations_in(what.start, what.end):
+            at = rel.offset - what.start
+            lines += self._bytes(raw[done:at])
+            target = new.target(rel, None, region_start=what.start)
+            if target.item is not None and target.item.key in self.labels:
+                expr = f"{self.labels[target.item.key]} + {target.value - target.item.start}"
+                lines.append(f"        .reloc ., {RELOCATION_NAMES[rel.type]}, {expr}")
+            elif target.kind == "external":
+                lines.append(f"        .reloc ., {RELOCATION_NAMES[rel.type]}, {target.name}")
+            else:
+                self.problems.append(
+                    f"{name}: data the patch copies ({sec.name} at {what.start:#x}) refers to"
+                    f" {target.item.key if target.item else target.name} of the running library"
+                )
+            lines += self._bytes(bytes(width(rel.type)))
+            done = at + width(rel.type)
+        lines += self._bytes(raw[done:])
+        return lines
+
+    def write(self, entries: dict[str, Item]) -> str:
+        body: list[str] = ["        .text"]
+        exported = {i.key for i in entries.values()}
+        for item in self.carried:
+            body += self._code(item, item.key in exported)
+        written: set[tuple[int, int]] = set()
+        while len(written) < len(self.copies):  # copies may refer to more copies
+            for key, (name, what) in list(self.copies.items()):
+                if key not in written:
+                    written.add(key)
+                    body += self._data(name, what)
+        head = [f"        .section {NEAR_SECTION}, \"a\""]
+        for offset in sorted(self.near):
+            name = f"{NEAR_PREFIX}{offset:x}"
+            head += [f"        .globl {name}", f"        .hidden {name}", f"{name}:", "        .byte 0"]
+        tail = ['', '        .section .note.GNU-stack, "", @progbits']
+        return "\n".join(["# Written by `ulp diff`.", *head, *body, *tail]) + "\n"
+
+
+def write(
+    old: LibraryBuild,
+    new: LibraryBuild,
+    carried: list[Item],
+    entries: dict[str, Item],
+    kept_data: set[str],
+) -> PatchSource:
+    """The patch object's source: `carried` (the new build's functions, in order), of which
+    `entries` replace the running library's functions of the same names (name -> item)."""
+    writer = _Writer(old, new, carried, kept_data)
+    text = writer.write(entries)
+    replace = {name: writer.labels[item.key] for name, item in entries.items()}
+    return PatchSource(text, replace, writer.problems)
+
+
+def is_code(item: Item) -> bool:
+    return bool(item.section.flags & SHF_EXECINSTR)
