@@ -419,7 +419,8 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     assert found.packed is not None
     for warning in found.packed.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    text = "\n".join([*found.lines, f"{found.packed.metadata}: the patch", f"{found.packed.reverse}: its reverse"])
+    made = [f"{found.packed.metadata}: the patch", f"{found.packed.reverse}: its reverse"]
+    text = "\n".join([*found.lines, *made])
     _emit(
         args,
         {

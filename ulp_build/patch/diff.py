@@ -120,9 +120,7 @@ def diff(
     ]
     result.lines += [f"new data: {k} (in the patch)" for k in found.new_data]
     ident = patch_id or f"{new_path.stem}-diff"
-    text = description or f"ulp diff {old_path.name} {new_path.name}: " + ", ".join(
-        sorted(entries)
-    )
+    text = description or f"ulp diff {old_path.name} {new_path.name}: " + ", ".join(sorted(entries))
     result.packed = _write(out, old_path, source, ident, text)
     result.directory = out
     return result
@@ -151,9 +149,9 @@ def _write(
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         (work / "patch.s").write_text(source.text)
+        link = ["gcc", "-shared", "-Wl,--emit-relocs", "-Wl,-z,lazy", "-o", str(work / "patch.so")]
         linked = subprocess.run(
-            ["gcc", "-shared", "-Wl,--emit-relocs", "-Wl,-z,lazy", "-o", str(work / "patch.so"),
-             str(work / "patch.s")],  # fmt: skip
+            [*link, str(work / "patch.s")],
             capture_output=True,
             text=True,
             check=False,

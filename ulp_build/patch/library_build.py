@@ -301,9 +301,13 @@ class LibraryBuild:
         if target.kind == "region" and target.region is not None:
             if depth > 0:
                 return ("region", target.offset)
-            return ("region", target.offset, self.data_shape(target.region.start,
-                                                             target.region.end,
-                                                             target.region.section, depth + 1))
+            return (
+                "region",
+                target.offset,
+                self.data_shape(
+                    target.region.start, target.region.end, target.region.section, depth + 1
+                ),
+            )
         return (target.kind, target.name, target.value if target.kind == "tls" else 0)
 
     def data_shape(

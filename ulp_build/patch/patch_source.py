@@ -110,7 +110,9 @@ class _Writer:
         elf = self.old.elf
         symbols = elf.dynamic_symbols
         for r in elf.relocations.every():
-            if r.type == R_X86_64_GLOB_DAT and r.symbol < len(symbols) and symbols[r.symbol].name == name:
+            if r.type != R_X86_64_GLOB_DAT or r.symbol >= len(symbols):
+                continue
+            if symbols[r.symbol].name == name:
                 return r.offset
         return None
 
@@ -257,11 +259,14 @@ class _Writer:
                 if key not in written:
                     written.add(key)
                     body += self._data(name, what)
-        head = [f"        .section {NEAR_SECTION}, \"a\""]
+        head = [f'        .section {NEAR_SECTION}, "a"']
         for offset in sorted(self.near):
             name = f"{NEAR_PREFIX}{offset:x}"
-            head += [f"        .globl {name}", f"        .hidden {name}", f"{name}:", "        .byte 0"]
-        tail = ['', '        .section .note.GNU-stack, "", @progbits']
+            # Global and hidden: the assembler keeps a relocation against a local symbol as
+            # one against its section, which would lose the offset the name carries.
+            head += [f"        .globl {name}", f"        .hidden {name}", f"{name}:"]
+            head.append("        .byte 0")
+        tail = ["", '        .section .note.GNU-stack, "", @progbits']
         return "\n".join(["# Written by `ulp diff`.", *head, *body, *tail]) + "\n"
 
 
