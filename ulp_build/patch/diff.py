@@ -99,7 +99,7 @@ def diff(
                 f" one; if it may stay as it is, accept it with --accept {key}"
             )
     problems += signatures.changed(old.elf, new.elf, [new.items[k] for k in found.changed])
-    if not found.changed:
+    if not found.changed and not problems:
         problems.append(f"{new_path}: no function differs from {old_path}; nothing to patch")
     carried, entries = _entries(old, new, found, problems)
     if problems:

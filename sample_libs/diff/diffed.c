@@ -1,0 +1,64 @@
+/* The library the `ulp diff` tests build twice: as it is here, and with one fix applied to this
+ * text (tests/test_diff.py names each fix by the line it changes). */
+struct config {
+    int scale;
+    int offset;
+};
+
+struct config diffed_config = {3, 0}; /* a global struct: its layout must not change */
+int diffed_limit = 100;               /* a global with an initial value */
+static int calls;                     /* state the patch must share, not copy */
+
+static __attribute__((noinline)) int clamp(int x)
+{
+    return x > diffed_limit ? diffed_limit : x;
+}
+
+static inline __attribute__((always_inline)) int twice(int x)
+{
+    return 2 * x;
+}
+
+int diffed_add(int a, int b)
+{
+    return a + b;
+}
+
+int diffed_clamped(int x)
+{
+    return clamp(x * diffed_config.scale + diffed_config.offset);
+}
+
+int diffed_double_a(int x)
+{
+    return twice(x) + 1;
+}
+
+int diffed_double_b(int x)
+{
+    return twice(x) + 2;
+}
+
+int diffed_count(void)
+{
+    return ++calls;
+}
+
+int diffed_scaled(int x)
+{
+    return x * 7;
+}
+
+const char *diffed_name(int x)
+{
+    return x ? "yes" : "no";
+}
+
+/* Assembly: no padding, so never patchable. */
+__asm__(".text\n"
+        ".globl diffed_asm\n"
+        ".type diffed_asm, @function\n"
+        "diffed_asm:\n"
+        "    movl %edi, %eax\n"
+        "    ret\n"
+        ".size diffed_asm, .-diffed_asm\n");
