@@ -11,6 +11,8 @@ from conftest import run, ulp
 from live import running, trigger_cli
 
 from sample_libs import samples
+from ulp_build.elf import ElfFile
+from ulp_build.elf.eh_frame import EhFrame
 from ulp_build.prepare.layout import CFLAGS
 
 SOURCE = samples.ROOT / "diff" / "diffed.c"
@@ -82,7 +84,26 @@ FIXES = {
         ["changed: diffed_name"],
         [("name 1", "yes", "yes!"), ("name 0", "no", "no")],
     ),
+    "a fix in a function with a stack frame, calling the C library": (
+        "return (int)strlen(text) * 3 + n;",
+        "return (int)strlen(text) * 4 + n;",
+        ["changed: diffed_digits"],
+        [("digits 12", "18", "20")],
+    ),
 }
+
+
+def unwind_programs(lib: Path, names: list[str]) -> list[bytes]:
+    """The FDE instructions of each named function of `lib`."""
+    elf = ElfFile.load(lib)
+    where = {s.name: s.value for s in elf.symtab_symbols}
+    frames = EhFrame(elf)
+    out = []
+    for name in names:
+        fde = frames.at(where[name])
+        assert fde is not None, name
+        out.append(fde.instructions.rstrip(b"\0"))
+    return out
 
 
 @pytest.mark.parametrize("case", list(FIXES))
@@ -99,6 +120,10 @@ def test_fix_made_into_a_live_patch(
     assert {p.name for p in (tmp_path / "patch").iterdir()} == {
         "patch.s", "patch.so", "fix.toml", "fix.ulp", "fix.rev.ulp"
     }  # fmt: skip
+    # Each carried function keeps its unwind information (unwinders, exceptions, backtraces).
+    names = [x.split(": ")[1].split(":")[-1] for x in reported]
+    carried = unwind_programs(tmp_path / "patch" / "patch.so", [f"ulp_diff_{n}" for n in names])
+    assert carried == unwind_programs(new, names)
     with running(program, runtime) as p:
         assert [p.ask(c) for c, _old, _new in checks] == [o for _c, o, _n in checks]
         applied = trigger_cli("-p", str(p.pid), str(tmp_path / "patch" / "fix.ulp"))

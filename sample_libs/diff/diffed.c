@@ -1,5 +1,8 @@
 /* The library the `ulp diff` tests build twice: as it is here, and with one fix applied to this
  * text (tests/test_diff.py names each fix by the line it changes). */
+#include <stdio.h>
+#include <string.h>
+
 struct config {
     int scale;
     int offset;
@@ -52,6 +55,14 @@ int diffed_scaled(int x)
 const char *diffed_name(int x)
 {
     return x ? "yes" : "no";
+}
+
+/* Calls the C library and needs a stack frame: its unwind information moves with it. */
+int diffed_digits(int n)
+{
+    char text[32];
+    snprintf(text, sizeof text, "%d", n);
+    return (int)strlen(text) * 3 + n;
 }
 
 /* Assembly: no padding, so never patchable. */

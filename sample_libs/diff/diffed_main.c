@@ -1,5 +1,5 @@
 /* Answers one line per command on stdin with the library's functions: `add A B`, `clamped X`,
- * `double_a X`, `double_b X`, `count`, `scaled X`, `name X`, `asm X`; `stats` and `quit`. */
+ * `double_a X`, `double_b X`, `count`, `scaled X`, `name X`, `digits X`, `asm X`; `stats` and `quit`. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +12,7 @@ int diffed_count(void);
 int diffed_scaled(int x);
 const char *diffed_name(int x);
 int diffed_asm(int x);
+int diffed_digits(int n);
 
 int main(void)
 {
@@ -38,6 +39,8 @@ int main(void)
             printf("%d\n", diffed_scaled(a));
         else if (!strcmp(command, "name"))
             printf("%s\n", diffed_name(a));
+        else if (!strcmp(command, "digits"))
+            printf("%d\n", diffed_digits(a));
         else if (!strcmp(command, "asm"))
             printf("%d\n", diffed_asm(a));
         else

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from ulp_build.elf.constants import R_X86_64_GLOB_DAT, SHF_EXECINSTR, SHF_WRITE, SHT_NOBITS
+from ulp_build.elf.eh_frame import EhFrame
 from ulp_build.elf.link_relocations import LinkRelocation
 from ulp_build.patch.library_build import (
     GOT_LOADS,
@@ -36,6 +37,9 @@ NEAR_SECTION = ".ulp.near"
 NEAR_PREFIX = "__ulp_near_"
 NEAR_TYPES = (R_PC32, R_PLT32)
 
+# The initial instructions of the CIE gcc and the assembler write on x86-64: the CFA is %rsp + 8
+# and the return address is at CFA - 8.
+_GAS_CIE = bytes.fromhex("0c07089001")
 _BRANCHES = (0xE8, 0xE9)  # call, jmp rel32 (a jcc rel32 is 0f 8x, checked apart)
 
 
@@ -72,6 +76,7 @@ class _Writer:
         self.near: set[int] = set()
         self.problems: list[str] = []
         self._taken = taken
+        self.eh_frame = EhFrame(new.elf)
 
     # -- the expression a moved field gets ------------------------------------------------------
 
@@ -134,7 +139,9 @@ class _Writer:
             )
             return None
         if target.kind == "external" or (target.kind == "got" and item is None):
-            return kind, f"{target.name} + {rel.addend}"  # another library's: the loader's
+            # Another library's, for the loader. `.symtab` names it with the version the
+            # build bound (snprintf@GLIBC_2.2.5); the patch object links against the same.
+            return kind, f"{target.name.split('@')[0]} + {rel.addend}"
         if target.kind == "got":
             # The running library's own GOT slot of the symbol, filled by its loader.
             slot = self._got_slot(target.name)
@@ -197,7 +204,7 @@ class _Writer:
         lines = ["", "        .p2align 4"]
         if exported:
             lines.append(f"        .globl {label}")
-        lines += [f"        .type {label}, @function", f"{label}:"]
+        lines += [f"        .type {label}, @function", f"{label}:", *self._unwind(item)]
         done = 0
         for _start, end in new.instruction_ends_cached(item):
             for rel in new.relocations_in(_start, end):
@@ -210,8 +217,30 @@ class _Writer:
                 lines += self._bytes(bytes(n))
                 done = at + n
         lines += self._bytes(code[done:])
-        lines.append(f"        .size {label}, . - {label}")
+        lines += ["        .cfi_endproc", f"        .size {label}, . - {label}"]
         return lines
+
+    def _unwind(self, item: Item) -> list[str]:
+        """The function's FDE instructions, as they are: they describe offsets from its start,
+        and the bytes are the same. The assembler's CIE must be the compiler's, which holds
+        for gcc's C code; exception tables (an LSDA) would have to move too, and do not."""
+        fde = self.eh_frame.at(item.start)
+        if fde is None:
+            self.problems.append(f"{item.key}: has no unwind information (.eh_frame) to carry")
+            return ["        .cfi_startproc"]
+        cie = fde.cie
+        usual = (cie.code_align, cie.data_align, cie.return_column) == (1, -8, 16)
+        if not usual or cie.initial.rstrip(b"\0") != _GAS_CIE or fde.lsda:
+            self.problems.append(
+                f"{item.key}: its unwind information cannot be carried (exception-handling"
+                " tables, or a CIE the assembler does not write)"
+            )
+            return ["        .cfi_startproc"]
+        program = fde.instructions.rstrip(b"\0")
+        return ["        .cfi_startproc"] + [
+            "        .cfi_escape " + ", ".join(f"0x{b:02x}" for b in program[i : i + 16])
+            for i in range(0, len(program), 16)
+        ]
 
     def _data(self, name: str, what: Region | Item) -> list[str]:
         new = self.new
@@ -237,7 +266,8 @@ class _Writer:
                 expr = f"{self.labels[target.item.key]} + {target.value - target.item.start}"
                 lines.append(f"        .reloc ., {RELOCATION_NAMES[rel.type]}, {expr}")
             elif target.kind == "external":
-                lines.append(f"        .reloc ., {RELOCATION_NAMES[rel.type]}, {target.name}")
+                name = f"{target.name.split('@')[0]} + {rel.addend}"
+                lines.append(f"        .reloc ., {RELOCATION_NAMES[rel.type]}, {name}")
             else:
                 self.problems.append(
                     f"{name}: data the patch copies ({sec.name} at {what.start:#x}) refers to"
