@@ -90,6 +90,12 @@ FIXES = {
         ["changed: diffed_digits"],
         [("digits 12", "18", "20")],
     ),
+    "a fix in a function with a jump table": (
+        "case 2: return a - 7;",
+        "case 2: return a - 8;",
+        ["changed: diffed_op"],
+        [("op 2 10", "3", "2"), ("op 5 0", "85", "85"), ("op 9 1", "0", "0")],
+    ),
 }
 
 

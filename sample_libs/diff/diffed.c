@@ -65,6 +65,37 @@ int diffed_digits(int n)
     return (int)strlen(text) * 3 + n;
 }
 
+/* A switch gcc compiles to a jump table in .rodata: a copy of the table comes with the code,
+ * its entries distances to places in the function. */
+int diffed_op(int op, int a)
+{
+    switch (op) {
+    case 0: return a + 1;
+    case 1: return a * 3;
+    case 2: return a - 7;
+    case 3: return a << 2;
+    case 4: return a / 5;
+    case 5: return a ^ 0x55;
+    case 6: return -a;
+    default: return 0;
+    }
+}
+
+/* Stores its own address: a `lea` into its own section, which the assembler resolves and keeps
+ * no relocation for, and which `ulp rewrite` points at the function's trampoline. */
+int (*diffed_last_step)(int);
+
+static __attribute__((noinline)) int step(int x)
+{
+    diffed_last_step = step;
+    return x + 1;
+}
+
+int diffed_step(int x)
+{
+    return step(x);
+}
+
 /* Assembly: no padding, so never patchable. */
 __asm__(".text\n"
         ".globl diffed_asm\n"

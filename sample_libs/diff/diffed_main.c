@@ -1,5 +1,6 @@
 /* Answers one line per command on stdin with the library's functions: `add A B`, `clamped X`,
- * `double_a X`, `double_b X`, `count`, `scaled X`, `name X`, `digits X`, `asm X`; `stats` and `quit`. */
+ * `double_a X`, `double_b X`, `count`, `scaled X`, `name X`, `digits X`, `asm X`, `op OP A`,
+ * `step X`; `stats` and `quit`. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,8 @@ int diffed_scaled(int x);
 const char *diffed_name(int x);
 int diffed_asm(int x);
 int diffed_digits(int n);
+int diffed_op(int op, int a);
+int diffed_step(int x);
 
 int main(void)
 {
@@ -41,6 +44,10 @@ int main(void)
             printf("%s\n", diffed_name(a));
         else if (!strcmp(command, "digits"))
             printf("%d\n", diffed_digits(a));
+        else if (!strcmp(command, "op"))
+            printf("%d\n", diffed_op(a, b));
+        else if (!strcmp(command, "step"))
+            printf("%d\n", diffed_step(a));
         else if (!strcmp(command, "asm"))
             printf("%d\n", diffed_asm(a));
         else

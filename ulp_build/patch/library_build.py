@@ -31,7 +31,8 @@ from ulp_build.elf.constants import (
 from ulp_build.elf.image import Section
 from ulp_build.elf.link_relocations import LinkRelocation, LinkRelocations
 from ulp_build.errors import UlpError
-from ulp_build.prepare import patchable
+from ulp_build.prepare import codegen, patchable, taken_addresses
+from ulp_build.prepare.layout import DESCRIPTOR, DESCRIPTOR_OFFSET, SECTION_DATA
 
 STT_SECTION = 3
 STT_FILE = 4
@@ -290,6 +291,22 @@ class LibraryBuild:
             return bytes(region.end - region.start)
         return self.elf.read(region.start, region.end - region.start)
 
+    @cached_property
+    def trampolines(self) -> dict[int, int]:
+        """A prepared build's trampolines: each one's address -> the function it enters
+        (docs/preparing-libraries.md); none for a build not prepared."""
+        data = self.elf.section(SECTION_DATA)
+        if data is None:
+            return {}
+        d = DESCRIPTOR.unpack(self.elf.read(data.addr + DESCRIPTOR_OFFSET, DESCRIPTOR.size))
+        out = {}
+        for n in range(d["trampoline_count"]):
+            at = d["trampolines"] + n * d["trampoline_size"]
+            decoded = codegen.decode_trampoline(self.elf.read(at, d["trampoline_size"]), at)
+            if decoded is not None and not decoded.indirect:
+                out[at] = decoded.target
+        return out
+
     # -- what compares equal ------------------------------------------------------------------
 
     def _key(self, target: Target, depth: int) -> tuple[object, ...]:
@@ -301,14 +318,20 @@ class LibraryBuild:
         if target.kind == "region" and target.region is not None:
             if depth > 0:
                 return ("region", target.offset)
-            return (
-                "region",
-                target.offset,
-                self.data_shape(
-                    target.region.start, target.region.end, target.region.section, depth + 1
-                ),
-            )
+            region = target.region
+            end = self._unpadded_end(region)
+            return ("region", target.offset, self.data_shape(region.start, end, region.section, 1))
         return (target.kind, target.name, target.value if target.kind == "tls" else 0)
+
+    def _unpadded_end(self, region: Region) -> int:
+        """Where a region's data ends without the zeros after its last one but one: a string
+        literal's terminator stays, the padding that aligns what follows it (a switch table)
+        goes, as its length depends on the strings before, not on this one."""
+        if region.section.type == SHT_NOBITS:
+            return region.end
+        raw = self.elf.read(region.start, region.end - region.start)
+        fields = [r.offset + width(r.type) for r in self.relocations_in(region.start, region.end)]
+        return max([region.start + min(len(raw), len(raw.rstrip(b"\0")) + 1), *fields])
 
     def data_shape(
         self, start: int, end: int, section: Section, depth: int = 0
@@ -338,11 +361,25 @@ class LibraryBuild:
             raw[at : at + 2] = b"\0\0"
         fields = []
         for start, end in self.instruction_ends_cached(item):
-            for rel in self.relocations_in(start, end):
+            relocations = self.relocations_in(start, end)
+            if not relocations and end - start == taken_addresses.LEA_SIZE:
+                self._undo_redirect(raw, start - item.start, end)
+            for rel in relocations:
                 at = rel.offset - item.start
                 raw[at : at + width(rel.type)] = bytes(width(rel.type))
                 fields.append((at, rel.type, self._key(self.target(rel, end), 0)))
         return (bytes(raw), tuple(fields))
+
+    def _undo_redirect(self, raw: bytearray, at: int, end: int) -> None:
+        """Point a `lea` the rewriter redirected to a trampoline (the instruction at `at` in a
+        function's code `raw`, ending at address `end`) at the function again. A function that
+        stores its own address (`parser->processor = this_processor`) has a `lea` into its own
+        section, which the assembler resolved and kept no relocation for: its bytes are all
+        there is to compare, and the build not prepared has the function's address there."""
+        disp = taken_addresses.lea_displacement(bytes(raw[at : at + taken_addresses.LEA_SIZE]))
+        entered = None if disp is None else self.trampolines.get(end + disp)
+        if entered is not None:
+            raw[at + 3 : at + 7] = (entered - end).to_bytes(4, "little", signed=True)
 
     def referred(self, item: Item) -> set[str]:
         """The keys of the functions and objects a function's fields refer to."""

@@ -30,8 +30,6 @@ from ulp_build.patch.library_build import (
     Target,
     width,
 )
-from ulp_build.prepare import codegen
-from ulp_build.prepare.layout import DESCRIPTOR, DESCRIPTOR_OFFSET, SECTION_DATA
 
 NEAR_SECTION = ".ulp.near"
 NEAR_PREFIX = "__ulp_near_"
@@ -61,6 +59,14 @@ def label_for(key: str, taken: set[str]) -> str:
         name = f"{base}_{n}"
     taken.add(name)
     return name
+
+
+def _local(label: str) -> str:
+    """The name the patch's own code and data use for a function it carries: assembler-local,
+    so the link resolves it here. The exported label of a function that replaces one may be
+    preempted as far as the linker knows, and it refuses a PC32 (a switch table's entry, a
+    `lea`) against such a symbol in a shared object."""
+    return f".L{label}"
 
 
 class _Writer:
@@ -95,19 +101,11 @@ class _Writer:
 
     @cached_property
     def _trampolines(self) -> dict[int, int]:
-        """The prepared library's trampolines by the function each enters: the address it
+        """The running library's trampolines by the function each enters: the address it
         hands out for the function (docs/preparing-libraries.md)."""
-        elf = self.old.elf
-        data = elf.section(SECTION_DATA)
-        if data is None:
-            return {}
-        d = DESCRIPTOR.unpack(elf.read(data.addr + DESCRIPTOR_OFFSET, DESCRIPTOR.size))
-        out = {}
-        for n in range(d["trampoline_count"]):
-            at = d["trampolines"] + n * d["trampoline_size"]
-            decoded = codegen.decode_trampoline(elf.read(at, d["trampoline_size"]), at)
-            if decoded is not None and not decoded.indirect:
-                out.setdefault(decoded.target, at)
+        out: dict[int, int] = {}
+        for tramp, entered in sorted(self.old.trampolines.items()):
+            out.setdefault(entered, tramp)
         return out
 
     def _got_slot(self, name: str) -> int | None:
@@ -159,7 +157,7 @@ class _Writer:
             self.problems.append(f"{where}: refers to {target.name}, which it cannot place")
             return None
         if item.key in self.labels:
-            return kind, f"{self.labels[item.key]} + {target.value - item.start}"
+            return kind, f"{_local(self.labels[item.key])} + {target.value - item.start}"
         if kind not in NEAR_TYPES:
             self.problems.append(
                 f"{where}: refers to {item.key} with a {RELOCATION_NAMES.get(kind, kind)}"
@@ -204,7 +202,8 @@ class _Writer:
         lines = ["", "        .p2align 4"]
         if exported:
             lines.append(f"        .globl {label}")
-        lines += [f"        .type {label}, @function", f"{label}:", *self._unwind(item)]
+        lines += [f"        .type {label}, @function", f"{label}:", f"{_local(label)}:"]
+        lines += self._unwind(item)
         done = 0
         for _start, end in new.instruction_ends_cached(item):
             for rel in new.relocations_in(_start, end):
@@ -263,7 +262,8 @@ class _Writer:
             lines += self._bytes(raw[done:at])
             target = new.target(rel, None, region_start=what.start)
             if target.item is not None and target.item.key in self.labels:
-                expr = f"{self.labels[target.item.key]} + {target.value - target.item.start}"
+                label = _local(self.labels[target.item.key])
+                expr = f"{label} + {target.value - target.item.start}"
                 lines.append(f"        .reloc ., {RELOCATION_NAMES[rel.type]}, {expr}")
             elif target.kind == "external":
                 name = f"{target.name.split('@')[0]} + {rel.addend}"
