@@ -166,6 +166,6 @@ def _write(
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return Packed(
-        out / packed.metadata.name, out / packed.reverse.name, packed.patch, packed.warnings
-    )
+    # The packer's warnings name the files where they were made, renamed since.
+    warnings = [w.replace(str(work), str(out)) for w in packed.warnings]
+    return Packed(out / packed.metadata.name, out / packed.reverse.name, packed.patch, warnings)
