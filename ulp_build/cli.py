@@ -110,6 +110,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    p = sub.add_parser(
+        "diff",
+        help="make a live patch from two builds of a library",
+        description="Compare OLD (the library as it runs, prepared) with NEW (the fixed"
+        " source built the same way), both linked with -Wl,--emit-relocs, function by"
+        " function, and write into DIR a patch object carrying the changed and new"
+        " functions, its description and the packed patch and reverse. One line per"
+        " change; every refusal names its symbol, and nothing is written unless all is well.",
+    )
+    p.add_argument("old", metavar="OLD")
+    p.add_argument("new", metavar="NEW")
+    p.add_argument("-o", "--output", metavar="DIR", required=True)
+    p.add_argument("--id", help="the patch's id (default: NEW's name and -diff)")
+    p.add_argument("--description", help="the patch's description")
+    p.add_argument(
+        "--accept",
+        action="append",
+        default=[],
+        metavar="SYMBOL",
+        help="a changed object you reviewed: the patch keeps the running one (repeatable)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
     p = sub.add_parser("dump", help="show a patch metadata file")
     p.add_argument("patch", metavar="PATCH.ulp")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -383,6 +406,35 @@ def _cmd_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_diff(args: argparse.Namespace) -> int:
+    from ulp_build.patch.diff import diff
+
+    found = diff(
+        args.old,
+        args.new,
+        args.output,
+        patch_id=args.id,
+        description=args.description,
+        accept=tuple(args.accept),
+    )
+    assert found.packed is not None
+    for warning in found.packed.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    made = [f"{found.packed.metadata}: the patch", f"{found.packed.reverse}: its reverse"]
+    text = "\n".join([*found.lines, *made])
+    _emit(
+        args,
+        {
+            "changes": found.lines,
+            "directory": str(found.directory),
+            "metadata": str(found.packed.metadata),
+            "reverse": str(found.packed.reverse),
+        },
+        text,
+    )
+    return 0
+
+
 def _cmd_dump(args: argparse.Namespace) -> int:
     from ulp_build.patch import metadata
 
@@ -632,6 +684,7 @@ _COMMANDS = {
     "check": _cmd_check,
     "cflags": _cmd_cflags,
     "pack": _cmd_pack,
+    "diff": _cmd_diff,
     "dump": _cmd_dump,
     "runtime-path": _cmd_runtime_path,
     "trigger": _cmd_trigger,

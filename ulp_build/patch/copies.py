@@ -80,7 +80,9 @@ def _find_inlined(
     from elftools.elf.elffile import ELFFile
 
     try:
-        dwarf = ELFFile(io.BytesIO(elf.data)).get_dwarf_info()
+        # A linked file's DWARF is final: the relocations --emit-relocs keeps beside it were
+        # applied already, and applying them again corrupts it.
+        dwarf = ELFFile(io.BytesIO(elf.data)).get_dwarf_info(relocate_dwarf_sections=False)
         _Scan(dwarf, functions, symbols, out).run()
         return None
     # pyelftools reports malformed DWARF with its own errors, and with what a bad offset, form

@@ -265,6 +265,12 @@ def redirect(
     return addends
 
 
+def lea_displacement(raw: bytes) -> int | None:
+    """The displacement of `raw` if it is the form redirected, `lea disp32(%rip), %r64`."""
+    m = _LEA.fullmatch(raw)
+    return None if m is None else int.from_bytes(m.group(1), "little", signed=True)
+
+
 def leas_into(elf: ElfFile, lo: int, hi: int, skip: set[str]) -> list[tuple[int, int]]:
     """(displacement's address, target) of the bytes of a `lea disp32(%rip), %r64` in the code
     sections not named in `skip` whose target lies in [lo, hi): how `check` finds redirected

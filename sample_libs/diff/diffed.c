@@ -1,0 +1,106 @@
+/* The library the `ulp diff` tests build twice: as it is here, and with one fix applied to this
+ * text (tests/test_diff.py names each fix by the line it changes). */
+#include <stdio.h>
+#include <string.h>
+
+struct config {
+    int scale;
+    int offset;
+};
+
+struct config diffed_config = {3, 0}; /* a global struct: its layout must not change */
+int diffed_limit = 100;               /* a global with an initial value */
+static int calls;                     /* state the patch must share, not copy */
+
+static __attribute__((noinline)) int clamp(int x)
+{
+    return x > diffed_limit ? diffed_limit : x;
+}
+
+static inline __attribute__((always_inline)) int twice(int x)
+{
+    return 2 * x;
+}
+
+int diffed_add(int a, int b)
+{
+    return a + b;
+}
+
+int diffed_clamped(int x)
+{
+    return clamp(x * diffed_config.scale + diffed_config.offset);
+}
+
+int diffed_double_a(int x)
+{
+    return twice(x) + 1;
+}
+
+int diffed_double_b(int x)
+{
+    return twice(x) + 2;
+}
+
+int diffed_count(void)
+{
+    return ++calls;
+}
+
+int diffed_scaled(int x)
+{
+    return x * 7;
+}
+
+const char *diffed_name(int x)
+{
+    return x ? "yes" : "no";
+}
+
+/* Calls the C library and needs a stack frame: its unwind information moves with it. */
+int diffed_digits(int n)
+{
+    char text[32];
+    snprintf(text, sizeof text, "%d", n);
+    return (int)strlen(text) * 3 + n;
+}
+
+/* A switch gcc compiles to a jump table in .rodata: a copy of the table comes with the code,
+ * its entries distances to places in the function. */
+int diffed_op(int op, int a)
+{
+    switch (op) {
+    case 0: return a + 1;
+    case 1: return a * 3;
+    case 2: return a - 7;
+    case 3: return a << 2;
+    case 4: return a / 5;
+    case 5: return a ^ 0x55;
+    case 6: return -a;
+    default: return 0;
+    }
+}
+
+/* Stores its own address: a `lea` into its own section, which the assembler resolves and keeps
+ * no relocation for, and which `ulp rewrite` points at the function's trampoline. */
+int (*diffed_last_step)(int);
+
+static __attribute__((noinline)) int step(int x)
+{
+    diffed_last_step = step;
+    return x + 1;
+}
+
+int diffed_step(int x)
+{
+    return step(x);
+}
+
+/* Assembly: no padding, so never patchable. */
+__asm__(".text\n"
+        ".globl diffed_asm\n"
+        ".type diffed_asm, @function\n"
+        "diffed_asm:\n"
+        "    movl %edi, %eax\n"
+        "    ret\n"
+        ".size diffed_asm, .-diffed_asm\n");

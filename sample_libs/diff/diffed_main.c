@@ -1,0 +1,58 @@
+/* Answers one line per command on stdin with the library's functions: `add A B`, `clamped X`,
+ * `double_a X`, `double_b X`, `count`, `scaled X`, `name X`, `digits X`, `asm X`, `op OP A`,
+ * `step X`; `stats` and `quit`. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int diffed_add(int a, int b);
+int diffed_clamped(int x);
+int diffed_double_a(int x);
+int diffed_double_b(int x);
+int diffed_count(void);
+int diffed_scaled(int x);
+const char *diffed_name(int x);
+int diffed_asm(int x);
+int diffed_digits(int n);
+int diffed_op(int op, int a);
+int diffed_step(int x);
+
+int main(void)
+{
+    char line[128], command[32];
+    int a = 0, b = 0;
+    puts("ready");
+    fflush(stdout);
+    while (fgets(line, sizeof line, stdin)) {
+        if (sscanf(line, "%31s %d %d", command, &a, &b) < 1)
+            continue;
+        if (!strcmp(command, "quit"))
+            break;
+        if (!strcmp(command, "add"))
+            printf("%d\n", diffed_add(a, b));
+        else if (!strcmp(command, "clamped"))
+            printf("%d\n", diffed_clamped(a));
+        else if (!strcmp(command, "double_a"))
+            printf("%d\n", diffed_double_a(a));
+        else if (!strcmp(command, "double_b"))
+            printf("%d\n", diffed_double_b(a));
+        else if (!strcmp(command, "count"))
+            printf("%d\n", diffed_count());
+        else if (!strcmp(command, "scaled"))
+            printf("%d\n", diffed_scaled(a));
+        else if (!strcmp(command, "name"))
+            printf("%s\n", diffed_name(a));
+        else if (!strcmp(command, "digits"))
+            printf("%d\n", diffed_digits(a));
+        else if (!strcmp(command, "op"))
+            printf("%d\n", diffed_op(a, b));
+        else if (!strcmp(command, "step"))
+            printf("%d\n", diffed_step(a));
+        else if (!strcmp(command, "asm"))
+            printf("%d\n", diffed_asm(a));
+        else
+            puts("ok");
+        fflush(stdout);
+    }
+    return 0;
+}

@@ -1,0 +1,232 @@
+"""`ulp diff` on sample_libs/diff: the library built as it is (prepared, running) and with one
+fix applied, turned into a patch by `ulp diff` alone and applied with `ulp trigger` to a running
+program; and the changes it refuses, one line each, with nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import run, ulp
+from live import running, trigger_cli
+
+from sample_libs import samples
+from ulp_build.elf import ElfFile
+from ulp_build.elf.eh_frame import EhFrame
+from ulp_build.prepare.layout import CFLAGS
+
+SOURCE = samples.ROOT / "diff" / "diffed.c"
+DRIVER = samples.ROOT / "diff" / "diffed_main.c"
+FLAGS = [*CFLAGS, "-O2", "-g", "-fPIC", "-ffunction-sections", "-fdata-sections", "-Wall"]
+
+
+def build(text: str, out: Path) -> Path:
+    """libdiffed.so from `text`, in `out` under the source's own file name (a static's key
+    names its file), linked with --emit-relocs."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "diffed.c").write_text(text)
+    lib = out / "libdiffed.so"
+    built = run(["gcc", *FLAGS, "-shared", "-Wl,--emit-relocs", "-o", str(lib),
+                 str(out / "diffed.c")], cwd=out)  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    return lib
+
+
+@pytest.fixture(scope="module")
+def old(tmp_path_factory: pytest.TempPathFactory, runtime: Path) -> tuple[Path, Path]:
+    """The library as it runs (prepared) and the program using it."""
+    where = tmp_path_factory.mktemp("diff-old")
+    lib = build(SOURCE.read_text(), where)
+    assert ulp("rewrite", str(lib)).returncode == 0
+    program = where / "diffed_main"
+    linked = run(["gcc", "-O2", "-o", str(program), str(DRIVER), str(lib),
+                  f"-Wl,-rpath,{where}"])  # fmt: skip
+    assert linked.returncode == 0, linked.stderr
+    return lib, program
+
+
+def fixed(old_text: str, new_text: str) -> str:
+    source = SOURCE.read_text()
+    assert source.count(old_text) == 1, old_text
+    return source.replace(old_text, new_text)
+
+
+# name: (the line(s) changed, the fix, the functions reported changed, (command, old, new)...)
+FIXES = {
+    "a one-line logic fix": (
+        "return a + b;",
+        "return a + b + 1;",
+        ["changed: diffed_add"],
+        [("add 2 3", "5", "6")],
+    ),
+    "a fix in a static function": (
+        "return x > diffed_limit ? diffed_limit : x;",
+        "return x > diffed_limit ? diffed_limit - 1 : x;",
+        ["changed: diffed.c:clamp"],
+        [("clamped 50", "100", "99"), ("clamped 10", "30", "30")],
+    ),
+    "a fix adding a static helper": (
+        "int diffed_scaled(int x)\n{\n    return x * 7;\n}",
+        "static __attribute__((noinline)) int seven(int x)\n{\n    return x * 7;\n}\n\n"
+        "int diffed_scaled(int x)\n{\n    return seven(x) + 1;\n}",
+        ["changed: diffed_scaled", "new: diffed.c:seven"],
+        [("scaled 2", "14", "15")],
+    ),
+    "a fix to a function inlined into two callers": (
+        "return 2 * x;",
+        "return 3 * x;",
+        ["changed: diffed_double_a", "changed: diffed_double_b"],
+        [("double_a 5", "11", "16"), ("double_b 5", "12", "17")],
+    ),
+    "a fix changing a string literal": (
+        'return x ? "yes" : "no";',
+        'return x ? "yes!" : "no";',
+        ["changed: diffed_name"],
+        [("name 1", "yes", "yes!"), ("name 0", "no", "no")],
+    ),
+    "a fix in a function with a stack frame, calling the C library": (
+        "return (int)strlen(text) * 3 + n;",
+        "return (int)strlen(text) * 4 + n;",
+        ["changed: diffed_digits"],
+        [("digits 12", "18", "20")],
+    ),
+    "a fix in a function with a jump table": (
+        "case 2: return a - 7;",
+        "case 2: return a - 8;",
+        ["changed: diffed_op"],
+        [("op 2 10", "3", "2"), ("op 5 0", "85", "85"), ("op 9 1", "0", "0")],
+    ),
+}
+
+
+def unwind_programs(lib: Path, names: list[str]) -> list[bytes]:
+    """The FDE instructions of each named function of `lib`."""
+    elf = ElfFile.load(lib)
+    where = {s.name: s.value for s in elf.symtab_symbols}
+    frames = EhFrame(elf)
+    out = []
+    for name in names:
+        fde = frames.at(where[name])
+        assert fde is not None, name
+        out.append(fde.instructions.rstrip(b"\0"))
+    return out
+
+
+@pytest.mark.parametrize("case", list(FIXES))
+def test_fix_made_into_a_live_patch(
+    case: str, old: tuple[Path, Path], runtime: Path, tmp_path: Path
+) -> None:
+    lib, program = old
+    before, after, reported, checks = FIXES[case]
+    new = build(fixed(before, after), tmp_path / "new")
+    made = ulp("diff", str(lib), str(new), "-o", str(tmp_path / "patch"))
+    assert made.returncode == 0, made.stderr
+    lines = made.stdout.splitlines()
+    assert [x for x in lines if x.startswith(("changed:", "new:"))] == reported, made.stdout
+    assert {p.name for p in (tmp_path / "patch").iterdir()} == {
+        "patch.s", "patch.so", "fix.toml", "fix.ulp", "fix.rev.ulp"
+    }  # fmt: skip
+    # Each carried function keeps its unwind information (unwinders, exceptions, backtraces).
+    names = [x.split(": ")[1].split(":")[-1] for x in reported]
+    carried = unwind_programs(tmp_path / "patch" / "patch.so", [f"ulp_diff_{n}" for n in names])
+    assert carried == unwind_programs(new, names)
+    with running(program, runtime) as p:
+        assert [p.ask(c) for c, _old, _new in checks] == [o for _c, o, _n in checks]
+        applied = trigger_cli("-p", str(p.pid), str(tmp_path / "patch" / "fix.ulp"))
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert [p.ask(c) for c, _old, _new in checks] == [n for _c, _o, n in checks]
+        reverted = trigger_cli("-p", str(p.pid), str(tmp_path / "patch" / "fix.rev.ulp"))
+        assert reverted.returncode == 0, reverted.stdout + reverted.stderr
+        assert [p.ask(c) for c, _old, _new in checks] == [o for _c, o, _n in checks]
+
+
+def test_fix_touching_a_static_variable_shares_it(
+    old: tuple[Path, Path], runtime: Path, tmp_path: Path
+) -> None:
+    """The patched function counts on from the running library's own counter, and the
+    library's unchanged code sees what the patch wrote: one variable, not a copy."""
+    lib, program = old
+    new = build(fixed("return ++calls;", "calls += 10;\n    return calls;"), tmp_path / "new")
+    made = ulp("diff", str(lib), str(new), "-o", str(tmp_path / "patch"))
+    assert made.returncode == 0, made.stderr
+    with running(program, runtime) as p:
+        assert [p.ask("count") for _ in range(3)] == ["1", "2", "3"]
+        applied = trigger_cli("-p", str(p.pid), str(tmp_path / "patch" / "fix.ulp"))
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert [p.ask("count") for _ in range(2)] == ["13", "23"]
+        reverted = trigger_cli("-p", str(p.pid), str(tmp_path / "patch" / "fix.rev.ulp"))
+        assert reverted.returncode == 0, reverted.stdout + reverted.stderr
+        assert p.ask("count") == "24"
+
+
+def test_accepted_data_change_keeps_the_running_value(
+    old: tuple[Path, Path], runtime: Path, tmp_path: Path
+) -> None:
+    """A changed initializer is refused; accepted by name, the patch keeps the running
+    variable as it is (the limit stays 100) while the fixed function is patched."""
+    lib, program = old
+    text = fixed("int diffed_limit = 100;", "int diffed_limit = 200;")
+    new = build(text.replace("return a + b;", "return a + b + 1;"), tmp_path / "new")
+    refused = ulp("diff", str(lib), str(new), "-o", str(tmp_path / "refused"))
+    assert refused.returncode == 1
+    assert "diffed_limit: data changed" in refused.stderr
+    assert not (tmp_path / "refused").exists()
+    made = ulp("diff", str(lib), str(new), "-o", str(tmp_path / "patch"),
+               "--accept", "diffed_limit")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert "changed: diffed_add" in made.stdout.splitlines()
+    with running(program, runtime) as p:
+        applied = trigger_cli("-p", str(p.pid), str(tmp_path / "patch" / "fix.ulp"))
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert p.ask("add 2 3") == "6"
+        assert p.ask("clamped 50") == "100"
+
+
+REFUSED = {
+    "a changed struct layout of a global": (
+        "    int offset;\n};",
+        "    int offset;\n    int extra;\n};",
+        "ulp: diffed_config: data changed (size or initial value)",
+    ),
+    "a changed initializer": (
+        "int diffed_limit = 100;",
+        "int diffed_limit = 200;",
+        "ulp: diffed_limit: data changed (size or initial value)",
+    ),
+    "a changed signature": (
+        "int diffed_add(int a, int b)\n{\n    return a + b;",
+        "int diffed_add(int a, long b)\n{\n    return a + (int)b + 1;",
+        "ulp: diffed_add: signature changed (diffed_add: int(int, int) -> int(int, long int))",
+    ),
+    "an assembly function": (
+        "    movl %edi, %eax\\n",
+        "    leal 1(%rdi), %eax\\n",
+        "ulp: diffed_asm: changed, but has no patchable entry",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_refused(case: str, old: tuple[Path, Path], tmp_path: Path) -> None:
+    lib, _program = old
+    before, after, expected = REFUSED[case]
+    new = build(fixed(before, after), tmp_path / "new")
+    result = ulp("diff", str(lib), str(new), "-o", str(tmp_path / "patch"))
+    assert result.returncode == 1
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(expected), result.stderr
+    assert not (tmp_path / "patch").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new"]  # no work directory left
+
+
+def test_inputs_without_kept_relocations(old: tuple[Path, Path], tmp_path: Path) -> None:
+    lib, _program = old
+    (tmp_path / "diffed.c").write_text(SOURCE.read_text())
+    plain = tmp_path / "libplain.so"
+    built = run(["gcc", *FLAGS, "-shared", "-o", str(plain), str(tmp_path / "diffed.c")])
+    assert built.returncode == 0, built.stderr
+    result = ulp("diff", str(lib), str(plain), "-o", str(tmp_path / "patch"))
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"ulp: {plain}: no link-time relocations: link it with -Wl,--emit-relocs (docs/diff.md)\n"
+    )

@@ -1,0 +1,399 @@
+"""One build of a library as `ulp diff` compares it: its functions and data by name, and what
+every address the linker filled in refers to.
+
+Both builds are linked with `--emit-relocs`, so each field the linker filled keeps its
+relocation (the symbol and addend it came from). A function's code is compared with those
+fields blanked and replaced by what they refer to, resolved to a named function or object and
+an offset in it ("the third byte of `table`"), or for data no symbol covers (string literals,
+switch tables) to that data's own bytes: so code that only moved compares equal, and code
+whose references changed does not. (docs/diff.md.)
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from functools import cached_property
+
+from ulp_build.elf import ElfFile, Symbol
+from ulp_build.elf.constants import (
+    SHF_ALLOC,
+    SHF_EXECINSTR,
+    SHF_WRITE,
+    SHN_LORESERVE,
+    SHN_UNDEF,
+    SHT_NOBITS,
+    STB_GLOBAL,
+    STB_WEAK,
+    STT_FUNC,
+    STT_OBJECT,
+)
+from ulp_build.elf.image import Section
+from ulp_build.elf.link_relocations import LinkRelocation, LinkRelocations
+from ulp_build.errors import UlpError
+from ulp_build.prepare import codegen, patchable, taken_addresses
+from ulp_build.prepare.layout import DESCRIPTOR, DESCRIPTOR_OFFSET, SECTION_DATA
+
+STT_SECTION = 3
+STT_FILE = 4
+STT_TLS = 6
+
+# x86-64 relocation types by what their field holds.
+R_64, R_PC32, R_PLT32, R_GOTPCREL, R_32, R_32S = 1, 2, 4, 9, 10, 11
+R_PC64, R_GOTPCRELX, R_REX_GOTPCRELX = 24, 41, 42
+GOT_LOADS = {R_GOTPCREL, R_GOTPCRELX, R_REX_GOTPCRELX}
+PC_RELATIVE = {R_PC32, R_PLT32, R_PC64} | GOT_LOADS
+TLS = {16, 17, 18, 19, 20, 21, 22, 23, 34, 35, 36}
+WIDTH = {R_64: 8, R_PC64: 8, 16: 8, 17: 8, 18: 8, 35: 0}  # others: 4
+
+RELOCATION_NAMES = {
+    R_64: "R_X86_64_64",
+    R_PC32: "R_X86_64_PC32",
+    R_PLT32: "R_X86_64_PLT32",
+    R_GOTPCREL: "R_X86_64_GOTPCREL",
+    R_32: "R_X86_64_32",
+    R_32S: "R_X86_64_32S",
+    R_PC64: "R_X86_64_PC64",
+    R_GOTPCRELX: "R_X86_64_GOTPCRELX",
+    R_REX_GOTPCRELX: "R_X86_64_REX_GOTPCRELX",
+}
+
+
+def width(kind: int) -> int:
+    return WIDTH.get(kind, 4)
+
+
+@dataclass(frozen=True)
+class Item:
+    """A function or data object of the build: `key` names it in both builds (a static one
+    with its source file, as two files may each have a static of that name)."""
+
+    key: str
+    symbol: Symbol
+    section: Section
+
+    @property
+    def name(self) -> str:
+        return self.symbol.name
+
+    @property
+    def start(self) -> int:
+        return self.symbol.value
+
+    @property
+    def end(self) -> int:
+        return self.symbol.value + self.symbol.size
+
+    @property
+    def is_function(self) -> bool:
+        return self.symbol.type == STT_FUNC
+
+    @property
+    def is_static(self) -> bool:
+        return self.symbol.bind not in (STB_GLOBAL, STB_WEAK)
+
+
+@dataclass(frozen=True)
+class Region:
+    """Data no symbol covers, referred to at `start` (a string literal, a switch table):
+    it runs to the next place anything refers to or a symbol starts."""
+
+    section: Section
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one filled field refers to. `kind`: "item" (a function or object of the build,
+    at `offset` from its start), "region", "external" (a symbol of another object, `name`),
+    "got" (the GOT slot of `item` or of the external `name`: the field is a GOT load) or
+    "tls". `value` is the field's symbol plus addend, S + A, from which a moved field is
+    computed again."""
+
+    kind: str
+    value: int
+    item: Item | None = None
+    offset: int = 0
+    region: Region | None = None
+    name: str = ""
+
+
+class LibraryBuild:
+    """The functions, objects and kept relocations of one linked build."""
+
+    def __init__(self, elf: ElfFile) -> None:
+        self.elf = elf
+        self.relocations = LinkRelocations(elf).every
+        if not self.relocations:
+            raise UlpError(
+                f"{elf.name}: no link-time relocations: link it with -Wl,--emit-relocs"
+                " (docs/diff.md)"
+            )
+        self.symbols = elf.symtab_symbols
+        if not self.symbols:
+            raise UlpError(f"{elf.name}: no .symtab (stripped?): `ulp diff` needs it")
+        self._places = [r.offset for r in self.relocations]
+
+    # -- functions and objects ----------------------------------------------------------------
+
+    @cached_property
+    def items(self) -> dict[str, Item]:
+        """Every function and data object with a size, by key."""
+        out: dict[str, Item] = {}
+        source = ""
+        for sym in self.symbols:
+            if sym.type == STT_FILE:
+                source = sym.name
+                continue
+            if sym.type not in (STT_FUNC, STT_OBJECT, STT_TLS) or sym.size == 0:
+                continue
+            if sym.shndx == SHN_UNDEF or sym.shndx >= SHN_LORESERVE:
+                continue
+            if sym.bind in (STB_GLOBAL, STB_WEAK):
+                key = sym.name
+            else:
+                key = f"{source}:{sym.name}" if source else sym.name
+            out.setdefault(key, Item(key, sym, self.elf.sections[sym.shndx]))
+        return out
+
+    @cached_property
+    def _by_address(self) -> tuple[list[int], list[Item]]:
+        ordered = sorted(
+            (i for i in self.items.values() if i.symbol.type != STT_TLS),
+            key=lambda i: (i.start, -i.symbol.size),
+        )
+        return [i.start for i in ordered], ordered
+
+    def item_at(self, addr: int) -> Item | None:
+        """The function or object covering `addr` (its start, or inside it)."""
+        starts, ordered = self._by_address
+        at = bisect.bisect_right(starts, addr) - 1
+        while at >= 0 and starts[at] > addr - (1 << 24):
+            item = ordered[at]
+            if item.start <= addr < item.end:
+                return item
+            at -= 1
+        return None
+
+    def item_of_symbol(self, sym: Symbol) -> Item | None:
+        starts, ordered = self._by_address
+        at = bisect.bisect_left(starts, sym.value)
+        while at < len(starts) and starts[at] == sym.value:
+            if ordered[at].symbol.type == sym.type or sym.type not in (STT_FUNC, STT_OBJECT):
+                return ordered[at]
+            at += 1
+        return self.item_at(sym.value)
+
+    def relocations_in(self, start: int, end: int) -> list[LinkRelocation]:
+        lo = bisect.bisect_left(self._places, start)
+        hi = bisect.bisect_left(self._places, end)
+        return self.relocations[lo:hi]
+
+    def code(self, item: Item) -> bytes:
+        return self.elf.read(item.start, item.symbol.size)
+
+    # -- what a field refers to ---------------------------------------------------------------
+
+    def instruction_ends(self, item: Item) -> list[tuple[int, int]]:
+        """(start, end) of each instruction of a function, decoded in order."""
+        from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+
+        decoder = Cs(CS_ARCH_X86, CS_MODE_64)
+        code = self.code(item)
+        out = [(a, a + n) for a, n, _m, _o in decoder.disasm_lite(code, item.start)]
+        if not out or out[-1][1] != item.end:
+            raise UlpError(f"{self.elf.name}: {item.key}: its code does not decode to its end")
+        return out
+
+    def target(
+        self, rel: LinkRelocation, next_instruction: int | None, region_start: int | None = None
+    ) -> Target:
+        """What `rel` refers to: in code, given the end of its instruction (the base of a
+        RIP-relative field); in data, given where the region or object holding it starts (a
+        switch table's entries are distances from the table's start)."""
+        if rel.symbol >= len(self.symbols):
+            raise UlpError(f"{self.elf.name}: corrupt relocation at {rel.offset:#x}")
+        sym = self.symbols[rel.symbol]
+        value = sym.value + rel.addend
+        if sym.shndx == SHN_UNDEF:
+            return Target("got" if rel.type in GOT_LOADS else "external", value, name=sym.name)
+        if rel.type in TLS or sym.type == STT_TLS:
+            return Target("tls", value, name=sym.name)
+        named = sym.type != STT_SECTION and sym.name
+        if rel.type in GOT_LOADS:
+            item = self.item_of_symbol(sym) if named else None
+            return Target("got", value, item=item, name=sym.name)
+        if named and sym.type in (STT_FUNC, STT_OBJECT):
+            item = self.item_of_symbol(sym)
+            if item is not None:
+                return Target("item", value, item=item, offset=value - item.start)
+        addr = value
+        if rel.type in PC_RELATIVE:
+            if next_instruction is not None:
+                addr = value + next_instruction - rel.offset
+            elif region_start is not None:
+                addr = value - (rel.offset - region_start)
+        item = self.item_at(addr)
+        if item is not None:
+            return Target("item", value, item=item, offset=value - item.start)
+        region = self.region_at(addr)
+        if region is None:
+            return Target("external", value, name=sym.name or f"{addr:#x}")
+        return Target("region", value, region=region, offset=value - region.start)
+
+    @cached_property
+    def _region_bounds(self) -> dict[int, list[int]]:
+        """Per section index, the sorted places where a region may start or must end."""
+        bounds: dict[int, set[int]] = {}
+        for item in self.items.values():
+            bounds.setdefault(item.section.index, set()).update((item.start, item.end))
+        for sec in self.elf.sections:
+            bounds.setdefault(sec.index, set()).add(sec.addr + sec.size)
+        for item in self.items.values():
+            if not item.is_function:
+                continue
+            for start, end in self.instruction_ends_cached(item):
+                for rel in self.relocations_in(start, end):
+                    sym = self.symbols[rel.symbol] if rel.symbol < len(self.symbols) else None
+                    if sym is None or sym.type != STT_SECTION:
+                        continue
+                    addr = sym.value + rel.addend + (end - rel.offset) * (rel.type in PC_RELATIVE)
+                    sec = self.section_at(addr)
+                    if sec is not None:
+                        bounds.setdefault(sec.index, set()).add(addr)
+        return {k: sorted(v) for k, v in bounds.items()}
+
+    def instruction_ends_cached(self, item: Item) -> list[tuple[int, int]]:
+        cache = self.__dict__.setdefault("_decoded", {})
+        if item.key not in cache:
+            cache[item.key] = self.instruction_ends(item)
+        decoded: list[tuple[int, int]] = cache[item.key]
+        return decoded
+
+    def section_at(self, addr: int) -> Section | None:
+        for sec in self.elf.sections:
+            if sec.addr and sec.contains(addr) and sec.flags & SHF_ALLOC:
+                return sec
+        return None
+
+    def region_at(self, addr: int) -> Region | None:
+        sec = self.section_at(addr)
+        if sec is None:
+            return None
+        bounds = self._region_bounds.get(sec.index, [])
+        after = bisect.bisect_right(bounds, addr)
+        end = bounds[after] if after < len(bounds) else sec.addr + sec.size
+        return Region(sec, addr, end)
+
+    def region_bytes(self, region: Region) -> bytes:
+        if region.section.type == SHT_NOBITS:
+            return bytes(region.end - region.start)
+        return self.elf.read(region.start, region.end - region.start)
+
+    @cached_property
+    def trampolines(self) -> dict[int, int]:
+        """A prepared build's trampolines: each one's address -> the function it enters
+        (docs/preparing-libraries.md); none for a build not prepared."""
+        data = self.elf.section(SECTION_DATA)
+        if data is None:
+            return {}
+        d = DESCRIPTOR.unpack(self.elf.read(data.addr + DESCRIPTOR_OFFSET, DESCRIPTOR.size))
+        out = {}
+        for n in range(d["trampoline_count"]):
+            at = d["trampolines"] + n * d["trampoline_size"]
+            decoded = codegen.decode_trampoline(self.elf.read(at, d["trampoline_size"]), at)
+            if decoded is not None and not decoded.indirect:
+                out[at] = decoded.target
+        return out
+
+    # -- what compares equal ------------------------------------------------------------------
+
+    def _key(self, target: Target, depth: int) -> tuple[object, ...]:
+        if target.kind == "item":
+            assert target.item is not None
+            return ("item", target.item.key, target.offset)
+        if target.kind == "got":
+            return ("got", target.item.key if target.item else target.name)
+        if target.kind == "region" and target.region is not None:
+            if depth > 0:
+                return ("region", target.offset)
+            region = target.region
+            end = self._unpadded_end(region)
+            return ("region", target.offset, self.data_shape(region.start, end, region.section, 1))
+        return (target.kind, target.name, target.value if target.kind == "tls" else 0)
+
+    def _unpadded_end(self, region: Region) -> int:
+        """Where a region's data ends without the zeros after its last one but one: a string
+        literal's terminator stays, the padding that aligns what follows it (a switch table)
+        goes, as its length depends on the strings before, not on this one."""
+        if region.section.type == SHT_NOBITS:
+            return region.end
+        raw = self.elf.read(region.start, region.end - region.start)
+        fields = [r.offset + width(r.type) for r in self.relocations_in(region.start, region.end)]
+        return max([region.start + min(len(raw), len(raw.rstrip(b"\0")) + 1), *fields])
+
+    def data_shape(
+        self, start: int, end: int, section: Section, depth: int = 0
+    ) -> tuple[object, ...]:
+        """Data compared: its bytes with filled fields blanked, and what each field refers to
+        (a switch table's entries, as places in their function)."""
+        kind = "bss" if section.type == SHT_NOBITS else "data"
+        writable = bool(section.flags & SHF_WRITE)
+        if section.type == SHT_NOBITS:
+            return (kind, writable, end - start)
+        raw = bytearray(self.elf.read(start, end - start))
+        fields = []
+        for rel in self.relocations_in(start, end):
+            at = rel.offset - start
+            raw[at : at + width(rel.type)] = bytes(width(rel.type))
+            target = self.target(rel, None, region_start=start)
+            fields.append((at, rel.type, self._key(target, depth + 1)))
+        return (kind, writable, bytes(raw), tuple(fields))
+
+    def function_shape(self, item: Item) -> tuple[object, ...]:
+        """A function compared: its code with filled fields blanked, the two entry bytes a
+        prepared library rewrites blanked, and what each field refers to."""
+        raw = bytearray(self.code(item))
+        nop = patchable.entry_nop(self.elf, item.start)
+        if nop is not None:
+            at = nop[0] - item.start
+            raw[at : at + 2] = b"\0\0"
+        fields = []
+        for start, end in self.instruction_ends_cached(item):
+            relocations = self.relocations_in(start, end)
+            if not relocations and end - start == taken_addresses.LEA_SIZE:
+                self._undo_redirect(raw, start - item.start, end)
+            for rel in relocations:
+                at = rel.offset - item.start
+                raw[at : at + width(rel.type)] = bytes(width(rel.type))
+                fields.append((at, rel.type, self._key(self.target(rel, end), 0)))
+        return (bytes(raw), tuple(fields))
+
+    def _undo_redirect(self, raw: bytearray, at: int, end: int) -> None:
+        """Point a `lea` the rewriter redirected to a trampoline (the instruction at `at` in a
+        function's code `raw`, ending at address `end`) at the function again. A function that
+        stores its own address (`parser->processor = this_processor`) has a `lea` into its own
+        section, which the assembler resolved and kept no relocation for: its bytes are all
+        there is to compare, and the build not prepared has the function's address there."""
+        disp = taken_addresses.lea_displacement(bytes(raw[at : at + taken_addresses.LEA_SIZE]))
+        entered = None if disp is None else self.trampolines.get(end + disp)
+        if entered is not None:
+            raw[at + 3 : at + 7] = (entered - end).to_bytes(4, "little", signed=True)
+
+    def referred(self, item: Item) -> set[str]:
+        """The keys of the functions and objects a function's fields refer to."""
+        out = set()
+        for start, end in self.instruction_ends_cached(item):
+            for rel in self.relocations_in(start, end):
+                target = self.target(rel, end)
+                if target.item is not None:
+                    out.add(target.item.key)
+        return out
+
+    def object_shape(self, item: Item) -> tuple[object, ...]:
+        return self.data_shape(item.start, item.end, item.section)
+
+
+def is_code(section: Section) -> bool:
+    return bool(section.flags & SHF_EXECINSTR)

@@ -1,0 +1,319 @@
+"""The assembly source of a patch object made from two builds: the new build's code of every
+function the patch carries, byte for byte, with each field the linker filled pointed again at
+what it referred to.
+
+Code the patch carries is reached at its new place (a label here). What stays in the running
+library (unchanged functions, existing data, the library's GOT slots) is reached there, by a
+near reference (`__ulp_near_<offset>`: the runtime fills the field once the object is loaded,
+docs/writing-patches.md), so the patch and the library share one copy of every variable.
+Another library's symbols keep their relocation, for the loader. Data no symbol covers (string
+literals, switch tables) that carried code refers to is copied with it. (docs/diff.md.)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from ulp_build.elf.constants import R_X86_64_GLOB_DAT, SHF_EXECINSTR, SHF_WRITE, SHT_NOBITS
+from ulp_build.elf.eh_frame import EhFrame
+from ulp_build.elf.link_relocations import LinkRelocation
+from ulp_build.patch.library_build import (
+    GOT_LOADS,
+    R_PC32,
+    R_PLT32,
+    RELOCATION_NAMES,
+    Item,
+    LibraryBuild,
+    Region,
+    Target,
+    width,
+)
+
+NEAR_SECTION = ".ulp.near"
+NEAR_PREFIX = "__ulp_near_"
+NEAR_TYPES = (R_PC32, R_PLT32)
+
+# The initial instructions of the CIE gcc and the assembler write on x86-64: the CFA is %rsp + 8
+# and the return address is at CFA - 8.
+_GAS_CIE = bytes.fromhex("0c07089001")
+_BRANCHES = (0xE8, 0xE9)  # call, jmp rel32 (a jcc rel32 is 0f 8x, checked apart)
+
+
+@dataclass
+class PatchSource:
+    """The assembly, the replacement of each patched function (the running library's name ->
+    the label here), and one line per reference that cannot be carried."""
+
+    text: str = ""
+    replace: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def label_for(key: str, taken: set[str]) -> str:
+    base = "ulp_diff_" + re.sub(r"[^A-Za-z0-9_.]", "_", key.split(":")[-1])
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}_{n}"
+    taken.add(name)
+    return name
+
+
+def _local(label: str) -> str:
+    """The name the patch's own code and data use for a function it carries: assembler-local,
+    so the link resolves it here. The exported label of a function that replaces one may be
+    preempted as far as the linker knows, and it refuses a PC32 (a switch table's entry, a
+    `lea`) against such a symbol in a shared object."""
+    return f".L{label}"
+
+
+class _Writer:
+    def __init__(
+        self, old: LibraryBuild, new: LibraryBuild, carried: list[Item], kept_data: set[str]
+    ) -> None:
+        self.old, self.new = old, new
+        self.kept_data = kept_data
+        taken: set[str] = set()
+        self.labels = {i.key: label_for(i.key, taken) for i in carried}
+        self.carried = carried
+        self.copies: dict[tuple[int, int], tuple[str, Region | Item]] = {}
+        self.near: set[int] = set()
+        self.problems: list[str] = []
+        self._taken = taken
+        self.eh_frame = EhFrame(new.elf)
+
+    # -- the expression a moved field gets ------------------------------------------------------
+
+    def _near(self, offset: int, addend: int) -> str:
+        self.near.add(offset)
+        return f"{NEAR_PREFIX}{offset:x} + {addend}"
+
+    def _copy(self, what: Region | Item) -> str:
+        start, end = (what.start, what.end)
+        key = (start, end)
+        if key not in self.copies:
+            name = f"ulp_diff_data_{len(self.copies)}"
+            self._taken.add(name)
+            self.copies[key] = (name, what)
+        return self.copies[key][0]
+
+    @cached_property
+    def _trampolines(self) -> dict[int, int]:
+        """The running library's trampolines by the function each enters: the address it
+        hands out for the function (docs/preparing-libraries.md)."""
+        out: dict[int, int] = {}
+        for tramp, entered in sorted(self.old.trampolines.items()):
+            out.setdefault(entered, tramp)
+        return out
+
+    def _got_slot(self, name: str) -> int | None:
+        """The running library's GOT slot of its exported symbol `name`."""
+        elf = self.old.elf
+        symbols = elf.dynamic_symbols
+        for r in elf.relocations.every():
+            if r.type != R_X86_64_GLOB_DAT or r.symbol >= len(symbols):
+                continue
+            if symbols[r.symbol].name == name:
+                return r.offset
+        return None
+
+    def expression(
+        self, where: str, rel: LinkRelocation, target: Target, code: bytes, at: int
+    ) -> tuple[int, str] | None:
+        """The relocation type and expression of the field of `rel`, at `at` in `code`, or
+        None (a problem). A GOT load the linker relaxed into a direct reference (`lea`, a
+        direct call) is one: it moves as a PC32."""
+        item, kind = target.item, rel.type
+        if kind in GOT_LOADS and at >= 2 and (code[at - 1] in _BRANCHES or code[at - 2] == 0x8D):
+            kind = R_PC32
+            if item is not None:
+                target = Target("item", target.value, item=item, offset=target.value - item.start)
+        if target.kind == "tls":
+            self.problems.append(
+                f"{where}: uses thread-local data ({target.name}), which `ulp diff` does not"
+                " carry: write this patch by hand with a [references] tls entry"
+            )
+            return None
+        if target.kind == "external" or (target.kind == "got" and item is None):
+            # Another library's, for the loader. `.symtab` names it with the version the
+            # build bound (snprintf@GLIBC_2.2.5); the patch object links against the same.
+            return kind, f"{target.name.split('@')[0]} + {rel.addend}"
+        if target.kind == "got":
+            # The running library's own GOT slot of the symbol, filled by its loader.
+            slot = self._got_slot(target.name)
+            if slot is None:
+                self.problems.append(
+                    f"{where}: loads the address of {target.name} from a GOT slot the"
+                    " running library does not have"
+                )
+                return None
+            return R_PC32, self._near(slot, rel.addend)
+        if target.kind == "region":
+            assert target.region is not None
+            return kind, f"{self._copy(target.region)} + {target.offset}"
+        if item is None:
+            self.problems.append(f"{where}: refers to {target.name}, which it cannot place")
+            return None
+        if item.key in self.labels:
+            return kind, f"{_local(self.labels[item.key])} + {target.value - item.start}"
+        if kind not in NEAR_TYPES:
+            self.problems.append(
+                f"{where}: refers to {item.key} with a {RELOCATION_NAMES.get(kind, kind)}"
+                " field, which cannot reach the running library"
+            )
+            return None
+        before = self.old.items.get(item.key)
+        if before is None:
+            # New data the carried code uses: a fresh copy in the patch, its only user.
+            return kind, f"{self._copy(item)} + {target.value - item.start}"
+        offset = target.value - item.start
+        if item.is_function:
+            branch = code[at - 1] in _BRANCHES or (at >= 2 and code[at - 2] == 0x0F)
+            if branch:
+                return kind, self._near(before.start, offset)
+            tramp = self._trampolines.get(before.start)
+            if tramp is None:
+                self.problems.append(
+                    f"{where}: takes the address of {item.key}, which the running library"
+                    " never hands out (it has no trampoline for it)"
+                )
+                return None
+            return kind, self._near(tramp, offset)
+        if item.key in self.kept_data or self.old.object_shape(before) == self.new.object_shape(
+            item
+        ):
+            return kind, self._near(before.start, offset)
+        return kind, f"{self._copy(item)} + {offset}"
+
+    # -- the source ------------------------------------------------------------------------------
+
+    def _bytes(self, raw: bytes) -> list[str]:
+        return [
+            "        .byte " + ", ".join(f"0x{b:02x}" for b in raw[i : i + 16])
+            for i in range(0, len(raw), 16)
+        ]
+
+    def _code(self, item: Item, exported: bool) -> list[str]:
+        new = self.new
+        label = self.labels[item.key]
+        code = new.code(item)
+        lines = ["", "        .p2align 4"]
+        if exported:
+            lines.append(f"        .globl {label}")
+        lines += [f"        .type {label}, @function", f"{label}:", f"{_local(label)}:"]
+        lines += self._unwind(item)
+        done = 0
+        for _start, end in new.instruction_ends_cached(item):
+            for rel in new.relocations_in(_start, end):
+                at = rel.offset - item.start
+                lines += self._bytes(code[done:at])
+                moved = self.expression(item.key, rel, new.target(rel, end), code, at)
+                n = width(rel.type)
+                if moved is not None:
+                    lines.append(f"        .reloc ., {RELOCATION_NAMES[moved[0]]}, {moved[1]}")
+                lines += self._bytes(bytes(n))
+                done = at + n
+        lines += self._bytes(code[done:])
+        lines += ["        .cfi_endproc", f"        .size {label}, . - {label}"]
+        return lines
+
+    def _unwind(self, item: Item) -> list[str]:
+        """The function's FDE instructions, as they are: they describe offsets from its start,
+        and the bytes are the same. The assembler's CIE must be the compiler's, which holds
+        for gcc's C code; exception tables (an LSDA) would have to move too, and do not."""
+        fde = self.eh_frame.at(item.start)
+        if fde is None:
+            self.problems.append(f"{item.key}: has no unwind information (.eh_frame) to carry")
+            return ["        .cfi_startproc"]
+        cie = fde.cie
+        usual = (cie.code_align, cie.data_align, cie.return_column) == (1, -8, 16)
+        if not usual or cie.initial.rstrip(b"\0") != _GAS_CIE or fde.lsda:
+            self.problems.append(
+                f"{item.key}: its unwind information cannot be carried (exception-handling"
+                " tables, or a CIE the assembler does not write)"
+            )
+            return ["        .cfi_startproc"]
+        program = fde.instructions.rstrip(b"\0")
+        return ["        .cfi_startproc"] + [
+            "        .cfi_escape " + ", ".join(f"0x{b:02x}" for b in program[i : i + 16])
+            for i in range(0, len(program), 16)
+        ]
+
+    def _data(self, name: str, what: Region | Item) -> list[str]:
+        new = self.new
+        sec = what.section
+        align = (what.start & -what.start) if what.start else 64
+        if sec.type == SHT_NOBITS:
+            kind = ".bss"
+        elif sec.flags & SHF_WRITE:
+            kind = ".data"
+        else:
+            kind = ".rodata"
+        lines = ["", f"        .section {kind}.ulp_diff, \"a{'w' if kind != '.rodata' else ''}\"",
+                 f"        .balign {min(align, 64)}", f"{name}:"]  # fmt: skip
+        if kind == ".bss":
+            return [*lines, f"        .zero {what.end - what.start}"]
+        raw = new.elf.read(what.start, what.end - what.start)
+        done = 0
+        for rel in new.relocations_in(what.start, what.end):
+            at = rel.offset - what.start
+            lines += self._bytes(raw[done:at])
+            target = new.target(rel, None, region_start=what.start)
+            if target.item is not None and target.item.key in self.labels:
+                label = _local(self.labels[target.item.key])
+                expr = f"{label} + {target.value - target.item.start}"
+                lines.append(f"        .reloc ., {RELOCATION_NAMES[rel.type]}, {expr}")
+            elif target.kind == "external":
+                name = f"{target.name.split('@')[0]} + {rel.addend}"
+                lines.append(f"        .reloc ., {RELOCATION_NAMES[rel.type]}, {name}")
+            else:
+                self.problems.append(
+                    f"{name}: data the patch copies ({sec.name} at {what.start:#x}) refers to"
+                    f" {target.item.key if target.item else target.name} of the running library"
+                )
+            lines += self._bytes(bytes(width(rel.type)))
+            done = at + width(rel.type)
+        lines += self._bytes(raw[done:])
+        return lines
+
+    def write(self, entries: dict[str, Item]) -> str:
+        body: list[str] = ["        .text"]
+        exported = {i.key for i in entries.values()}
+        for item in self.carried:
+            body += self._code(item, item.key in exported)
+        written: set[tuple[int, int]] = set()
+        while len(written) < len(self.copies):  # copies may refer to more copies
+            for key, (name, what) in list(self.copies.items()):
+                if key not in written:
+                    written.add(key)
+                    body += self._data(name, what)
+        head = [f'        .section {NEAR_SECTION}, "a"']
+        for offset in sorted(self.near):
+            name = f"{NEAR_PREFIX}{offset:x}"
+            # Global and hidden: the assembler keeps a relocation against a local symbol as
+            # one against its section, which would lose the offset the name carries.
+            head += [f"        .globl {name}", f"        .hidden {name}", f"{name}:"]
+            head.append("        .byte 0")
+        tail = ["", '        .section .note.GNU-stack, "", @progbits']
+        return "\n".join(["# Written by `ulp diff`.", *head, *body, *tail]) + "\n"
+
+
+def write(
+    old: LibraryBuild,
+    new: LibraryBuild,
+    carried: list[Item],
+    entries: dict[str, Item],
+    kept_data: set[str],
+) -> PatchSource:
+    """The patch object's source: `carried` (the new build's functions, in order), of which
+    `entries` replace the running library's functions of the same names (name -> item)."""
+    writer = _Writer(old, new, carried, kept_data)
+    text = writer.write(entries)
+    replace = {name: writer.labels[item.key] for name, item in entries.items()}
+    return PatchSource(text, replace, writer.problems)
+
+
+def is_code(item: Item) -> bool:
+    return bool(item.section.flags & SHF_EXECINSTR)

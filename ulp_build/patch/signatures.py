@@ -1,0 +1,93 @@
+"""Function signatures from DWARF, to refuse a patch whose callers would pass what the new
+code does not expect: a changed function's return type and parameter types, by name, as
+written in the source (typedefs, qualifiers and struct names included, so `struct s` whose
+members changed is caught by the data comparison, not here). Builds without `-g` are not
+checked. (docs/diff.md.)"""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING
+
+from ulp_build.elf import ElfFile
+from ulp_build.patch.library_build import Item
+
+if TYPE_CHECKING:
+    from elftools.dwarf.die import DIE
+
+_WRAPPERS = {
+    "DW_TAG_pointer_type": "*",
+    "DW_TAG_const_type": "const ",
+    "DW_TAG_volatile_type": "volatile ",
+    "DW_TAG_restrict_type": "restrict ",
+    "DW_TAG_reference_type": "&",
+    "DW_TAG_array_type": "[]",
+}
+
+
+def _type(die: DIE | None, depth: int = 0) -> str:
+    if die is None:
+        return "void"
+    if depth > 16:
+        return "..."
+    name = die.attributes.get("DW_AT_name")
+    tag = die.tag
+    if name is not None and tag != "DW_TAG_subroutine_type":
+        kind = {"DW_TAG_structure_type": "struct ", "DW_TAG_union_type": "union ",
+                "DW_TAG_enumeration_type": "enum "}.get(tag, "")  # fmt: skip
+        return kind + name.value.decode(errors="replace")
+    inner = die.get_DIE_from_attribute("DW_AT_type") if "DW_AT_type" in die.attributes else None
+    if tag in _WRAPPERS:
+        return _WRAPPERS[tag] + _type(inner, depth + 1)
+    if tag == "DW_TAG_subroutine_type":
+        params = [_type(_of(c), depth + 1) for c in die.iter_children()
+                  if c.tag == "DW_TAG_formal_parameter"]  # fmt: skip
+        return f"{_type(inner, depth + 1)}({', '.join(params)})"
+    return tag
+
+
+def _of(die: DIE) -> DIE | None:
+    return die.get_DIE_from_attribute("DW_AT_type") if "DW_AT_type" in die.attributes else None
+
+
+def _signatures(elf: ElfFile) -> dict[str, str] | None:
+    """Each defined function's signature by name, or None without DWARF."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
+    try:
+        reader = ELFFile(io.BytesIO(elf.data))
+        if not reader.has_dwarf_info():
+            return None
+        dwarf = reader.get_dwarf_info(relocate_dwarf_sections=False)
+        out: dict[str, str] = {}
+        for unit in dwarf.iter_CUs():
+            for die in unit.iter_DIEs():
+                if die.tag != "DW_TAG_subprogram" or "DW_AT_name" not in die.attributes:
+                    continue
+                if "DW_AT_low_pc" not in die.attributes:
+                    continue  # a declaration, or only inlined
+                params = [_type(_of(c)) for c in die.iter_children()
+                          if c.tag == "DW_TAG_formal_parameter"]  # fmt: skip
+                name = die.attributes["DW_AT_name"].value.decode(errors="replace")
+                out.setdefault(name, f"{_type(_of(die))}({', '.join(params)})")
+        return out
+    except (ELFError, AttributeError, KeyError, ValueError) as exc:
+        return {"": f"unreadable DWARF: {exc}"}
+
+
+def changed(old: ElfFile, new: ElfFile, functions: list[Item]) -> list[str]:
+    """One line per function of `functions` whose signature differs between the builds."""
+    before, after = _signatures(old), _signatures(new)
+    if before is None or after is None:
+        return []
+    out = []
+    for item in functions:
+        name = item.name.split(".")[0]
+        was, now = before.get(name), after.get(name)
+        if was is not None and now is not None and was != now:
+            out.append(
+                f"{item.key}: signature changed ({name}: {was} -> {now}); callers in the"
+                " running library still pass what the old one takes"
+            )
+    return out
