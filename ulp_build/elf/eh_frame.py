@@ -36,7 +36,8 @@ class Fde:
     lsda: int  # 0: none
 
 
-def _uleb(data: bytes, at: int) -> tuple[int, int]:
+def _leb128(data: bytes, at: int, signed: bool = False) -> tuple[int, int]:
+    """The LEB128 number at `at`, and where the next field starts."""
     value = shift = 0
     while True:
         byte = data[at]
@@ -44,18 +45,7 @@ def _uleb(data: bytes, at: int) -> tuple[int, int]:
         value |= (byte & 0x7F) << shift
         shift += 7
         if not byte & 0x80:
-            return value, at
-
-
-def _sleb(data: bytes, at: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[at]
-        at += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return (value - (1 << shift) if byte & 0x40 else value), at
+            return (value - (1 << shift) if signed and byte & 0x40 else value), at
 
 
 class EhFrame:
@@ -78,13 +68,13 @@ class EhFrame:
         if version not in (1, 3) or not augmentation.startswith("z"):
             return None
         at = nul + 1
-        code_align, at = _uleb(data, at)
-        data_align, at = _sleb(data, at)
+        code_align, at = _leb128(data, at)
+        data_align, at = _leb128(data, at, signed=True)
         if version == 1:
             column, at = data[at], at + 1
         else:
-            column, at = _uleb(data, at)
-        length, at = _uleb(data, at)
+            column, at = _leb128(data, at)
+        length, at = _leb128(data, at)
         after = at + length
         encoding, has_lsda = _ABSOLUTE, False
         for letter in augmentation[1:]:
@@ -137,7 +127,7 @@ class EhFrame:
         start, at = found
         size = struct.unpack_from("<I" if cie.encoding == _PCREL_SDATA4 else "<Q", data, at)[0]
         at += 4 if cie.encoding == _PCREL_SDATA4 else 8
-        length, at = _uleb(data, at)
+        length, at = _leb128(data, at)
         lsda = 0
         if cie.has_lsda and length:
             found = self._pointer(cie.encoding, data, at, base)
