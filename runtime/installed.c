@@ -161,8 +161,12 @@ static const char *locate(struct ulp_request *r, const struct target *t)
     for (uint32_t i = 0; i < r->reference_count; i++) {
         if (ref[i].kind == ULP_REF_TLS)
             continue;
+        /* A near reference's value is the target's offset plus its addend, which may point a
+         * little before the target's first byte; the runtime writes nothing there (only into
+         * the field, in the object's code, which load.c checks): the packer and `ulp install`
+         * checked the offset itself. */
         int code = ref[i].kind == ULP_REF_FUNCTION || ref[i].kind == ULP_REF_IMPORT;
-        if (!in_segment(t, ref[i].value, 1, code ? PF_X : PF_R))
+        if (ref[i].kind != ULP_REF_NEAR && !in_segment(t, ref[i].value, 1, code ? PF_X : PF_R))
             return "a reference offset is not in the library";
         ref[i].value += t->base;
     }

@@ -6,8 +6,9 @@
  * sealed memfd, their build-id is checked before the loader maps them (and so before any
  * constructor of the object runs), and the loader opens them as /proc/self/fd/N.
  *
- * Then: fill the object's reference variables with the target's addresses, and make the
- * record of every function it replaces.
+ * Then: point the near references of its code at the target (ulp_build/patch/near.py), fill
+ * its reference variables with the target's addresses, and make the record of every function it
+ * replaces.
  *
  * An object that calls functions of the target by name (its imports) is loaded lazily: a
  * target loaded RTLD_LOCAL is not where the loader looks for them, and RTLD_NOW would refuse the
@@ -33,6 +34,7 @@
 
 struct object_search {
     uintptr_t base;
+    const char *name;               /* its link map's l_name, if known */
     size_t module;                  /* its TLS module id */
     const ElfW(Phdr) *phdr;         /* its program headers */
     ElfW(Half) phnum;
@@ -68,7 +70,9 @@ static int find_object(struct dl_phdr_info *info, size_t size, void *data)
 {
     (void)size;
     struct object_search *search = data;
-    if (info->dlpi_addr != search->base)
+    /* The name too when known: a patch object the trigger rebased to where it is loaded has a
+     * load bias of 0, as has a main program that is not position-independent (listed first). */
+    if (info->dlpi_addr != search->base || (search->name && info->dlpi_name != search->name))
         return 0;
     search->module = info->dlpi_tls_modid;
     search->phdr = info->dlpi_phdr;
@@ -95,9 +99,10 @@ int ulp_in_segment(const ElfW(Phdr) *phdr, ElfW(Half) phnum, uint64_t offset, ui
     return 0;
 }
 
-/* Every replacement is code of the object and every reference variable is writable data of
- * it: the runtime jumps to the one and writes the other. The trigger checked both from the
- * files; an installed patch's request comes from a file nobody checked since `ulp install`. */
+/* Every replacement and every near reference's field is code of the object, and every reference
+ * variable is writable data of it: the runtime jumps to the first and writes the others. The
+ * trigger checked them from the files; an installed patch's request comes from a file nobody
+ * checked since `ulp install`. */
 static int64_t check_object_offsets(struct ulp_request *r, const struct object_search *o)
 {
     const struct ulp_request_function *funcs = (const void *)(r + 1);
@@ -106,6 +111,13 @@ static int64_t check_object_offsets(struct ulp_request *r, const struct object_s
         if (!ulp_in_segment(o->phdr, o->phnum, funcs[i].replacement, 1, PF_X))
             return ulp_fail(r, "a replacement is not code of the patch object");
     for (uint32_t i = 0; i < r->reference_count; i++) {
+        if (refs[i].kind > ULP_REF_NEAR)
+            return ulp_fail(r, "a reference of unknown kind %u", refs[i].kind);
+        if (refs[i].kind == ULP_REF_NEAR) {
+            if (!ulp_in_segment(o->phdr, o->phnum, refs[i].pointer, 4, PF_X))
+                return ulp_fail(r, "a near reference is not in the code of the patch object");
+            continue;
+        }
         uint64_t size = refs[i].kind == ULP_REF_TLS ? 16 : 8;
         if (!ulp_in_segment(o->phdr, o->phnum, refs[i].pointer, size, PF_W))
             return ulp_fail(r, "a reference variable is not writable data of the patch object");
@@ -129,13 +141,65 @@ static int imports(const struct ulp_request *r)
     return 0;
 }
 
+/* The displacement a near reference's field needs from the object loaded at `object`: its
+ * target (the address plus the addend) from the field, which must fit in the field's 32 bits. */
+static int fits(const struct ulp_request_reference *ref, uintptr_t object, int32_t *field)
+{
+    int64_t displacement = (int64_t)(ref->value - (object + ref->pointer));
+    *field = (int32_t)displacement;
+    return displacement >= INT32_MIN && displacement <= INT32_MAX;
+}
+
+/* The near references: each field gets its displacement, before any code of the object runs but
+ * its constructors. All are computed first: an object the loader placed out of their reach is
+ * refused whole, with nothing written. The code stays read-only (W^X): written through
+ * /proc/thread-self/mem (not self: gone once the main thread has exited), which copies the page
+ * for this process as a debugger's breakpoint does. */
+static int64_t fill_near(struct ulp_request *r, uintptr_t object, uintptr_t target)
+{
+    const struct ulp_request_reference *refs = references(r);
+    uint32_t count = 0;
+    int32_t field;
+    for (uint32_t i = 0; i < r->reference_count; i++) {
+        if (refs[i].kind != ULP_REF_NEAR)
+            continue;
+        if (!fits(&refs[i], object, &field)) {
+            uint64_t apart = object > target ? object - target : target - object;
+            return ulp_fail(r, "the patch object was loaded %llu MiB from the target, out of reach"
+                               " of its near references (2 GiB)",
+                            (unsigned long long)(apart >> 20));
+        }
+        count++;
+    }
+    if (count == 0)
+        return 0;
+    int mem = open("/proc/thread-self/mem", O_RDWR | O_CLOEXEC);
+    if (mem < 0)
+        return ulp_fail(r, "cannot write the near references: /proc/thread-self/mem: %s",
+                        strerror(errno));
+    for (uint32_t i = 0; i < r->reference_count; i++) {
+        if (refs[i].kind != ULP_REF_NEAR)
+            continue;
+        fits(&refs[i], object, &field); /* it does: checked above */
+        if (pwrite(mem, &field, sizeof field, (off_t)(object + refs[i].pointer)) != sizeof field) {
+            int64_t status = ulp_fail(r, "cannot write a near reference: %s", strerror(errno));
+            close(mem);
+            return status;
+        }
+    }
+    close(mem);
+    return 0;
+}
+
 static int64_t fill_references(struct ulp_request *r, uintptr_t object, uintptr_t target)
 {
     const struct ulp_request_reference *refs = references(r);
     for (uint32_t i = 0; i < r->reference_count; i++) {
         uint64_t *slot = (uint64_t *)(object + refs[i].pointer);
+        if (refs[i].kind == ULP_REF_NEAR)
+            continue;
         if (refs[i].kind == ULP_REF_TLS) {
-            struct object_search search = {target, 0, NULL, 0, NULL, 0};
+            struct object_search search = {target, NULL, 0, NULL, 0, NULL, 0};
             dl_iterate_phdr(find_object, &search);
             if (search.module == 0)
                 return ulp_fail(r, "the target has no thread-local storage module");
@@ -257,16 +321,19 @@ int64_t ulp_load(struct ulp_request *r, const struct ulp_descriptor *d, uint64_t
         return ulp_fail(r, "cannot find where the patch object was loaded");
     /* dlopen hands back an object already loaded from the same path (a reverted patch stays
      * loaded), even if the file was rebuilt since: the offsets would then be wrong. */
-    struct object_search object = {map->l_addr, 0, NULL, 0, NULL, 0};
+    struct object_search object = {map->l_addr, map->l_name, 0, NULL, 0, NULL, 0};
     dl_iterate_phdr(find_object, &object);
     if (r->object_build_id_size &&
         (object.build_id_size != r->object_build_id_size ||
          memcmp(object.build_id, r->object_build_id, r->object_build_id_size) != 0))
         return ulp_fail(r, "%s is loaded already, from another build (rename the new one)",
                         r->object);
+    uintptr_t target = (uintptr_t)d - d->link_address;
     int64_t status = check_object_offsets(r, &object);
     if (!status)
-        status = fill_references(r, map->l_addr, (uintptr_t)d - d->link_address);
+        status = fill_near(r, map->l_addr, target);
+    if (!status)
+        status = fill_references(r, map->l_addr, target);
     if (status)
         return status;
     for (uint32_t i = 0; i < r->function_count; i++) {

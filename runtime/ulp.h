@@ -174,6 +174,7 @@ struct ulp_function {
 #define ULP_REF_TLS 1
 #define ULP_REF_FUNCTION 2
 #define ULP_REF_IMPORT 3            /* a GOT slot of the object's PLT: the object loads lazily */
+#define ULP_REF_NEAR 4              /* a 32-bit RIP-relative field of the object's code */
 enum { ULP_EINVALID = 1, ULP_EALREADY = 2, ULP_ENOTAPPLIED = 3, ULP_EBUSY = 4 };
 
 struct ulp_request_function {
@@ -187,8 +188,10 @@ struct ulp_request_function {
 struct ulp_request_reference {
     uint32_t kind;
     uint32_t reserved;
-    uint64_t pointer;               /* offset in the patch object of the variable (GOT slot) */
-    uint64_t value;                 /* address; for ULP_REF_TLS the offset in the TLS block */
+    uint64_t pointer;               /* offset in the patch object of the variable (GOT slot, */
+                                    /* ULP_REF_NEAR: the field) */
+    uint64_t value;                 /* address (ULP_REF_NEAR: plus the relocation's addend); */
+                                    /* for ULP_REF_TLS the offset in the TLS block */
 };
 
 struct ulp_request {

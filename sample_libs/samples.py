@@ -150,24 +150,27 @@ def patch_names() -> list[str]:
 def build_patch_tree(build: Path) -> Path:
     """BUILD/basic/libbasic.so (prepared) and every sample patch under BUILD/patches/NAME/,
     as the descriptions expect; returns BUILD."""
+    from ulp_build.elf import ElfFile
     from ulp_build.prepare.rewrite import rewrite
 
     basic = load()["basic"]
     raw = build_library(basic, build / "raw")
     (build / "basic").mkdir(parents=True, exist_ok=True)
     rewrite(raw, build / "basic" / basic.library_name)
+    target = ElfFile.load(build / "basic" / basic.library_name)
+    offsets = {s.name: f"{s.value:x}" for s in target.symtab_symbols if s.name}
     for name in patch_names():
         out = build / "patches" / name
         out.mkdir(parents=True, exist_ok=True)
         (out / "patch.toml").write_text((PATCHES / name / "patch.toml").read_text())
-        _run(
-            [
-                "gcc",
-                *COMMON_CFLAGS,
-                "-shared",
-                "-o",
-                str(out / "patch.so"),
-                str(PATCHES / name / "patch.c"),
-            ]
-        )
+        source = PATCHES / name / "patch.c"
+        if source.is_file():
+            _run(["gcc", *COMMON_CFLAGS, "-shared", "-o", str(out / "patch.so"), str(source)])
+            continue
+        # Assembly with near references: the target's offsets filled in, as `ulp diff` would,
+        # and linked keeping the relocations that say where they are.
+        assembly = out / "patch.s"
+        assembly.write_text((PATCHES / name / "patch.s").read_text().format_map(offsets))
+        _run(["gcc", "-shared", "-Wl,--emit-relocs", "-Wl,--build-id", "-o", str(out / "patch.so"),
+              str(assembly)])  # fmt: skip
     return build

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run, ulp
-from live import PROGRAMS, running
+from live import PROGRAMS, Process, patch_file, running
 
 from ulp_build.live import request as rq
 from ulp_build.patch.packer import pack
@@ -291,3 +291,37 @@ def test_a_malformed_root_owned_file_is_refused_without_harm(
     assert stderr.count("\n") == 1, stderr
     with running(built.late, runtime, str(built.library)) as p:
         assert p.ask("load") == OLD
+
+
+def test_near_references_of_an_installed_patch(
+    tree: Path, patchee: Path, runtime: Path, patch_dir: Path
+) -> None:
+    """near_static installed: the process fills its near references itself, from offsets
+    relative to the target's load base, and the patch shares the running library's static
+    `factor`; a forged field outside the object's code is refused, the old code kept."""
+    lib = str(tree / "basic" / "libbasic.so")
+    with running(patchee, runtime, lib) as p:  # the control: nothing installed
+        assert p.ask("scaled 1") == "8" and p.ask("square 3") == "9"
+    result = ulp("install", patch_file(tree, "near_static"))
+    assert result.returncode == 0, result.stderr
+    installed = Path(result.stdout.split(":")[0])
+    # The patchee loads the library after start: the patch applies at its first tracked call
+    # (basic_square is a leaf, entered untracked; basic_scaled is not).
+    with running(patchee, runtime, lib) as p:
+        assert p.ask("scaled 1") == "1008"  # factor bumped to 8, then scale(1) + 1000
+        assert p.ask("square 3") == "24"  # 3 * factor
+    data = bytearray(installed.read_bytes())
+    h = rq.HEADER.unpack(data)
+    at = rq.HEADER.size + rq.FUNCTION.size * h["function_count"]  # the first reference
+    entry = rq.REFERENCE.unpack(data, at)
+    assert entry["kind"] == rq.REF_KINDS["near"]
+    rq.REFERENCE.pack_into(data, at, **(entry | {"pointer": 0}))  # the ELF header: not code
+    installed.write_bytes(bytes(data))
+    p = Process(patchee, runtime, lib)
+    assert p.ask("scaled 1") == "8" and p.ask("square 3") == "9"
+    p.close()
+    assert p.proc.stderr is not None
+    assert p.proc.stderr.read() == (
+        f"ulp: installed patch {installed} not applied: a near reference is not in the code of"
+        " the patch object\n"
+    )

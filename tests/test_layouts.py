@@ -36,6 +36,9 @@ def _probe_source() -> str:
     lines = ["#include <stddef.h>", "#include <stdio.h>", '#include "ulp.h"', "int main(void) {"]
     lines.append('    printf("ULP_LAYOUT_VERSION %d\\n", ULP_LAYOUT_VERSION);')
     lines.append('    printf("ulp_frame %zu\\n", sizeof(struct ulp_frame));')
+    for kind in request.REF_KINDS:
+        name = f"ULP_REF_{kind.upper()}"
+        lines.append(f'    printf("{name} %d\\n", {name});')
     for s in STRUCTS:
         # A struct with a tail is read by its fixed part: its size is where the tail starts.
         size = f"offsetof(struct {s.name}, {s.tail})" if s.tail else f"sizeof(struct {s.name})"
@@ -74,6 +77,11 @@ def test_layout_matches_ulp_h(declared: CStruct, layouts: dict[str, int]) -> Non
 
 def test_layout_version_matches_ulp_h(layouts: dict[str, int]) -> None:
     assert layouts["ULP_LAYOUT_VERSION"] == runtime_state.LAYOUT_VERSION
+
+
+def test_reference_kinds_match_ulp_h(layouts: dict[str, int]) -> None:
+    # The request's reference kinds: a kind named on one side only does not compile.
+    assert {k: layouts[f"ULP_REF_{k.upper()}"] for k in request.REF_KINDS} == request.REF_KINDS
 
 
 def test_shadow_frame_size_matches_ulp_h(layouts: dict[str, int]) -> None:

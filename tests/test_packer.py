@@ -83,6 +83,21 @@ def test_round_trip(tree: Path, name: str, tmp_path: Path) -> None:
     assert imported == {s.name: s.value for s in dynsym if s.name in imported}
     assert set(imported) == ({"basic_add"} if name == "square_calls_add" else set())
     assert all(offset != symbols[n] for n, offset in imported.items())
+    # Near references: the target's offsets its placeholders name, from fields in the object's
+    # code, as readelf lists the relocations the link kept.
+    near = {(n["offset"], n["addend"], n["field"]) for n in dumped["near"]}
+    kept = re.findall(
+        r"^([0-9a-f]+) +[0-9a-f]+ R_X86_64_PL?[TC]32 .* __ulp_near_([0-9a-f]+) ([+-]) (\d+)$",
+        run(["readelf", "-rW", str(obj)]).stdout,
+        re.M,
+    )
+    assert near == {
+        (int(o, 16), int(a) * (-1 if s == "-" else 1), int(f, 16)) for f, o, s, a in kept
+    }
+    if name == "near_static":
+        assert {n["name"] for n in dumped["near"]} == {"factor", "scale"}
+        assert all(n["offset"] == symbols[n["name"]] for n in dumped["near"])
+    assert bool(near) == (name == "near_static")
 
 
 def test_reference_kinds(tree: Path) -> None:
@@ -256,12 +271,24 @@ VALID = metadata.dumps(metadata.Patch(
 def test_reader_accepts_what_the_writer_writes() -> None:
     patch = metadata.parse(VALID, "x.ulp")
     assert metadata.parse(metadata.dumps(patch).encode(), "x.ulp") == patch
-    assert VALID.startswith(b"ULPPATCH 3\n")
-    # Version 2 had no imports: read as none; version 3 needs them.
-    old = VALID.replace(b"ULPPATCH 3", b"ULPPATCH 2").replace(b',\n "imports": []', b"")
-    assert old != VALID and metadata.parse(old, "x.ulp") == patch
+    assert VALID.startswith(b"ULPPATCH 4\n")
+    # Version 3 had no near references: read as none; version 4 needs them.
+    v3 = VALID.replace(b"ULPPATCH 4", b"ULPPATCH 3").replace(b',\n "near": []', b"")
+    assert v3 != VALID and metadata.parse(v3, "x.ulp") == patch
+    with pytest.raises(UlpError, match=re.escape("missing 'near'")):
+        metadata.parse(v3.replace(b"ULPPATCH 3", b"ULPPATCH 4"), "x.ulp")
+    # Version 2 had no imports either: read as none; version 3 needs them.
+    old = v3.replace(b"ULPPATCH 3", b"ULPPATCH 2").replace(b',\n "imports": []', b"")
+    assert old != v3 and metadata.parse(old, "x.ulp") == patch
     with pytest.raises(UlpError, match=re.escape("missing 'imports'")):
         metadata.parse(old.replace(b"ULPPATCH 2", b"ULPPATCH 3"), "x.ulp")
+
+
+NEAR = VALID.replace(
+    b'"near": []',
+    b'"near": [{"name": "factor", "offset": 16400, "addend": -5, "field": 4112}]',
+)
+assert NEAR != VALID and metadata.parse(NEAR, "x.ulp").near
 
 
 CALLS_ADD = "int basic_add(int, int);\nint fixed(int x) { return basic_add(x * x, 1); }\n"
@@ -326,7 +353,10 @@ def test_uses_of_the_target_that_only_the_loader_could_bind(
     [
         (b"", "not a ulp patch file"),
         (b"\x7fELF\x02\x01\x01", "not a ulp patch file"),
-        (b"ULPPATCH 4\n{}", "version '4' unsupported"),
+        (b"ULPPATCH 5\n{}", "version '5' unsupported"),
+        (NEAR.replace(b"-5", b"-2147483649"), "corrupt patch metadata (near[0].addend: not a 32"),
+        (NEAR.replace(b"-5", b"true"), "corrupt patch metadata (near[0].addend: not a 32"),
+        (NEAR.replace(b"4112", b"-1"), "corrupt patch metadata (near[0].field: not an offset"),
         (b"ULPPATCH 1\n{}", "version '1' unsupported"),
         (VALID.replace(b'"ef', b'"e'), "corrupt patch metadata (object_sha256"),
         (VALID[: len(VALID) // 2], "corrupt patch metadata"),
@@ -432,3 +462,85 @@ def test_description_that_is_not_one(
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.toml"]
+
+
+# The replacement reads the target's `factor` through a near reference (4010: its offset, as
+# the test finds it); each case adds what makes the object wrong.
+NEAR_OBJECT = """\
+        .section .ulp.near, "a"
+        .globl __ulp_near_4010
+        .hidden __ulp_near_4010
+__ulp_near_4010: .long 0
+        .text
+        .globl fixed
+        .type fixed, @function
+fixed:  movl __ulp_near_4010(%rip), %eax
+        ret
+        .size fixed, .-fixed
+        .section .note.GNU-stack, "", @progbits
+"""
+PLACEHOLDER = '.globl {0}\n.hidden {0}\n.section .ulp.near, "a"\n{0}: .byte 0\n'
+NEAR_REFUSALS = {
+    "not a RIP-relative operand or call": (
+        ".text\n.quad __ulp_near_4010\n",
+        r"__ulp_near_4010: referenced by relocation type 1 at 0x[0-9a-f]+: a near reference is"
+        r" R_X86_64_PC32 or R_X86_64_PLT32",
+    ),
+    "from data": (
+        ".data\n.quad __ulp_near_4010\n",
+        r"__ulp_near_4010: referenced from \.data, which is not code",
+    ),
+    "offset outside the target": (
+        PLACEHOLDER.format("__ulp_near_7fff0000") + ".text\ncall __ulp_near_7fff0000\n",
+        r"__ulp_near_7fff0000: offset 0x7fff0000 is not in the target's loaded segments",
+    ),
+    "field outside the object's loaded code": (
+        '.section .unloaded, "x"\nmovl __ulp_near_4010(%rip), %eax\n',
+        r"__ulp_near_4010: its field at 0x2 is not in the object's executable segment",
+    ),
+    "malformed name": (
+        PLACEHOLDER.format("__ulp_near_0x10") + ".text\ncall __ulp_near_0x10\n",
+        r"__ulp_near_0x10: malformed placeholder name: __ulp_near_ then the target's offset in"
+        r" lowercase hex \(no 0x\)",
+    ),
+    "placeholder elsewhere": (
+        ".globl __ulp_near_10\n.hidden __ulp_near_10\n.section .rodata\n__ulp_near_10: .byte 0\n"
+        ".text\ncall __ulp_near_10\n",
+        r"__ulp_near_10: a placeholder must be defined in \.ulp\.near",
+    ),
+    "local placeholder": (
+        '.section .ulp.near, "a"\n__ulp_near_10: .byte 0\n.text\ncall __ulp_near_10\n',
+        r"\.text\+0x[0-9a-f]+: refers into \.ulp\.near by its section, not by a __ulp_near_"
+        r" symbol \(make the placeholders \.globl and \.hidden",
+    ),
+    "linked without --emit-relocs": (
+        "",
+        r"\.ulp\.near: the object has placeholders but not the relocations of its code \(link it"
+        r" with -Wl,--emit-relocs\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NEAR_REFUSALS))
+def test_near_refusals(tree: Path, tmp_path: Path, case: str) -> None:
+    """What cannot be a near reference is refused, one line naming the symbol; the same object
+    without the fault packs, with its near reference."""
+    factor = f"{_symtab(tree / 'basic' / 'libbasic.so')['factor']:x}"
+    extra, expected = (text.replace("4010", factor) for text in NEAR_REFUSALS[case])
+    desc = _describe(tmp_path, tree, '[replace]\nbasic_square = "fixed"\n')
+    relocs = [] if case == "linked without --emit-relocs" else ["-Wl,--emit-relocs"]
+    for source, out, flags in (
+        (NEAR_OBJECT.replace("4010", factor) + extra, desc.parent / "patch.so", relocs),
+        (NEAR_OBJECT.replace("4010", factor), tmp_path / "good.so", ["-Wl,--emit-relocs"]),
+    ):
+        (tmp_path / "fix.s").write_text(source)
+        built = run(["gcc", "-shared", *flags, "-Wl,--build-id", "-o", str(out),
+                     str(tmp_path / "fix.s")])  # fmt: skip
+        assert built.returncode == 0, built.stderr
+    result = ulp("pack", str(desc))
+    assert result.returncode == 1
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert re.search(r"p\.toml:2: object: " + expected, result.stderr), result.stderr
+    shutil.copy(tmp_path / "good.so", desc.parent / "patch.so")
+    packed = json.loads(ulp("pack", str(desc), "--json").stdout)
+    assert [(n["name"], n["addend"]) for n in packed["patch"]["near"]] == [("factor", -4)]

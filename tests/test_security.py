@@ -353,6 +353,7 @@ def test_an_object_swapped_during_the_trigger_never_runs(site: Site) -> None:
     try:
         with closing(site.start()) as p:
             for _ in range(100):
+                before = flips
                 try:
                     op = operation(str(site.ulp))
                 except UlpError as error:
@@ -366,13 +367,15 @@ def test_an_object_swapped_during_the_trigger_never_runs(site: Site) -> None:
                     "reverted"
                 )
                 outcomes["applied"] += 1
+                outcomes["swapped during"] += flips > before
     finally:
         stop.set()
         swapper.join()
     assert not site.marker.exists()
-    # The race was real: both files were seen, and the swaps went on throughout.
+    # The race was real: both files were seen, and the swaps went on throughout (counted per
+    # operation, not in all: how many swaps fit in one depends on the machine's load).
     assert outcomes["refused"] >= 5 and outcomes["applied"] >= 5, outcomes
-    assert flips > 200
+    assert outcomes["swapped during"] >= outcomes["applied"] // 2, outcomes
 
 
 def test_an_object_bind_mounted_over_in_the_targets_namespace_never_runs(site: Site) -> None:

@@ -876,3 +876,77 @@ def test_replacement_calling_the_target_under_ld_bind_now(
         assert "undefined symbol: basic_add" in result.stdout, result.stdout
         assert "LD_BIND_NOW is set in the process" in result.stdout
         assert p.ask("square 4") == "16"
+
+
+# -- near references: the object's code addressing the target's own statics --------------------
+
+
+def test_near_references_reach_the_running_librarys_statics(
+    tree: Path, patchee: Path, runtime: Path
+) -> None:
+    """near_static reads and bumps the target's static `factor` and calls its static `scale()`
+    RIP-relative (patch/near.py): the runtime points those fields at the running library, so the
+    patch and the library's unchanged code share one `factor`, at its current value. The
+    control, the same object with its near references dropped from the metadata, reads the
+    placeholder instead."""
+    patch = metadata.read(patch_file(tree, "near_static"))
+    assert sorted(n.name for n in patch.near) == ["factor", "factor", "scale"]
+    blind = tree / "patches" / "near_static" / "blind.ulp"
+    blind.write_text(metadata.dumps(dataclasses.replace(patch, near=[])))
+    with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
+        pid = str(p.pid)
+        # `factor` moved from the 7 the file has: scaled_factor bumps it on every call.
+        assert trigger_cli("-p", pid, patch_file(tree, "scaled_factor")).returncode == 0
+        assert [p.ask("scaled 1") for _ in range(3)] == ["9", "10", "11"]
+        assert trigger_cli("-p", pid, patch_file(tree, "scaled_factor", True)).returncode == 0
+        assert p.ask("scaled 1") == "11"  # the library's own code: factor is 10
+
+        control = trigger_cli("-p", pid, str(blind))
+        assert control.returncode == 0, control.stdout + control.stderr
+        assert p.ask("square 3") == str(3 * 4242)  # the placeholder, not the library's factor
+        assert trigger_cli("-p", pid, "--revert", str(blind)).returncode == 0
+
+        applied = trigger_cli("-p", pid, patch_file(tree, "near_static"))
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert p.ask("square 3") == "30"  # 3 * the library's factor
+        assert p.ask("scaled 1") == "1011"  # factor bumped to 11, then scale(1) + 1000
+        assert p.ask("square 3") == "33"
+        # The fields were written without making the object's code writable (W^X).
+        name = f"/memfd:ulp-patch:{patch.id} (deleted)"
+        perms = [m.perms for m in maps(p.pid) if m.path == name]
+        assert any("x" in m for m in perms) and not any("w" in m and "x" in m for m in perms)
+
+        reverted = trigger_cli("-p", pid, patch_file(tree, "near_static", True))
+        assert reverted.returncode == 0, reverted.stdout
+        assert p.ask("scaled 1") == "12"  # the library's own code sees the patch's write: 11
+        assert p.ask("square 3") == "9"
+
+
+def test_near_references_out_of_reach_are_refused(tree: Path, patchee: Path, runtime: Path) -> None:
+    """The object loaded more than 2 GiB from the target (every address nearer is taken): no
+    32-bit field can reach it, so the load fails, the object is unloaded, nothing applied."""
+    patch = metadata.read(patch_file(tree, "near_static"))
+    with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
+        assert int(p.ask("crowd")) > 0
+        refused = trigger_cli("-p", str(p.pid), patch_file(tree, "near_static"))
+        assert refused.returncode == 1
+        assert re.search(
+            r"the patch object was loaded \d+ MiB from the target, out of reach of its near"
+            r" references",
+            refused.stdout,
+        ), refused.stdout
+        assert patch_object_bases(p.pid, patch.id) == []
+        assert not runtime_state.read(p.pid).patches
+        assert p.ask("square 3") == "9" and p.ask("scaled 1") == "8"
+
+
+def test_near_references_with_the_main_thread_exited(
+    tree: Path, patchee: Path, runtime: Path
+) -> None:
+    """The fields are written through /proc/thread-self/mem: /proc/self/mem is gone with the
+    main thread."""
+    with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
+        assert p.ask("exitmain") == "main exits"
+        applied = trigger_cli("-p", str(p.pid), patch_file(tree, "near_static"))
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert p.ask("square 3") == "21"

@@ -390,7 +390,8 @@ def _cmd_pack(args: argparse.Namespace) -> int:
     text = (
         f"{packed.metadata}: patch {p.id!r} for {p.target_name} (build-id"
         f" {p.target_build_id}): {len(p.functions)} function(s),"
-        f" {len(p.references)} reference(s), {len(p.imports)} import(s)\n"
+        f" {len(p.references)} reference(s), {len(p.imports)} import(s),"
+        f" {len(p.near)} near reference(s)\n"
         f"{packed.reverse}: its reverse"
     )
     _emit(
@@ -455,6 +456,12 @@ def _cmd_dump(args: argparse.Namespace) -> int:
     if p.imports:
         lines.append("  imports (called by name)")
         lines += [f"    {i.name} at {i.offset:#x}" for i in p.imports]
+    if p.near:
+        lines.append("  near references (RIP-relative fields of the object's code)")
+        lines += [
+            f"    {n.name} at {n.offset:#x} (addend {n.addend}) <- field {n.field:#x}"
+            for n in p.near
+        ]
     _emit(args, metadata.to_json(p), "\n".join(lines))
     return 0
 

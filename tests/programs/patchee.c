@@ -21,15 +21,23 @@
  *   exitmain       serve commands from a new thread and end the main thread (pthread_exit)
  *   forker FIFO PATH  a thread that, once a byte arrives on FIFO, forks a child writing
  *                  basic_square(100000) to PATH every 20 ms, and the child's pid to PATH.pid
+ *   reserve G      map G GiB (and a page) PROT_NONE where the kernel puts the next mapping, as
+ *                  a big heap would: "at ADDR" (not a multiple of 2 MiB, which the kernel
+ *                  would align, leaving a hole above it)
+ *   probe PATH     dlopen PATH as it is, then dlclose it: "at ADDR", where the loader put it
+ *   crowd          reserve every free address within 3 GiB of the library: what is mapped next
+ *                  lands out of reach of a 32-bit displacement from it; prints how many
  *   stats          EINTRs seen, SIGUSR1 and SIGRTMIN handled        quit
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <link.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -144,6 +152,30 @@ static void load(const char *path)
     scaled = need(library, "basic_scaled");
     apply = need(library, "basic_apply");
     calls = need(library, "basic_calls");
+}
+
+/* Every free range within 3 GiB of `near`, reserved (PROT_NONE, nothing committed): the largest
+ * first, each size until the next one the kernel hands out is farther. */
+static int crowd(uintptr_t near)
+{
+    const uintptr_t reach = 3ul << 30;
+    int reserved = 0;
+    for (size_t size = 1ul << 30; size >= 4096; size >>= 2) {
+        for (;;) {
+            void *p = mmap(NULL, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                           -1, 0);
+            if (p == MAP_FAILED)
+                break;
+            uintptr_t at = (uintptr_t)p;
+            uintptr_t apart = at > near ? at - near : at + size < near ? near - (at + size) : 0;
+            if (apart >= reach) {
+                munmap(p, size);
+                break;
+            }
+            reserved++;
+        }
+    }
+    return reserved;
 }
 
 static int waiting(int x)
@@ -297,6 +329,19 @@ static void *serve(void *arg)
         if (sscanf(line, "load %4095s", path) == 1) {
             load(path);
             printf("loaded\n");
+        } else if (sscanf(line, "reserve %d", &a) == 1) {
+            void *at = mmap(NULL, ((size_t)a << 30) + 4096, PROT_NONE,
+                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+            printf("at %p\n", at);
+        } else if (sscanf(line, "probe %4095s", path) == 1) {
+            void *probed = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+            struct link_map *map = NULL;
+            if (!probed || dlinfo(probed, RTLD_DI_LINKMAP, &map) != 0) {
+                printf("probe failed: %s\n", dlerror());
+                continue;
+            }
+            printf("at %#lx\n", (unsigned long)map->l_addr);
+            dlclose(probed);
         } else if (sscanf(line, "square %d", &a) == 1) {
             printf("%d\n", square(a));
         } else if (sscanf(line, "add %d %d", &a, &b) == 2) {
@@ -382,6 +427,8 @@ static void *serve(void *arg)
             pthread_create(&t, NULL, forker, paths);
             pthread_detach(t);
             printf("forker\n");
+        } else if (!strcmp(word, "crowd")) {
+            printf("%d\n", crowd((uintptr_t)square));
         } else if (!strcmp(word, "stats")) {
             printf("eintr %d usr1 %d rt %d\n", eintr, (int)usr1, (int)rt);
         } else if (!strcmp(word, "quit")) {

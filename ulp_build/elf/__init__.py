@@ -1,8 +1,8 @@
 """Reading x86-64 ELF files, one small class per table (the reader imports nothing else of the
 package but its exception base): `file` holds the headers and bytes, `dynamic`, `symbols`,
-`relocations`, `notes` and `hashtables` the tables, `identity` a file's build-id and SONAME
-read from its headers alone, `strings` the string tables, `constants` the
-numbers and record formats."""
+`relocations` (the dynamic ones and those the link left), `notes` and `hashtables` the tables,
+`identity` a file's build-id and SONAME read from its headers alone, `strings` the string
+tables, `constants` the numbers and record formats."""
 
 from ulp_build.elf.constants import (
     DT_FINI_ARRAY,
@@ -43,6 +43,8 @@ from ulp_build.elf.constants import (
     R_X86_64_GLOB_DAT,
     R_X86_64_IRELATIVE,
     R_X86_64_JUMP_SLOT,
+    R_X86_64_PC32,
+    R_X86_64_PLT32,
     R_X86_64_RELATIVE,
     RELA,
     SHDR,
@@ -79,6 +81,7 @@ from ulp_build.elf.file import ElfFile
 from ulp_build.elf.hashtables import GnuHash, SysvHash
 from ulp_build.elf.identity import ElfIdentity
 from ulp_build.elf.image import ElfImage, Section, Segment
+from ulp_build.elf.relocations import LinkRelocations, Relocation
 from ulp_build.elf.symbols import Symbol
 
 __all__ = [
@@ -121,6 +124,8 @@ __all__ = [
     "R_X86_64_GLOB_DAT",
     "R_X86_64_IRELATIVE",
     "R_X86_64_JUMP_SLOT",
+    "R_X86_64_PC32",
+    "R_X86_64_PLT32",
     "R_X86_64_RELATIVE",
     "SHDR",
     "SHF_ALLOC",
@@ -154,6 +159,8 @@ __all__ = [
     "ElfIdentity",
     "ElfImage",
     "GnuHash",
+    "LinkRelocations",
+    "Relocation",
     "Section",
     "Segment",
     "Symbol",

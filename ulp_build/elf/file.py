@@ -18,12 +18,12 @@ import stat
 from functools import cached_property
 from pathlib import Path
 
-from ulp_build.elf.constants import DT_NEEDED, DT_SONAME, SHT_SYMTAB
+from ulp_build.elf.constants import DT_NEEDED, DT_SONAME, SHF_ALLOC, SHT_RELA, SHT_SYMTAB
 from ulp_build.elf.dynamic import Dynamic
 from ulp_build.elf.errors import ElfError
 from ulp_build.elf.image import ElfImage
 from ulp_build.elf.notes import Notes
-from ulp_build.elf.relocations import Relocation, Relocations
+from ulp_build.elf.relocations import LinkRelocations, Relocation, Relocations
 from ulp_build.elf.symbols import DynamicSymbols, Symbol, SymbolTable, function_names
 
 # The largest file read. Big real libraries are a few hundred MB (CUDA's, libxul with debug
@@ -91,6 +91,15 @@ class ElfFile(ElfImage):
     @cached_property
     def relocations(self) -> Relocations:
         return Relocations(self, self.dynamic)
+
+    @cached_property
+    def link_relocations(self) -> list[LinkRelocations]:
+        """The relocation sections the link left (non-allocated SHT_RELA: `--emit-relocs`)."""
+        return [
+            LinkRelocations(self, sec)
+            for sec in self.sections
+            if sec.type == SHT_RELA and not sec.flags & SHF_ALLOC
+        ]
 
     @cached_property
     def notes(self) -> Notes:

@@ -173,6 +173,10 @@ class ElfImage:
                 return seg
         return None
 
+    def is_loaded(self, vaddr: int) -> bool:
+        """Whether `vaddr` lies in a loaded segment, its file part or its zero-filled rest."""
+        return any(s.vaddr <= vaddr < s.vaddr + s.memsz for s in self.loads)
+
     def offset_of(self, vaddr: int, size: int = 1) -> int:
         """File offset of `size` bytes at `vaddr`, which must all be backed by the file."""
         seg = self.segment_at(vaddr, size)

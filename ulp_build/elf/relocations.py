@@ -1,10 +1,13 @@
 """The relocations with addends that the dynamic section lists at DT_RELA (`.rela.dyn`) and at
-DT_JMPREL (`.rela.plt`), and the places of the packed relative relocations at DT_RELR."""
+DT_JMPREL (`.rela.plt`), the places of the packed relative relocations at DT_RELR, and the
+link-time relocations `ld --emit-relocs` leaves in non-allocated sections (`.rela.text`, ...),
+found by their section headers."""
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 
 from ulp_build.elf.constants import (
     DT_JMPREL,
@@ -14,9 +17,12 @@ from ulp_build.elf.constants import (
     DT_RELR,
     DT_RELRSZ,
     RELA,
+    SHT_SYMTAB,
 )
 from ulp_build.elf.dynamic import Dynamic
-from ulp_build.elf.image import ElfImage
+from ulp_build.elf.errors import ElfError
+from ulp_build.elf.image import ElfImage, Section
+from ulp_build.elf.symbols import Symbol, SymbolTable
 
 
 @dataclass(frozen=True)
@@ -88,3 +94,41 @@ class Relocations:
                 at += 8
             where += 63 * 8
         return places
+
+
+class LinkRelocations:
+    """One relocation section the link left in the file (`ld --emit-relocs`): not loaded, so
+    found by its section header, not by the dynamic section. Its offsets are addresses in the
+    output file; `applies_to` is the section they patch (sh_info), `symbols` the symbol table
+    they index (sh_link, the `.symtab`)."""
+
+    def __init__(self, elf: ElfImage, section: Section) -> None:
+        self.elf = elf
+        self.section = section
+
+    def _linked(self, index: int, what: str, sh_type: int | None = None) -> Section:
+        sections = self.elf.sections
+        if not 0 < index < len(sections) or sh_type not in (None, sections[index].type):
+            raise ElfError(
+                f"{self.elf.name}: corrupt relocation section {self.section.name} ({what})"
+            )
+        return sections[index]
+
+    @cached_property
+    def applies_to(self) -> Section:
+        return self._linked(self.section.info, "the section it applies to")
+
+    @cached_property
+    def symbols(self) -> list[Symbol]:
+        table = self._linked(self.section.link, "its symbol table", SHT_SYMTAB)
+        return SymbolTable(self.elf, table).symbols
+
+    @cached_property
+    def every(self) -> list[Relocation]:
+        sec = self.section
+        if sec.entsize != RELA.size or sec.size % RELA.size:
+            raise ElfError(f"{self.elf.name}: corrupt relocation section {sec.name}")
+        return [
+            Relocation(r_offset, info & 0xFFFFFFFF, info >> 32, addend)
+            for r_offset, info, addend in RELA.iter_unpack(self.elf.section_data(sec))
+        ]

@@ -70,7 +70,10 @@ def install(patch_file: str, where: Path) -> tuple[Installed, bool]:
             f"{patch_file}: patch id {patch.id!r} cannot name a file (letters, digits, ._+-)"
         )
     req = rq.Request(0, 0, bytes.fromhex(patch.target_build_id), patch.id, patch.description)
-    add_application(req, op, 0)
+    # As `ulp` read it, not rebased: the runtime loads it as the process starts, when the
+    # loader puts it next to the libraries just loaded anyway (docs/live-patching.md).
+    assert op.object_elf is not None
+    add_application(req, op, 0, op.object_elf)
     data = req.encode()
     present = [i for i in listing(where) if i.target_build_id == patch.target_build_id]
     for i in present:

@@ -1,8 +1,8 @@
 """Everything about one operation in one process that can be checked from outside, checked
 before the process is touched: the runtime is loaded (and new enough), the target is loaded
 with the patch's build-id, the patch is applied or not as the operation needs, the patch object
-has every replacement and reference variable. The result is the request for the runtime and
-the code the commit must change, all worked out while the process runs: the stops
+has every replacement, reference variable and near field. The result is the request for the
+runtime and the code the commit must change, all worked out while the process runs: the stops
 (protocol.py) then only do what cannot be done outside them.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from ulp_build.elf import SHN_UNDEF, STT_FUNC, STT_OBJECT, ElfFile
 from ulp_build.elf.constants import PT_TLS
 from ulp_build.errors import UlpError
-from ulp_build.live import loaded_library, runtime_state, trust
+from ulp_build.live import loaded_library, placement, runtime_state, trust
 from ulp_build.live import request as rq
 from ulp_build.live.operation import Operation
 from ulp_build.live.process import mapped_elf
@@ -150,21 +150,23 @@ def check(
         raise AlreadyApplied(
             f"process {pid}: patch {patch.id} is already applied", applied[0].applied
         )
-    add_application(req, op, library.base)
+    assert op.object_elf is not None
+    add_application(req, op, library.base, placement.placed(pid, library, op.object_elf))
     code += library.function_codes(patch.functions, checked.records)
     return checked
 
 
-def add_application(req: rq.Request, op: Operation, base: int) -> None:
+def add_application(req: rq.Request, op: Operation, base: int, object_elf: ElfFile) -> None:
     """What applying `op`'s patch adds to `req`, for the target loaded at `base` (0 for an
-    installed patch, whose addresses the runtime adds its load base to: runtime/installed.c)."""
+    installed patch, whose addresses the runtime adds its load base to: runtime/installed.c),
+    with the patch object `object_elf`: the one `op` read, or that rebased (placement.py)."""
     patch = op.patch
-    assert patch is not None and op.object_file is not None and op.object_elf is not None
+    assert patch is not None and op.object_file is not None
     req.flags |= rq.APPLY
     # The runtime loads these bytes, not the path (shown by `ulp patches` only).
     obj = op.object_file.path
-    req.object, req.object_data = str(obj), op.object_file.data
-    replacements, pointers, slots, req.object_build_id = _object_symbols(obj, op.object_elf, patch)
+    req.object, req.object_data = str(obj), object_elf.data
+    replacements, pointers, slots, req.object_build_id = _object_symbols(obj, object_elf, patch)
     patched = {f.offset: f for f in patch.functions}
     for f in patch.functions:
         req.functions.append(
@@ -182,6 +184,12 @@ def add_application(req: rq.Request, op: Operation, base: int) -> None:
     # A call by name enters where the loader would have bound it: the trampoline, tracked.
     for i in patch.imports:
         req.references.append(rq.ReferenceEntry("import", slots[i.name], base + i.offset))
+    # A near reference addresses the target's code or data as the target's own code does.
+    # Modulo 2**64: the addend may be negative, and the runtime's addition of an installed
+    # patch's base wraps the same way.
+    for n in patch.near:
+        value = (base + n.offset + n.addend) % (1 << 64)
+        req.references.append(rq.ReferenceEntry("near", n.field, value))
 
 
 def _check_offsets(patch: Patch, path: Path | None, library: loaded_library.LoadedLibrary) -> None:
@@ -202,7 +210,7 @@ def _check_offsets(patch: Patch, path: Path | None, library: loaded_library.Load
         elif r.kind == "function":
             wrong = not elf.is_code(r.offset)
         else:  # a variable: in a loaded segment, its file part or its .bss
-            wrong = not any(s.vaddr <= r.offset < s.vaddr + s.memsz for s in elf.loads)
+            wrong = not elf.is_loaded(r.offset)
         if wrong:
             raise UlpError(
                 f"{path}: reference {r.name}: offset {r.offset:#x} is not in {library.path}"
@@ -212,14 +220,19 @@ def _check_offsets(patch: Patch, path: Path | None, library: loaded_library.Load
             raise UlpError(
                 f"{path}: import {i.name}: offset {i.offset:#x} is not code of {library.path}"
             )
+    for n in patch.near:
+        if not elf.is_loaded(n.offset):
+            raise UlpError(
+                f"{path}: near reference {n.name}: offset {n.offset:#x} is not in {library.path}"
+            )
 
 
 def _object_symbols(
     obj: Path, elf: ElfFile, patch: Patch
 ) -> tuple[dict[str, int], dict[str, int], dict[str, int], bytes]:
     """Offsets of the replacements, reference variables and GOT slots of the imports in the
-    patch object, and its build-id; an error naming every missing one, before anything is
-    loaded."""
+    patch object, and its build-id; an error naming every missing one (and every near field
+    outside its code), before anything is loaded."""
     symbols = {s.name: s for s in elf.dynamic_symbols if s.shndx != SHN_UNDEF}
     missing = []
     replacements: dict[str, int] = {}
@@ -238,6 +251,9 @@ def _object_symbols(
             pointers[r.pointer] = s.value
     slots = imports.plt_slots(elf)
     missing += [f"a call slot of {i.name}" for i in patch.imports if i.name not in slots]
+    missing += [
+        f"code at the near field {n.field:#x}" for n in patch.near if not elf.is_code(n.field, 4)
+    ]
     if missing:
         raise UlpError(f"{obj}: the patch object lacks {', '.join(missing)}")
     note = elf.build_id_note

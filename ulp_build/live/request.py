@@ -56,8 +56,10 @@ APPLY = 2
 REVERT = 4
 
 # import: a GOT slot of the object's PLT, filled with a function of the target, which has the
-# runtime load the object lazily (runtime/load.c)
-REF_KINDS = {"data": 0, "tls": 1, "function": 2, "import": 3}
+# runtime load the object lazily (runtime/load.c); near: a 32-bit RIP-relative field of the
+# object's code (pointer) to point at an address of the target (value: the address plus the
+# relocation's addend), written before anything else (patch/near.py)
+REF_KINDS = {"data": 0, "tls": 1, "function": 2, "import": 3, "near": 4}
 
 # Statuses ulp_prepare and ulp_commit return, negated, that the trigger acts on (the others
 # come with a message).
@@ -75,8 +77,8 @@ class FunctionEntry:
 @dataclass(frozen=True)
 class ReferenceEntry:
     kind: str
-    pointer: int  # offset in the patch object of the variable (or GOT slot) to fill
-    value: int  # run-time address; for tls the offset in the target's TLS block
+    pointer: int  # offset in the patch object of the variable (GOT slot, near field) to fill
+    value: int  # run-time address (near: plus the addend); for tls the offset in the TLS block
 
 
 @dataclass

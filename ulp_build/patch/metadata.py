@@ -1,7 +1,7 @@
 """Patch metadata files (`.ulp`, and the reverse `.rev.ulp`): what the trigger needs to apply
 or revert a patch, with nothing left to look up in the description.
 
-Format: the magic line `ULPPATCH 3`, then one JSON object. Text, because people read these
+Format: the magic line `ULPPATCH 4`, then one JSON object. Text, because people read these
 when something goes wrong (`ulp dump` shows them), and because nothing in a running process
 parses them: the trigger does, and hands the runtime plain addresses. The reader checks every
 field's presence and type and turns anything else into one clear error.
@@ -10,7 +10,9 @@ Version 2 records the patch object's build-id and SHA-256: the trigger loads exa
 the packer saw, or nothing (docs/security.md). Version 1 files, which named the object by path
 alone, are refused: pack the description again. Version 3 adds `imports`, the target's exported
 functions the object calls by name; a version 2 file is read as having none (what it meant: the
-loader alone bound those calls, as it could).
+loader alone bound those calls, as it could). Version 4 adds `near`, the fields of the object's
+code that must reach the target's own code or data (near.py); an older file is read as having
+none.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from typing import Any
 from ulp_build.errors import UlpError
 
 MAGIC = "ULPPATCH"
-VERSION = 3
-READS = (2, 3)  # versions read
+VERSION = 4
+READS = (2, 3, 4)  # versions read
 KINDS = ("apply", "revert")
 REFERENCE_KINDS = ("data", "tls", "function")
 MAX_SIZE = 64 << 20
@@ -55,6 +57,18 @@ class Import:
     offset: int  # its .dynsym value: a prepared function's trampoline, as a call by name enters
 
 
+@dataclass(frozen=True)
+class Near:
+    """A 32-bit RIP-relative field of the object's code that must reach the running target's own
+    code or data: the runtime writes `target base + offset + addend - field's address` into it
+    (near.py)."""
+
+    name: str  # what the target has there (its symbol, or the offset), for people
+    offset: int  # in the target, from the placeholder's name
+    addend: int  # the relocation's, signed
+    field: int  # the field's address in the object
+
+
 @dataclass
 class Patch:
     kind: str  # "apply", or "revert" for a reverse patch
@@ -68,6 +82,7 @@ class Patch:
     functions: list[Function] = field(default_factory=list)
     references: list[Reference] = field(default_factory=list)
     imports: list[Import] = field(default_factory=list)
+    near: list[Near] = field(default_factory=list)
 
     def object_path(self, metadata_path: str | Path) -> Path:
         return Path(metadata_path).resolve().parent / self.object
@@ -86,6 +101,7 @@ class Patch:
             list(self.functions),
             list(self.references),
             list(self.imports),
+            list(self.near),
         )
 
 
@@ -147,6 +163,17 @@ def _patch(data: Any, name: str, version: int) -> Patch:
     def number(obj: Any, key: str, where: str) -> int:
         return _field(obj, key, int, name, where)
 
+    def addend(obj: Any, key: str, where: str) -> int:
+        """A relocation's addend: signed, and no larger than the 32-bit field it goes into."""
+        value = _field(obj, key, object, name, where)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not -(1 << 31) <= value < 1 << 31
+        ):
+            raise UlpError(f"{name}: corrupt patch metadata ({where}.{key}: not a 32-bit addend)")
+        return value
+
     kind = text(data, "kind")
     if kind not in KINDS:
         raise UlpError(f"{name}: corrupt patch metadata (kind {kind!r})")
@@ -177,6 +204,17 @@ def _patch(data: Any, name: str, version: int) -> Patch:
     for i, m in enumerate(_field(data, "imports", list, name, "patch") if version >= 3 else []):
         where = f"imports[{i}]"
         imports.append(Import(text(m, "name", where), number(m, "offset", where)))
+    near = []
+    for i, n in enumerate(_field(data, "near", list, name, "patch") if version >= 4 else []):
+        where = f"near[{i}]"
+        near.append(
+            Near(
+                text(n, "name", where),
+                number(n, "offset", where),
+                addend(n, "addend", where),
+                number(n, "field", where),
+            )
+        )
     if not functions:
         raise UlpError(f"{name}: corrupt patch metadata (no functions)")
 
@@ -204,4 +242,5 @@ def _patch(data: Any, name: str, version: int) -> Patch:
         functions,
         references,
         imports,
+        near,
     )

@@ -24,7 +24,7 @@ from ulp_build.elf import (
     Symbol,
 )
 from ulp_build.errors import UlpError
-from ulp_build.patch import copies, imports
+from ulp_build.patch import copies, imports, near
 from ulp_build.patch.description import Description, Entry
 from ulp_build.patch.description import load as load_description
 from ulp_build.patch.metadata import Function, Patch, Reference, dumps
@@ -144,7 +144,8 @@ def _build(desc: Description, out: Path, warnings: list[str], strict: bool) -> P
     warnings += _copies_left_old(desc, target, functions)
     references = _references(desc, in_target, in_object, problems)
     calls, refused = imports.find(target, obj)
-    problems += [f"{desc.where(desc.lines.get('object'))}: object: {p}" for p in refused]
+    near_references, far = near.find(target, obj)
+    problems += [f"{desc.where(desc.lines.get('object'))}: object: {p}" for p in refused + far]
     if strict:
         problems += warnings
     if problems:
@@ -162,6 +163,7 @@ def _build(desc: Description, out: Path, warnings: list[str], strict: bool) -> P
         functions,
         references,
         calls,
+        near_references,
     )
 
 
