@@ -17,6 +17,15 @@ from functools import cached_property
 
 from ulp_build.elf import ElfFile, Symbol
 from ulp_build.elf.constants import (
+    R_X86_64_32,
+    R_X86_64_32S,
+    R_X86_64_64,
+    R_X86_64_GOTPCREL,
+    R_X86_64_GOTPCRELX,
+    R_X86_64_PC32,
+    R_X86_64_PC64,
+    R_X86_64_PLT32,
+    R_X86_64_REX_GOTPCRELX,
     SHF_ALLOC,
     SHF_EXECINSTR,
     SHF_WRITE,
@@ -29,7 +38,7 @@ from ulp_build.elf.constants import (
     STT_OBJECT,
 )
 from ulp_build.elf.image import Section
-from ulp_build.elf.link_relocations import LinkRelocation, LinkRelocations
+from ulp_build.elf.relocations import Relocation
 from ulp_build.errors import UlpError
 from ulp_build.prepare import codegen, patchable, taken_addresses
 from ulp_build.prepare.layout import DESCRIPTOR, DESCRIPTOR_OFFSET, SECTION_DATA
@@ -38,24 +47,24 @@ STT_SECTION = 3
 STT_FILE = 4
 STT_TLS = 6
 
-# x86-64 relocation types by what their field holds.
-R_64, R_PC32, R_PLT32, R_GOTPCREL, R_32, R_32S = 1, 2, 4, 9, 10, 11
-R_PC64, R_GOTPCRELX, R_REX_GOTPCRELX = 24, 41, 42
-GOT_LOADS = {R_GOTPCREL, R_GOTPCRELX, R_REX_GOTPCRELX}
-PC_RELATIVE = {R_PC32, R_PLT32, R_PC64} | GOT_LOADS
+GOT_LOADS = {R_X86_64_GOTPCREL, R_X86_64_GOTPCRELX, R_X86_64_REX_GOTPCRELX}
+PC_RELATIVE = {R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_PC64} | GOT_LOADS
+# The thread-local kinds (TLSGD, GOTTPOFF, TLSDESC, ...): 16 to 23 and 34 to 36.
 TLS = {16, 17, 18, 19, 20, 21, 22, 23, 34, 35, 36}
-WIDTH = {R_64: 8, R_PC64: 8, 16: 8, 17: 8, 18: 8, 35: 0}  # others: 4
+# The field's size, by type: 8 bytes for the 64-bit ones, none for TLSDESC_CALL (a mark on the
+# call), 4 for the rest.
+WIDTH = {R_X86_64_64: 8, R_X86_64_PC64: 8, 16: 8, 17: 8, 18: 8, 35: 0}
 
 RELOCATION_NAMES = {
-    R_64: "R_X86_64_64",
-    R_PC32: "R_X86_64_PC32",
-    R_PLT32: "R_X86_64_PLT32",
-    R_GOTPCREL: "R_X86_64_GOTPCREL",
-    R_32: "R_X86_64_32",
-    R_32S: "R_X86_64_32S",
-    R_PC64: "R_X86_64_PC64",
-    R_GOTPCRELX: "R_X86_64_GOTPCRELX",
-    R_REX_GOTPCRELX: "R_X86_64_REX_GOTPCRELX",
+    R_X86_64_64: "R_X86_64_64",
+    R_X86_64_PC32: "R_X86_64_PC32",
+    R_X86_64_PLT32: "R_X86_64_PLT32",
+    R_X86_64_GOTPCREL: "R_X86_64_GOTPCREL",
+    R_X86_64_32: "R_X86_64_32",
+    R_X86_64_32S: "R_X86_64_32S",
+    R_X86_64_PC64: "R_X86_64_PC64",
+    R_X86_64_GOTPCRELX: "R_X86_64_GOTPCRELX",
+    R_X86_64_REX_GOTPCRELX: "R_X86_64_REX_GOTPCRELX",
 }
 
 
@@ -124,7 +133,12 @@ class LibraryBuild:
 
     def __init__(self, elf: ElfFile) -> None:
         self.elf = elf
-        self.relocations = LinkRelocations(elf).every
+        # Those of the loaded sections only: DWARF's are not code or data of the library.
+        self.relocations = sorted(
+            (r for table in elf.link_relocations if table.applies_to.flags & SHF_ALLOC
+             for r in table.every),
+            key=lambda r: r.offset,
+        )  # fmt: skip
         if not self.relocations:
             raise UlpError(
                 f"{elf.name}: no link-time relocations: link it with -Wl,--emit-relocs"
@@ -185,7 +199,7 @@ class LibraryBuild:
             at += 1
         return self.item_at(sym.value)
 
-    def relocations_in(self, start: int, end: int) -> list[LinkRelocation]:
+    def relocations_in(self, start: int, end: int) -> list[Relocation]:
         lo = bisect.bisect_left(self._places, start)
         hi = bisect.bisect_left(self._places, end)
         return self.relocations[lo:hi]
@@ -207,7 +221,7 @@ class LibraryBuild:
         return out
 
     def target(
-        self, rel: LinkRelocation, next_instruction: int | None, region_start: int | None = None
+        self, rel: Relocation, next_instruction: int | None, region_start: int | None = None
     ) -> Target:
         """What `rel` refers to: in code, given the end of its instruction (the base of a
         RIP-relative field); in data, given where the region or object holding it starts (a

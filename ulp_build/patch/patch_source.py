@@ -16,13 +16,19 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from ulp_build.elf.constants import R_X86_64_GLOB_DAT, SHF_EXECINSTR, SHF_WRITE, SHT_NOBITS
+from ulp_build.elf.constants import (
+    R_X86_64_GLOB_DAT,
+    R_X86_64_PC32,
+    R_X86_64_PLT32,
+    SHF_EXECINSTR,
+    SHF_WRITE,
+    SHT_NOBITS,
+)
 from ulp_build.elf.eh_frame import EhFrame
-from ulp_build.elf.link_relocations import LinkRelocation
+from ulp_build.elf.relocations import Relocation
+from ulp_build.patch import near
 from ulp_build.patch.library_build import (
     GOT_LOADS,
-    R_PC32,
-    R_PLT32,
     RELOCATION_NAMES,
     Item,
     LibraryBuild,
@@ -31,9 +37,7 @@ from ulp_build.patch.library_build import (
     width,
 )
 
-NEAR_SECTION = ".ulp.near"
-NEAR_PREFIX = "__ulp_near_"
-NEAR_TYPES = (R_PC32, R_PLT32)
+NEAR_TYPES = (R_X86_64_PC32, R_X86_64_PLT32)
 
 # The initial instructions of the CIE gcc and the assembler write on x86-64: the CFA is %rsp + 8
 # and the return address is at CFA - 8.
@@ -88,7 +92,7 @@ class _Writer:
 
     def _near(self, offset: int, addend: int) -> str:
         self.near.add(offset)
-        return f"{NEAR_PREFIX}{offset:x} + {addend}"
+        return f"{near.PREFIX}{offset:x} + {addend}"
 
     def _copy(self, what: Region | Item) -> str:
         start, end = (what.start, what.end)
@@ -120,14 +124,14 @@ class _Writer:
         return None
 
     def expression(
-        self, where: str, rel: LinkRelocation, target: Target, code: bytes, at: int
+        self, where: str, rel: Relocation, target: Target, code: bytes, at: int
     ) -> tuple[int, str] | None:
         """The relocation type and expression of the field of `rel`, at `at` in `code`, or
         None (a problem). A GOT load the linker relaxed into a direct reference (`lea`, a
         direct call) is one: it moves as a PC32."""
         item, kind = target.item, rel.type
         if kind in GOT_LOADS and at >= 2 and (code[at - 1] in _BRANCHES or code[at - 2] == 0x8D):
-            kind = R_PC32
+            kind = R_X86_64_PC32
             if item is not None:
                 target = Target("item", target.value, item=item, offset=target.value - item.start)
         if target.kind == "tls":
@@ -149,7 +153,7 @@ class _Writer:
                     " running library does not have"
                 )
                 return None
-            return R_PC32, self._near(slot, rel.addend)
+            return R_X86_64_PC32, self._near(slot, rel.addend)
         if target.kind == "region":
             assert target.region is not None
             return kind, f"{self._copy(target.region)} + {target.offset}"
@@ -289,9 +293,9 @@ class _Writer:
                 if key not in written:
                     written.add(key)
                     body += self._data(name, what)
-        head = [f'        .section {NEAR_SECTION}, "a"']
+        head = [f'        .section {near.SECTION}, "a"']
         for offset in sorted(self.near):
-            name = f"{NEAR_PREFIX}{offset:x}"
+            name = f"{near.PREFIX}{offset:x}"
             # Global and hidden: the assembler keeps a relocation against a local symbol as
             # one against its section, which would lose the offset the name carries.
             head += [f"        .globl {name}", f"        .hidden {name}", f"{name}:"]

@@ -1,8 +1,8 @@
-"""Function signatures from DWARF, to refuse a patch whose callers would pass what the new
-code does not expect: a changed function's return type and parameter types, by name, as
-written in the source (typedefs, qualifiers and struct names included, so `struct s` whose
-members changed is caught by the data comparison, not here). Builds without `-g` are not
-checked. (docs/diff.md.)"""
+"""What DWARF tells of two builds that their code cannot: a changed function's signature (its
+return and parameter types, as written in the source: typedefs, qualifiers and struct names),
+whose callers in the running library would pass what the new code does not expect; and a struct
+or union whose layout changed, whose objects the old and the new code would share, each reading
+its own layout. Builds without `-g` are not checked. (docs/diff.md.)"""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import io
 from typing import TYPE_CHECKING
 
 from ulp_build.elf import ElfFile
+from ulp_build.errors import UlpError
 from ulp_build.patch.library_build import Item
 
 if TYPE_CHECKING:
@@ -50,8 +51,30 @@ def _of(die: DIE) -> DIE | None:
     return die.get_DIE_from_attribute("DW_AT_type") if "DW_AT_type" in die.attributes else None
 
 
-def _signatures(elf: ElfFile) -> dict[str, str] | None:
-    """Each defined function's signature by name, or None without DWARF."""
+def _layout(die: DIE) -> tuple[object, ...]:
+    """A struct's or union's size and members: name, offset and type of each."""
+    members = []
+    for child in die.iter_children():
+        if child.tag != "DW_TAG_member":
+            continue
+        name = child.attributes.get("DW_AT_name")
+        where = child.attributes.get("DW_AT_data_member_location")
+        bits = child.attributes.get("DW_AT_data_bit_offset")
+        members.append(
+            (
+                name.value.decode(errors="replace") if name else "",
+                where.value if where is not None and isinstance(where.value, int) else None,
+                bits.value if bits is not None else None,
+                _type(_of(child)),
+            )
+        )
+    size = die.attributes.get("DW_AT_byte_size")
+    return (size.value if size else None, tuple(members))
+
+
+def _read(elf: ElfFile) -> tuple[dict[str, str], dict[str, set[tuple[object, ...]]]] | None:
+    """Each defined function's signature by name, and each named struct's and union's
+    layouts (one per definition seen), or None without DWARF."""
     from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
 
@@ -61,8 +84,13 @@ def _signatures(elf: ElfFile) -> dict[str, str] | None:
             return None
         dwarf = reader.get_dwarf_info(relocate_dwarf_sections=False)
         out: dict[str, str] = {}
+        layouts: dict[str, set[tuple[object, ...]]] = {}
         for unit in dwarf.iter_CUs():
             for die in unit.iter_DIEs():
+                if die.tag in ("DW_TAG_structure_type", "DW_TAG_union_type"):
+                    if "DW_AT_name" in die.attributes and "DW_AT_declaration" not in die.attributes:
+                        layouts.setdefault(_type(die), set()).add(_layout(die))
+                    continue
                 if die.tag != "DW_TAG_subprogram" or "DW_AT_name" not in die.attributes:
                     continue
                 if "DW_AT_low_pc" not in die.attributes:
@@ -71,17 +99,24 @@ def _signatures(elf: ElfFile) -> dict[str, str] | None:
                           if c.tag == "DW_TAG_formal_parameter"]  # fmt: skip
                 name = die.attributes["DW_AT_name"].value.decode(errors="replace")
                 out.setdefault(name, f"{_type(_of(die))}({', '.join(params)})")
-        return out
+        return out, layouts
     except (ELFError, AttributeError, KeyError, ValueError) as exc:
-        return {"": f"unreadable DWARF: {exc}"}
+        raise UlpError(f"{elf.name}: unreadable DWARF ({exc})") from None
 
 
 def changed(old: ElfFile, new: ElfFile, functions: list[Item]) -> list[str]:
-    """One line per function of `functions` whose signature differs between the builds."""
-    before, after = _signatures(old), _signatures(new)
-    if before is None or after is None:
+    """One line per function of `functions` whose signature differs between the builds, and
+    per struct or union whose layout does: code of both builds would share such objects
+    (allocated by the old code, read by the new), each reading its own layout."""
+    was_read, now_read = _read(old), _read(new)
+    if was_read is None or now_read is None:
         return []
-    out = []
+    (before, was_layouts), (after, now_layouts) = was_read, now_read
+    out = [
+        f"{name}: layout changed (size or members); code of both builds would share its objects"
+        for name in sorted(was_layouts.keys() & now_layouts.keys())
+        if was_layouts[name] != now_layouts[name]
+    ]
     for item in functions:
         name = item.name.split(".")[0]
         was, now = before.get(name), after.get(name)
