@@ -199,6 +199,11 @@ REFUSED = {
         "int diffed_add(int a, long b)\n{\n    return a + (int)b + 1;",
         "ulp: diffed_add: signature changed (diffed_add: int(int, int) -> int(int, long int))",
     ),
+    "a static variable renumbered by a static added before it": (
+        "    return ++calls;",
+        "    static int seen;\n    return ++calls + seen++ * 0;",
+        "ulp: diffed.c:tally.1: new, and diffed.c:tally.0 is gone",
+    ),
     "an assembly function": (
         "    movl %edi, %eax\\n",
         "    leal 1(%rdi), %eax\\n",

@@ -42,6 +42,12 @@ int diffed_double_b(int x)
     return twice(x) + 2;
 }
 
+int diffed_tally(void)
+{
+    static int tally; /* gcc names it tally.N, N counting the statics of this file */
+    return ++tally;
+}
+
 int diffed_count(void)
 {
     return ++calls;

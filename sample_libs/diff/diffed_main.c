@@ -1,5 +1,5 @@
 /* Answers one line per command on stdin with the library's functions: `add A B`, `clamped X`,
- * `double_a X`, `double_b X`, `count`, `scaled X`, `name X`, `digits X`, `asm X`, `op OP A`,
+ * `double_a X`, `double_b X`, `count`, `tally`, `scaled X`, `name X`, `digits X`, `asm X`, `op OP A`,
  * `step X`; `stats` and `quit`. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +10,7 @@ int diffed_clamped(int x);
 int diffed_double_a(int x);
 int diffed_double_b(int x);
 int diffed_count(void);
+int diffed_tally(void);
 int diffed_scaled(int x);
 const char *diffed_name(int x);
 int diffed_asm(int x);
@@ -38,6 +39,8 @@ int main(void)
             printf("%d\n", diffed_double_b(a));
         else if (!strcmp(command, "count"))
             printf("%d\n", diffed_count());
+        else if (!strcmp(command, "tally"))
+            printf("%d\n", diffed_tally());
         else if (!strcmp(command, "scaled"))
             printf("%d\n", diffed_scaled(a));
         else if (!strcmp(command, "name"))

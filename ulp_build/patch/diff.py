@@ -12,6 +12,7 @@ anything is written, and DIR appears whole or not at all.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -66,6 +67,31 @@ def _entries(
     return ordered, entries
 
 
+# gcc names a function's static variable NAME.N, N counting in its file: a static added before
+# it renumbers it, and the same variable looks removed and new.
+_NUMBERED = re.compile(r"^(.*)\.\d+$")
+
+
+def _renumbered(old: LibraryBuild, new: LibraryBuild, found: changes.Changes) -> list[str]:
+    """A line per new writable object that may be a removed one renumbered: the patch would
+    give it a fresh copy, apart from the running one."""
+    removed = {}
+    for key in found.removed_data:
+        numbered = _NUMBERED.match(key)
+        if numbered:
+            removed.setdefault(numbered.group(1), key)
+    out = []
+    for key in found.new_data:
+        numbered = _NUMBERED.match(key)
+        item = new.items[key]
+        if numbered and numbered.group(1) in removed and item.section.flags & SHF_WRITE:
+            out.append(
+                f"{key}: new, and {removed[numbered.group(1)]} is gone: if it is the same"
+                " static variable renumbered, the patch would use a fresh copy of it"
+            )
+    return out
+
+
 def diff(
     old_path: str | Path,
     new_path: str | Path,
@@ -98,6 +124,7 @@ def diff(
                 f"{key}: data changed (size or initial value): a patch keeps the running"
                 f" one; if it may stay as it is, accept it with --accept {key}"
             )
+    problems += _renumbered(old, new, found)
     problems += signatures.changed(old.elf, new.elf, [new.items[k] for k in found.changed])
     if not found.changed and not problems:
         problems.append(f"{new_path}: no function differs from {old_path}; nothing to patch")

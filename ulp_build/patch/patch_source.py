@@ -155,8 +155,17 @@ class _Writer:
                 return None
             return R_X86_64_PC32, self._near(slot, rel.addend)
         if target.kind == "region":
-            assert target.region is not None
-            return kind, f"{self._copy(target.region)} + {target.offset}"
+            region = target.region
+            assert region is not None
+            if region.section.flags & SHF_WRITE or region.section.type == SHT_NOBITS:
+                # Writable data no symbol covers: its extent is a guess, and a copy would be
+                # a second copy of running state.
+                self.problems.append(
+                    f"{where}: refers to writable data no symbol covers ({region.section.name}"
+                    f" at {region.start:#x}), which a patch cannot share"
+                )
+                return None
+            return kind, f"{self._copy(region)} + {target.offset}"
         if item is None:
             self.problems.append(f"{where}: refers to {target.name}, which it cannot place")
             return None
