@@ -142,7 +142,10 @@ def diff(
         for key, function in found.stale
     ]
     problems += _renumbered(old, new, found)
-    problems += signatures.changed(old.elf, new.elf, [new.items[k] for k in found.changed])
+    numbered = [(old.items[k], i) for k, i in new.items.items()
+                if _NUMBERED.match(k) and k in old.items and not i.is_function]  # fmt: skip
+    functions = [new.items[k] for k in found.changed]
+    problems += signatures.changed(old.elf, new.elf, functions, numbered)
     if not found.changed and not problems:
         problems.append(f"{new_path}: no function differs from {old_path}; nothing to patch")
     carried, entries = _entries(old, new, found, problems)
