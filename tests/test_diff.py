@@ -96,6 +96,12 @@ FIXES = {
         ["changed: diffed_op"],
         [("op 2 10", "3", "2"), ("op 5 0", "85", "85"), ("op 9 1", "0", "0")],
     ),
+    "a fix in a function whose cold part jumps back into it": (
+        "return r + 7;",
+        "return r + 8;",
+        ["changed: diffed.c:diffed_cold.cold", "changed: diffed_cold"],
+        [("cold 1", "32", "33"), ("cold 7", "34", "35")],
+    ),
 }
 
 
@@ -202,7 +208,33 @@ REFUSED = {
     "a static variable renumbered by a static added before it": (
         "    return ++calls;",
         "    static int seen;\n    return ++calls + seen++ * 0;",
-        "ulp: diffed.c:tally.1: new, and diffed.c:tally.0 is gone",
+        "ulp: diffed.c:labels.2: new, and diffed.c:labels.1 is gone",
+    ),
+    "a changed string of a table of pointers to strings": (
+        '"zero", "one", "two"',
+        '"zero", "uno", "two"',
+        "ulp: diffed.c:words: data changed (size or initial value)",
+    ),
+    "a changed function that a table of label addresses points into": (
+        "plus:\n    return x + 1;",
+        "plus:\n    return x + 2;",
+        "ulp: diffed.c:labels.1: holds addresses inside diffed_goto, which changed",
+    ),
+    "a changed function calling an IFUNC": (
+        "return diffed_which() + x;",
+        "return diffed_which() + x + 1;",
+        "ulp: diffed_which_plus: calls diffed_which, an IFUNC",
+    ),
+    "a changed initial value of thread-local data": (
+        "diffed_per_thread = 5;",
+        "diffed_per_thread = 6;",
+        "ulp: diffed_per_thread: data changed (size or initial value)",
+    ),
+    "a static variable whose name a static of another function took": (
+        "    return a + b;",
+        "    static int tally;\n    return a + b + tally++ * 0;",
+        "ulp: diffed.c:labels.2: new, and diffed.c:labels.1 is gone",
+        "ulp: diffed.c:tally.0: the static of diffed_tally in",
     ),
     "an assembly function": (
         "    movl %edi, %eax\\n",

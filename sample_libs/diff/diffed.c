@@ -102,6 +102,67 @@ int diffed_step(int x)
     return step(x);
 }
 
+/* A table of pointers to strings (.data.rel.ro): its strings are part of its value. */
+static const char *const words[] = {"zero", "one", "two"};
+
+const char *diffed_word(int i)
+{
+    return words[i % 3];
+}
+
+/* A table of label addresses: it points inside its function, not at its entry. */
+int diffed_goto(int op, int x)
+{
+    static void *const labels[] = {&&plus, &&times};
+    goto *labels[op & 1];
+plus:
+    return x + 1;
+times:
+    return x * 5;
+}
+
+/* Its code and the part gcc splits off (diffed_cold.cold), which jumps back into it. */
+int diffed_sink;
+
+static __attribute__((noinline, cold)) int rare(int x)
+{
+    diffed_sink += x;
+    return x - 1;
+}
+
+int diffed_cold(int x)
+{
+    int r = x * 3;
+    for (int i = 0; i < 4; i++) {
+        if (__builtin_expect(x == i, 0)) {
+            r += rare(x) + rare(r) + rare(r * 5);
+            diffed_sink++;
+        }
+        r += i;
+    }
+    return r + 7;
+}
+
+/* A function the loader picks (an IFUNC), and thread-local data. */
+static int one(void)
+{
+    return 1;
+}
+
+static int (*pick(void))(void)
+{
+    return one;
+}
+
+int diffed_which(void) __attribute__((ifunc("pick")));
+
+int diffed_which_plus(int x)
+{
+    return diffed_which() + x;
+}
+
+__thread int diffed_per_thread = 5;
+
 /* Assembly: no padding, so never patchable. */
 __asm__(".text\n"
         ".globl diffed_asm\n"

@@ -1,6 +1,7 @@
 /* Answers one line per command on stdin with the library's functions: `add A B`, `clamped X`,
  * `double_a X`, `double_b X`, `count`, `tally`, `scaled X`, `name X`, `digits X`, `asm X`, `op OP A`,
- * `step X`; `stats` and `quit`. */
+ * `step X`, `word X`,
+ * `cold X`; `stats` and `quit`. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,8 @@ int diffed_asm(int x);
 int diffed_digits(int n);
 int diffed_op(int op, int a);
 int diffed_step(int x);
+const char *diffed_word(int i);
+int diffed_cold(int x);
 
 int main(void)
 {
@@ -51,6 +54,10 @@ int main(void)
             printf("%d\n", diffed_op(a, b));
         else if (!strcmp(command, "step"))
             printf("%d\n", diffed_step(a));
+        else if (!strcmp(command, "word"))
+            printf("%s\n", diffed_word(a));
+        else if (!strcmp(command, "cold"))
+            printf("%d\n", diffed_cold(a));
         else if (!strcmp(command, "asm"))
             printf("%d\n", diffed_asm(a));
         else

@@ -28,6 +28,8 @@ class Changes:
     changed_data: list[str] = field(default_factory=list)
     new_data: list[str] = field(default_factory=list)
     removed_data: list[str] = field(default_factory=list)
+    # (object, function): an unchanged object holding addresses inside a changed function.
+    stale: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _ordered(items: list[Item]) -> list[str]:
@@ -59,6 +61,24 @@ def compare(old: LibraryBuild, new: LibraryBuild) -> Changes:
             for i in new.items.values()
             if i.is_function and i.key not in known and new.referred(i) & constants
         ]
+    # What points inside a changed function past its entry would enter its old code: a
+    # function doing so (`foo.cold` returning into foo) is carried with it; an object doing so
+    # (a table of label addresses) cannot be, as the running library's copy holds them.
+    carried = {i.key for i in changed + added}
+    while True:
+        more = [i for i in new.items.values()
+                if i.is_function and i.key not in carried and new.inside(i) & carried]  # fmt: skip
+        if not more:
+            break
+        changed += more
+        carried.update(i.key for i in more)
+    stale = {i.key for i in changed_data}
+    out.stale = [
+        (i.key, key)
+        for i in sorted(new.items.values(), key=lambda i: i.start)
+        if not i.is_function and i.key in old.items and i.key not in stale
+        for key in sorted(new.inside(i) & carried)
+    ]
     gone = [i for k, i in old.items.items() if k not in new.items]
     out.changed, out.new = _ordered(changed), _ordered(added)
     out.changed_data, out.new_data = _ordered(changed_data), _ordered(added_data)

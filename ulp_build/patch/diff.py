@@ -53,8 +53,8 @@ def _entries(
         if patchable.entry_nop(old.elf, before.start) is not None:
             entries[before.name] = new.items[key]
             continue
-        parent = key[: -len(_COLD)] if key.endswith(_COLD) else None
-        if parent is not None and parent in old.items and parent in new.items:
+        parent = _parent(key, old, new)
+        if parent is not None:
             carried.setdefault(parent, new.items[parent])
             if patchable.entry_nop(old.elf, old.items[parent].start) is not None:
                 entries[old.items[parent].name] = new.items[parent]
@@ -65,6 +65,18 @@ def _entries(
         )
     ordered = sorted(carried.values(), key=lambda i: i.start)
     return ordered, entries
+
+
+def _parent(key: str, old: LibraryBuild, new: LibraryBuild) -> str | None:
+    """The function `foo.cold` was split from, in both builds: a static of its file, or a
+    global (the cold part is local either way)."""
+    if not key.endswith(_COLD):
+        return None
+    name = key[: -len(_COLD)]
+    for parent in (name, name.split(":")[-1]):
+        if parent in old.items and parent in new.items and new.items[parent].is_function:
+            return parent
+    return None
 
 
 # gcc names a function's static variable NAME.N, N counting in its file: a static added before
@@ -124,8 +136,16 @@ def diff(
                 f"{key}: data changed (size or initial value): a patch keeps the running"
                 f" one; if it may stay as it is, accept it with --accept {key}"
             )
+    problems += [
+        f"{key}: holds addresses inside {function}, which changed: the running library's copy"
+        " points into the old code"
+        for key, function in found.stale
+    ]
     problems += _renumbered(old, new, found)
-    problems += signatures.changed(old.elf, new.elf, [new.items[k] for k in found.changed])
+    numbered = [(old.items[k], i) for k, i in new.items.items()
+                if _NUMBERED.match(k) and k in old.items and not i.is_function]  # fmt: skip
+    functions = [new.items[k] for k in found.changed]
+    problems += signatures.changed(old.elf, new.elf, functions, numbered)
     if not found.changed and not problems:
         problems.append(f"{new_path}: no function differs from {old_path}; nothing to patch")
     carried, entries = _entries(old, new, found, problems)

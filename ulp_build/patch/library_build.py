@@ -17,6 +17,7 @@ from functools import cached_property
 
 from ulp_build.elf import ElfFile, Symbol
 from ulp_build.elf.constants import (
+    PT_TLS,
     R_X86_64_32,
     R_X86_64_32S,
     R_X86_64_64,
@@ -35,7 +36,9 @@ from ulp_build.elf.constants import (
     STB_GLOBAL,
     STB_WEAK,
     STT_FUNC,
+    STT_GNU_IFUNC,
     STT_OBJECT,
+    STT_TLS,
 )
 from ulp_build.elf.image import Section
 from ulp_build.elf.relocations import Relocation
@@ -45,7 +48,9 @@ from ulp_build.prepare.layout import DESCRIPTOR, DESCRIPTOR_OFFSET, SECTION_DATA
 
 STT_SECTION = 3
 STT_FILE = 4
-STT_TLS = 6
+
+# How deep references from data to data are followed when comparing (_key).
+_DEEPEST = 4
 
 GOT_LOADS = {R_X86_64_GOTPCREL, R_X86_64_GOTPCRELX, R_X86_64_REX_GOTPCRELX}
 PC_RELATIVE = {R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_PC64} | GOT_LOADS
@@ -116,9 +121,9 @@ class Region:
 class Target:
     """What one filled field refers to. `kind`: "item" (a function or object of the build,
     at `offset` from its start), "region", "external" (a symbol of another object, `name`),
-    "got" (the GOT slot of `item` or of the external `name`: the field is a GOT load) or
-    "tls". `value` is the field's symbol plus addend, S + A, from which a moved field is
-    computed again."""
+    "got" (the GOT slot of `item` or of the external `name`: the field is a GOT load),
+    "tls" or "ifunc" (a function the loader picks, `name`). `value` is the field's symbol
+    plus addend, S + A, from which a moved field is computed again."""
 
     kind: str
     value: int
@@ -234,6 +239,10 @@ class LibraryBuild:
             return Target("got" if rel.type in GOT_LOADS else "external", value, name=sym.name)
         if rel.type in TLS or sym.type == STT_TLS:
             return Target("tls", value, name=sym.name)
+        if sym.type == STT_GNU_IFUNC:
+            # Its value is the resolver's address, not the function's: the field points to a
+            # PLT entry the loader fills with what the resolver picks.
+            return Target("ifunc", value, name=sym.name)
         named = sym.type != STT_SECTION and sym.name
         if rel.type in GOT_LOADS:
             item = self.item_of_symbol(sym) if named else None
@@ -330,11 +339,15 @@ class LibraryBuild:
         if target.kind == "got":
             return ("got", target.item.key if target.item else target.name)
         if target.kind == "region" and target.region is not None:
-            if depth > 0:
-                return ("region", target.offset)
+            # Its bytes count wherever it is referred from: a table of pointers to strings
+            # (`.data.rel.ro`) changes when one of its strings does. Past a few levels only
+            # the bytes are compared, not what they refer to (data rarely chains that deep).
             region = target.region
             end = self._unpadded_end(region)
-            return ("region", target.offset, self.data_shape(region.start, end, region.section, 1))
+            if depth >= _DEEPEST:
+                return ("region", target.offset, self.region_bytes(region)[: end - region.start])
+            inner = self.data_shape(region.start, end, region.section, depth + 1)
+            return ("region", target.offset, inner)
         return (target.kind, target.name, target.value if target.kind == "tls" else 0)
 
     def _unpadded_end(self, region: Region) -> int:
@@ -405,8 +418,34 @@ class LibraryBuild:
                     out.add(target.item.key)
         return out
 
+    def inside(self, item: Item) -> set[str]:
+        """The keys of the functions a function's or object's fields point inside of, past
+        their entry: a `foo.cold` jumping back into foo, a table of label addresses."""
+        fields = []  # (relocation, the address its field's value is relative to, or None)
+        if item.is_function:
+            for start, end in self.instruction_ends_cached(item):
+                fields += [(r, end) for r in self.relocations_in(start, end)]
+        elif item.symbol.type != STT_TLS:
+            fields = [(r, None) for r in self.relocations_in(item.start, item.end)]
+        out = set()
+        for rel, end in fields:
+            target = self.target(rel, end, region_start=item.start)
+            if target.item is None or not target.item.is_function:
+                continue
+            addr = target.value
+            if rel.type in PC_RELATIVE:
+                addr += (end if end is not None else item.start) - rel.offset
+            if addr != target.item.start:
+                out.add(target.item.key)
+        return out
+
     def object_shape(self, item: Item) -> tuple[object, ...]:
-        return self.data_shape(item.start, item.end, item.section)
+        start = item.start
+        if item.symbol.type == STT_TLS:
+            # A thread-local variable's value is its offset in the TLS template.
+            tls = next((s for s in self.elf.segments if s.type == PT_TLS), None)
+            start += tls.vaddr if tls is not None else 0
+        return self.data_shape(start, start + item.symbol.size, item.section)
 
 
 def is_code(section: Section) -> bool:

@@ -140,6 +140,12 @@ class _Writer:
                 " carry: write this patch by hand with a [references] tls entry"
             )
             return None
+        if target.kind == "ifunc":
+            self.problems.append(
+                f"{where}: calls {target.name}, an IFUNC (the loader picks its code), which"
+                " `ulp diff` cannot reach in the running library"
+            )
+            return None
         if target.kind == "external" or (target.kind == "got" and item is None):
             # Another library's, for the loader. `.symtab` names it with the version the
             # build bound (snprintf@GLIBC_2.2.5); the patch object links against the same.

@@ -72,9 +72,28 @@ def _layout(die: DIE) -> tuple[object, ...]:
     return (size.value if size else None, tuple(members))
 
 
-def _read(elf: ElfFile) -> tuple[dict[str, str], dict[str, set[tuple[object, ...]]]] | None:
-    """Each defined function's signature by name, and each named struct's and union's
-    layouts (one per definition seen), or None without DWARF."""
+_DW_OP_ADDR = 0x03
+
+
+def _owner(die: DIE) -> str:
+    """The function a static variable is declared in, or "" for one of file scope."""
+    parent = die.get_parent()
+    while parent is not None and parent.tag != "DW_TAG_subprogram":
+        parent = parent.get_parent()
+    while parent is not None and "DW_AT_name" not in parent.attributes:
+        origin = next((a for a in ("DW_AT_abstract_origin", "DW_AT_specification")
+                       if a in parent.attributes), None)  # fmt: skip
+        parent = parent.get_DIE_from_attribute(origin) if origin else None
+    return "" if parent is None else parent.attributes["DW_AT_name"].value.decode(errors="replace")
+
+
+_Read = tuple[dict[str, str], dict[str, set[tuple[object, ...]]], dict[int, str]]
+
+
+def _read(elf: ElfFile) -> _Read | None:
+    """Each defined function's signature by name, each named struct's and union's layouts
+    (one per definition seen), and the function each static variable at a fixed address is
+    declared in, by address; or None without DWARF."""
     from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
 
@@ -85,8 +104,15 @@ def _read(elf: ElfFile) -> tuple[dict[str, str], dict[str, set[tuple[object, ...
         dwarf = reader.get_dwarf_info(relocate_dwarf_sections=False)
         out: dict[str, str] = {}
         layouts: dict[str, set[tuple[object, ...]]] = {}
+        owners: dict[int, str] = {}
         for unit in dwarf.iter_CUs():
             for die in unit.iter_DIEs():
+                where = die.attributes.get("DW_AT_location")
+                if die.tag == "DW_TAG_variable" and where is not None:
+                    expr = where.value
+                    if isinstance(expr, list) and len(expr) == 9 and expr[0] == _DW_OP_ADDR:
+                        owners[int.from_bytes(bytes(expr[1:]), "little")] = _owner(die)
+                    continue
                 if die.tag in ("DW_TAG_structure_type", "DW_TAG_union_type"):
                     if "DW_AT_name" in die.attributes and "DW_AT_declaration" not in die.attributes:
                         layouts.setdefault(_type(die), set()).add(_layout(die))
@@ -99,20 +125,32 @@ def _read(elf: ElfFile) -> tuple[dict[str, str], dict[str, set[tuple[object, ...
                           if c.tag == "DW_TAG_formal_parameter"]  # fmt: skip
                 name = die.attributes["DW_AT_name"].value.decode(errors="replace")
                 out.setdefault(name, f"{_type(_of(die))}({', '.join(params)})")
-        return out, layouts
+        return out, layouts, owners
     except (ELFError, AttributeError, KeyError, ValueError) as exc:
         raise UlpError(f"{elf.name}: unreadable DWARF ({exc})") from None
 
 
-def changed(old: ElfFile, new: ElfFile, functions: list[Item]) -> list[str]:
-    """One line per function of `functions` whose signature differs between the builds, and
-    per struct or union whose layout does: code of both builds would share such objects
-    (allocated by the old code, read by the new), each reading its own layout."""
+def changed(
+    old: ElfFile, new: ElfFile, functions: list[Item], statics: list[tuple[Item, Item]]
+) -> list[str]:
+    """One line per function of `functions` whose signature differs between the builds, per
+    struct or union whose layout does (code of both builds would share such objects, allocated
+    by the old code, read by the new, each reading its own layout), and per static variable
+    of `statics` (its item in each build) declared in another function in each build: gcc's
+    number in its name (`count.1`) counts in the file, and moved to another variable."""
     was_read, now_read = _read(old), _read(new)
     if was_read is None or now_read is None:
         return []
-    (before, was_layouts), (after, now_layouts) = was_read, now_read
-    out = [
+    (before, was_layouts, was_owners), (after, now_layouts, now_owners) = was_read, now_read
+    out = []
+    for was_item, now_item in statics:
+        was, now = was_owners.get(was_item.start), now_owners.get(now_item.start)
+        if was != now:
+            out.append(
+                f"{now_item.key}: the static of {was or '?'} in {old.name}, but of {now or '?'}"
+                " in the new build: gcc renumbered it, and the patch would use another variable"
+            )
+    out += [
         f"{name}: layout changed (size or members); code of both builds would share its objects"
         for name in sorted(was_layouts.keys() & now_layouts.keys())
         if was_layouts[name] != now_layouts[name]
