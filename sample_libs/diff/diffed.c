@@ -163,6 +163,15 @@ int diffed_which_plus(int x)
 
 __thread int diffed_per_thread = 5;
 
+/* A constant table, read directly and through a pointer the library keeps. */
+static const int primes[] = {2, 3, 5, 7};
+const int *diffed_primes = primes;
+
+int diffed_prime(int i)
+{
+    return primes[i & 3];
+}
+
 /* Assembly: no padding, so never patchable. */
 __asm__(".text\n"
         ".globl diffed_asm\n"

@@ -30,6 +30,9 @@ class Changes:
     removed_data: list[str] = field(default_factory=list)
     # (object, function): an unchanged object holding addresses inside a changed function.
     stale: list[tuple[str, str]] = field(default_factory=list)
+    # (object, constant): an unchanged object holding the address of a read-only object that
+    # changed, which the patch carries anew: the running one still points at the old one.
+    pointing_at_old: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _ordered(items: list[Item]) -> list[str]:
@@ -78,6 +81,12 @@ def compare(old: LibraryBuild, new: LibraryBuild) -> Changes:
         for i in sorted(new.items.values(), key=lambda i: i.start)
         if not i.is_function and i.key in old.items and i.key not in stale
         for key in sorted(new.inside(i) & carried)
+    ]
+    out.pointing_at_old = [
+        (i.key, key)
+        for i in sorted(new.items.values(), key=lambda i: i.start)
+        if not i.is_function and i.key in old.items and i.key not in stale
+        for key in sorted(new.referred(i) & constants)
     ]
     gone = [i for k, i in old.items.items() if k not in new.items]
     out.changed, out.new = _ordered(changed), _ordered(added)

@@ -141,6 +141,11 @@ def diff(
         " points into the old code"
         for key, function in found.stale
     ]
+    problems += [
+        f"{key}: holds the address of {constant}, which changed: the running library's copy"
+        " points at the old one, which its readers would still use"
+        for key, constant in found.pointing_at_old
+    ]
     problems += _renumbered(old, new, found)
     numbered = [(old.items[k], i) for k, i in new.items.items()
                 if _NUMBERED.match(k) and k in old.items and not i.is_function]  # fmt: skip

@@ -408,27 +408,33 @@ class LibraryBuild:
         if entered is not None:
             raw[at + 3 : at + 7] = (entered - end).to_bytes(4, "little", signed=True)
 
+    def _fields(self, item: Item) -> list[tuple[Relocation, int | None]]:
+        """Each filled field of a function or object, with the address its value is relative
+        to when it is RIP-relative (its instruction's end; None in data)."""
+        if item.is_function:
+            return [
+                (r, end)
+                for start, end in self.instruction_ends_cached(item)
+                for r in self.relocations_in(start, end)
+            ]
+        if item.symbol.type == STT_TLS:
+            return []
+        return [(r, None) for r in self.relocations_in(item.start, item.end)]
+
     def referred(self, item: Item) -> set[str]:
-        """The keys of the functions and objects a function's fields refer to."""
+        """The keys of the functions and objects a function's or object's fields refer to."""
         out = set()
-        for start, end in self.instruction_ends_cached(item):
-            for rel in self.relocations_in(start, end):
-                target = self.target(rel, end)
-                if target.item is not None:
-                    out.add(target.item.key)
+        for rel, end in self._fields(item):
+            target = self.target(rel, end, region_start=item.start)
+            if target.item is not None:
+                out.add(target.item.key)
         return out
 
     def inside(self, item: Item) -> set[str]:
         """The keys of the functions a function's or object's fields point inside of, past
         their entry: a `foo.cold` jumping back into foo, a table of label addresses."""
-        fields = []  # (relocation, the address its field's value is relative to, or None)
-        if item.is_function:
-            for start, end in self.instruction_ends_cached(item):
-                fields += [(r, end) for r in self.relocations_in(start, end)]
-        elif item.symbol.type != STT_TLS:
-            fields = [(r, None) for r in self.relocations_in(item.start, item.end)]
         out = set()
-        for rel, end in fields:
+        for rel, end in self._fields(item):
             target = self.target(rel, end, region_start=item.start)
             if target.item is None or not target.item.is_function:
                 continue
