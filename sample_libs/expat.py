@@ -11,6 +11,12 @@ from the autotools build matter:
   value after configuring.
 - The two trees lie in different directories: `-ffile-prefix-map` makes the source path that
   `assert` prints the same in both, as Debian's own flags do, so that it is no difference.
+
+expat's own test suite (`tests/runtests.c`) uses internals that `-fvisibility=hidden`, which
+expat's build adds, keeps out of the shared library's exports; expat's build compiles the
+library's sources into the test program instead. To run that suite against the shared library
+(suite()), build() can leave that flag out: the same sources, flags and patches, with every
+non-static symbol exported.
 """
 
 from __future__ import annotations
@@ -24,6 +30,17 @@ from sample_libs import debian
 from ulp_build.prepare.layout import CFLAGS
 
 FIX = Path("debian/patches/CVE-2024-45490.patch")
+# runtests' sources besides the library's, as expat's tests/Makefile.am lists them.
+SUITE = ("runtests.c", "chardata.c", "memcheck.c", "minicheck.c", "structdata.c")
+# The internals runtests uses: a library exports them only when built with internals_exported.
+SUITE_INTERNALS = (
+    "unsignedCharToPrintable",
+    "_INTERNAL_trim_to_complete_utf8_characters",
+    "g_reparseDeferralEnabledDefault",
+    "g_parseAttempts",
+    "testingAccountingGetCountBytesDirect",
+    "testingAccountingGetCountBytesIndirect",
+)
 LDFLAGS = "-Wl,--emit-relocs"
 
 
@@ -45,10 +62,13 @@ def _run(cmd: list[str], cwd: Path) -> None:
         raise RuntimeError(f"{' '.join(cmd)} failed in {cwd}:\n{result.stdout}{result.stderr}")
 
 
-def build(source_tree: Path, tree: Path, *, fixed: bool) -> Path:
+def build(source_tree: Path, tree: Path, *, fixed: bool, internals_exported: bool = False) -> Path:
     """Copy `source_tree` to `tree`/src (with the fix reversed unless `fixed`), configure and
     build libexpat there in `tree`/build; return the shared library (the real file behind
-    libexpat.so.1). Its headers are in `tree`/src/expat/lib and `tree`/build."""
+    libexpat.so.1). Its headers are in `tree`/src/expat/lib and `tree`/build.
+
+    `internals_exported`: without `-fvisibility=hidden`, so that the internals expat's test
+    suite uses are exported too (suite() links against the library)."""
     src, out = tree / "src", tree / "build"
     shutil.copytree(source_tree, src)
     if not fixed:
@@ -63,6 +83,9 @@ def build(source_tree: Path, tree: Path, *, fixed: bool) -> Path:
         "-DEXPAT_BUILD_TESTS=OFF",
         "-DEXPAT_BUILD_DOCS=OFF",
         "-DEXPAT_BUILD_PKGCONFIG=OFF",
+        # The compiler check's cached answer: "no", so CMake adds neither -fvisibility=hidden
+        # nor XML_ENABLE_VISIBILITY (which only marks the API visible).
+        *(["-DFLAG_VISIBILITY=OFF"] if internals_exported else []),
         str(src / "expat"),
     ]
     _run(configure, out)
@@ -72,3 +95,17 @@ def build(source_tree: Path, tree: Path, *, fixed: bool) -> Path:
     _run(["make", "-j2", "expat"], out)
     (lib,) = [p for p in out.glob("libexpat.so.*.*") if not p.is_symlink()]
     return lib
+
+
+def suite(lib: Path) -> Path:
+    """Build expat's test suite `runtests` from the tree `lib` was built in (by build() with
+    internals_exported), linked against `lib` itself, with an rpath to its directory; return
+    the program, in that tree. It runs as one process and prints "100%: Checks: N, Failed: 0"
+    when every test passes."""
+    tree = lib.parent.parent
+    tests = tree / "src" / "expat" / "tests"
+    program = tree / "runtests"
+    _run(["gcc", "-O2", f"-I{tree / 'build'}", f"-I{tree / 'src' / 'expat' / 'lib'}",
+          "-o", str(program), *(str(tests / name) for name in SUITE), str(lib),
+          f"-Wl,-rpath,{lib.parent}", "-lm"], tree)  # fmt: skip
+    return program

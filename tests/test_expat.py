@@ -1,10 +1,13 @@
 """A real security fix made into a live patch by `ulp diff` alone: Debian 12's expat 2.5.0 built
 as fetched (CVE-2024-45490 fixed: XML_ParseBuffer rejects a negative length) and with that one
 Debian patch reversed, OLD prepared; the patch applied to a running program that still has the
-unfixed library, and reverted (docs/diff.md, "A real fix: expat's CVE-2024-45490")."""
+unfixed library, and reverted; and expat's own test suite run in a process that the installed
+patch patched as it started (docs/diff.md, "A real fix: expat's CVE-2024-45490")."""
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,10 +16,11 @@ from conftest import run, ulp
 from live import PROGRAMS, running, trigger_cli
 
 from sample_libs import expat
-from ulp_build.elf import ElfFile
+from ulp_build.elf import STT_FUNC, ElfFile, Symbol
 from ulp_build.patch.library_build import LibraryBuild
 
 DRIVER = PROGRAMS / "expat" / "expat_driver.c"
+PROBE = PROGRAMS / "expat" / "fix_probe.c"
 # XML_ParseBuffer(parser, -1, 0) on a fresh parser: "STATUS ERROR_CODE". Unfixed, the negative
 # length is taken (XML_STATUS_OK, XML_ERROR_NONE); fixed, it is refused (XML_STATUS_ERROR,
 # XML_ERROR_INVALID_ARGUMENT).
@@ -67,8 +71,12 @@ def _driver(lib: Path, tree: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def builds(tmp_path_factory: pytest.TempPathFactory) -> Builds:
-    source = expat.source(tmp_path_factory.mktemp("expat-source"))
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return expat.source(tmp_path_factory.mktemp("expat-source"))
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory: pytest.TempPathFactory, source: Path) -> Builds:
     where = tmp_path_factory.mktemp("expat")
     old = expat.build(source, where / "old", fixed=False)
     new = expat.build(source, where / "new", fixed=True)
@@ -130,3 +138,109 @@ def test_fix_applied_to_a_running_program_and_reverted(builds: Builds, runtime: 
         reverted = trigger_cli("-p", str(p.pid), str(builds.patch / "fix.rev.ulp"))
         assert reverted.returncode == 0, reverted.stdout + reverted.stderr
         assert [p.ask("negative"), p.ask("parse")] == [UNFIXED, PARSED]
+
+
+@dataclass(frozen=True)
+class SuiteBuilds:
+    """The same pair built with every non-static symbol exported, and expat's test suite
+    linked against each library."""
+
+    old: Path  # prepared
+    new: Path
+    old_suite: Path
+    new_suite: Path
+    patch: Path  # ulp diff's DIR
+    reported: list[str]
+    probe: Path  # fix_probe.c, built
+
+
+@pytest.fixture(scope="module")
+def suite_builds(tmp_path_factory: pytest.TempPathFactory, source: Path) -> SuiteBuilds:
+    where = tmp_path_factory.mktemp("expat-exported")
+    old = expat.build(source, where / "old", fixed=False, internals_exported=True)
+    new = expat.build(source, where / "new", fixed=True, internals_exported=True)
+    rewritten = ulp("rewrite", str(old))
+    assert rewritten.returncode == 0, rewritten.stderr
+    made = ulp("diff", str(old), str(new), "-o", str(where / "patch"))
+    assert made.returncode == 0, made.stderr
+    assert made.stderr.startswith(f"warning: {where / 'patch' / 'fix.toml'}:"), made.stderr
+    probe = where / "fix_probe.so"
+    built = run(["gcc", "-O2", "-Wall", "-Werror", "-fPIC", "-shared",
+                 f"-I{where / 'new' / 'src' / 'expat' / 'lib'}", "-o", str(probe), str(PROBE),
+                 str(new)])  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    return SuiteBuilds(old, new, expat.suite(old), expat.suite(new), where / "patch",
+                       made.stdout.splitlines(), probe)  # fmt: skip
+
+
+def _functions(symbols: list[Symbol]) -> list[Symbol]:
+    return [s for s in symbols if s.defined and s.type == STT_FUNC]
+
+
+def _exported(lib: Path) -> set[str]:
+    return {s.name for s in ElfFile.load(lib).dynamic_symbols if s.defined}
+
+
+def test_exported_build_differs_in_exports_and_diffs_the_same(
+    builds: Builds, suite_builds: SuiteBuilds
+) -> None:
+    """The internals the suite needs are exported from the second pair only; `ulp diff` finds
+    the same changed functions (and nothing else) in both pairs; the suite programs link
+    against the libraries."""
+    internals = set(expat.SUITE_INTERNALS)
+    assert internals <= _exported(suite_builds.old) and internals <= _exported(suite_builds.new)
+    assert not internals & (_exported(builds.old) | _exported(builds.new))
+    changed = [x for x in suite_builds.reported if not x.startswith("/")]
+    assert changed == [x for x in builds.reported if not x.startswith("/")]
+    assert "changed: XML_ParseBuffer" in changed
+    # The suite runs the library's code in the library: none of its functions is linked in
+    # (its two variables are, as copy relocations: the library uses the program's copies).
+    for lib, program in [(suite_builds.old, suite_builds.old_suite),
+                         (suite_builds.new, suite_builds.new_suite)]:  # fmt: skip
+        library_functions = {s.name for s in _functions(ElfFile.load(lib).dynamic_symbols)}
+        assert "XML_ParseBuffer" in library_functions
+        linked = {s.name for s in _functions(ElfFile.load(program).symtab_symbols)}
+        assert not library_functions & linked, program
+
+
+def _suite(program: Path, probe: Path, *, under_runtime: bool) -> tuple[int, int, str]:
+    """Run `program` (runtests) with the probe preloaded: (checks, failed, the probe's answer)."""
+    env = os.environ | {"LD_PRELOAD": str(probe)}
+    cmd = [str(program)]
+    result = ulp("run", "--", *cmd, env=env) if under_runtime else run(cmd, env=env)
+    counts = re.search(r"^\d+%: Checks: (\d+), Failed: (\d+)$", result.stdout, re.M)
+    assert counts, result.stdout + result.stderr
+    checks, failed = int(counts[1]), int(counts[2])
+    assert result.returncode == (0 if failed == 0 else 1), result.stderr
+    (answer,) = re.findall(r"^expat probe: (.*)$", result.stderr, re.M)
+    assert "not applied" not in result.stderr, result.stderr
+    return checks, failed, answer
+
+
+@pytest.fixture
+def patch_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty patch directory (root's, as pytest's temporary directories are), named in
+    ULP_PATCH_DIR for the runtime and the commands."""
+    where = tmp_path / "patches"
+    monkeypatch.setenv("ULP_PATCH_DIR", str(where))
+    return where
+
+
+def test_expat_suite_passes_in_a_process_the_installed_patch_patched(
+    suite_builds: SuiteBuilds, runtime: Path, patch_dir: Path
+) -> None:
+    """expat's own suite, one process against the prepared OLD library, with the fix installed
+    and the runtime applying it before main: every test passes, and as that process exits the
+    probe finds XML_ParseBuffer fixed. The controls: the suite against OLD with nothing
+    installed, and with the patch installed but no runtime, finds it unfixed; against NEW,
+    fixed, with the same tests passing."""
+    old, probe = suite_builds.old_suite, suite_builds.probe
+    unpatched = _suite(old, probe, under_runtime=True)
+    checks = unpatched[0]
+    assert checks > 0 and unpatched == (checks, 0, UNFIXED)
+    installed = ulp("install", str(suite_builds.patch / "fix.ulp"))
+    assert installed.returncode == 0, installed.stderr
+    assert [p.parent for p in patch_dir.iterdir()] == [patch_dir]
+    assert _suite(old, probe, under_runtime=False) == (checks, 0, UNFIXED)
+    assert _suite(old, probe, under_runtime=True) == (checks, 0, FIXED)
+    assert _suite(suite_builds.new_suite, probe, under_runtime=False) == (checks, 0, FIXED)
