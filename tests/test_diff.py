@@ -274,3 +274,37 @@ def test_inputs_without_kept_relocations(old: tuple[Path, Path], tmp_path: Path)
     assert result.stderr == (
         f"ulp: {plain}: no link-time relocations: link it with -Wl,--emit-relocs (docs/diff.md)\n"
     )
+
+
+def test_statics_of_one_name_in_files_of_one_name(tmp_path: Path) -> None:
+    """Two `util.c` in two directories, each with a static `helper`: their keys are the same,
+    so a change to the second one is refused, never taken for the first one's sameness."""
+
+    def library(where: Path, second: str) -> Path:
+        for part, body in (("a", "return x + 1;"), ("b", second)):
+            (where / part).mkdir(parents=True)
+            (where / part / "util.c").write_text(
+                f"static __attribute__((noinline)) int helper(int x) {{ {body} }}\n"
+                f"int {part}_value(int x) {{ return helper(x) * 2; }}\n"
+            )
+            built = run(["gcc", *FLAGS, "-c", "util.c", "-o", "util.o"], cwd=where / part)
+            assert built.returncode == 0, built.stderr
+        lib = where / "libtwo.so"
+        linked = run(["gcc", "-shared", "-Wl,--emit-relocs", "-o", str(lib),
+                      str(where / "a" / "util.o"), str(where / "b" / "util.o")])  # fmt: skip
+        assert linked.returncode == 0, linked.stderr
+        return lib
+
+    old = library(tmp_path / "old", "return x + 2;")
+    assert ulp("rewrite", str(old)).returncode == 0
+    same = ulp("diff", str(old), str(library(tmp_path / "same", "return x + 2;")),
+               "-o", str(tmp_path / "p1"))  # fmt: skip
+    assert same.returncode == 1
+    assert "no function differs" in same.stderr
+    changed = ulp("diff", str(old), str(library(tmp_path / "new", "return x + 3;")),
+                  "-o", str(tmp_path / "p2"))  # fmt: skip
+    assert changed.returncode == 1
+    assert changed.stderr.startswith("ulp: util.c:helper: several statics of this name"), (
+        changed.stderr
+    )
+    assert not (tmp_path / "p2").exists()

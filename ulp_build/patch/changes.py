@@ -33,6 +33,9 @@ class Changes:
     # (object, constant): an unchanged object holding the address of a read-only object that
     # changed, which the patch carries anew: the running one still points at the old one.
     pointing_at_old: list[tuple[str, str]] = field(default_factory=list)
+    # Keys several functions or objects share (library_build.shared_keys) whose copies differ
+    # between the builds: which of them changed cannot be told by name.
+    ambiguous: list[str] = field(default_factory=list)
 
 
 def _ordered(items: list[Item]) -> list[str]:
@@ -88,6 +91,14 @@ def compare(old: LibraryBuild, new: LibraryBuild) -> Changes:
         if not i.is_function and i.key in old.items and i.key not in stale
         for key in sorted(new.referred(i) & constants)
     ]
+    for key in sorted(old.shared_keys.keys() | new.shared_keys.keys()):
+        before, after = old.all_items(key), new.all_items(key)
+        shapes = [
+            [b.function_shape(i) if i.is_function else b.object_shape(i) for i in found]
+            for b, found in ((old, before), (new, after))
+        ]
+        if shapes[0] != shapes[1]:
+            out.ambiguous.append(key)
     gone = [i for k, i in old.items.items() if k not in new.items]
     out.changed, out.new = _ordered(changed), _ordered(added)
     out.changed_data, out.new_data = _ordered(changed_data), _ordered(added_data)

@@ -146,6 +146,11 @@ def diff(
         " points at the old one, which its readers would still use"
         for key, constant in found.pointing_at_old
     ]
+    problems += [
+        f"{key}: several statics of this name in source files of this name, and one of them"
+        " differs: which cannot be told by name (build the files under distinct names)"
+        for key in found.ambiguous
+    ]
     problems += _renumbered(old, new, found)
     numbered = [(old.items[k], i) for k, i in new.items.items()
                 if _NUMBERED.match(k) and k in old.items and not i.is_function]  # fmt: skip

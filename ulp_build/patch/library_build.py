@@ -158,8 +158,33 @@ class LibraryBuild:
 
     @cached_property
     def items(self) -> dict[str, Item]:
-        """Every function and data object with a size, by key."""
-        out: dict[str, Item] = {}
+        """Every function and data object with a size, by key (the first of those that share
+        one: see `shared_keys`)."""
+        return {key: found[0] for key, found in self._all_items.items()}
+
+    @cached_property
+    def shared_keys(self) -> dict[str, list[Item]]:
+        """The keys more than one function or object has, with each of them in `.symtab`
+        order: statics of one name in two source files of one name (`lib/util.c` and
+        `src/util.c`, both compiled as `util.c`), which no key tells apart."""
+        return {key: found for key, found in self._all_items.items() if len(found) > 1}
+
+    def all_items(self, key: str) -> list[Item]:
+        """Every function or object with this key, in `.symtab` order."""
+        return self._all_items.get(key, [])
+
+    def counterpart(self, item: Item, other: LibraryBuild) -> Item | None:
+        """The function or object of `other` that is `item` of this build: the one with its
+        key, or of several with its key, the one at its place among them (the link's order)."""
+        mine, theirs = self.all_items(item.key), other.all_items(item.key)
+        if len(mine) != len(theirs):
+            return theirs[0] if len(theirs) == 1 == len(mine) else None
+        at = next((n for n, i in enumerate(mine) if i.start == item.start), None)
+        return None if at is None else theirs[at]
+
+    @cached_property
+    def _all_items(self) -> dict[str, list[Item]]:
+        out: dict[str, list[Item]] = {}
         source = ""
         for sym in self.symbols:
             if sym.type == STT_FILE:
@@ -173,13 +198,13 @@ class LibraryBuild:
                 key = sym.name
             else:
                 key = f"{source}:{sym.name}" if source else sym.name
-            out.setdefault(key, Item(key, sym, self.elf.sections[sym.shndx]))
+            out.setdefault(key, []).append(Item(key, sym, self.elf.sections[sym.shndx]))
         return out
 
     @cached_property
     def _by_address(self) -> tuple[list[int], list[Item]]:
         ordered = sorted(
-            (i for i in self.items.values() if i.symbol.type != STT_TLS),
+            (i for found in self._all_items.values() for i in found if i.symbol.type != STT_TLS),
             key=lambda i: (i.start, -i.symbol.size),
         )
         return [i.start for i in ordered], ordered

@@ -183,7 +183,10 @@ class _Writer:
                 " field, which cannot reach the running library"
             )
             return None
-        before = self.old.items.get(item.key)
+        before = self.new.counterpart(item, self.old)
+        if before is None and item.is_function:
+            self.problems.append(f"{where}: refers to {item.key}, which it cannot place")
+            return None
         if before is None:
             # New data the carried code uses: a fresh copy in the patch, its only user.
             return kind, f"{self._copy(item)} + {target.value - item.start}"
