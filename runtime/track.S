@@ -113,13 +113,22 @@ ulp_track:
         cmpq    ULP_THREAD_END(%r10), %r11
         jae     .Luntracked
         /* Fill, reserve, fill again: a signal handler entering a tracked call between any two
-         * of these sees a free slot, or a reserved one with a correct sp and no library yet
-         * (so that if the handler leaves by longjmp, pruning this frame changes no depth). */
+         * of these sees a free slot, or a reserved one with no library yet (so that if the
+         * handler leaves by longjmp, pruning this frame changes no depth). Its sp is correct
+         * but right after the reservation: a handler that came before it took the free slot
+         * for its own call and left its own sp there, and a second handler, at the same
+         * place on its stack, takes the slot just reserved for one it may prune (addresses
+         * decide). So the reservation is checked once the sp is right again, and made again
+         * if it was lost: from then on every handler sees this frame as it is. */
         movq    %rsp, ULP_FRAME_SP(%r11)
         movq    $0, ULP_FRAME_LIB(%r11)
         addq    $ULP_FRAME_SIZE, ULP_THREAD_TOP(%r10)
         movq    %rsp, ULP_FRAME_SP(%r11)
         movq    $0, ULP_FRAME_LIB(%r11)
+        leaq    ULP_FRAME_SIZE(%r11), %r11      /* leaq keeps the flags of the compare */
+        cmpq    %r11, ULP_THREAD_TOP(%r10)
+        leaq    -ULP_FRAME_SIZE(%r11), %r11
+        jne     .Lreserve_lost
         /* The depth this entry finds is what popping its frame will store back. */
         movl    ULP_LIB_DEPTH(%rbx), %r10d
         movq    %r10, ULP_FRAME_DEPTH(%r11)
@@ -266,13 +275,18 @@ ulp_return:
          * before). The frame below gets return address 0: ulp_return pops it with ours. */
         .cfi_remember_state
         addq    $ULP_FRAME_SIZE, %r11
+.Ltail_reserve:
         cmpq    ULP_THREAD_END(%r10), %r11
         jae     .Lenter_plain                   /* no room: M untracked, L still held */
-        movq    %rsp, ULP_FRAME_SP(%r11)        /* fill, reserve, fill: as at .Lreserve */
+        movq    %rsp, ULP_FRAME_SP(%r11)        /* fill, reserve, fill, check: as at .Lreserve */
         movq    $0, ULP_FRAME_LIB(%r11)
         addq    $ULP_FRAME_SIZE, ULP_THREAD_TOP(%r10)
         movq    %rsp, ULP_FRAME_SP(%r11)
         movq    $0, ULP_FRAME_LIB(%r11)
+        leaq    ULP_FRAME_SIZE(%r11), %r11
+        cmpq    %r11, ULP_THREAD_TOP(%r10)
+        leaq    -ULP_FRAME_SIZE(%r11), %r11
+        jne     .Ltail_reserve_lost
         movq    ULP_FRAME_RET - ULP_FRAME_SIZE(%r11), %r10
         movq    %r10, ULP_FRAME_RET(%r11)
         movq    ULP_FRAME_RBX - ULP_FRAME_SIZE(%r11), %r10
@@ -299,6 +313,14 @@ ulp_return:
         .cfi_adjust_cfa_offset -8
         jmp     *%r11
         .cfi_restore_state
+.Ltail_reserve_lost:
+        /* The frame just reserved was pruned (see .Lreserve): only it, so the caller's frame
+         * is on top again. */
+        movq    ULP_THREAD_TOP(%r10), %r11
+        jmp     .Ltail_reserve
+.Lreserve_lost:
+        movq    ULP_THREAD_TOP(%r10), %r11
+        jmp     .Lreserve
 .Lprune_reload:
         addq    $ULP_FRAME_SIZE, %r11
 .Lprune:

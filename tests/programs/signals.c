@@ -10,12 +10,19 @@
  *                    one of them (less often) also itself (SA_NODEFER);
  *            jump: every third handler leaves by siglongjmp back into the thread's loop,
  *                  half of them from inside a tracked call (its callback jumps), abandoning
- *                  whatever the thread was doing, tracked entries and returns included.
+ *                  whatever the thread was doing, tracked entries and returns included;
+ *            step: no timers: the thread runs its tracked calls with the trap flag set, so a
+ *                  SIGTRAP lands after every single instruction of them, and the handler makes
+ *                  a tracked call after about half of them (pseudo-random, so that two
+ *                  handlers in a row at any two instructions are tried, and a retry is not
+ *                  met by the same pattern again). The thread's calls never take the
+ *                  runtime's slow paths (which block signals: tracing stops there).
  * Prints "tid TID: PLACEMENT VARIANT: N calls, M handler calls, D deep (handlers nested at
  * most), J jumps, W wrong", then "ready", and waits on
  * stdin with the thread alive (for reading the runtime's state), then exits 0.
  */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -25,6 +32,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
+#include <ucontext.h>
 #include <unistd.h>
 
 #include "tracking.h"
@@ -33,7 +41,7 @@
 #define ALT_SIZE (64 * 1024)
 
 static stack_t alt;
-static int nested_variant, jump_variant;
+static int nested_variant, jump_variant, step_variant;
 static volatile sig_atomic_t stop, jump_armed;
 static volatile long handler_calls, wrong, nesting, deepest, jumps;
 static volatile pid_t worker_tid;
@@ -83,6 +91,34 @@ static void on_signal(int sig)
     nesting--;
 }
 
+static void on_trap(int sig, siginfo_t *info, void *context)
+{
+    static unsigned long state = 88172645463325252UL;
+    ucontext_t *interrupted = context;
+    Dl_info where;
+    (void)sig, (void)info;
+    handler_calls++;
+    /* Into the C library (a slow path of the runtime, which blocks signals): stop tracing, so
+     * that the runtime can report what it found rather than die of a blocked trap. */
+    if (dladdr((void *)interrupted->uc_mcontext.gregs[REG_RIP], &where) &&
+        strstr(where.dli_fname, "libc.so"))
+        interrupted->uc_mcontext.gregs[REG_EFL] &= ~0x100L;
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    if (state & 1 && tracking_call(twice, 3) != 7)
+        wrong++;
+}
+
+/* The trap flag: set, a SIGTRAP follows every instruction (the kernel clears it in handlers). */
+static inline void trace(int on)
+{
+    if (on)
+        __asm__ volatile("pushfq; orq $0x100, (%%rsp); popfq" ::: "memory", "cc");
+    else
+        __asm__ volatile("pushfq; andq $~0x100, (%%rsp); popfq" ::: "memory", "cc");
+}
+
 static void *worker(void *arg)
 {
     int above = *(int *)arg;
@@ -101,9 +137,12 @@ static void *worker(void *arg)
     jump_armed = jump_variant;
     while (!stop) {
         long x = calls % 50;
-        if (tracking_call(twice, x) != 2 * x + 1)
+        trace(step_variant);
+        long first = tracking_call(twice, x), second = tracking_call(inner, x);
+        trace(0);
+        if (first != 2 * x + 1)
             wrong++;
-        if (tracking_call(inner, x) != 2 * x + 1 + spin_expected(x + 1) + 1)
+        if (second != 2 * x + 1 + spin_expected(x + 1) + 1)
             wrong++;
         calls++;
     }
@@ -113,7 +152,8 @@ static void *worker(void *arg)
         wrong++;
     printf("tid %d: %s %s: %ld calls, %ld handler calls, %ld deep, %ld jumps, %ld wrong\n",
            (int)worker_tid, above ? "above" : "below",
-           nested_variant ? "nested" : jump_variant ? "jump" : "plain", (long)calls,
+           nested_variant ? "nested" : jump_variant ? "jump" : step_variant ? "step" : "plain",
+           (long)calls,
            (long)handler_calls, (long)deepest, (long)jumps, (long)wrong);
     printf("ready\n");
     fflush(stdout);
@@ -144,6 +184,7 @@ int main(int argc, char **argv)
     int above = !strcmp(argv[1], "above");
     nested_variant = !strcmp(argv[2], "nested");
     jump_variant = !strcmp(argv[2], "jump");
+    step_variant = !strcmp(argv[2], "step");
     setvbuf(stdout, NULL, _IOLBF, 0);
 
     /* Mapped before the thread's stack is: mmap hands out addresses downwards. */
@@ -155,18 +196,25 @@ int main(int argc, char **argv)
     sigaction(SIGUSR1, &sa, NULL);
     sa.sa_flags |= SA_NODEFER;
     sigaction(SIGUSR2, &sa, NULL);
+    sa.sa_sigaction = on_trap;
+    sa.sa_flags = SA_ONSTACK | SA_SIGINFO;
+    sigaction(SIGTRAP, &sa, NULL);
 
     pthread_t t;
     pthread_create(&t, NULL, worker, &above);
     while (!worker_tid)
         sched_yield();
-    timer_t first = start_timer(SIGUSR1, 50 * 1000);
-    /* Rarer: a handler nests in itself only when another one of its signals comes first. */
-    timer_t second = nested_variant ? start_timer(SIGUSR2, 170 * 1000) : first;
-    sleep((unsigned)atoi(argv[3]));
-    timer_delete(first);
-    if (nested_variant)
-        timer_delete(second);
+    if (step_variant) {
+        sleep((unsigned)atoi(argv[3]));
+    } else {
+        timer_t first = start_timer(SIGUSR1, 50 * 1000);
+        /* Rarer: a handler nests in itself only when another one of its signals comes first. */
+        timer_t second = nested_variant ? start_timer(SIGUSR2, 170 * 1000) : first;
+        sleep((unsigned)atoi(argv[3]));
+        timer_delete(first);
+        if (nested_variant)
+            timer_delete(second);
+    }
     stop = 1;
     pthread_join(t, NULL);
     return 0;
