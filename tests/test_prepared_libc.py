@@ -161,6 +161,9 @@ def test_libc_calls_are_tracked_and_the_runtimes_are_not(
         libc = state.library("libc.so.6")
         assert Path(libc.name) == libc_dir / "libc.so.6"
         assert [lib.name for lib in state.libraries] == [libc.name]
+        # Every entry is named if there is more than one: which thread stayed registered.
+        others = [(t.tid, t.frames, t.libraries) for t in state.threads if t.tid != proc.pid]
+        assert not others, f"threads registered besides the main one: {others}"
         (main,) = state.threads
         assert main.tid == proc.pid
         assert main.frames == 1
