@@ -13,6 +13,7 @@ from live import running, trigger_cli
 from sample_libs import samples
 from ulp_build.elf import ElfFile
 from ulp_build.elf.eh_frame import EhFrame
+from ulp_build.patch.library_build import LibraryBuild
 from ulp_build.prepare.layout import CFLAGS
 
 SOURCE = samples.ROOT / "diff" / "diffed.c"
@@ -297,6 +298,11 @@ def test_statics_of_one_name_in_files_of_one_name(tmp_path: Path) -> None:
 
     old = library(tmp_path / "old", "return x + 2;")
     assert ulp("rewrite", str(old)).returncode == 0
+    # Each one is read where it is, not as the first of its key.
+    build = LibraryBuild(ElfFile.load(old))
+    helpers = build.all_items("util.c:helper")
+    assert len(helpers) == 2
+    assert [build.instruction_ends(h)[0][0] for h in helpers] == [h.start for h in helpers]
     same = ulp("diff", str(old), str(library(tmp_path / "same", "return x + 2;")),
                "-o", str(tmp_path / "p1"))  # fmt: skip
     assert same.returncode == 1

@@ -118,7 +118,7 @@ def test_diff_finds_the_fix_and_the_shifted_line_numbers(builds: Builds) -> None
         assert before[1] == after[1] and len(before[0]) == len(after[0]), key
         item = new.items[key]
         shifts = set()
-        for start, end in new.instruction_ends_cached(item):
+        for start, end in new.instruction_ends(item):
             a = before[0][start - item.start : end - item.start]
             b = after[0][start - item.start : end - item.start]
             if a != b:

@@ -153,6 +153,7 @@ class LibraryBuild:
         if not self.symbols:
             raise UlpError(f"{elf.name}: no .symtab (stripped?): `ulp diff` needs it")
         self._places = [r.offset for r in self.relocations]
+        self._decoded: dict[int, list[tuple[int, int]]] = {}
 
     # -- functions and objects ----------------------------------------------------------------
 
@@ -240,15 +241,31 @@ class LibraryBuild:
     # -- what a field refers to ---------------------------------------------------------------
 
     def instruction_ends(self, item: Item) -> list[tuple[int, int]]:
-        """(start, end) of each instruction of a function, decoded in order."""
-        from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+        """(start, end) of each instruction of a function, decoded in order, once (by address:
+        two statics may share a key)."""
+        decoded = self._decoded.get(item.start)
+        if decoded is None:
+            from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 
-        decoder = Cs(CS_ARCH_X86, CS_MODE_64)
-        code = self.code(item)
-        out = [(a, a + n) for a, n, _m, _o in decoder.disasm_lite(code, item.start)]
-        if not out or out[-1][1] != item.end:
-            raise UlpError(f"{self.elf.name}: {item.key}: its code does not decode to its end")
-        return out
+            code = self.code(item)
+            lite = Cs(CS_ARCH_X86, CS_MODE_64).disasm_lite(code, item.start)
+            decoded = [(a, a + n) for a, n, _m, _o in lite]
+            if not decoded or decoded[-1][1] != item.end:
+                raise UlpError(f"{self.elf.name}: {item.key}: its code does not decode to its end")
+            self._decoded[item.start] = decoded
+        return decoded
+
+    @staticmethod
+    def _referred_address(
+        rel: Relocation, value: int, next_instruction: int | None, region_start: int | None
+    ) -> int:
+        """The address a field of `rel` with symbol plus addend `value` refers to: for a
+        RIP-relative field, taken from its instruction's end (in code) or, in data, from where
+        the region holding it starts (a switch table's entries are distances from its start)."""
+        if rel.type not in PC_RELATIVE:
+            return value
+        base = next_instruction if next_instruction is not None else region_start
+        return value if base is None else value + base - rel.offset
 
     def target(
         self, rel: Relocation, next_instruction: int | None, region_start: int | None = None
@@ -276,12 +293,7 @@ class LibraryBuild:
             item = self.item_of_symbol(sym)
             if item is not None:
                 return Target("item", value, item=item, offset=value - item.start)
-        addr = value
-        if rel.type in PC_RELATIVE:
-            if next_instruction is not None:
-                addr = value + next_instruction - rel.offset
-            elif region_start is not None:
-                addr = value - (rel.offset - region_start)
+        addr = self._referred_address(rel, value, next_instruction, region_start)
         item = self.item_at(addr)
         if item is not None:
             return Target("item", value, item=item, offset=value - item.start)
@@ -294,30 +306,24 @@ class LibraryBuild:
     def _region_bounds(self) -> dict[int, list[int]]:
         """Per section index, the sorted places where a region may start or must end."""
         bounds: dict[int, set[int]] = {}
-        for item in self.items.values():
+        every = [i for found in self._all_items.values() for i in found]
+        for item in every:
             bounds.setdefault(item.section.index, set()).update((item.start, item.end))
         for sec in self.elf.sections:
             bounds.setdefault(sec.index, set()).add(sec.addr + sec.size)
-        for item in self.items.values():
+        for item in every:
             if not item.is_function:
                 continue
-            for start, end in self.instruction_ends_cached(item):
+            for start, end in self.instruction_ends(item):
                 for rel in self.relocations_in(start, end):
                     sym = self.symbols[rel.symbol] if rel.symbol < len(self.symbols) else None
                     if sym is None or sym.type != STT_SECTION:
                         continue
-                    addr = sym.value + rel.addend + (end - rel.offset) * (rel.type in PC_RELATIVE)
+                    addr = self._referred_address(rel, sym.value + rel.addend, end, None)
                     sec = self.section_at(addr)
                     if sec is not None:
                         bounds.setdefault(sec.index, set()).add(addr)
         return {k: sorted(v) for k, v in bounds.items()}
-
-    def instruction_ends_cached(self, item: Item) -> list[tuple[int, int]]:
-        cache = self.__dict__.setdefault("_decoded", {})
-        if item.key not in cache:
-            cache[item.key] = self.instruction_ends(item)
-        decoded: list[tuple[int, int]] = cache[item.key]
-        return decoded
 
     def section_at(self, addr: int) -> Section | None:
         for sec in self.elf.sections:
@@ -412,7 +418,7 @@ class LibraryBuild:
             at = nop[0] - item.start
             raw[at : at + 2] = b"\0\0"
         fields = []
-        for start, end in self.instruction_ends_cached(item):
+        for start, end in self.instruction_ends(item):
             relocations = self.relocations_in(start, end)
             if not relocations and end - start == taken_addresses.LEA_SIZE:
                 self._undo_redirect(raw, start - item.start, end)
@@ -439,7 +445,7 @@ class LibraryBuild:
         if item.is_function:
             return [
                 (r, end)
-                for start, end in self.instruction_ends_cached(item)
+                for start, end in self.instruction_ends(item)
                 for r in self.relocations_in(start, end)
             ]
         if item.symbol.type == STT_TLS:
@@ -463,9 +469,7 @@ class LibraryBuild:
             target = self.target(rel, end, region_start=item.start)
             if target.item is None or not target.item.is_function:
                 continue
-            addr = target.value
-            if rel.type in PC_RELATIVE:
-                addr += (end if end is not None else item.start) - rel.offset
+            addr = self._referred_address(rel, target.value, end, item.start)
             if addr != target.item.start:
                 out.add(target.item.key)
         return out

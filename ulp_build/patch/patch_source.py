@@ -227,7 +227,7 @@ class _Writer:
         lines += [f"        .type {label}, @function", f"{label}:", f"{_local(label)}:"]
         lines += self._unwind(item)
         done = 0
-        for _start, end in new.instruction_ends_cached(item):
+        for _start, end in new.instruction_ends(item):
             for rel in new.relocations_in(_start, end):
                 at = rel.offset - item.start
                 lines += self._bytes(code[done:at])
