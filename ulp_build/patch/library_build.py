@@ -28,16 +28,17 @@ from ulp_build.elf.constants import (
     R_X86_64_PLT32,
     R_X86_64_REX_GOTPCRELX,
     SHF_ALLOC,
-    SHF_EXECINSTR,
     SHF_WRITE,
     SHN_LORESERVE,
     SHN_UNDEF,
     SHT_NOBITS,
     STB_GLOBAL,
     STB_WEAK,
+    STT_FILE,
     STT_FUNC,
     STT_GNU_IFUNC,
     STT_OBJECT,
+    STT_SECTION,
     STT_TLS,
 )
 from ulp_build.elf.image import Section
@@ -45,9 +46,6 @@ from ulp_build.elf.relocations import Relocation
 from ulp_build.errors import UlpError
 from ulp_build.prepare import codegen, patchable, taken_addresses
 from ulp_build.prepare.layout import DESCRIPTOR, DESCRIPTOR_OFFSET, SECTION_DATA
-
-STT_SECTION = 3
-STT_FILE = 4
 
 # How deep references from data to data are followed when comparing (_key).
 _DEEPEST = 4
@@ -101,10 +99,6 @@ class Item:
     @property
     def is_function(self) -> bool:
         return self.symbol.type == STT_FUNC
-
-    @property
-    def is_static(self) -> bool:
-        return self.symbol.bind not in (STB_GLOBAL, STB_WEAK)
 
 
 @dataclass(frozen=True)
@@ -481,7 +475,3 @@ class LibraryBuild:
             tls = next((s for s in self.elf.segments if s.type == PT_TLS), None)
             start += tls.vaddr if tls is not None else 0
         return self.data_shape(start, start + item.symbol.size, item.section)
-
-
-def is_code(section: Section) -> bool:
-    return bool(section.flags & SHF_EXECINSTR)

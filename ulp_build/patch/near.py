@@ -33,7 +33,7 @@ from ulp_build.patch.metadata import Near
 SECTION = ".ulp.near"
 PREFIX = "__ulp_near_"
 _HEX = re.compile(r"[0-9a-f]{1,16}")
-_NEAR_TYPES = (R_X86_64_PC32, R_X86_64_PLT32)
+TYPES = (R_X86_64_PC32, R_X86_64_PLT32)
 
 
 def find(target: ElfFile, obj: ElfFile) -> tuple[list[Near], list[str]]:
@@ -81,7 +81,7 @@ def find(target: ElfFile, obj: ElfFile) -> tuple[list[Near], list[str]]:
                     f"referenced from {applies_to.name}, which is not code: only instructions"
                     " can address the target near"
                 )
-            elif r.type not in _NEAR_TYPES:
+            elif r.type not in TYPES:
                 problem = (
                     f"referenced by relocation type {r.type} at {r.offset:#x}: a near reference"
                     " is R_X86_64_PC32 or R_X86_64_PLT32 (a RIP-relative operand or a call)"

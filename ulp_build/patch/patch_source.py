@@ -19,8 +19,6 @@ from functools import cached_property
 from ulp_build.elf.constants import (
     R_X86_64_GLOB_DAT,
     R_X86_64_PC32,
-    R_X86_64_PLT32,
-    SHF_EXECINSTR,
     SHF_WRITE,
     SHT_NOBITS,
 )
@@ -36,8 +34,6 @@ from ulp_build.patch.library_build import (
     Target,
     width,
 )
-
-NEAR_TYPES = (R_X86_64_PC32, R_X86_64_PLT32)
 
 # The initial instructions of the CIE gcc and the assembler write on x86-64: the CFA is %rsp + 8
 # and the return address is at CFA - 8.
@@ -177,7 +173,7 @@ class _Writer:
             return None
         if item.key in self.labels:
             return kind, f"{_local(self.labels[item.key])} + {target.value - item.start}"
-        if kind not in NEAR_TYPES:
+        if kind not in near.TYPES:
             self.problems.append(
                 f"{where}: refers to {item.key} with a {RELOCATION_NAMES.get(kind, kind)}"
                 " field, which cannot reach the running library"
@@ -335,7 +331,3 @@ def write(
     text = writer.write(entries)
     replace = {name: writer.labels[item.key] for name, item in entries.items()}
     return PatchSource(text, replace, writer.problems)
-
-
-def is_code(item: Item) -> bool:
-    return bool(item.section.flags & SHF_EXECINSTR)

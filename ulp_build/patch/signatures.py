@@ -37,14 +37,18 @@ def _type(die: DIE | None, depth: int = 0) -> str:
         kind = {"DW_TAG_structure_type": "struct ", "DW_TAG_union_type": "union ",
                 "DW_TAG_enumeration_type": "enum "}.get(tag, "")  # fmt: skip
         return kind + name.value.decode(errors="replace")
-    inner = die.get_DIE_from_attribute("DW_AT_type") if "DW_AT_type" in die.attributes else None
     if tag in _WRAPPERS:
-        return _WRAPPERS[tag] + _type(inner, depth + 1)
+        return _WRAPPERS[tag] + _type(_of(die), depth + 1)
     if tag == "DW_TAG_subroutine_type":
-        params = [_type(_of(c), depth + 1) for c in die.iter_children()
-                  if c.tag == "DW_TAG_formal_parameter"]  # fmt: skip
-        return f"{_type(inner, depth + 1)}({', '.join(params)})"
+        return _signature(die, depth + 1)
     return tag
+
+
+def _signature(die: DIE, depth: int = 0) -> str:
+    """A function's or function type's return type and parameter types: `int(char *, long)`."""
+    params = [_type(_of(c), depth) for c in die.iter_children()
+              if c.tag == "DW_TAG_formal_parameter"]  # fmt: skip
+    return f"{_type(_of(die), depth)}({', '.join(params)})"
 
 
 def _of(die: DIE) -> DIE | None:
@@ -121,10 +125,8 @@ def _read(elf: ElfFile) -> _Read | None:
                     continue
                 if "DW_AT_low_pc" not in die.attributes:
                     continue  # a declaration, or only inlined
-                params = [_type(_of(c)) for c in die.iter_children()
-                          if c.tag == "DW_TAG_formal_parameter"]  # fmt: skip
                 name = die.attributes["DW_AT_name"].value.decode(errors="replace")
-                out.setdefault(name, f"{_type(_of(die))}({', '.join(params)})")
+                out.setdefault(name, _signature(die))
         return out, layouts, owners
     except (ELFError, AttributeError, KeyError, ValueError) as exc:
         raise UlpError(f"{elf.name}: unreadable DWARF ({exc})") from None
