@@ -94,8 +94,8 @@ class _Writer:
         start, end = (what.start, what.end)
         key = (start, end)
         if key not in self.copies:
-            name = f"ulp_diff_data_{len(self.copies)}"
-            self._taken.add(name)
+            # Named apart from every label: a carried function may be called `data_0`.
+            name = label_for(f"data_{len(self.copies)}", self._taken)
             self.copies[key] = (name, what)
         return self.copies[key][0]
 
@@ -284,8 +284,8 @@ class _Writer:
                 expr = f"{label} + {target.value - target.item.start}"
                 lines.append(f"        .reloc ., {RELOCATION_NAMES[rel.type]}, {expr}")
             elif target.kind == "external":
-                name = f"{target.name.split('@')[0]} + {rel.addend}"
-                lines.append(f"        .reloc ., {RELOCATION_NAMES[rel.type]}, {name}")
+                expr = f"{target.name.split('@')[0]} + {rel.addend}"
+                lines.append(f"        .reloc ., {RELOCATION_NAMES[rel.type]}, {expr}")
             else:
                 self.problems.append(
                     f"{name}: data the patch copies ({sec.name} at {what.start:#x}) refers to"
@@ -301,12 +301,10 @@ class _Writer:
         exported = {i.key for i in entries.values()}
         for item in self.carried:
             body += self._code(item, item.key in exported)
-        written: set[tuple[int, int]] = set()
-        while len(written) < len(self.copies):  # copies may refer to more copies
-            for key, (name, what) in list(self.copies.items()):
-                if key not in written:
-                    written.add(key)
-                    body += self._data(name, what)
+        # Every copy is made by the code above: copied data refers only to carried code and
+        # other libraries (_data), never to more data to copy.
+        for name, what in self.copies.values():
+            body += self._data(name, what)
         head = [f'        .section {near.SECTION}, "a"']
         for offset in sorted(self.near):
             name = f"{near.PREFIX}{offset:x}"
