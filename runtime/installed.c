@@ -224,8 +224,8 @@ static int poke(int mem, uintptr_t at, const void *bytes, size_t size)
  * then every core of the process is serialized (membarrier's SYNC_CORE, the kernel's way to
  * publish code modified in user space), and each entry nop becomes its jump by one aligned
  * 2-byte store, through the mapping made writable for that moment: a CPU fetching the entry
- * sees the nop or the jump, never half of each (a write through /proc/self/mem may copy byte
- * by byte). A process with one thread has nobody to race: /proc/self/mem does it all. */
+ * sees the nop or the jump, never half of each (a write through /proc/thread-self/mem may copy
+ * byte by byte). A process with one thread has nobody to race: that file does it all. */
 static void serialize_cores(void)
 {
     static int registered;
@@ -279,7 +279,7 @@ static const char *write_checkers(int mem, const struct ulp_request *r, uintptr_
         uint8_t pad[PAD_BEFORE];
         checker_pad(pad, f[i].entry - PAD_BEFORE, slot, f[i].index);
         if (poke(mem, f[i].entry - PAD_BEFORE, pad, PAD_BEFORE))
-            return "cannot write the code through /proc/self/mem";
+            return "cannot write the code through /proc/thread-self/mem";
     }
     if (!alone)
         serialize_cores();
@@ -467,9 +467,11 @@ static void apply_installed(const struct target *t)
     if (count) {
         char why[PATH_MAX + 128];
         int refused = refused_directory(dir, why, sizeof why);
-        int mem = open("/proc/self/mem", O_RDWR | O_CLOEXEC);
+        /* thread-self, not self: the first call of a library loaded later may come after the
+         * main thread exited, and /proc/self/mem is gone with it (load.c writes the same way). */
+        int mem = open("/proc/thread-self/mem", O_RDWR | O_CLOEXEC);
         if (!refused && mem < 0) {
-            snprintf(why, sizeof why, "/proc/self/mem: %s", strerror(errno));
+            snprintf(why, sizeof why, "/proc/thread-self/mem: %s", strerror(errno));
             refused = 1;
         }
         qsort(names, count, sizeof *names, by_name);
