@@ -73,7 +73,7 @@ def install(patch_file: str, where: Path) -> tuple[Installed, bool]:
     # As `ulp` read it, not rebased: the runtime loads it as the process starts, when the
     # loader puts it next to the libraries just loaded anyway (docs/live-patching.md).
     assert op.object_elf is not None
-    add_application(req, op, 0, op.object_elf)
+    add_application(req, op, 0, op.object_elf.data)
     data = req.encode()
     present = [i for i in listing(where) if i.target_build_id == patch.target_build_id]
     for i in present:

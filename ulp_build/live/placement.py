@@ -14,10 +14,12 @@ elsewhere, and it works as well (the runtime adds its load bias to every offset)
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from ulp_build.elf import ElfFile
 from ulp_build.live.loaded_library import LoadedLibrary
 from ulp_build.live.process import Mapping, maps
-from ulp_build.patch.rebase import PAGE, USER_END, Footprint, footprint, rebase
+from ulp_build.patch.rebase import PAGE, USER_END, Footprint, Rebasing, footprint
 
 # What a rel32 reaches, either way: every byte of the target within it of every byte of the
 # object.
@@ -37,17 +39,25 @@ LOWEST = 0x10000
 ENTRIES_ROOM = 1 << 20
 
 
-def placed(pid: int, library: LoadedLibrary, obj: ElfFile) -> ElfFile:
-    """The patch object `obj` rebased next to `library` in process `pid`, or `obj` itself if
-    no free range is near enough."""
-    fp = footprint(obj)
+def placed(pid: int, library: LoadedLibrary, obj: ElfFile) -> tuple[bytes, int]:
+    """The bytes of the patch object `obj` rebased next to `library` in process `pid`, and how
+    far its addresses moved: `obj`'s own bytes and 0 if no free range is near enough."""
+    rebasing = _rebasing(obj)
+    fp = rebasing.place
     target = footprint(library.elf)
     start = library.base + target.start
     room = (len(obj.data) + ENTRIES_ROOM + PAGE - 1) & -PAGE
     address = near_address(maps(pid), (start, start + target.size), fp, room)
     if address is None or address == fp.start:
-        return obj
-    return ElfFile(rebase(obj.data, address - fp.start, obj.name), obj.name)
+        return obj.data, 0
+    return rebasing.moved(address - fp.start), address - fp.start
+
+
+# The patch object's address words are found once per command (`--all` moves it in every
+# process); the last few objects are kept, as a worker is given one operation.
+@lru_cache(maxsize=4)
+def _rebasing(obj: ElfFile) -> Rebasing:
+    return Rebasing(obj)
 
 
 def near_address(

@@ -21,7 +21,6 @@ from ulp_build.live.process import mapped_elf
 from ulp_build.live.ptrace import ReturnPoint
 from ulp_build.patch import imports
 from ulp_build.patch.metadata import Function, Patch
-from ulp_build.patch.rebase import footprint
 from ulp_build.prepare.layout import PAD_BEFORE
 
 
@@ -152,27 +151,29 @@ def check(
             f"process {pid}: patch {patch.id} is already applied", applied[0].applied
         )
     assert op.object_elf is not None
-    add_application(req, op, library.base, placement.placed(pid, library, op.object_elf))
+    add_application(req, op, library.base, *placement.placed(pid, library, op.object_elf))
     code += library.function_codes(patch.functions, checked.records)
     return checked
 
 
-def add_application(req: rq.Request, op: Operation, base: int, object_elf: ElfFile) -> None:
+def add_application(
+    req: rq.Request, op: Operation, base: int, object_data: bytes, shift: int = 0
+) -> None:
     """What applying `op`'s patch adds to `req`, for the target loaded at `base` (0 for an
     installed patch, whose addresses the runtime adds its load base to: runtime/installed.c),
-    with the patch object `object_elf`: the one `op` read, or that rebased (placement.py)."""
+    with the patch object's bytes: the ones `op` read, or those rebased `shift` bytes further
+    on (placement.py), whose every address, symbols and near fields alike, is then `shift`
+    further on."""
     patch = op.patch
-    assert patch is not None and op.object_file is not None
+    assert patch is not None and op.object_file is not None and op.object_elf is not None
     req.flags |= rq.APPLY
     # The runtime loads these bytes, not the path (shown by `ulp patches` only).
     obj = op.object_file.path
-    req.object, req.object_data = str(obj), object_elf.data
-    # The metadata's near fields are addresses in the object as packed; a rebased one has them
-    # this much further on (its symbols, read from it, already do).
-    shift = footprint(object_elf).start - footprint(op.object_elf).start
-    replacements, pointers, slots, req.object_build_id = _object_symbols(
-        obj, object_elf, patch, shift
-    )
+    req.object, req.object_data = str(obj), object_data
+    replacements, pointers, slots, req.object_build_id = _object_symbols(obj, op.object_elf, patch)
+    replacements = {name: at + shift for name, at in replacements.items()}
+    pointers = {name: at + shift for name, at in pointers.items()}
+    slots = {name: at + shift for name, at in slots.items()}
     patched = {f.offset: f for f in patch.functions}
     for f in patch.functions:
         req.functions.append(
@@ -234,11 +235,11 @@ def _check_offsets(patch: Patch, path: Path | None, library: loaded_library.Load
 
 
 def _object_symbols(
-    obj: Path, elf: ElfFile, patch: Patch, shift: int
+    obj: Path, elf: ElfFile, patch: Patch
 ) -> tuple[dict[str, int], dict[str, int], dict[str, int], bytes]:
     """Offsets of the replacements, reference variables and GOT slots of the imports in the
-    patch object, and its build-id; an error naming every missing one (and every near field,
-    `shift` further on in a rebased object, outside its code), before anything is loaded."""
+    patch object, and its build-id; an error naming every missing one (and every near field
+    outside its code), before anything is loaded."""
     symbols = {s.name: s for s in elf.dynamic_symbols if s.shndx != SHN_UNDEF}
     missing = []
     replacements: dict[str, int] = {}
@@ -258,9 +259,7 @@ def _object_symbols(
     slots = imports.plt_slots(elf)
     missing += [f"a call slot of {i.name}" for i in patch.imports if i.name not in slots]
     missing += [
-        f"code at the near field {n.field:#x}"
-        for n in patch.near
-        if not elf.is_code(n.field + shift, 4)
+        f"code at the near field {n.field:#x}" for n in patch.near if not elf.is_code(n.field, 4)
     ]
     if missing:
         raise UlpError(f"{obj}: the patch object lacks {', '.join(missing)}")

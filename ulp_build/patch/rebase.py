@@ -175,39 +175,46 @@ def footprint(elf: ElfImage) -> Footprint:
 def rebase(image: bytes, delta: int, name: str = "<patch object>") -> bytes:
     """The shared object `image` with every virtual address shifted by `delta`, a multiple of
     its segments' alignment; UlpError (one line, naming `name`) if it cannot be safely."""
-    elf = ElfFile(image, name)
-    return _Rebase(elf, delta).run()
+    return Rebasing(ElfFile(image, name)).moved(delta)
 
 
-class _Rebase:
-    def __init__(self, elf: ElfFile, delta: int) -> None:
+class Rebasing:
+    """Where a shared object holds addresses: the file offsets of its 8-byte address words,
+    found once, with every refusal but the ones that depend on the distance. `ulp trigger
+    --all` moves one patch object to a different place in each process: each move is then one
+    addition per word, not a walk of the object's tables."""
+
+    def __init__(self, elf: ElfFile) -> None:
         self.elf = elf
-        self.delta = delta
-        self.out = bytearray(elf.data)
-
-    def refuse(self, why: str) -> UlpError:
-        return UlpError(f"{self.elf.name}: cannot rebase: {why}")
-
-    def run(self) -> bytes:
-        elf, delta = self.elf, self.delta
+        self.offsets: set[int] = set()
         if elf.header.type != ET_DYN:
             raise self.refuse("not a shared object (ET_DYN)")
         if not elf.sections:
             raise self.refuse("no section headers, which name its symbol and relocation tables")
-        place = footprint(elf)
-        if delta % place.alignment:
-            raise self.refuse(
-                f"{delta:#x} is not a multiple of its segments' alignment {place.alignment:#x}"
-            )
-        if place.start + delta < 0 or place.start + place.size + delta > USER_END:
-            raise self.refuse(f"moved by {delta:#x} it would lie outside user memory")
+        self.place = footprint(elf)
         self.dynamic()
         self.headers()
         self.symbols()
         self.relocations()
         self.relr()
         self.got_header()
-        return bytes(self.out)
+
+    def moved(self, delta: int) -> bytes:
+        """The object's bytes with every address `delta` further on."""
+        place = self.place
+        if delta % place.alignment:
+            raise self.refuse(
+                f"{delta:#x} is not a multiple of its segments' alignment {place.alignment:#x}"
+            )
+        if place.start + delta < 0 or place.start + place.size + delta > USER_END:
+            raise self.refuse(f"moved by {delta:#x} it would lie outside user memory")
+        data, out = self.elf.data, bytearray(self.elf.data)
+        for offset in self.offsets:
+            _WORD.pack_into(out, offset, (_WORD.unpack_from(data, offset)[0] + delta) % (1 << 64))
+        return bytes(out)
+
+    def refuse(self, why: str) -> UlpError:
+        return UlpError(f"{self.elf.name}: cannot rebase: {why}")
 
     # -- words -------------------------------------------------------------------------------
 
@@ -215,8 +222,8 @@ class _Rebase:
         return _WORD.unpack_from(self.elf.data, offset)[0]
 
     def shift(self, offset: int) -> None:
-        """Shift the address at file offset `offset`, read from the original bytes."""
-        _WORD.pack_into(self.out, offset, (self.word(offset) + self.delta) & (2**64 - 1))
+        """The address at file offset `offset` moves with the object."""
+        self.offsets.add(offset)
 
     def file_offset(self, vaddr: int) -> int | None:
         """The file offset of the 8 bytes at `vaddr`, or None where the file holds none
