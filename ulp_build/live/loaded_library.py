@@ -5,6 +5,7 @@ against what the runtime's records say they may be before anything is written ov
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,8 +162,8 @@ def find(pid: int, name: str, build_id: str) -> LoadedLibrary:
     `build_id`; a clear error when it is not loaded or is another build. Each mapped file is
     looked at by its headers alone (elf.identity); only the one that matched is read whole."""
     files = _loaded_files(pid)
-    named = [m for path, m in files.items() if Path(path).name == name]
-    others = [m for path, m in files.items() if Path(path).name != name]
+    named = [m for path, m in files.items() if os.path.basename(path) == name]
+    others = [m for path, m in files.items() if os.path.basename(path) != name]
     seen: list[str] = []
     for group in (named, others):
         for m in group:

@@ -18,7 +18,7 @@ from functools import lru_cache
 
 from ulp_build.elf import ElfFile
 from ulp_build.live.loaded_library import LoadedLibrary
-from ulp_build.live.process import Mapping, maps
+from ulp_build.live.process import Mapping
 from ulp_build.patch.rebase import PAGE, USER_END, Footprint, Rebasing, footprint
 
 # What a rel32 reaches, either way: every byte of the target within it of every byte of the
@@ -31,23 +31,24 @@ GUARD = PAGE
 STACK_GAP = 256 * PAGE
 # The lowest address mmap grants by default (vm.mmap_min_addr).
 LOWEST = 0x10000
-# Room left free for the buffer the trigger has the runtime map for the request, the object
-# and its entries (protocol.py), before the runtime loads the object: the kernel puts it at
-# the top of the highest free range it fits in, which may be the range chosen here, so the
-# object is placed that far from the top. This much on top of the object's size serves
-# some 30000 functions and references.
+# Room left free for the buffer the trigger has the runtime map for a request too large for a
+# thread's stack, the object and its entries (protocol.py), before the runtime loads the
+# object: the kernel puts it at the top of the highest free range it fits in, which may be the
+# range chosen here, so the object is placed that far from the top. This much on top of the
+# object's size serves some 30000 functions and references.
 ENTRIES_ROOM = 1 << 20
 
 
-def placed(pid: int, library: LoadedLibrary, obj: ElfFile) -> tuple[bytes, int]:
-    """The bytes of the patch object `obj` rebased next to `library` in process `pid`, and how
-    far its addresses moved: `obj`'s own bytes and 0 if no free range is near enough."""
+def placed(library: LoadedLibrary, obj: ElfFile, mappings: list[Mapping]) -> tuple[bytes, int]:
+    """The bytes of the patch object `obj` rebased next to `library` in a process that has
+    `mappings`, and how far its addresses moved: `obj`'s own bytes and 0 if no free range is
+    near enough."""
     rebasing = _rebasing(obj)
     fp = rebasing.place
     target = footprint(library.elf)
     start = library.base + target.start
     room = (len(obj.data) + ENTRIES_ROOM + PAGE - 1) & -PAGE
-    address = near_address(maps(pid), (start, start + target.size), fp, room)
+    address = near_address(mappings, (start, start + target.size), fp, room)
     if address is None or address == fp.start:
         return obj.data, 0
     return rebasing.moved(address - fp.start), address - fp.start

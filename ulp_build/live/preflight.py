@@ -17,7 +17,7 @@ from ulp_build.errors import UlpError
 from ulp_build.live import loaded_library, placement, runtime_state, trust
 from ulp_build.live import request as rq
 from ulp_build.live.operation import Operation
-from ulp_build.live.process import mapped_elf
+from ulp_build.live.process import mapped_elf, maps
 from ulp_build.live.ptrace import ReturnPoint
 from ulp_build.patch import imports
 from ulp_build.patch.metadata import Function, Patch
@@ -94,7 +94,10 @@ def check(
         reason = file and trust.refusal(file, allowed, pid, uid)
         if reason:
             raise UlpError(reason)
-    state = runtime_state.read(pid)
+    # Read once for the runtime's state and the placement of the patch object, which both
+    # tolerate a mapping made since.
+    mappings = maps(pid)
+    state = runtime_state.read(pid, mappings)
     # The runtime file the process has mapped (its inode, not the path in /proc/PID/maps,
     # which the process's owner may have replaced since).
     mapping = state.runtime_mapping
@@ -151,7 +154,7 @@ def check(
             f"process {pid}: patch {patch.id} is already applied", applied[0].applied
         )
     assert op.object_elf is not None
-    add_application(req, op, library.base, *placement.placed(pid, library, op.object_elf))
+    add_application(req, op, library.base, *placement.placed(library, op.object_elf, mappings))
     code += library.function_codes(patch.functions, checked.records)
     return checked
 

@@ -43,6 +43,9 @@ from ulp_build.prepare.layout import PAD_BEFORE
 # Ctrl-C and SIGTERM wait until a call into the runtime has returned: abandoning it halfway
 # would leave its lock held in the process.
 _HELD = {signal.SIGINT, signal.SIGTERM}
+# The largest request put on a thread's stack (a small patch object and its entries); a larger
+# one goes in a buffer the runtime maps.
+ON_STACK = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -165,9 +168,15 @@ def prepare(checked: CheckedOperation, timeout: float) -> tuple[int, int]:
                 reasons.append(f"thread {tid} {why}")
                 continue
             with tracer_signals.held(_HELD):
-                buffer = _call(checked, tracee, "ulp_buffer", len(raw), tid=tid)
-                if buffer <= 0:
-                    raise UlpError(f"process {pid}: the runtime could not map memory")
+                # A small request travels on the thread's stack, below the call's frame: two
+                # calls fewer per process than a buffer the runtime maps and unmaps.
+                buffer = tracee.reserve(tid, len(raw)) if len(raw) <= ON_STACK else None
+                mapped = buffer is None
+                if mapped:
+                    buffer = _call(checked, tracee, "ulp_buffer", len(raw), tid=tid)
+                    if buffer <= 0:
+                        raise UlpError(f"process {pid}: the runtime could not map memory")
+                assert buffer is not None
                 try:
                     tracee.write(buffer, raw)
                     status = _call(checked, tracee, "ulp_prepare", buffer, tid=tid)
@@ -176,8 +185,9 @@ def prepare(checked: CheckedOperation, timeout: float) -> tuple[int, int]:
                 finally:
                     # Not in a thread still finishing a call that timed out: the buffer is
                     # then left, a few KiB.
-                    with suppress(UlpError):
-                        _call(checked, tracee, "ulp_buffer_free", buffer, len(raw), tid=tid)
+                    if mapped:
+                        with suppress(UlpError):
+                            _call(checked, tracee, "ulp_buffer_free", buffer, len(raw), tid=tid)
             if status > 0:
                 found = rq.indexes(back, len(checked.request.functions))
                 for f, index in zip(checked.request.functions, found, strict=True):
@@ -207,7 +217,9 @@ def commit(checked: CheckedOperation, ticket: int, tid: int, timeout: float) -> 
     # stopped at a direct jump's pad runs the checker's first instruction instead.
     functions = [c.function for c in checked.code]
     # Another trigger may have changed the records since the preflight.
-    checked.records = runtime_state.read(pid).records_of(library.descriptor, library.lib_offset())
+    regions = maps(pid)
+    state = runtime_state.read(pid, regions)
+    checked.records = state.records_of(library.descriptor, library.lib_offset())
     snapshot = library.snapshot(functions)
     writes = []
     for c in library.function_codes(functions, checked.records, snapshot):
@@ -217,7 +229,6 @@ def commit(checked: CheckedOperation, ticket: int, tid: int, timeout: float) -> 
         if c.code[-2:] != jump:
             writes.append((c.nop, jump))
     edits = snapshot.edited(writes)
-    regions = maps(pid)
     with tracer_signals.held(_HELD), Tracee(pid, timeout, regions=regions) as tracee:
         if not tracee.replace(edits):
             raise _Busy(f"process {pid}: its code changed while being patched")

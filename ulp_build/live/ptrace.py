@@ -43,6 +43,9 @@ PTRACE_EVENT_STOP = 128
 NT_X86_XSTATE = 0x202
 WALL = 0x40000000
 RED_ZONE = 128
+# What a thread's stack must have free below what `reserve` hands out: the signal frame and its
+# extended state (a few KiB), and what the call itself uses (dlopen, in the runtime's prepare).
+STACK_ROOM = 64 << 10
 XSTATE_MAX = 1 << 16
 _ASYNC_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGALRM, signal.SIGHUP}
 SYS_TGKILL = 234
@@ -162,6 +165,7 @@ class _Thread:
     running: bool = False  # continued for a call and not seen stopped since
     abandoned: bool = False  # left in a call that timed out: it restores itself (ulp_resume)
     stopped: Registers | None = None  # as stopped, once `regs` was changed
+    reserved: int | None = None  # the lowest stack address `reserve` handed out: calls run below
 
 
 class ReturnPoint(NamedTuple):
@@ -392,7 +396,7 @@ class Tracee:
         if thread.abandoned:
             raise UlpError(f"process {self.pid}: thread {thread.tid} is still in a call")
         regs = thread.regs.copy()
-        top = regs.rsp - RED_ZONE
+        top = thread.reserved if thread.reserved is not None else regs.rsp - RED_ZONE
         frame, blob = None, b""
         if resume is not None:
             frame, blob = sigframe.build(thread.regs, thread.xstate, top)
@@ -427,6 +431,19 @@ class Tracee:
                 self._set_xstate(thread.tid, thread.xstate)  # first: see detach
                 self._set_regs(thread.tid, thread.regs)
 
+    def reserve(self, tid: int, size: int) -> int | None:
+        """An address on stopped thread `tid`'s stack, below its red zone (and what was
+        reserved before), where `size` bytes can be written for the calls that follow, which then
+        run below them; None if its stack's mapping has not that much room and STACK_ROOM more
+        for the calls. Nothing to free: the thread's stack pointer never comes down there."""
+        thread = self.threads[tid]
+        top = thread.reserved if thread.reserved is not None else thread.regs.rsp - RED_ZONE
+        at = (top - size) & ~0xF
+        if not self._on_stack(thread.regs.rsp, at - STACK_ROOM):
+            return None
+        thread.reserved = at
+        return at
+
     def _on_stack(self, sp: int, lowest: int) -> bool:
         """Whether [lowest, sp) lies in the mapping that holds `sp` (a thread's stack, or the
         alternate signal stack it runs a handler on): writing below it would hit other data,
@@ -440,37 +457,42 @@ class Tracee:
         in %rdi. The thread is then stopped at a system call's exit, where the kernel restarts
         nothing: its registers are put back with any interrupted call restarted by hand."""
         wait = _Wait(thread.tid, self.timeout)
-        self._continue(thread, PTRACE_SYSCALL)
-        while True:
-            status = wait.status()
-            if status is None:
-                # Cut short, the call could leave a lock held for ever: let it finish on its
-                # own, and restore itself in ulp_resume as if we had died.
-                self._stop(thread)
-                thread.abandoned = True
-                raise UlpError(
-                    f"process {self.pid}: the call did not return within {self.timeout} s"
-                    f" (thread {thread.tid} finishes it alone)"
-                )
-            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
-                del self.threads[thread.tid]
-                raise UlpError(f"process {self.pid}: thread {thread.tid} died during the call")
-            thread.running = False
-            sig = os.WSTOPSIG(status)
-            if sig == _SYSCALL_STOP:
-                regs = self._get_regs(thread.tid)
-                at_exit = regs.rax != (1 << 64) - errno.ENOSYS
-                ours = regs.rip == marker and regs.orig_rax == SYS_GETPID and regs.r12 == frame
-                if ours and at_exit:
-                    thread.stopped = thread.stopped or thread.regs
-                    thread.regs = sigframe.restarted(thread.regs)
-                    return regs.rdi
-            elif sig == signal.SIGSEGV:
-                regs = self._get_regs(thread.tid)
-                raise UlpError(f"process {self.pid}: the call crashed at {regs.rip:#x}")
-            elif status >> 16 != PTRACE_EVENT_STOP:
-                thread.pending.append(sig)
-            self._continue(thread, PTRACE_SYSCALL)
+        # A call stops at each of its system calls (a dlopen makes some twenty): the signals
+        # to the trigger are held once for the whole call rather than at each resume, and
+        # every stop's registers are read into one buffer.
+        regs = Registers()
+        with tracer_signals.held(_ASYNC_SIGNALS):
+            self._resume(thread, PTRACE_SYSCALL)
+            while True:
+                status = wait.status()
+                if status is None:
+                    # Cut short, the call could leave a lock held for ever: let it finish on
+                    # its own, and restore itself in ulp_resume as if we had died.
+                    self._stop(thread)
+                    thread.abandoned = True
+                    raise UlpError(
+                        f"process {self.pid}: the call did not return within {self.timeout} s"
+                        f" (thread {thread.tid} finishes it alone)"
+                    )
+                if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                    del self.threads[thread.tid]
+                    raise UlpError(f"process {self.pid}: thread {thread.tid} died during the call")
+                thread.running = False
+                sig = os.WSTOPSIG(status)
+                if sig == _SYSCALL_STOP:
+                    _ptrace(PTRACE_GETREGS, thread.tid, 0, ctypes.addressof(regs))
+                    at_exit = regs.rax != (1 << 64) - errno.ENOSYS
+                    ours = regs.rip == marker and regs.orig_rax == SYS_GETPID and regs.r12 == frame
+                    if ours and at_exit:
+                        thread.stopped = thread.stopped or thread.regs
+                        thread.regs = sigframe.restarted(thread.regs)
+                        return regs.rdi
+                elif sig == signal.SIGSEGV:
+                    regs = self._get_regs(thread.tid)
+                    raise UlpError(f"process {self.pid}: the call crashed at {regs.rip:#x}")
+                elif status >> 16 != PTRACE_EVENT_STOP:
+                    thread.pending.append(sig)
+                self._resume(thread, PTRACE_SYSCALL)
 
     def _run_until_return(self, thread: _Thread) -> int:
         wait = _Wait(thread.tid, self.timeout)
@@ -501,10 +523,15 @@ class Tracee:
                 thread.pending.append(sig)
             self._continue(thread)
 
-    @staticmethod
-    def _continue(thread: _Thread, request: int = PTRACE_CONT) -> None:
+    @classmethod
+    def _continue(cls, thread: _Thread, request: int = PTRACE_CONT) -> None:
         # No Python signal handler (Ctrl-C, an alarm) may run between resuming the thread and
         # recording that it runs: the cleanup would then treat a running thread as stopped.
         with tracer_signals.held(_ASYNC_SIGNALS):
-            _ptrace(request, thread.tid, 0, 0)
-            thread.running = True
+            cls._resume(thread, request)
+
+    @staticmethod
+    def _resume(thread: _Thread, request: int) -> None:
+        """`_continue` for a caller that holds _ASYNC_SIGNALS already."""
+        _ptrace(request, thread.tid, 0, 0)
+        thread.running = True

@@ -260,8 +260,11 @@ def _bounded(pid: int, what: str, value: int, low: int, high: int) -> int:
     return value
 
 
-def read(pid: int) -> RuntimeState:
-    mappings = maps(pid)
+def read(pid: int, mappings: list[Mapping] | None = None) -> RuntimeState:
+    """The runtime's state in `pid`. `mappings`: its maps if just read (the runtime never moves;
+    an address outside them is looked up in fresh ones, see Memory)."""
+    if mappings is None:
+        mappings = maps(pid)
     mapping = runtime_mapping(pid, mappings)
     path, base = mapping.path, mapping.start
     symbols = {s.name: s for s in mapped_elf(pid, mapping).dynamic_symbols}

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from ulp_build.errors import UlpError
 from ulp_build.live import runtime_state
-from ulp_build.live.process import Snapshot, mapped_elf, maps
+from ulp_build.live.process import Mapping, Snapshot, mapped_elf, maps
 from ulp_build.live.ptrace import Tracee
 from ulp_build.prepare import codegen
 from ulp_build.prepare.layout import DESCRIPTOR, PAD_BEFORE
@@ -153,12 +153,13 @@ def finish(
                 f"process {pid}: {t.library.name}: the bytes at {', '.join(t.unexpected)} are"
                 " neither a universe checker nor a finished transition; not finishing it"
             )
-    universe_code = _universe_code(pid)
+    mappings = maps(pid)
+    universe_code = _universe_code(pid, mappings)
     with Tracee(pid, timeout) as tracee:
         # The bytes to write were worked out above, while the process ran; `replace` writes
         # them only where nothing changed since. Who holds what is read again, now that
         # nothing moves.
-        state = runtime_state.read(pid)
+        state = runtime_state.read(pid, mappings)
         now = {t.library.index: t for t in transitions(state)}
         rips = {tid: tracee.registers(tid).rip for tid in tracee.threads}
         in_runtime = [tid for tid, rip in rips.items() if universe_code(rip)]
@@ -183,10 +184,9 @@ def finish(
     return found
 
 
-def _universe_code(pid: int) -> Callable[[int], bool]:
+def _universe_code(pid: int, mappings: list[Mapping]) -> Callable[[int], bool]:
     """Whether an address is runtime code that may read the global universe: its executable
-    mappings but the WAYS_OUT functions."""
-    mappings = maps(pid)
+    mappings (among `mappings`, just read) but the WAYS_OUT functions."""
     first = runtime_state.runtime_mapping(pid, mappings)
     code = [(m.start, m.end) for m in mappings if m.path == first.path and "x" in m.perms]
     ways_out = [
