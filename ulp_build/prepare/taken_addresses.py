@@ -49,6 +49,7 @@ from ulp_build.elf import (
     ElfError,
     ElfFile,
 )
+from ulp_build.prepare import x86_decoder
 from ulp_build.prepare.patchable import RECORDS_SECTION
 
 # Where a site's field is: a RELA addend (by the relocation's place), a RELR place's 8 bytes,
@@ -172,10 +173,7 @@ def _code_sites(
         start = starts[bisect.bisect_right(starts, at) - 1]
         groups.setdefault(start, []).append(at)
 
-    # Imported here: only a rewrite needs it, and `ulp --version` must stay fast.
-    import capstone
-
-    cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    decoder = x86_decoder.decoder()
     code_sections = [s for s in elf.sections if s.flags & SHF_EXECINSTR]
     for start, group in groups.items():
         size = sizes.get(start, 0)
@@ -188,7 +186,7 @@ def _code_sites(
             continue
         pending = iter(group)
         at = next(pending, None)
-        for addr, length, mnemonic, operands in cs.disasm_lite(code, start):
+        for addr, length, mnemonic, operands in decoder.disasm_lite(code, start):
             end = addr + length
             if at is None:
                 break
