@@ -129,15 +129,15 @@ class _Handle:
         self.lib.cs_close(ctypes.byref(self.handle))
 
     def disasm_lite(self, code: bytes, address: int) -> Iterator[Instruction]:
-        """What `Cs.disasm_lite` yields, decoded _BATCH instructions at a time."""
-        code = bytes(code)  # c_char_p below points into it: it must be immutable and stay alive
-        base = ctypes.cast(ctypes.c_char_p(code), ctypes.c_void_p).value or 0
+        """What `Cs.disasm_lite` yields, decoded _BATCH instructions at a time, freed when the
+        batch is done or the caller stops."""
+        code = bytes(code)  # decoded in place: it must be immutable and stay alive meanwhile
         handle = self.handle.value
         insns = ctypes.POINTER(CsInsn)()
-        at = 0
+        at, start = 0, code  # the first batch from the bytes themselves (a pointer to them)
         while at < len(code):
             count = self.lib.cs_disasm(
-                handle, base + at, len(code) - at, address + at, _BATCH, ctypes.byref(insns)
+                handle, start, len(code) - at, address + at, _BATCH, ctypes.byref(insns)
             )
             if count == 0:
                 err = self.lib.cs_errno(handle)
@@ -145,12 +145,15 @@ class _Handle:
                     raise UlpError(f"libcapstone: cs_disasm failed (error {err})")
                 return
             try:
-                batch = [
-                    (i.address, i.size, i.mnemonic.decode("ascii"), i.op_str.decode("ascii"))
-                    for i in insns[:count]
-                ]
+                # Converted as the caller asks: most stop early (a leaf's decision often falls at
+                # its first branch), and converting costs more than decoding.
+                for k in range(count):
+                    insn = insns[k]
+                    last, size = insn.address, insn.size
+                    yield last, size, insn.mnemonic.decode("ascii"), insn.op_str.decode("ascii")
             finally:
                 self.lib.cs_free(insns, count)
-            yield from batch
-            last_address, last_size, _, _ = batch[-1]
-            at = last_address + last_size - address
+            if count < _BATCH:  # the code ended, or its next bytes are no instruction
+                return
+            at = last + size - address
+            start = (ctypes.cast(code, ctypes.c_void_p).value or 0) + at
