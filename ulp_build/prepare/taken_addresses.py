@@ -72,6 +72,8 @@ _IMMEDIATES = (0, 1, 2, 4)
 
 @dataclass(frozen=True)
 class Site:
+    """One place where the library takes a function's address, to point at its trampoline."""
+
     kind: str  # RELA, RELR or LEA
     place: int  # link-time address of the relocated word, or of the displacement
     target: int  # the function entry whose address is taken there
@@ -79,6 +81,9 @@ class Site:
 
 @dataclass
 class TakenAddresses:
+    """The sites to redirect, and the functions whose address is also taken in a way that
+    cannot be (a call through such a pointer enters untracked)."""
+
     sites: list[Site] = field(default_factory=list)  # sorted by place
     not_redirectable: list[str] = field(default_factory=list)  # function names, sorted
 
