@@ -40,6 +40,8 @@ WRITABLE_HEAD = 128  # bytes read at most at the start of the last writable segm
 
 @dataclass(frozen=True)
 class ElfIdentity:
+    """A file's build-id note, soname and writable head, read from its headers alone."""
+
     build_id_note: tuple[bytes, int] | None  # its bytes and their link-time address
     soname: str | None
     # The last writable PT_LOAD's link-time address and its first bytes in the file.

@@ -44,7 +44,7 @@ from ulp_build.elf.constants import (
 from ulp_build.elf.image import Section
 from ulp_build.elf.relocations import Relocation
 from ulp_build.errors import UlpError
-from ulp_build.prepare import codegen, patchable, taken_addresses
+from ulp_build.prepare import codegen, patchable, taken_addresses, x86_decoder
 from ulp_build.prepare.layout import DESCRIPTOR, DESCRIPTOR_OFFSET, SECTION_DATA
 
 # How deep references from data to data are followed when comparing (_key).
@@ -148,6 +148,7 @@ class LibraryBuild:
             raise UlpError(f"{elf.name}: no .symtab (stripped?): `ulp diff` needs it")
         self._places = [r.offset for r in self.relocations]
         self._decoded: dict[int, list[tuple[int, int]]] = {}
+        self._decoder = x86_decoder.decoder()
 
     # -- functions and objects ----------------------------------------------------------------
 
@@ -239,10 +240,7 @@ class LibraryBuild:
         two statics may share a key)."""
         decoded = self._decoded.get(item.start)
         if decoded is None:
-            from capstone import CS_ARCH_X86, CS_MODE_64, Cs
-
-            code = self.code(item)
-            lite = Cs(CS_ARCH_X86, CS_MODE_64).disasm_lite(code, item.start)
+            lite = self._decoder.disasm_lite(self.code(item), item.start)
             decoded = [(a, a + n) for a, n, _m, _o in lite]
             if not decoded or decoded[-1][1] != item.end:
                 raise UlpError(f"{self.elf.name}: {item.key}: its code does not decode to its end")

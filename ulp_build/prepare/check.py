@@ -44,6 +44,8 @@ from ulp_build.prepare.layout import (
 
 @dataclass
 class CheckReport:
+    """What `ulp check` finds in one library."""
+
     library: str
     prepared: bool
     build_id: str | None

@@ -51,7 +51,12 @@ from ulp_build.elf import (
     ElfFile,
     Symbol,
 )
+from ulp_build.prepare import x86_decoder
 from ulp_build.prepare.taken_addresses import resolvers, rip_target
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ulp_build.prepare.x86_decoder import Decoder
 
 _REL32 = re.compile(rb"[\xe8\xe9]", re.DOTALL)
 # What a PLT stub starts with: `jmp *slot(%rip)`, after an optional endbr64 and bnd prefix.
@@ -133,7 +138,7 @@ def find(elf: ElfFile, exported: Iterable[Symbol]) -> set[int]:
     if not functions and not ifuncs:
         return set()
     lib = _Library(elf)
-    # The byte scan first: most non-leaves never reach capstone.
+    # The byte scan first: most non-leaves are never decoded.
     candidates = {
         s.value
         for s in functions
@@ -141,10 +146,7 @@ def find(elf: ElfFile, exported: Iterable[Symbol]) -> set[int]:
     }
     if not candidates and not ifuncs:
         return set()
-    # Imported here: only a rewrite or a check needs it, and `ulp --version` must stay fast.
-    import capstone
-
-    decide = _Decider(lib, capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64))
+    decide = _Decider(lib, x86_decoder.decoder())
     out = {entry for entry in candidates if decide.leaf(entry)}
     for resolver, size in ifuncs.items():
         chosen = decide.implementations(resolver, size)
@@ -192,9 +194,9 @@ class _Decider:
     while it is being decided counts as a leaf until proven otherwise: two functions that jump
     into each other are leaves when nothing else in them is wrong."""
 
-    def __init__(self, lib: _Library, cs: object) -> None:
+    def __init__(self, lib: _Library, decoder: Decoder) -> None:
         self.lib = lib
-        self.cs = cs
+        self.decoder = decoder
         self.known: dict[int, bool] = {}
 
     def leaf(self, entry: int) -> bool:
@@ -211,7 +213,7 @@ class _Decider:
             return False
         end = entry + size
         decoded_to = entry
-        for addr, length, mnemonic, operands in self.cs.disasm_lite(code, entry):  # type: ignore[attr-defined]
+        for addr, length, mnemonic, operands in self.decoder.disasm_lite(code, entry):
             decoded_to = addr + length
             op = mnemonic.rsplit(" ", 1)[-1]  # without notrack, bnd, rep prefixes
             if op in _BRANCHES or op.startswith("j"):
@@ -248,7 +250,7 @@ class _Decider:
             return set()
         out = set()
         decoded_to = resolver
-        for addr, length, mnemonic, operands in self.cs.disasm_lite(code, resolver):  # type: ignore[attr-defined]
+        for addr, length, mnemonic, operands in self.decoder.disasm_lite(code, resolver):
             decoded_to = addr + length
             op = mnemonic.rsplit(" ", 1)[-1]
             if op == "jmp" and not operands.startswith("0x"):

@@ -23,6 +23,8 @@ _ENTRY_NOPS = (b"\x90\x90", codegen.NOP2)
 
 @dataclass(frozen=True)
 class PatchableFunction:
+    """A function with the padding around its entry, checked against the bytes."""
+
     entry: int  # the symbol's address (the endbr64, when there is one)
     nop_at: int  # the 2-byte entry nop the universe checker's jump will replace
     normalized: bool  # already one 2-byte nop (66 90), so no thread can stop between two nops
@@ -31,6 +33,8 @@ class PatchableFunction:
 
 @dataclass
 class Padding:
+    """The padded functions of a library by entry, and the records that name no padding."""
+
     functions: dict[int, PatchableFunction] = field(default_factory=dict)
     records_without_padding: list[int] = field(default_factory=list)
 

@@ -44,6 +44,8 @@ from ulp_build.prepare.layout import DEFAULT_UNTRACKED, is_prepared
 
 @dataclass
 class RewriteResult:
+    """What `rewrite` did, as `ulp rewrite` reports it (its --json output: these fields)."""
+
     input: str
     output: str
     already_prepared: bool = False

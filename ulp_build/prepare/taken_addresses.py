@@ -49,6 +49,7 @@ from ulp_build.elf import (
     ElfError,
     ElfFile,
 )
+from ulp_build.prepare import x86_decoder
 from ulp_build.prepare.patchable import RECORDS_SECTION
 
 # Where a site's field is: a RELA addend (by the relocation's place), a RELR place's 8 bytes,
@@ -71,6 +72,8 @@ _IMMEDIATES = (0, 1, 2, 4)
 
 @dataclass(frozen=True)
 class Site:
+    """One place where the library takes a function's address, to point at its trampoline."""
+
     kind: str  # RELA, RELR or LEA
     place: int  # link-time address of the relocated word, or of the displacement
     target: int  # the function entry whose address is taken there
@@ -78,6 +81,9 @@ class Site:
 
 @dataclass
 class TakenAddresses:
+    """The sites to redirect, and the functions whose address is also taken in a way that
+    cannot be (a call through such a pointer enters untracked)."""
+
     sites: list[Site] = field(default_factory=list)  # sorted by place
     not_redirectable: list[str] = field(default_factory=list)  # function names, sorted
 
@@ -172,10 +178,7 @@ def _code_sites(
         start = starts[bisect.bisect_right(starts, at) - 1]
         groups.setdefault(start, []).append(at)
 
-    # Imported here: only a rewrite needs it, and `ulp --version` must stay fast.
-    import capstone
-
-    cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    decoder = x86_decoder.decoder()
     code_sections = [s for s in elf.sections if s.flags & SHF_EXECINSTR]
     for start, group in groups.items():
         size = sizes.get(start, 0)
@@ -188,7 +191,7 @@ def _code_sites(
             continue
         pending = iter(group)
         at = next(pending, None)
-        for addr, length, mnemonic, operands in cs.disasm_lite(code, start):
+        for addr, length, mnemonic, operands in decoder.disasm_lite(code, start):
             end = addr + length
             if at is None:
                 break

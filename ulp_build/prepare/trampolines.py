@@ -27,6 +27,8 @@ from ulp_build.prepare.tracked import Tracked
 
 @dataclass(frozen=True)
 class CodeSegment:
+    """The RX segment's bytes, and where each trampoline and IFUNC wrapper landed."""
+
     code: bytes
     trampoline_at: dict[int, int]  # function entry -> its trampoline
     wrapper_at: dict[int, int]  # IFUNC resolver -> its wrapper
