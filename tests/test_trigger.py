@@ -950,3 +950,50 @@ def test_near_references_with_the_main_thread_exited(
         applied = trigger_cli("-p", str(p.pid), patch_file(tree, "near_static"))
         assert applied.returncode == 0, applied.stdout + applied.stderr
         assert p.ask("square 3") == "21"
+
+
+def test_small_request_travels_on_the_stack_a_large_one_in_a_buffer(
+    patchee: Path, runtime: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request (the patch object's bytes and its entries) goes on the stopped thread's
+    stack when it is small, below the call's frame, and in a buffer the runtime maps and
+    unmaps when it is too large for that: both apply, and each takes its own calls. The calls
+    are recorded on their way to the real process."""
+    lib = tmp_path / "libbasic.so"
+    built = run(["gcc", *CFLAGS, "-O2", "-fPIC", "-shared", "-o", str(lib),
+                 str(samples.ROOT / "basic" / "basic.c")])  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    assert ulp("rewrite", str(lib)).returncode == 0
+    patches = {}
+    for name, ballast in (("small", 16), ("large", 2 * protocol.ON_STACK)):
+        (tmp_path / f"{name}.c").write_text(
+            f"volatile char ballast[{ballast}] = {{1}};\n"
+            f"int fixed(int x) {{ return x * x + ballast[0] * {len(name)}; }}\n"
+        )
+        (tmp_path / f"{name}.toml").write_text(
+            f'target = "libbasic.so"\nobject = "{name}.so"\nid = "{name}"\n'
+            '[replace]\nbasic_square = "fixed"\n'
+        )
+        compiled = run(["gcc", "-O2", "-fPIC", "-shared", "-o", str(tmp_path / f"{name}.so"),
+                        str(tmp_path / f"{name}.c")])  # fmt: skip
+        assert compiled.returncode == 0, compiled.stderr
+        patches[name] = pack(tmp_path / f"{name}.toml").metadata
+    called: list[str] = []
+    real = protocol._call
+
+    def recorded(checked: object, tracee: object, name: str, *args: int, tid: int) -> int:
+        called.append(name)
+        return real(checked, tracee, name, *args, tid=tid)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(protocol, "_call", recorded)
+    with running(patchee, runtime, str(lib)) as p:
+        assert p.ask("square 4") == "16"
+        small = protocol.run(p.pid, operation(str(patches["small"])))
+        assert small.status == "applied", small.message
+        assert called == ["ulp_prepare", "ulp_commit"]
+        assert p.ask("square 4") == "21"
+        called.clear()
+        large = protocol.run(p.pid, operation(str(patches["large"])))
+        assert large.status == "applied", large.message
+        assert called == ["ulp_buffer", "ulp_prepare", "ulp_buffer_free", "ulp_commit"]
+        assert p.ask("square 4") == "21"  # "large" is 5 letters, as "small" is
