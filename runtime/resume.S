@@ -12,6 +12,13 @@
  * - With the trigger alive, the getpid below is where it takes over: it watches the thread's
  *   system calls, reads the result from %rdi at getpid's exit (ulp_resume_return, exported so
  *   that it finds that address by name), and restores the thread itself.
+ * - Or, through ulp_resume_signal, the thread sends itself a signal the trigger chose (in %r13)
+ *   among those the process neither catches nor this thread blocks, and whose default is to
+ *   ignore it. A traced thread stops at the delivery of any signal, ignored or not: that stop,
+ *   at ulp_resume_signal_return with the result in %rbx, is where the trigger takes over; it
+ *   discards the signal. The trigger then lets the call run without stopping at each of its
+ *   system calls (a dlopen makes some twenty). Untraced, the kernel drops an ignored signal
+ *   as it is sent, and the thread carries on.
  * - Alone, the thread carries on: it completes the frame with what only it knows now (its
  *   alternate signal stack and signal mask) and returns into the interrupted code through
  *   rt_sigreturn, which restores every register, the stack pointer and the extended state at
@@ -20,6 +27,8 @@
 #define SYS_rt_sigprocmask 14
 #define SYS_rt_sigreturn 15
 #define SYS_getpid 39
+#define SYS_gettid 186
+#define SYS_tkill 200
 #define SYS_sigaltstack 131
 #define FRAME_UC 8          /* struct rt_sigframe: pretcode, then struct ucontext */
 #define FRAME_UC_STACK 24   /* uc_stack */
@@ -38,6 +47,7 @@ ulp_resume:
         movl    $SYS_getpid, %eax
         syscall
 ulp_resume_return:
+.Lrestore:
         leaq    FRAME_UC_STACK(%r12), %rsi
         xorl    %edi, %edi
         movl    $SYS_sigaltstack, %eax
@@ -54,5 +64,24 @@ ulp_resume_return:
         ud2
         .cfi_endproc
         .size   ulp_resume, .-ulp_resume
+
+        .globl  ulp_resume_signal
+        .type   ulp_resume_signal, @function
+        .globl  ulp_resume_signal_return
+        .p2align 4
+ulp_resume_signal:
+        .cfi_startproc
+        .cfi_undefined rip
+        movq    %rax, %rbx                      /* the result, for the trigger */
+        movl    $SYS_gettid, %eax               /* this thread's id, in its own namespace */
+        syscall
+        movl    %eax, %edi
+        movl    %r13d, %esi
+        movl    $SYS_tkill, %eax
+        syscall
+ulp_resume_signal_return:
+        jmp     .Lrestore
+        .cfi_endproc
+        .size   ulp_resume_signal, .-ulp_resume_signal
 
         .section .note.GNU-stack, "", @progbits

@@ -162,6 +162,50 @@ def test_tracer_killed_during_a_call(tree: Path, patchee: Path, runtime: Path) -
         assert p.ask("stats") == "eintr 0 usr1 0 rt 0"
 
 
+def test_calls_end_with_a_signal_nobody_catches_else_a_system_call(
+    tree: Path, patchee: Path, runtime: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call into the runtime ends with a signal the thread sends itself, one the process
+    does not catch (SIGURG, else SIGWINCH): the trigger takes it at its delivery and discards
+    it, and lets the call's own system calls run without stopping at each. With both caught,
+    the call ends with getpid, and the trigger follows the thread's system calls to it. Each
+    way, the patch is applied and reverted, and the process's handlers never see a signal.
+    The endings are recorded on their way to the real process."""
+    endings: list[str] = []
+    signalled, resumed = Tracee._run_until_signalled, Tracee._run_until_resumed
+
+    def by_signal(self: Tracee, thread: object, frame: int, marker: int, sig: int) -> int:
+        endings.append(signal.Signals(sig).name)
+        return signalled(self, thread, frame, marker, sig)  # type: ignore[arg-type]
+
+    def by_getpid(self: Tracee, thread: object, frame: int, marker: int) -> int:
+        endings.append("getpid")
+        return resumed(self, thread, frame, marker)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Tracee, "_run_until_signalled", by_signal)
+    monkeypatch.setattr(Tracee, "_run_until_resumed", by_getpid)
+    apply = operation(patch_file(tree, "square_fix"))
+    revert = operation(patch_file(tree, "square_fix"), revert=True)
+    with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
+        for catch, ending in ((None, "SIGURG"), (signal.SIGURG, "SIGWINCH"),
+                              (signal.SIGWINCH, "getpid")):  # fmt: skip
+            if catch is not None:
+                assert p.ask(f"catch {int(catch)}") == "catching"
+            endings.clear()
+            assert protocol.run(p.pid, apply).status == "applied"
+            assert p.ask("square 100000") == str(SATURATED)
+            assert protocol.run(p.pid, revert).status == "reverted"
+            assert p.ask("square 100000") == str(OVERFLOWED)
+            # ulp_prepare and ulp_commit, each way.
+            assert endings == [ending] * 4, (catch, endings)
+        assert p.ask("caught") == "caught 0"
+        assert p.ask("stats") == "eintr 0 usr1 0 rt 0"
+        # The control: the handler counts what it is sent.
+        os.kill(p.pid, signal.SIGWINCH)
+        time.sleep(0.1)
+        assert p.ask("caught") == "caught 1"
+
+
 def test_call_that_times_out_finishes_alone(tree: Path, patchee: Path, runtime: Path) -> None:
     """Cut short, a call could leave a lock held for ever: it is left to finish, and the
     thread restores itself as if the trigger had died."""

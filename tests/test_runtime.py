@@ -45,6 +45,8 @@ def test_runtime_exports_only_its_symbols(runtime: Path) -> None:
         "ulp_prepare",
         "ulp_resume",
         "ulp_resume_return",
+        "ulp_resume_signal",
+        "ulp_resume_signal_return",
         "ulp_runtime",
         "ulp_track",
         "vfork",

@@ -28,6 +28,7 @@
  *   crowd          reserve every free address within 3 GiB of the library, on both sides: what
  *                  is mapped next lands out of reach of a 32-bit displacement from it; prints
  *                  how many ranges it took
+ *   catch SIG      count signal SIG from now on (a handler): "catching"; caught: "caught N"
  *   stats          EINTRs seen, SIGUSR1 and SIGRTMIN handled        quit
  */
 #define _GNU_SOURCE
@@ -78,6 +79,14 @@ static void on_usr2(int sig)
         saturated++;
     else
         other++;
+}
+
+static volatile sig_atomic_t caught;
+
+static void on_caught(int sig)
+{
+    (void)sig;
+    caught++;
 }
 
 static void on_signal(int sig)
@@ -447,6 +456,11 @@ static void *serve(void *arg)
             printf("forker\n");
         } else if (!strcmp(word, "crowd")) {
             printf("%d\n", crowd((uintptr_t)square));
+        } else if (sscanf(line, "catch %d", &a) == 1) {
+            struct sigaction action = {.sa_handler = on_caught, .sa_flags = SA_RESTART};
+            printf(sigaction(a, &action, NULL) == 0 ? "catching\n" : "failed\n");
+        } else if (!strcmp(word, "caught")) {
+            printf("caught %d\n", (int)caught);
         } else if (!strcmp(word, "stats")) {
             printf("eintr %d usr1 %d rt %d\n", eintr, (int)usr1, (int)rt);
         } else if (!strcmp(word, "quit")) {

@@ -109,7 +109,7 @@ def run_all(
     executor = pool()
     try:
         while True:
-            new = [pid for pid in inventory.scan().pids if pid not in seen]
+            new = inventory.scan(seen).pids
             if not new:
                 break
             seen.update(new)

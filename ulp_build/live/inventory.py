@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Container
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 
 from ulp_build.elf import ElfFile
 from ulp_build.errors import UlpError
@@ -66,17 +66,22 @@ class Scan:
         return f"{self.unreadable} processes are not readable by you (run as root)"
 
 
-def scan() -> Scan:
-    """Every process whose mappings include the runtime (that we may read)."""
+def scan(known: Container[int] = ()) -> Scan:
+    """Every process whose mappings include the runtime (that we may read), but the `known`
+    ones, whose mappings are not read."""
     out = []
     unreadable = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in known:
             continue
         try:
-            with open(Path(proc_dir(int(entry.name)), "maps")) as text:
-                if any("/libulp" in line for line in text):
-                    out.append(int(entry.name))
+            with open(f"/proc/{name}/maps", "rb") as f:
+                text = f.read()
+            if not text:  # its main thread has exited, and the others live on: ask one
+                with open(f"{proc_dir(int(name))}/maps", "rb") as f:
+                    text = f.read()
+            if b"/libulp" in text:
+                out.append(int(name))
         except PermissionError:
             unreadable += 1
         except (OSError, UlpError):  # gone meanwhile

@@ -35,6 +35,7 @@ PTRACE_O_TRACESYSGOOD = 1
 PTRACE_GETREGS = 12
 PTRACE_SETREGS = 13
 PTRACE_DETACH = 17
+PTRACE_GETSIGINFO = 0x4202
 PTRACE_GETREGSET = 0x4204
 PTRACE_SETREGSET = 0x4205
 PTRACE_SEIZE = 0x4206
@@ -168,14 +169,25 @@ class _Thread:
     abandoned: bool = False  # left in a call that timed out: it restores itself (ulp_resume)
     stopped: Registers | None = None  # as stopped, once `regs` was changed
     reserved: int | None = None  # the lowest stack address `reserve` handed out: calls run below
+    marker_signal: int | None = None  # what ulp_resume_signal sends in it (0: none will do)
 
 
 class ReturnPoint(NamedTuple):
     """Where calls return (the runtime's ulp_resume) and the address right after its getpid,
-    where the tracer takes over."""
+    where the tracer takes over; and the same for ulp_resume_signal, where the thread sends
+    itself a signal instead (runtime/resume.S)."""
 
     address: int
     marker: int
+    signal_address: int
+    signal_marker: int
+
+
+# What ulp_resume_signal may send, in this order: signals whose default action is to ignore them
+# (dropped as they are sent when no tracer is there), that few programs catch.
+_MARKER_SIGNALS = (signal.SIGURG, signal.SIGWINCH)
+_SI_TKILL = -6  # siginfo's si_code of a signal sent by tkill or tgkill
+_SIGINFO = 128  # bytes of a siginfo_t, for PTRACE_GETSIGINFO
 
 
 @dataclass
@@ -409,7 +421,11 @@ class Tracee:
                 frame, blob = None, b""
         # Aligned so that the callee sees %rsp = 8 mod 16; its return address, then the frame.
         sp = ((top - 256) & ~0xF) - 8
-        back = resume.address if frame is not None and resume is not None else 0
+        back, sig = 0, 0
+        if frame is not None and resume is not None:
+            sig = self._marker_signal(thread) if resume.signal_address else 0
+            back = resume.signal_address if sig else resume.address
+            regs.r13 = sig  # callee-saved: ulp_resume_signal finds it there
         self.write(sp, struct.pack("<Q", back).ljust(top - sp, b"\0") + blob)
         regs.rsp = sp
         regs.rip = function
@@ -421,6 +437,8 @@ class Tracee:
         try:
             if frame is None or resume is None:
                 return self._run_until_return(thread)
+            if sig:
+                return self._run_until_signalled(thread, frame, resume.signal_marker, sig)
             return self._run_until_resumed(thread, frame, resume.marker)
         except BaseException:
             # Whatever interrupted us (a timeout, Ctrl-C): the thread must be stopped before
@@ -504,6 +522,74 @@ class Tracee:
                 elif status >> 16 != PTRACE_EVENT_STOP:
                     thread.pending.append(sig)
                 self._resume(thread, PTRACE_SYSCALL)
+
+    def _marker_signal(self, thread: _Thread) -> int:
+        """The signal ulp_resume_signal may send in `thread`: the first of _MARKER_SIGNALS
+        that the process does not catch and the thread does not block, as its status says now;
+        0 if none (calls then return through ulp_resume). A program that installs a handler
+        for it during a call, just as the tracer dies, would see it once."""
+        if thread.marker_signal is None:
+            masks = {}
+            try:
+                with open(f"/proc/{self.pid}/task/{thread.tid}/status") as f:
+                    for line in f:
+                        key, _, value = line.partition(":")
+                        if key in ("SigBlk", "SigCgt"):
+                            masks[key] = int(value, 16)
+            except (OSError, ValueError):
+                pass
+            unusable = masks.get("SigBlk", -1) | masks.get("SigCgt", -1) if len(masks) == 2 else -1
+            thread.marker_signal = next(
+                (int(s) for s in _MARKER_SIGNALS if not unusable >> (s - 1) & 1), 0
+            )
+        return thread.marker_signal
+
+    def _run_until_signalled(self, thread: _Thread, frame: int, marker: int, sig: int) -> int:
+        """Let the thread run until ulp_resume_signal's signal stops it at the marker: the
+        result is in %rbx. Its registers are then put back as after a system call (it was in
+        none: tkill had returned), and the signal is discarded: resumed, the thread gets
+        none. Another signal that stops it meanwhile is held for the detach, as is this one
+        when someone else sent it too (one pending signal of a kind absorbs the next)."""
+        wait = _Wait(thread.tid, self.timeout)
+        regs = Registers()
+        with tracer_signals.held(_ASYNC_SIGNALS):
+            self._resume(thread, PTRACE_CONT)
+            while True:
+                status = wait.status()
+                if status is None:
+                    self._stop(thread)
+                    thread.abandoned = True
+                    raise UlpError(
+                        f"process {self.pid}: the call did not return within {self.timeout} s"
+                        f" (thread {thread.tid} finishes it alone)"
+                    )
+                if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                    del self.threads[thread.tid]
+                    raise UlpError(f"process {self.pid}: thread {thread.tid} died during the call")
+                thread.running = False
+                stopped_by = os.WSTOPSIG(status)
+                if status >> 16 == 0 and stopped_by == sig:
+                    _ptrace(PTRACE_GETREGS, thread.tid, 0, ctypes.addressof(regs))
+                    if regs.rip == marker and regs.r12 == frame:
+                        if self._signal_code(thread.tid) != _SI_TKILL:
+                            thread.pending.append(sig)
+                        thread.stopped = thread.stopped or thread.regs
+                        thread.regs = sigframe.restarted(thread.regs)
+                        return regs.rbx
+                    thread.pending.append(stopped_by)
+                elif stopped_by == signal.SIGSEGV:
+                    regs = self._get_regs(thread.tid)
+                    raise UlpError(f"process {self.pid}: the call crashed at {regs.rip:#x}")
+                elif status >> 16 != PTRACE_EVENT_STOP:
+                    thread.pending.append(stopped_by)
+                self._resume(thread, PTRACE_CONT)
+
+    @staticmethod
+    def _signal_code(tid: int) -> int:
+        """si_code of the signal thread `tid` is stopped at the delivery of."""
+        info = ctypes.create_string_buffer(_SIGINFO)
+        _ptrace(PTRACE_GETSIGINFO, tid, 0, ctypes.addressof(info))
+        return struct.unpack_from("<i", info, 8)[0]
 
     def _run_until_return(self, thread: _Thread) -> int:
         wait = _Wait(thread.tid, self.timeout)

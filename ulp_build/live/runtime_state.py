@@ -29,6 +29,8 @@ INFO_MAGIC = b"ULPRUN\0\0"
 LAYOUT_VERSION = 6
 RESUME_SYMBOL = "ulp_resume"
 RESUME_RETURN_SYMBOL = "ulp_resume_return"
+RESUME_SIGNAL_SYMBOL = "ulp_resume_signal"
+RESUME_SIGNAL_RETURN_SYMBOL = "ulp_resume_signal_return"
 
 RUNTIME_INFO = CStruct(
     "ulp_runtime_info",
@@ -241,14 +243,19 @@ def find_runtime(pid: int) -> tuple[str, int]:
 
 
 def return_point(runtime: ElfFile, base: int) -> ReturnPoint:
-    """Where the trigger's calls return: ulp_resume, and the label after its first system call,
-    where the trigger takes over (runtime/resume.S)."""
+    """Where the trigger's calls return: ulp_resume and ulp_resume_signal, and the labels after
+    their system calls, where the trigger takes over (runtime/resume.S)."""
     symbols = {s.name: s.value for s in runtime.dynamic_symbols if s.defined}
-    if RESUME_SYMBOL not in symbols or RESUME_RETURN_SYMBOL not in symbols:
-        raise UlpError(
-            f"{runtime.name}: no {RESUME_RETURN_SYMBOL}: a runtime too old for this trigger"
-        )
-    return ReturnPoint(base + symbols[RESUME_SYMBOL], base + symbols[RESUME_RETURN_SYMBOL])
+    for name in (RESUME_SYMBOL, RESUME_RETURN_SYMBOL, RESUME_SIGNAL_SYMBOL,
+                 RESUME_SIGNAL_RETURN_SYMBOL):  # fmt: skip
+        if name not in symbols:
+            raise UlpError(f"{runtime.name}: no {name}: a runtime too old for this trigger")
+    return ReturnPoint(
+        base + symbols[RESUME_SYMBOL],
+        base + symbols[RESUME_RETURN_SYMBOL],
+        base + symbols[RESUME_SIGNAL_SYMBOL],
+        base + symbols[RESUME_SIGNAL_RETURN_SYMBOL],
+    )
 
 
 def _bounded(pid: int, what: str, value: int, low: int, high: int) -> int:

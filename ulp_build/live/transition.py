@@ -139,12 +139,17 @@ def transitions(state: runtime_state.RuntimeState) -> list[Transition]:
 
 
 def finish(
-    pid: int, timeout: float = 5.0, found: list[Transition] | None = None
+    pid: int,
+    timeout: float = 5.0,
+    found: list[Transition] | None = None,
+    mappings: list[Mapping] | None = None,
 ) -> list[Transition]:
     """Finish every transition of `pid` that can be finished now; return them all, the ones
-    left pending with their holders. `found`: its transitions just read, if they were."""
-    if found is None:
-        found = transitions(runtime_state.read(pid))
+    left pending with their holders. `found`: its transitions just read, if they were, and
+    `mappings` its maps read with them."""
+    if found is None or mappings is None:
+        mappings = maps(pid)
+        found = transitions(runtime_state.read(pid, mappings))
     if not any(not t.done and not t.holders for t in found):
         return found
     for t in found:
@@ -153,7 +158,6 @@ def finish(
                 f"process {pid}: {t.library.name}: the bytes at {', '.join(t.unexpected)} are"
                 " neither a universe checker nor a finished transition; not finishing it"
             )
-    mappings = maps(pid)
     universe_code = _universe_code(pid, mappings)
     with Tracee(pid, timeout) as tracee:
         # The bytes to write were worked out above, while the process ran; `replace` writes
@@ -214,11 +218,12 @@ def wait_and_finish(pid: int, wait: float, timeout: float = 5.0) -> list[Transit
     deadline = time.monotonic() + wait
     while True:
         while True:
-            found = transitions(runtime_state.read(pid))
+            mappings = maps(pid)
+            found = transitions(runtime_state.read(pid, mappings))
             if all(not t.holders for t in found if not t.done) or time.monotonic() >= deadline:
                 break
             time.sleep(0.02)
-        found = finish(pid, timeout, found)
+        found = finish(pid, timeout, found, mappings)
         if all(t.done for t in found) or time.monotonic() >= deadline:
             return found
         time.sleep(0.02)
