@@ -36,7 +36,7 @@ from ulp_build.live.loaded_library import LoadedLibrary
 from ulp_build.live.operation import Operation
 from ulp_build.live.preflight import AlreadyApplied, CheckedOperation, NotApplied, check
 from ulp_build.live.process import maps, read_memory
-from ulp_build.live.ptrace import Traced, Tracee
+from ulp_build.live.ptrace import Traced, Tracee, caught_signals
 from ulp_build.live.safe_thread import threads_to_try, unsafe_to_load
 from ulp_build.prepare.layout import PAD_BEFORE
 
@@ -158,9 +158,10 @@ def prepare(checked: CheckedOperation, timeout: float) -> tuple[int, int]:
     pid = checked.pid
     raw = checked.request.encode()
     regions = maps(pid)
+    caught = caught_signals(pid)
     reasons: list[str] = []
     for tid in threads_to_try(pid):
-        with Tracee(pid, timeout, only=frozenset({tid}), regions=regions) as tracee:
+        with Tracee(pid, timeout, only=frozenset({tid}), regions=regions, caught=caught) as tracee:
             if tid not in tracee.threads:
                 continue
             why = unsafe_to_load(tracee.registers(tid), regions, checked.runtime)
@@ -229,7 +230,8 @@ def commit(checked: CheckedOperation, ticket: int, tid: int, timeout: float) -> 
         if c.code[-2:] != jump:
             writes.append((c.nop, jump))
     edits = snapshot.edited(writes)
-    with tracer_signals.held(_HELD), Tracee(pid, timeout, regions=regions) as tracee:
+    caught = caught_signals(pid)
+    with tracer_signals.held(_HELD), Tracee(pid, timeout, regions=regions, caught=caught) as tracee:
         if not tracee.replace(edits):
             raise _Busy(f"process {pid}: its code changed while being patched")
         caller = tid if tid in tracee.threads else min(tracee.threads)

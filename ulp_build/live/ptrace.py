@@ -36,6 +36,7 @@ PTRACE_GETREGS = 12
 PTRACE_SETREGS = 13
 PTRACE_DETACH = 17
 PTRACE_GETSIGINFO = 0x4202
+PTRACE_GETSIGMASK = 0x420A
 PTRACE_GETREGSET = 0x4204
 PTRACE_SETREGSET = 0x4205
 PTRACE_SEIZE = 0x4206
@@ -133,6 +134,19 @@ class Traced(UlpError):
     """Another tracer holds the process: another trigger, or a debugger. Worth waiting for."""
 
 
+def caught_signals(pid: int) -> int:
+    """The signals process `pid` has handlers for, as a mask (bit N-1 for signal N); all of
+    them when its status cannot be read, so that none is taken for uncaught."""
+    try:
+        with open(f"{proc_dir(pid)}/status") as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    return int(line[7:], 16)
+    except (OSError, ValueError):
+        pass
+    return (1 << 64) - 1
+
+
 def _tracer(pid: int) -> str | None:
     """Who traces process `pid` now, as "PID (NAME)", or None."""
     try:
@@ -203,6 +217,9 @@ class Tracee:
     # The process's mappings, for where a call may leave its frame: read once per stop, or
     # given by a caller that read them before stopping the process (stacks stay put).
     regions: list[Mapping] | None = None
+    # The signals the process catches (caught_signals), for calls that end with a signal: read
+    # by a caller before it stopped the process (handlers change rarely), or at the first call.
+    caught: int | None = None
 
     def __enter__(self) -> Tracee:
         self._since = time.perf_counter()
@@ -525,20 +542,14 @@ class Tracee:
 
     def _marker_signal(self, thread: _Thread) -> int:
         """The signal ulp_resume_signal may send in `thread`: the first of _MARKER_SIGNALS
-        that the process does not catch and the thread does not block, as its status says now;
-        0 if none (calls then return through ulp_resume). A program that installs a handler
-        for it during a call, just as the tracer dies, would see it once."""
+        that the process does not catch (`caught`, else its status now) and the thread does
+        not block; 0 if none (calls then return through ulp_resume). A program that installs a
+        handler for it during a call, just as the tracer dies, would see it once."""
         if thread.marker_signal is None:
-            masks = {}
-            try:
-                with open(f"/proc/{self.pid}/task/{thread.tid}/status") as f:
-                    for line in f:
-                        key, _, value = line.partition(":")
-                        if key in ("SigBlk", "SigCgt"):
-                            masks[key] = int(value, 16)
-            except (OSError, ValueError):
-                pass
-            unusable = masks.get("SigBlk", -1) | masks.get("SigCgt", -1) if len(masks) == 2 else -1
+            blocked = ctypes.c_uint64()
+            _ptrace(PTRACE_GETSIGMASK, thread.tid, 8, ctypes.addressof(blocked))
+            caught = self.caught if self.caught is not None else caught_signals(self.pid)
+            unusable = blocked.value | caught
             thread.marker_signal = next(
                 (int(s) for s in _MARKER_SIGNALS if not unusable >> (s - 1) & 1), 0
             )
