@@ -28,7 +28,7 @@
 #define SYS_rt_sigreturn 15
 #define SYS_getpid 39
 #define SYS_gettid 186
-#define SYS_tkill 200
+#define SYS_tgkill 234
 #define SYS_sigaltstack 131
 #define FRAME_UC 8          /* struct rt_sigframe: pretcode, then struct ucontext */
 #define FRAME_UC_STACK 24   /* uc_stack */
@@ -73,11 +73,16 @@ ulp_resume_signal:
         .cfi_startproc
         .cfi_undefined rip
         movq    %rax, %rbx                      /* the result, for the trigger */
-        movl    $SYS_gettid, %eax               /* this thread's id, in its own namespace */
+        /* tgkill, as raise() does, with both ids in this process's own namespace. */
+        movl    $SYS_getpid, %eax
         syscall
-        movl    %eax, %edi
-        movl    %r13d, %esi
-        movl    $SYS_tkill, %eax
+        movl    %eax, %ebp
+        movl    $SYS_gettid, %eax
+        syscall
+        movl    %ebp, %edi
+        movl    %eax, %esi
+        movl    %r13d, %edx
+        movl    $SYS_tgkill, %eax
         syscall
 ulp_resume_signal_return:
         jmp     .Lrestore

@@ -204,6 +204,13 @@ def test_calls_end_with_a_signal_nobody_catches_else_a_system_call(
         os.kill(p.pid, signal.SIGWINCH)
         time.sleep(0.1)
         assert p.ask("caught") == "caught 1"
+    # Under a seccomp filter, which might forbid sending a signal, calls end with getpid.
+    with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
+        assert p.ask("seccomp") == "0"
+        endings.clear()
+        assert protocol.run(p.pid, apply).status == "applied"
+        assert endings == ["getpid"] * 2
+        assert p.ask("square 100000") == str(SATURATED)
 
 
 def test_call_that_times_out_finishes_alone(tree: Path, patchee: Path, runtime: Path) -> None:

@@ -135,16 +135,21 @@ class Traced(UlpError):
 
 
 def caught_signals(pid: int) -> int:
-    """The signals process `pid` has handlers for, as a mask (bit N-1 for signal N); all of
-    them when its status cannot be read, so that none is taken for uncaught."""
+    """The signals process `pid` has handlers for, as a mask (bit N-1 for signal N). All of
+    them when it runs under a seccomp filter, which may forbid sending one (calls then end
+    with getpid, which filters allow), or when its status cannot be read."""
+    caught, filtered = None, True
     try:
         with open(f"{proc_dir(pid)}/status") as f:
             for line in f:
-                if line.startswith("SigCgt:"):
-                    return int(line[7:], 16)
+                key, _, value = line.partition(":")
+                if key == "SigCgt":
+                    caught = int(value, 16)
+                elif key == "Seccomp":
+                    filtered = value.strip() != "0"
     except (OSError, ValueError):
         pass
-    return (1 << 64) - 1
+    return (1 << 64) - 1 if caught is None or filtered else caught
 
 
 def _tracer(pid: int) -> str | None:
@@ -200,7 +205,7 @@ class ReturnPoint(NamedTuple):
 # What ulp_resume_signal may send, in this order: signals whose default action is to ignore them
 # (dropped as they are sent when no tracer is there), that few programs catch.
 _MARKER_SIGNALS = (signal.SIGURG, signal.SIGWINCH)
-_SI_TKILL = -6  # siginfo's si_code of a signal sent by tkill or tgkill
+_SI_TKILL = -6  # siginfo's si_code of a signal sent by tgkill
 _SIGINFO = 128  # bytes of a siginfo_t, for PTRACE_GETSIGINFO
 
 
@@ -542,8 +547,8 @@ class Tracee:
 
     def _marker_signal(self, thread: _Thread) -> int:
         """The signal ulp_resume_signal may send in `thread`: the first of _MARKER_SIGNALS
-        that the process does not catch (`caught`, else its status now) and the thread does
-        not block; 0 if none (calls then return through ulp_resume). A program that installs a
+        that the process does not catch (`caught`, else caught_signals now) and the thread
+        does not block; 0 if none (calls then return through ulp_resume). A program that installs a
         handler for it during a call, just as the tracer dies, would see it once."""
         if thread.marker_signal is None:
             blocked = ctypes.c_uint64()
@@ -558,7 +563,7 @@ class Tracee:
     def _run_until_signalled(self, thread: _Thread, frame: int, marker: int, sig: int) -> int:
         """Let the thread run until ulp_resume_signal's signal stops it at the marker: the
         result is in %rbx. Its registers are then put back as after a system call (it was in
-        none: tkill had returned), and the signal is discarded: resumed, the thread gets
+        none: tgkill had returned), and the signal is discarded: resumed, the thread gets
         none. Another signal that stops it meanwhile is held for the detach, as is this one
         when someone else sent it too (one pending signal of a kind absorbs the next)."""
         wait = _Wait(thread.tid, self.timeout)
