@@ -955,10 +955,11 @@ def test_near_references_with_the_main_thread_exited(
 def test_small_request_travels_on_the_stack_a_large_one_in_a_buffer(
     patchee: Path, runtime: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The request (the patch object's bytes and its entries) goes on the stopped thread's
-    stack when it is small, below the call's frame, and in a buffer the runtime maps and
-    unmaps when it is too large for that: both apply, and each takes its own calls. The calls
-    are recorded on their way to the real process."""
+    """The request (the patch object's bytes and its entries) goes on the main stack when it
+    is small and the chosen thread runs there (the patchee's main thread, first tried), below
+    the call's frame, and in a buffer the runtime maps and unmaps when it is too large: both
+    apply, and each takes its own calls. The calls are recorded on their way to the real
+    process."""
     lib = tmp_path / "libbasic.so"
     built = run(["gcc", *CFLAGS, "-O2", "-fPIC", "-shared", "-o", str(lib),
                  str(samples.ROOT / "basic" / "basic.c")])  # fmt: skip

@@ -169,8 +169,8 @@ def prepare(checked: CheckedOperation, timeout: float) -> tuple[int, int]:
                 reasons.append(f"thread {tid} {why}")
                 continue
             with tracer_signals.held(_HELD):
-                # A small request travels on the thread's stack, below the call's frame: two
-                # calls fewer per process than a buffer the runtime maps and unmaps.
+                # A small request travels on the main stack, below the call's frame, when the
+                # thread runs there: two calls fewer than a buffer the runtime maps and unmaps.
                 buffer = tracee.reserve(tid, len(raw)) if len(raw) <= ON_STACK else None
                 mapped = buffer is None
                 if mapped:

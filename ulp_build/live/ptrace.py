@@ -45,11 +45,9 @@ PTRACE_EVENT_STOP = 128
 NT_X86_XSTATE = 0x202
 WALL = 0x40000000
 RED_ZONE = 128
-# What a thread's stack must have free below what `reserve` hands out: a call's signal frame
-# beside the thread's extended state, its alignment and what `call` writes below it; and, in a
-# stack that does not grow, what the call itself uses (dlopen, in the runtime's prepare).
+# What the main stack's mapping must hold below what `reserve` hands out, for a call's signal
+# frame: with the thread's extended state, their alignment and what `call` writes below them.
 FRAME_ROOM = 4096
-STACK_ROOM = 64 << 10
 XSTATE_MAX = 1 << 16
 _ASYNC_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGALRM, signal.SIGHUP}
 SYS_TGKILL = 234
@@ -476,21 +474,21 @@ class Tracee:
     def reserve(self, tid: int, size: int) -> int | None:
         """An address on stopped thread `tid`'s stack, below its red zone (and what was
         reserved before), where `size` bytes can be written for the calls that follow, which then
-        run below them; None if its stack's mapping has not that much room, and below it room
-        for a call's frame and, in a stack that does not grow (any but the main thread's),
-        STACK_ROOM for the call itself. Nothing to free: the thread's stack pointer never comes
-        down there."""
+        run below them; None unless the thread runs on the process's main stack ([stack]) and
+        its mapping holds them with room for a call's frame below. Only there: that mapping
+        holds nothing but the stack, which the kernel grows for the call as it needs, whereas
+        the mapping of another stack may be a heap that holds an alternate signal stack, with
+        other data right below it. Nothing to free: the stack pointer never comes down there."""
         thread = self.threads[tid]
         top = thread.reserved if thread.reserved is not None else thread.regs.rsp - RED_ZONE
         at = (top - size) & ~0xF
         if self.regions is None:
             self.regions = maps(self.pid)
         sp = thread.regs.rsp
-        stack = next((m for m in self.regions if m.start <= sp <= m.end), None)
-        if stack is None:
+        stack = next((m for m in self.regions if m.start <= sp < m.end), None)
+        if stack is None or stack.path != "[stack]":
             return None
-        room = len(thread.xstate) + FRAME_ROOM + (0 if stack.path == "[stack]" else STACK_ROOM)
-        if at - room < stack.start:
+        if at - len(thread.xstate) - FRAME_ROOM < stack.start:
             return None
         thread.reserved = at
         return at
