@@ -213,6 +213,36 @@ def test_calls_end_with_a_signal_nobody_catches_else_a_system_call(
         assert p.ask("square 100000") == str(SATURATED)
 
 
+def test_a_thread_under_a_seccomp_filter_of_its_own_ends_calls_with_a_system_call(
+    tree: Path, patchee: Path, runtime: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread may install a seccomp filter for itself alone, which /proc/PID/status (the main
+    thread's) does not show: this one kills the process at any tgkill. A call in that thread
+    ends with getpid; in the main thread of the same process, with a signal (the control)."""
+    endings: list[str] = []
+    signalled, resumed = Tracee._run_until_signalled, Tracee._run_until_resumed
+
+    def by_signal(self: Tracee, thread: object, frame: int, marker: int, sig: int) -> int:
+        endings.append(signal.Signals(sig).name)
+        return signalled(self, thread, frame, marker, sig)  # type: ignore[arg-type]
+
+    def by_getpid(self: Tracee, thread: object, frame: int, marker: int) -> int:
+        endings.append("getpid")
+        return resumed(self, thread, frame, marker)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Tracee, "_run_until_signalled", by_signal)
+    monkeypatch.setattr(Tracee, "_run_until_resumed", by_getpid)
+    with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
+        sandboxed = int(p.ask("sandbox").split()[1])
+        usleep, resume = _usleep_and_return_point(p.pid, runtime)
+        with Tracee(p.pid) as tracee:
+            assert tracee.call(usleep, 1000, tid=sandboxed, resume=resume) == 0
+            assert tracee.call(usleep, 1000, tid=p.pid, resume=resume) == 0
+        assert endings == ["getpid", "SIGURG"]
+        assert p.ask("square 3") == "9"
+        assert p.ask("stats") == "eintr 0 usr1 0 rt 0"
+
+
 def test_call_that_times_out_finishes_alone(tree: Path, patchee: Path, runtime: Path) -> None:
     """Cut short, a call could leave a lock held for ever: it is left to finish, and the
     thread restores itself as if the trigger had died."""

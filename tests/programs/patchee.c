@@ -13,6 +13,8 @@
  *   hammer PATH    15 threads malloc/free and dlopen/dlclose PATH until quit
  *   rwx ADDR       make the page at ADDR readable, writable and executable
  *   seccomp        forbid mprotect with PROT_EXEC from now on (EPERM)
+ *   sandbox        a thread under a filter of its own (the main thread has none) that kills
+ *                  the process at any tgkill it makes, sleeping in a loop: "sandboxed TID"
  *   open PATH      dlopen the C++ sample; bump N calls ThrowerCounter::bump(N) on one object
  *   raise N        raise SIGUSR2 N times; its handler calls basic_square(100000): "sat S other O"
  *   threads N      N more threads, each calling basic_square in a sleep loop
@@ -138,6 +140,31 @@ static int forbid_exec_mprotect(void)
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
         return -1;
     return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog);
+}
+
+static sem_t sandboxed;
+static pid_t sandboxed_tid;
+
+static void *sandbox(void *arg)
+{
+    (void)arg;
+    struct sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_tgkill, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {sizeof filter / sizeof filter[0], filter};
+    sandboxed_tid = (pid_t)syscall(SYS_gettid);
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+        || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
+        sandboxed_tid = -1;
+    sem_post(&sandboxed);
+    while (!__atomic_load_n(&stop, __ATOMIC_RELAXED)) {
+        struct timespec t = {0, 20 * 1000 * 1000};
+        nanosleep(&t, NULL);
+    }
+    return NULL;
 }
 
 static void *need(void *lib, const char *name)
@@ -416,6 +443,13 @@ static void *serve(void *arg)
             printf("%d\n", mprotect(page, 4096, PROT_READ | PROT_WRITE | PROT_EXEC));
         } else if (!strcmp(word, "seccomp")) {
             printf("%d\n", forbid_exec_mprotect());
+        } else if (!strcmp(word, "sandbox")) {
+            pthread_t t;
+            sem_init(&sandboxed, 0, 0);
+            pthread_create(&t, NULL, sandbox, NULL);
+            pthread_detach(t);
+            sem_wait(&sandboxed);
+            printf("sandboxed %d\n", (int)sandboxed_tid);
         } else if (sscanf(line, "open %4095s", path) == 1) {
             void *lib = dlopen(path, RTLD_NOW);
             bump = lib ? dlsym(lib, "_ZN14ThrowerCounter4bumpEi") : NULL;

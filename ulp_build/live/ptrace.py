@@ -36,7 +36,6 @@ PTRACE_GETREGS = 12
 PTRACE_SETREGS = 13
 PTRACE_DETACH = 17
 PTRACE_GETSIGINFO = 0x4202
-PTRACE_GETSIGMASK = 0x420A
 PTRACE_GETREGSET = 0x4204
 PTRACE_SETREGSET = 0x4205
 PTRACE_SEIZE = 0x4206
@@ -61,14 +60,17 @@ _libc.ptrace.restype = ctypes.c_long
 _libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
 
 
-def _blocked_signals(pid: int, tid: int) -> int:
+def _task_status(pid: int, tid: int) -> dict[str, str]:
+    """/proc/PID/task/TID/status as {field: value}; empty if it cannot be read."""
     try:
-        for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
-            if line.startswith("SigBlk:"):
-                return int(line.split()[1], 16)
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            return {key: value.strip() for key, _, value in (line.partition(":") for line in f)}
     except OSError:
-        pass
-    return 0
+        return {}
+
+
+def _blocked_signals(pid: int, tid: int) -> int:
+    return int(_task_status(pid, tid).get("SigBlk", "0"), 16)
 
 
 def _tgkill(pid: int, tid: int, sig: int) -> None:
@@ -133,21 +135,17 @@ class Traced(UlpError):
 
 
 def caught_signals(pid: int) -> int:
-    """The signals process `pid` has handlers for, as a mask (bit N-1 for signal N). All of
-    them when it runs under a seccomp filter, which may forbid sending one (calls then end
-    with getpid, which filters allow), or when its status cannot be read."""
-    caught, filtered = None, True
+    """The signals process `pid` has handlers for, as a mask (bit N-1 for signal N); all of
+    them when its status cannot be read."""
     try:
         with open(f"{proc_dir(pid)}/status") as f:
             for line in f:
                 key, _, value = line.partition(":")
                 if key == "SigCgt":
-                    caught = int(value, 16)
-                elif key == "Seccomp":
-                    filtered = value.strip() != "0"
+                    return int(value, 16)
     except (OSError, ValueError):
         pass
-    return (1 << 64) - 1 if caught is None or filtered else caught
+    return (1 << 64) - 1
 
 
 def _tracer(pid: int) -> str | None:
@@ -546,13 +544,20 @@ class Tracee:
     def _marker_signal(self, thread: _Thread) -> int:
         """The signal ulp_resume_signal may send in `thread`: the first of _MARKER_SIGNALS
         that the process does not catch (`caught`, else caught_signals now) and the thread
-        does not block; 0 if none (calls then return through ulp_resume). A program that installs a
-        handler for it during a call, just as the tracer dies, would see it once."""
+        does not block; 0 if none, or if the thread runs under a seccomp filter, which may
+        forbid sending one, even kill the process for it (calls then return through
+        ulp_resume: filters allow getpid). The thread's own filter: a thread may install one
+        for itself alone, and /proc/PID/status shows the main thread's. A program that
+        installs a handler for the signal during a call, just as the tracer dies, would see
+        it once."""
         if thread.marker_signal is None:
-            blocked = ctypes.c_uint64()
-            _ptrace(PTRACE_GETSIGMASK, thread.tid, 8, ctypes.addressof(blocked))
+            status = _task_status(self.pid, thread.tid)
+            if status.get("Seccomp", "") != "0":
+                thread.marker_signal = 0
+                return 0
+            blocked = int(status.get("SigBlk", "f" * 16), 16)
             caught = self.caught if self.caught is not None else caught_signals(self.pid)
-            unusable = blocked.value | caught
+            unusable = blocked | caught
             thread.marker_signal = next(
                 (int(s) for s in _MARKER_SIGNALS if not unusable >> (s - 1) & 1), 0
             )
