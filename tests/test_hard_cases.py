@@ -162,6 +162,20 @@ def test_tracer_killed_during_a_call(tree: Path, patchee: Path, runtime: Path) -
         assert p.ask("stats") == "eintr 0 usr1 0 rt 0"
 
 
+def _recorded_endings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """How each call into a process ends from now on ("getpid" or the signal's name), recorded
+    on its way to the real process."""
+    endings: list[str] = []
+    real = Tracee._run_until_resumed
+
+    def recorded(self: Tracee, thread: object, frame: int, marker: int, sig: int) -> int:
+        endings.append(signal.Signals(sig).name if sig else "getpid")
+        return real(self, thread, frame, marker, sig)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Tracee, "_run_until_resumed", recorded)
+    return endings
+
+
 def test_calls_end_with_a_signal_nobody_catches_else_a_system_call(
     tree: Path, patchee: Path, runtime: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -169,21 +183,8 @@ def test_calls_end_with_a_signal_nobody_catches_else_a_system_call(
     does not catch (SIGURG, else SIGWINCH): the trigger takes it at its delivery and discards
     it, and lets the call's own system calls run without stopping at each. With both caught,
     the call ends with getpid, and the trigger follows the thread's system calls to it. Each
-    way, the patch is applied and reverted, and the process's handlers never see a signal.
-    The endings are recorded on their way to the real process."""
-    endings: list[str] = []
-    signalled, resumed = Tracee._run_until_signalled, Tracee._run_until_resumed
-
-    def by_signal(self: Tracee, thread: object, frame: int, marker: int, sig: int) -> int:
-        endings.append(signal.Signals(sig).name)
-        return signalled(self, thread, frame, marker, sig)  # type: ignore[arg-type]
-
-    def by_getpid(self: Tracee, thread: object, frame: int, marker: int) -> int:
-        endings.append("getpid")
-        return resumed(self, thread, frame, marker)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(Tracee, "_run_until_signalled", by_signal)
-    monkeypatch.setattr(Tracee, "_run_until_resumed", by_getpid)
+    way, the patch is applied and reverted, and the process's handlers never see a signal."""
+    endings = _recorded_endings(monkeypatch)
     apply = operation(patch_file(tree, "square_fix"))
     revert = operation(patch_file(tree, "square_fix"), revert=True)
     with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
@@ -196,8 +197,8 @@ def test_calls_end_with_a_signal_nobody_catches_else_a_system_call(
             assert p.ask("square 100000") == str(SATURATED)
             assert protocol.run(p.pid, revert).status == "reverted"
             assert p.ask("square 100000") == str(OVERFLOWED)
-            # ulp_prepare and ulp_commit, each way.
-            assert endings == [ending] * 4, (catch, endings)
+            # ulp_buffer, ulp_prepare, ulp_buffer_free and ulp_commit, each way.
+            assert endings == [ending] * 8, (catch, endings)
         assert p.ask("caught") == "caught 0"
         assert p.ask("stats") == "eintr 0 usr1 0 rt 0"
         # The control: the handler counts what it is sent.
@@ -209,7 +210,7 @@ def test_calls_end_with_a_signal_nobody_catches_else_a_system_call(
         assert p.ask("seccomp") == "0"
         endings.clear()
         assert protocol.run(p.pid, apply).status == "applied"
-        assert endings == ["getpid"] * 2
+        assert endings == ["getpid"] * 4
         assert p.ask("square 100000") == str(SATURATED)
 
 
@@ -219,19 +220,7 @@ def test_a_thread_under_a_seccomp_filter_of_its_own_ends_calls_with_a_system_cal
     """A thread may install a seccomp filter for itself alone, which /proc/PID/status (the main
     thread's) does not show: this one kills the process at any tgkill. A call in that thread
     ends with getpid; in the main thread of the same process, with a signal (the control)."""
-    endings: list[str] = []
-    signalled, resumed = Tracee._run_until_signalled, Tracee._run_until_resumed
-
-    def by_signal(self: Tracee, thread: object, frame: int, marker: int, sig: int) -> int:
-        endings.append(signal.Signals(sig).name)
-        return signalled(self, thread, frame, marker, sig)  # type: ignore[arg-type]
-
-    def by_getpid(self: Tracee, thread: object, frame: int, marker: int) -> int:
-        endings.append("getpid")
-        return resumed(self, thread, frame, marker)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(Tracee, "_run_until_signalled", by_signal)
-    monkeypatch.setattr(Tracee, "_run_until_resumed", by_getpid)
+    endings = _recorded_endings(monkeypatch)
     with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
         sandboxed = int(p.ask("sandbox").split()[1])
         usleep, resume = _usleep_and_return_point(p.pid, runtime)

@@ -31,11 +31,11 @@ GUARD = PAGE
 STACK_GAP = 256 * PAGE
 # The lowest address mmap grants by default (vm.mmap_min_addr).
 LOWEST = 0x10000
-# Room left free for the buffer the trigger has the runtime map for a request that does not go
-# on the main stack, the object and its entries (protocol.py), before the runtime loads the
-# object: the kernel puts it at the top of the highest free range it fits in, which may be the
-# range chosen here, so the object is placed that far from the top. This much on top of the
-# object's size serves some 30000 functions and references.
+# Room left free for the buffer the trigger has the runtime map for the request, the object
+# and its entries (protocol.py), before the runtime loads the object: the kernel puts it at
+# the top of the highest free range it fits in, which may be the range chosen here, so the
+# object is placed that far from the top. This much on top of the object's size serves
+# some 30000 functions and references.
 ENTRIES_ROOM = 1 << 20
 
 

@@ -43,9 +43,6 @@ from ulp_build.prepare.layout import PAD_BEFORE
 # Ctrl-C and SIGTERM wait until a call into the runtime has returned: abandoning it halfway
 # would leave its lock held in the process.
 _HELD = {signal.SIGINT, signal.SIGTERM}
-# The largest request put on a thread's stack (a small patch object and its entries); a larger
-# one goes in a buffer the runtime maps.
-ON_STACK = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -169,15 +166,9 @@ def prepare(checked: CheckedOperation, timeout: float) -> tuple[int, int]:
                 reasons.append(f"thread {tid} {why}")
                 continue
             with tracer_signals.held(_HELD):
-                # A small request travels on the main stack, below the call's frame, when the
-                # thread runs there: two calls fewer than a buffer the runtime maps and unmaps.
-                buffer = tracee.reserve(tid, len(raw)) if len(raw) <= ON_STACK else None
-                mapped = buffer is None
-                if mapped:
-                    buffer = _call(checked, tracee, "ulp_buffer", len(raw), tid=tid)
-                    if buffer <= 0:
-                        raise UlpError(f"process {pid}: the runtime could not map memory")
-                assert buffer is not None
+                buffer = _call(checked, tracee, "ulp_buffer", len(raw), tid=tid)
+                if buffer <= 0:
+                    raise UlpError(f"process {pid}: the runtime could not map memory")
                 try:
                     tracee.write(buffer, raw)
                     status = _call(checked, tracee, "ulp_prepare", buffer, tid=tid)
@@ -186,9 +177,8 @@ def prepare(checked: CheckedOperation, timeout: float) -> tuple[int, int]:
                 finally:
                     # Not in a thread still finishing a call that timed out: the buffer is
                     # then left, a few KiB.
-                    if mapped:
-                        with suppress(UlpError):
-                            _call(checked, tracee, "ulp_buffer_free", buffer, len(raw), tid=tid)
+                    with suppress(UlpError):
+                        _call(checked, tracee, "ulp_buffer_free", buffer, len(raw), tid=tid)
             if status > 0:
                 found = rq.indexes(back, len(checked.request.functions))
                 for f, index in zip(checked.request.functions, found, strict=True):

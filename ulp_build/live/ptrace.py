@@ -36,6 +36,8 @@ PTRACE_GETREGS = 12
 PTRACE_SETREGS = 13
 PTRACE_DETACH = 17
 PTRACE_GETSIGINFO = 0x4202
+PTRACE_GETSIGMASK = 0x420A
+PTRACE_SECCOMP_GET_FILTER = 0x420C
 PTRACE_GETREGSET = 0x4204
 PTRACE_SETREGSET = 0x4205
 PTRACE_SEIZE = 0x4206
@@ -44,9 +46,6 @@ PTRACE_EVENT_STOP = 128
 NT_X86_XSTATE = 0x202
 WALL = 0x40000000
 RED_ZONE = 128
-# What the main stack's mapping must hold below what `reserve` hands out, for a call's signal
-# frame: with the thread's extended state, their alignment and what `call` writes below them.
-FRAME_ROOM = 4096
 XSTATE_MAX = 1 << 16
 _ASYNC_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGALRM, signal.SIGHUP}
 SYS_TGKILL = 234
@@ -183,7 +182,6 @@ class _Thread:
     running: bool = False  # continued for a call and not seen stopped since
     abandoned: bool = False  # left in a call that timed out: it restores itself (ulp_resume)
     stopped: Registers | None = None  # as stopped, once `regs` was changed
-    reserved: int | None = None  # the lowest stack address `reserve` handed out: calls run below
     marker_signal: int | None = None  # what ulp_resume_signal sends in it (0: none will do)
 
 
@@ -428,7 +426,7 @@ class Tracee:
         if thread.abandoned:
             raise UlpError(f"process {self.pid}: thread {thread.tid} is still in a call")
         regs = thread.regs.copy()
-        top = thread.reserved if thread.reserved is not None else regs.rsp - RED_ZONE
+        top = regs.rsp - RED_ZONE
         frame, blob = None, b""
         if resume is not None:
             frame, blob = sigframe.build(thread.regs, thread.xstate, top)
@@ -455,9 +453,8 @@ class Tracee:
         try:
             if frame is None or resume is None:
                 return self._run_until_return(thread)
-            if sig:
-                return self._run_until_signalled(thread, frame, resume.signal_marker, sig)
-            return self._run_until_resumed(thread, frame, resume.marker)
+            marker = resume.signal_marker if sig else resume.marker
+            return self._run_until_resumed(thread, frame, marker, sig)
         except BaseException:
             # Whatever interrupted us (a timeout, Ctrl-C): the thread must be stopped before
             # its registers can be put back.
@@ -469,28 +466,6 @@ class Tracee:
                 self._set_xstate(thread.tid, thread.xstate)  # first: see detach
                 self._set_regs(thread.tid, thread.regs)
 
-    def reserve(self, tid: int, size: int) -> int | None:
-        """An address on stopped thread `tid`'s stack, below its red zone (and what was
-        reserved before), where `size` bytes can be written for the calls that follow, which then
-        run below them; None unless the thread runs on the process's main stack ([stack]) and
-        its mapping holds them with room for a call's frame below. Only there: that mapping
-        holds nothing but the stack, which the kernel grows for the call as it needs, whereas
-        the mapping of another stack may be a heap that holds an alternate signal stack, with
-        other data right below it. Nothing to free: the stack pointer never comes down there."""
-        thread = self.threads[tid]
-        top = thread.reserved if thread.reserved is not None else thread.regs.rsp - RED_ZONE
-        at = (top - size) & ~0xF
-        if self.regions is None:
-            self.regions = maps(self.pid)
-        sp = thread.regs.rsp
-        stack = next((m for m in self.regions if m.start <= sp < m.end), None)
-        if stack is None or stack.path != "[stack]":
-            return None
-        if at - len(thread.xstate) - FRAME_ROOM < stack.start:
-            return None
-        thread.reserved = at
-        return at
-
     def _on_stack(self, sp: int, lowest: int) -> bool:
         """Whether [lowest, sp) lies in the mapping that holds `sp` (a thread's stack, or the
         alternate signal stack it runs a handler on): writing below it would hit other data,
@@ -499,17 +474,57 @@ class Tracee:
             self.regions = maps(self.pid)
         return any(m.start <= lowest and sp <= m.end for m in self.regions if m.start <= sp)
 
-    def _run_until_resumed(self, thread: _Thread, frame: int, marker: int) -> int:
-        """Follow the thread's system calls until ulp_resume's getpid returns: the result is
-        in %rdi. The thread is then stopped at a system call's exit, where the kernel restarts
-        nothing: its registers are put back with any interrupted call restarted by hand."""
+    def _marker_signal(self, thread: _Thread) -> int:
+        """The signal ulp_resume_signal may send in `thread`: the first of _MARKER_SIGNALS
+        that the process does not catch (`caught`, else caught_signals now) and the thread
+        does not block; 0 if none, or if the thread runs under a seccomp filter, which may
+        forbid sending one, even kill the process for it (calls then return through
+        ulp_resume: filters allow getpid). The thread's own filter: a thread may install one
+        for itself alone, and /proc/PID/status shows the main thread's. A program that
+        installs a handler for the signal during a call, just as the tracer dies, would see
+        it once."""
+        if thread.marker_signal is None:
+            if self._filtered(thread.tid):
+                thread.marker_signal = 0
+                return 0
+            blocked = ctypes.c_uint64()
+            _ptrace(PTRACE_GETSIGMASK, thread.tid, 8, ctypes.addressof(blocked))
+            caught = self.caught if self.caught is not None else caught_signals(self.pid)
+            unusable = blocked.value | caught
+            thread.marker_signal = next(
+                (int(s) for s in _MARKER_SIGNALS if not unusable >> (s - 1) & 1), 0
+            )
+        return thread.marker_signal
+
+    def _filtered(self, tid: int) -> bool:
+        """Whether thread `tid` runs under a seccomp filter: asked of the kernel with ptrace
+        (this is under the stop, where a file read would cost ten times as much), else read in
+        its status (the request needs CAP_SYS_ADMIN)."""
+        ctypes.set_errno(0)
+        if _libc.ptrace(PTRACE_SECCOMP_GET_FILTER, tid, 0, None) >= 0:
+            return True
+        if ctypes.get_errno() == errno.EINVAL:  # not in filter mode
+            return False
+        return _task_status(self.pid, tid).get("Seccomp", "") != "0"
+
+    def _run_until_resumed(self, thread: _Thread, frame: int, marker: int, sig: int) -> int:
+        """Let the thread run the call until the runtime's return point takes it to `marker`
+        (with %r12 = `frame`), and return the call's result; its registers are then put back
+        as after a system call, with any interrupted call restarted by hand.
+        - `sig` 0: ulp_resume's getpid. The thread is followed from system call to system call
+          (a dlopen makes some twenty) to that call's exit; the result is in %rdi.
+        - Else ulp_resume_signal's signal `sig`, which stops the thread as it is delivered
+          (tgkill had returned); the thread runs freely until then. The result is in %rbx, and
+          the signal is discarded (resumed, the thread gets none), unless someone else sent
+          it too (one pending signal of a kind absorbs the next): then it is held for the
+          detach, as is every other signal that stops the thread meanwhile."""
         wait = _Wait(thread.tid, self.timeout)
-        # A call stops at each of its system calls (a dlopen makes some twenty): the signals
-        # to the trigger are held once for the whole call rather than at each resume, and
-        # every stop's registers are read into one buffer.
+        resume = PTRACE_CONT if sig else PTRACE_SYSCALL
+        # Signals to the trigger are held once for the whole call rather than at each resume,
+        # and every stop's registers are read into one buffer.
         regs = Registers()
         with tracer_signals.held(_ASYNC_SIGNALS):
-            self._resume(thread, PTRACE_SYSCALL)
+            self._resume(thread, resume)
             while True:
                 status = wait.status()
                 if status is None:
@@ -525,83 +540,33 @@ class Tracee:
                     del self.threads[thread.tid]
                     raise UlpError(f"process {self.pid}: thread {thread.tid} died during the call")
                 thread.running = False
-                sig = os.WSTOPSIG(status)
-                if sig == _SYSCALL_STOP:
-                    _ptrace(PTRACE_GETREGS, thread.tid, 0, ctypes.addressof(regs))
-                    at_exit = regs.rax != (1 << 64) - errno.ENOSYS
-                    ours = regs.rip == marker and regs.orig_rax == SYS_GETPID and regs.r12 == frame
-                    if ours and at_exit:
-                        thread.stopped = thread.stopped or thread.regs
-                        thread.regs = sigframe.restarted(thread.regs)
-                        return regs.rdi
-                elif sig == signal.SIGSEGV:
-                    regs = self._get_regs(thread.tid)
-                    raise UlpError(f"process {self.pid}: the call crashed at {regs.rip:#x}")
-                elif status >> 16 != PTRACE_EVENT_STOP:
-                    thread.pending.append(sig)
-                self._resume(thread, PTRACE_SYSCALL)
-
-    def _marker_signal(self, thread: _Thread) -> int:
-        """The signal ulp_resume_signal may send in `thread`: the first of _MARKER_SIGNALS
-        that the process does not catch (`caught`, else caught_signals now) and the thread
-        does not block; 0 if none, or if the thread runs under a seccomp filter, which may
-        forbid sending one, even kill the process for it (calls then return through
-        ulp_resume: filters allow getpid). The thread's own filter: a thread may install one
-        for itself alone, and /proc/PID/status shows the main thread's. A program that
-        installs a handler for the signal during a call, just as the tracer dies, would see
-        it once."""
-        if thread.marker_signal is None:
-            status = _task_status(self.pid, thread.tid)
-            if status.get("Seccomp", "") != "0":
-                thread.marker_signal = 0
-                return 0
-            blocked = int(status.get("SigBlk", "f" * 16), 16)
-            caught = self.caught if self.caught is not None else caught_signals(self.pid)
-            unusable = blocked | caught
-            thread.marker_signal = next(
-                (int(s) for s in _MARKER_SIGNALS if not unusable >> (s - 1) & 1), 0
-            )
-        return thread.marker_signal
-
-    def _run_until_signalled(self, thread: _Thread, frame: int, marker: int, sig: int) -> int:
-        """Let the thread run until ulp_resume_signal's signal stops it at the marker: the
-        result is in %rbx. Its registers are then put back as after a system call (it was in
-        none: tgkill had returned), and the signal is discarded: resumed, the thread gets
-        none. Another signal that stops it meanwhile is held for the detach, as is this one
-        when someone else sent it too (one pending signal of a kind absorbs the next)."""
-        wait = _Wait(thread.tid, self.timeout)
-        regs = Registers()
-        with tracer_signals.held(_ASYNC_SIGNALS):
-            self._resume(thread, PTRACE_CONT)
-            while True:
-                status = wait.status()
-                if status is None:
-                    self._stop(thread)
-                    thread.abandoned = True
-                    raise UlpError(
-                        f"process {self.pid}: the call did not return within {self.timeout} s"
-                        f" (thread {thread.tid} finishes it alone)"
-                    )
-                if os.WIFEXITED(status) or os.WIFSIGNALED(status):
-                    del self.threads[thread.tid]
-                    raise UlpError(f"process {self.pid}: thread {thread.tid} died during the call")
-                thread.running = False
                 stopped_by = os.WSTOPSIG(status)
-                if status >> 16 == 0 and stopped_by == sig:
+                if stopped_by == (sig or _SYSCALL_STOP) and status >> 16 == 0:
                     _ptrace(PTRACE_GETREGS, thread.tid, 0, ctypes.addressof(regs))
-                    if regs.rip == marker and regs.r12 == frame:
-                        if self._signal_code(thread.tid) != _SI_TKILL:
+                    if sig:
+                        ours = regs.rip == marker and regs.r12 == frame
+                    else:
+                        at_exit = regs.rax != (1 << 64) - errno.ENOSYS
+                        ours = (
+                            regs.rip == marker
+                            and regs.orig_rax == SYS_GETPID
+                            and regs.r12 == frame
+                            and at_exit
+                        )
+                    if ours:
+                        if sig and self._signal_code(thread.tid) != _SI_TKILL:
                             thread.pending.append(sig)
                         thread.stopped = thread.stopped or thread.regs
                         thread.regs = sigframe.restarted(thread.regs)
-                        return regs.rbx
-                    thread.pending.append(stopped_by)
+                        return regs.rbx if sig else regs.rdi
+                    if sig:
+                        thread.pending.append(stopped_by)
                 elif stopped_by == signal.SIGSEGV:
                     regs = self._get_regs(thread.tid)
                     raise UlpError(f"process {self.pid}: the call crashed at {regs.rip:#x}")
                 elif status >> 16 != PTRACE_EVENT_STOP:
                     thread.pending.append(stopped_by)
-                self._resume(thread, PTRACE_CONT)
+                self._resume(thread, resume)
 
     @staticmethod
     def _signal_code(tid: int) -> int:
