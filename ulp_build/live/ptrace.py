@@ -223,6 +223,7 @@ class Tracee:
     def __enter__(self) -> Tracee:
         self._since = time.perf_counter()
         self._proc = proc_dir(self.pid)
+        self._mem: int | None = None
         try:
             self._attach_all()
         except BaseException:
@@ -309,6 +310,9 @@ class Tracee:
         another. Held signals are queued to the thread again (a detach from an event stop
         would drop a signal passed with it)."""
         failure: PtraceError | None = None
+        if self._mem is not None:
+            os.close(self._mem)
+            self._mem = None
         for thread in list(self.threads.values()):
             del self.threads[thread.tid]
             try:
@@ -385,25 +389,25 @@ class Tracee:
     # -- memory ----------------------------------------------------------------------------
 
     def write(self, address: int, data: bytes) -> None:
-        fd = os.open(f"{self._proc}/mem", os.O_RDWR)
-        try:
-            write_at(self.pid, fd, address, data)
-        finally:
-            os.close(fd)
+        write_at(self.pid, self._memory(), address, data)
+
+    def _memory(self) -> int:
+        """/proc/PID/mem, opened at the first write of this stop and closed by the detach:
+        opening it takes as long as a call's write."""
+        if self._mem is None:
+            self._mem = os.open(f"{self._proc}/mem", os.O_RDWR | os.O_CLOEXEC)
+        return self._mem
 
     def replace(self, edits: list[tuple[int, bytes, bytes]]) -> bool:
         """For each (address, expected, new): if every span still holds what it is expected
         to, write the new bytes over each and return True; else change nothing and return
         False. Also into read-only code (/proc/PID/mem); one read and one write per span."""
-        fd = os.open(f"{self._proc}/mem", os.O_RDWR)
-        try:
-            for address, expected, _new in edits:
-                if read_at(self.pid, fd, address, len(expected)) != expected:
-                    return False
-            for address, _expected, new in edits:
-                write_at(self.pid, fd, address, new)
-        finally:
-            os.close(fd)
+        fd = self._memory()
+        for address, expected, _new in edits:
+            if read_at(self.pid, fd, address, len(expected)) != expected:
+                return False
+        for address, _expected, new in edits:
+            write_at(self.pid, fd, address, new)
         return True
 
     # -- calls -----------------------------------------------------------------------------
