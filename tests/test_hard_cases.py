@@ -10,6 +10,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from contextlib import suppress
 from pathlib import Path
@@ -229,6 +230,47 @@ def test_a_thread_under_a_seccomp_filter_of_its_own_ends_calls_with_a_system_cal
             assert tracee.call(usleep, 1000, tid=p.pid, resume=resume) == 0
         assert endings == ["getpid", "SIGURG"]
         assert p.ask("square 3") == "9"
+        assert p.ask("stats") == "eintr 0 usr1 0 rt 0"
+
+
+def _state(pid: int) -> str:
+    """The process's state letter in /proc/PID/stat (T: stopped)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.parametrize("stop", [signal.SIGSTOP, signal.SIGTSTP], ids=["SIGSTOP", "SIGTSTP"])
+@pytest.mark.parametrize("attached", ["one thread", "every thread"])
+def test_a_process_stopped_and_continued_during_a_call_runs_on(
+    tree: Path, patchee: Path, runtime: Path, stop: signal.Signals, attached: str
+) -> None:
+    """SIGSTOP (or a SIGTSTP the patchee does not catch) then SIGCONT, sent to the process
+    during a call: it runs on after the detach, the call having completed. The stop is not
+    lost either (the control): a stop with no SIGCONT leaves the process stopped."""
+    with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
+        usleep, resume = _usleep_and_return_point(p.pid, runtime)
+        only = frozenset({p.pid}) if attached == "one thread" else None
+        for cont in (True, False):
+
+            def send(cont: bool = cont) -> None:
+                time.sleep(0.05)
+                os.kill(p.pid, stop)
+                if cont:
+                    time.sleep(0.05)
+                    os.kill(p.pid, signal.SIGCONT)
+
+            sender = threading.Thread(target=send)
+            with Tracee(p.pid, only=only) as tracee:
+                sender.start()
+                assert tracee.call(usleep, 200_000, tid=p.pid, resume=resume) == 0
+            sender.join()
+            deadline = time.monotonic() + 2
+            expected = "T" if not cont else "S"
+            while _state(p.pid) != expected and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert _state(p.pid) == expected, (cont, _state(p.pid))
+            if not cont:
+                os.kill(p.pid, signal.SIGCONT)
+            assert p.ask("square 3") == "9"
         assert p.ask("stats") == "eintr 0 usr1 0 rt 0"
 
 

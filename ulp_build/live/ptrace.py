@@ -200,6 +200,8 @@ class ReturnPoint(NamedTuple):
 # (dropped as they are sent when no tracer is there), that few programs catch.
 _MARKER_SIGNALS = (signal.SIGURG, signal.SIGWINCH)
 _SI_TKILL = -6  # siginfo's si_code of a signal sent by tgkill
+# Stop signals a process may catch (SIGSTOP it may not).
+_TERMINAL_STOPS = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 _SIGINFO = 128  # bytes of a siginfo_t, for PTRACE_GETSIGINFO
 
 
@@ -545,6 +547,7 @@ class Tracee:
                     raise UlpError(f"process {self.pid}: thread {thread.tid} died during the call")
                 thread.running = False
                 stopped_by = os.WSTOPSIG(status)
+                deliver = 0
                 if stopped_by == (sig or _SYSCALL_STOP) and status >> 16 == 0:
                     _ptrace(PTRACE_GETREGS, thread.tid, 0, ctypes.addressof(regs))
                     if sig:
@@ -569,8 +572,8 @@ class Tracee:
                     regs = self._get_regs(thread.tid)
                     raise UlpError(f"process {self.pid}: the call crashed at {regs.rip:#x}")
                 elif status >> 16 != PTRACE_EVENT_STOP:
-                    thread.pending.append(stopped_by)
-                self._resume(thread, resume)
+                    deliver = self._held(thread, stopped_by)
+                self._resume(thread, resume, deliver)
 
     @staticmethod
     def _signal_code(tid: int) -> int:
@@ -583,6 +586,7 @@ class Tracee:
         wait = _Wait(thread.tid, self.timeout)
         self._continue(thread)
         while True:
+            deliver = 0
             status = wait.status()
             if status is None:
                 self._stop(thread)
@@ -604,19 +608,35 @@ class Tracee:
                     return regs.rax
                 raise UlpError(f"process {self.pid}: the call crashed at {regs.rip:#x}")
             if status >> 16 != PTRACE_EVENT_STOP:
-                # Another signal arrived for this thread: hold it for detach.
-                thread.pending.append(sig)
-            self._continue(thread)
+                deliver = self._held(thread, sig)
+            self._continue(thread, PTRACE_CONT, deliver)
+
+    def _held(self, thread: _Thread, sig: int) -> int:
+        """A signal that stopped `thread` during a call, by its delivery: held for the detach
+        (0 returned), but for a stop signal that stops the process (SIGSTOP, and SIGTSTP,
+        SIGTTIN and SIGTTOU when not caught), returned to be delivered now. Held, it would stop
+        the process at the detach even if a SIGCONT came meanwhile, taken by another thread;
+        delivered, it stops the others now, the call goes on (a traced thread is resumed out
+        of the group stop), and the kernel puts the thread in the group stop at the detach if
+        the process is still stopped then."""
+        stops = sig == signal.SIGSTOP
+        if sig in _TERMINAL_STOPS:
+            caught = self.caught if self.caught is not None else caught_signals(self.pid)
+            stops = not caught >> (sig - 1) & 1
+        if stops:
+            return sig
+        thread.pending.append(sig)
+        return 0
 
     @classmethod
-    def _continue(cls, thread: _Thread, request: int = PTRACE_CONT) -> None:
+    def _continue(cls, thread: _Thread, request: int = PTRACE_CONT, sig: int = 0) -> None:
         # No Python signal handler (Ctrl-C, an alarm) may run between resuming the thread and
         # recording that it runs: the cleanup would then treat a running thread as stopped.
         with tracer_signals.held(_ASYNC_SIGNALS):
-            cls._resume(thread, request)
+            cls._resume(thread, request, sig)
 
     @staticmethod
-    def _resume(thread: _Thread, request: int) -> None:
-        """`_continue` for a caller that holds _ASYNC_SIGNALS already."""
-        _ptrace(request, thread.tid, 0, 0)
+    def _resume(thread: _Thread, request: int, sig: int = 0) -> None:
+        """`_continue` for a caller that holds _ASYNC_SIGNALS already; `sig` is delivered."""
+        _ptrace(request, thread.tid, 0, sig)
         thread.running = True
