@@ -245,7 +245,8 @@ def test_a_process_stopped_and_continued_during_a_call_runs_on(
 ) -> None:
     """SIGSTOP (or a SIGTSTP the patchee does not catch) then SIGCONT, sent to the process
     during a call: it runs on after the detach, the call having completed. The stop is not
-    lost either (the control): a stop with no SIGCONT leaves the process stopped."""
+    lost either (the control): a SIGSTOP with no SIGCONT leaves the process stopped. (Not a
+    SIGTSTP: the kernel drops it in an orphaned process group, as the tests' may be.)"""
     with running(patchee, runtime, str(tree / "basic" / "libbasic.so")) as p:
         usleep, resume = _usleep_and_return_point(p.pid, runtime)
         only = frozenset({p.pid}) if attached == "one thread" else None
