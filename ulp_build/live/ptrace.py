@@ -59,13 +59,18 @@ _libc.ptrace.restype = ctypes.c_long
 _libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
 
 
-def _task_status(pid: int, tid: int) -> dict[str, str]:
-    """/proc/PID/task/TID/status as {field: value}; empty if it cannot be read."""
+def _status(directory: str) -> dict[str, str]:
+    """DIRECTORY/status (of a process or a thread in /proc) as {field: value}; empty if it
+    cannot be read."""
     try:
-        with open(f"/proc/{pid}/task/{tid}/status") as f:
+        with open(f"{directory}/status") as f:
             return {key: value.strip() for key, _, value in (line.partition(":") for line in f)}
     except OSError:
         return {}
+
+
+def _task_status(pid: int, tid: int) -> dict[str, str]:
+    return _status(f"/proc/{pid}/task/{tid}")
 
 
 def _blocked_signals(pid: int, tid: int) -> int:
@@ -137,14 +142,9 @@ def caught_signals(pid: int) -> int:
     """The signals process `pid` has handlers for, as a mask (bit N-1 for signal N); all of
     them when its status cannot be read."""
     try:
-        with open(f"{proc_dir(pid)}/status") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key == "SigCgt":
-                    return int(value, 16)
-    except (OSError, ValueError):
-        pass
-    return (1 << 64) - 1
+        return int(_status(proc_dir(pid))["SigCgt"], 16)
+    except (KeyError, ValueError):
+        return (1 << 64) - 1
 
 
 def _tracer(pid: int) -> str | None:
@@ -482,7 +482,7 @@ class Tracee:
 
     def _marker_signal(self, thread: _Thread) -> int:
         """The signal ulp_resume_signal may send in `thread`: the first of _MARKER_SIGNALS
-        that the process does not catch (`caught`, else caught_signals now) and the thread
+        that the process does not catch (`_caught`) and the thread
         does not block; 0 if none, or if the thread runs under a seccomp filter, which may
         forbid sending one, even kill the process for it (calls then return through
         ulp_resume: filters allow getpid). The thread's own filter: a thread may install one
@@ -495,12 +495,18 @@ class Tracee:
                 return 0
             blocked = ctypes.c_uint64()
             _ptrace(PTRACE_GETSIGMASK, thread.tid, 8, ctypes.addressof(blocked))
-            caught = self.caught if self.caught is not None else caught_signals(self.pid)
-            unusable = blocked.value | caught
+            unusable = blocked.value | self._caught()
             thread.marker_signal = next(
                 (int(s) for s in _MARKER_SIGNALS if not unusable >> (s - 1) & 1), 0
             )
         return thread.marker_signal
+
+    def _caught(self) -> int:
+        """The signals the process catches: as the caller read them before the stop, else
+        read now, once."""
+        if self.caught is None:
+            self.caught = caught_signals(self.pid)
+        return self.caught
 
     def _filtered(self, tid: int) -> bool:
         """Whether thread `tid` runs under a seccomp filter: asked of the kernel with ptrace
@@ -542,11 +548,7 @@ class Tracee:
                         f"process {self.pid}: the call did not return within {self.timeout} s"
                         f" (thread {thread.tid} finishes it alone)"
                     )
-                if os.WIFEXITED(status) or os.WIFSIGNALED(status):
-                    del self.threads[thread.tid]
-                    raise UlpError(f"process {self.pid}: thread {thread.tid} died during the call")
-                thread.running = False
-                stopped_by = os.WSTOPSIG(status)
+                stopped_by = self._stopped_by(thread, status)
                 deliver = 0
                 if stopped_by == (sig or _SYSCALL_STOP) and status >> 16 == 0:
                     _ptrace(PTRACE_GETREGS, thread.tid, 0, ctypes.addressof(regs))
@@ -575,6 +577,15 @@ class Tracee:
                     deliver = self._held(thread, stopped_by)
                 self._resume(thread, resume, deliver)
 
+    def _stopped_by(self, thread: _Thread, status: int) -> int:
+        """The signal of the stop `status` reports for `thread`, running a call; an error if
+        the thread died instead."""
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            del self.threads[thread.tid]
+            raise UlpError(f"process {self.pid}: thread {thread.tid} died during the call")
+        thread.running = False
+        return os.WSTOPSIG(status)
+
     @staticmethod
     def _signal_code(tid: int) -> int:
         """si_code of the signal thread `tid` is stopped at the delivery of."""
@@ -597,11 +608,7 @@ class Tracee:
                 raise UlpError(
                     f"process {self.pid}: the call did not return within {self.timeout} s"
                 )
-            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
-                del self.threads[thread.tid]
-                raise UlpError(f"process {self.pid}: thread {thread.tid} died during the call")
-            thread.running = False
-            sig = os.WSTOPSIG(status)
+            sig = self._stopped_by(thread, status)
             if sig == signal.SIGSEGV:
                 regs = self._get_regs(thread.tid)
                 if regs.rip == 0:
@@ -621,8 +628,7 @@ class Tracee:
         the process is still stopped then."""
         stops = sig == signal.SIGSTOP
         if sig in _TERMINAL_STOPS:
-            caught = self.caught if self.caught is not None else caught_signals(self.pid)
-            stops = not caught >> (sig - 1) & 1
+            stops = not self._caught() >> (sig - 1) & 1
         if stops:
             return sig
         thread.pending.append(sig)

@@ -208,9 +208,9 @@ class Rebasing:
             )
         if place.start + delta < 0 or place.start + place.size + delta > USER_END:
             raise self.refuse(f"moved by {delta:#x} it would lie outside user memory")
-        data, out = self.elf.data, bytearray(self.elf.data)
+        out = bytearray(self.elf.data)
         for offset in self.offsets:
-            _WORD.pack_into(out, offset, (_WORD.unpack_from(data, offset)[0] + delta) % (1 << 64))
+            _WORD.pack_into(out, offset, (self.word(offset) + delta) % (1 << 64))
         return bytes(out)
 
     def refuse(self, why: str) -> UlpError:
