@@ -73,23 +73,46 @@ def test_ulp_entry() -> None:
     assert len(code) == codegen.ULP_ENTRY_SIZE == 28
 
 
+def _rip(target: int, next_ip: int) -> str:
+    return (
+        f"[rip - {next_ip - target:#x}]" if target < next_ip else f"[rip + {target - next_ip:#x}]"
+    )
+
+
 @pytest.mark.parametrize("ibt", [False, True])
-def test_ifunc_wrapper(ibt: bool) -> None:
+@pytest.mark.parametrize("leaves", [(), (0x1300, 0x7100)])
+def test_ifunc_wrapper(ibt: bool, leaves: tuple[int, ...]) -> None:
     resolver, tramp = 0x1200, AT + 0x40
-    code = codegen.ifunc_wrapper(ENTRY, resolver, SLOT, tramp, ibt)
+    code = codegen.ifunc_wrapper(ENTRY, resolver, SLOT, tramp, ibt, leaves)
+    assert len(code) == codegen.ifunc_wrapper_size(ibt, len(leaves))
     listing = disassemble(code, ENTRY)
     base = ENTRY + (4 if ibt else 0)
+    done = base + 16 + 16 * len(leaves) + 7  # the add, where every match goes
+    compares = []
+    for k, leaf in enumerate(leaves):
+        at = base + 16 + 16 * k
+        compares += [f"lea rcx, {_rip(leaf, at + 7)}", "cmp rax, rcx", f"je {done:#x}"]
     assert listing == (["endbr64"] if ibt else []) + [
         "sub rsp, 8",
         f"call {resolver:#x}",
         f"mov qword ptr [rip + {SLOT - (base + 16):#x}], rax",
-        f"lea rax, [rip - {(base + 23) - tramp:#x}]"
-        if tramp < base + 23
-        else f"lea rax, [rip + {tramp - (base + 23):#x}]",
+        *compares,
+        f"lea rax, {_rip(tramp, done)}",
         "add rsp, 8",
         "ret",
     ]
-    assert codegen.decode_ifunc_wrapper(code, ENTRY) == (resolver, SLOT, tramp)
+    assert codegen.decode_ifunc_wrapper(code, ENTRY) == codegen.DecodedWrapper(
+        resolver, SLOT, tramp, leaves
+    )
+
+
+def test_a_wrapper_whose_comparison_leads_elsewhere_is_not_ours() -> None:
+    """`check` relies on the decoder: a match must return the variant, nothing else."""
+    code = bytearray(codegen.ifunc_wrapper(ENTRY, 0x1200, SLOT, AT, False, (0x1300,)))
+    assert codegen.decode_ifunc_wrapper(bytes(code), ENTRY) is not None
+    code[16 + 12] += 1  # the je's displacement: one byte past the add
+    assert codegen.decode_ifunc_wrapper(bytes(code), ENTRY) is None
+    assert codegen.decode_ifunc_wrapper(bytes(code[:-1]), ENTRY) is None
 
 
 def test_decoders_refuse_foreign_bytes() -> None:

@@ -5,6 +5,8 @@ tracks them, a leaf stays patchable, and `pack` warns when a leaf's replacement 
 from __future__ import annotations
 
 import json
+import os
+import struct
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from conftest import REPO, run, ulp
 
 from ulp_build.elf import ElfFile
 from ulp_build.patch.packer import pack
-from ulp_build.prepare import patchable
+from ulp_build.prepare import codegen, patchable
 from ulp_build.prepare.layout import CFLAGS, SECTION_TRAMPOLINES
 
 SOURCE = REPO / "tests" / "programs" / "leaves" / "leaves.c"
@@ -33,7 +35,10 @@ NOT_LEAVES = [
     "into_middle_of_caller",
     "tail_call",
     "through_pointer",
+    "where_pick",
 ]
+# IFUNCs with a leaf variant and one that is not: tracked unless the resolver picks the leaf.
+CHOOSING_LEAVES = ["calls_pick", "where_pick"]
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +60,7 @@ def test_rewrite_leaves_exactly_the_leaves_untracked(raw: Path, tmp_path: Path) 
     out = tmp_path / "libleaves.so"
     result = json.loads(ulp("rewrite", str(raw), "-o", str(out), "--json").stdout)
     assert result["leaves"] == LEAVES and result["untracked"] == []
+    assert result["choosing_leaves"] == CHOOSING_LEAVES
     # One more: by_value, the static comparator whose address the library takes.
     assert result["trampolines"] == len(NOT_LEAVES) + 1
     ulp_section = ElfFile.load(out).section(SECTION_TRAMPOLINES)
@@ -62,16 +68,20 @@ def test_rewrite_leaves_exactly_the_leaves_untracked(raw: Path, tmp_path: Path) 
     for name in LEAVES:
         assert after[name] == before[name], name  # the real entry (or resolver), untouched
     for name in NOT_LEAVES:
-        # A trampoline; for the IFUNC, a wrapper resolver that returns one.
-        assert ulp_section.contains(after[name]) or name == "calls_pick", name
-    assert after["calls_pick"] != before["calls_pick"]
+        # A trampoline; for an IFUNC, a wrapper resolver that returns one.
+        assert ulp_section.contains(after[name]) or name in CHOOSING_LEAVES, name
+    for name in CHOOSING_LEAVES:
+        assert after[name] != before[name]
 
     report = json.loads(ulp("check", str(out), "--json").stdout)
     assert report["usable"] and report["leaves"] == LEAVES and report["untracked"] == []
+    assert report["choosing_leaves"] == CHOOSING_LEAVES
     text = ulp("check", str(out)).stdout
     assert f"leaves (untracked)      6  ({', '.join(LEAVES)})" in text
+    assert f"IFUNCs choosing leaves  2  ({', '.join(CHOOSING_LEAVES)})" in text
     # Unprepared, `check` says which functions `rewrite` would leave untracked as leaves.
-    assert json.loads(ulp("check", str(raw), "--json").stdout)["leaves"] == LEAVES
+    unprepared = json.loads(ulp("check", str(raw), "--json").stdout)
+    assert unprepared["leaves"] == LEAVES and unprepared["choosing_leaves"] == CHOOSING_LEAVES
 
 
 def test_track_leaves_tracks_every_exported_function(raw: Path, tmp_path: Path) -> None:
@@ -79,8 +89,57 @@ def test_track_leaves_tracks_every_exported_function(raw: Path, tmp_path: Path) 
     args = ("rewrite", str(raw), "-o", str(out), "--track-leaves", "--json")
     result = json.loads(ulp(*args).stdout)
     assert result["leaves"] == [] and result["trampolines"] == len(LEAVES + NOT_LEAVES) + 1
+    assert result["choosing_leaves"] == []
     report = json.loads(ulp("check", str(out), "--json").stdout)
     assert report["usable"] and report["leaves"] == [] and report["untracked"] == []
+    assert report["choosing_leaves"] == []
+
+
+WHERE = r"""
+#include <dlfcn.h>
+#include <stdio.h>
+
+int main(int argc, char **argv)
+{
+    void *lib = dlopen(argv[1], RTLD_NOW);
+    void *(*where)(void) = lib ? (void *(*)(void))dlsym(lib, "where_pick") : NULL;
+    if (!where)
+        return 2;
+    /* Entered plain, it returns right here, into main. */
+    char *back = where(), *start = (char *)main;
+    puts(back > start && back < start + 4096 ? "plain" : "tracked");
+    return 0;
+}
+"""
+
+
+@pytest.mark.parametrize(
+    ("pick", "track_leaves", "entered"),
+    [
+        ("leaf", False, "plain"),
+        ("calls", False, "tracked"),
+        ("leaf", True, "tracked"),  # the control: the same variant, tracked, is seen as such
+    ],
+)
+def test_an_ifunc_is_entered_plain_when_the_cpu_gets_a_leaf(
+    raw: Path, tmp_path: Path, runtime: Path, pick: str, track_leaves: bool, entered: str
+) -> None:
+    """The wrapper hands out the resolver's choice itself when it is a leaf variant, and the
+    IFUNC trampoline otherwise: under the runtime, a tracked call returns through the runtime,
+    which the function sees as its return address. Without the runtime every call is plain."""
+    lib = tmp_path / "libleaves.so"
+    args = ["--track-leaves"] if track_leaves else []
+    assert ulp("rewrite", str(raw), "-o", str(lib), *args).returncode == 0
+    source, program = tmp_path / "where.c", tmp_path / "where"
+    source.write_text(WHERE)
+    result = run(["gcc", "-O2", "-o", str(program), str(source), "-ldl"])
+    assert result.returncode == 0, result.stderr
+    env = {**os.environ, "LEAVES_PICK": pick}
+    under = ulp("run", "--", str(program), str(lib), env=env)
+    assert under.returncode == 0, under.stderr
+    assert under.stdout.strip() == entered
+    plain = run([str(program), str(lib)], env=env)
+    assert plain.returncode == 0 and plain.stdout.strip() == "plain"
 
 
 def test_a_leaf_stays_patchable(tree: Path) -> None:
@@ -131,3 +190,56 @@ def test_pack_warns_when_a_leaf_is_replaced_by_a_non_leaf(
         assert cli.returncode == 0 and "warning: " + warning in cli.stderr
     else:
         assert packed.warnings == []
+
+
+def test_pack_warns_when_a_leaf_variant_of_an_ifunc_is_replaced_by_a_non_leaf(
+    raw: Path, tmp_path: Path
+) -> None:
+    """where_leaf is no exported function, but where_pick hands it out plain when chosen."""
+    lib = tmp_path / "libleaves.so"
+    assert ulp("rewrite", str(raw), "-o", str(lib)).returncode == 0
+    source = tmp_path / "patch.c"
+    source.write_text(
+        "int getpid(void);\nvoid *where_v2(void) { return (void *)(long)getpid(); }\n"
+    )
+    obj = tmp_path / "patch.so"
+    result = run(["gcc", "-O2", "-fPIC", "-shared", "-o", str(obj), str(source)])
+    assert result.returncode == 0, result.stderr
+    description = tmp_path / "patch.toml"
+    description.write_text(
+        f'target = "{lib}"\nobject = "{obj}"\nid = "variant"\ndescription = "x"\n\n'
+        '[replace]\nwhere_leaf = "where_v2"\n'
+    )
+    packed = pack(description)
+    assert [f.name for f in packed.patch.functions] == ["where_leaf"]
+    (warning,) = packed.warnings
+    assert warning.startswith(f"{description}:7: replace: where_leaf: is a leaf of the target")
+
+
+def test_check_refuses_a_wrapper_that_hands_out_a_non_leaf(raw: Path, tmp_path: Path) -> None:
+    """The wrapper's list is what makes calls untracked: `check` decides again, from the code,
+    that each variant it hands out plain is a leaf. Here where_pick's wrapper is edited to hand
+    out where_calls, which calls the C library."""
+    lib = tmp_path / "libleaves.so"
+    assert ulp("rewrite", str(raw), "-o", str(lib)).returncode == 0
+    elf = ElfFile.load(lib)
+    (sym,) = [s for s in elf.dynamic_symbols if s.name == "where_pick"]
+    wrapper = codegen.decode_ifunc_wrapper(elf.read(sym.value, sym.size), sym.value)
+    assert wrapper is not None
+    (leaf,) = wrapper.leaves
+    assert elf.name_at(leaf) == "where_leaf"
+    calls = next(s.value for s in elf.symtab_symbols if s.name == "where_calls")
+    # The first comparison's lea, after endbr64 if any, sub, call and the slot's mov.
+    at = sym.value + (4 if elf.uses_ibt else 0) + 16
+    assert (
+        elf.read(at, 3) == bytes.fromhex("488d0d")
+        and at + 7 + struct.unpack("<i", elf.read(at + 3, 4))[0] == leaf
+    )
+    data = bytearray(lib.read_bytes())
+    struct.pack_into("<i", data, elf.offset_of(at + 3), calls - (at + 7))
+    lib.write_bytes(bytes(data))
+    report = json.loads(ulp("check", str(lib), "--json").stdout)
+    assert not report["usable"] and report["choosing_leaves"] == ["calls_pick"]
+    assert report["errors"] == [
+        "where_pick: IFUNC wrapper hands out plain what is no leaf: where_calls"
+    ]

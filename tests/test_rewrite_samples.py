@@ -105,7 +105,9 @@ def test_ifunc_goes_through_wrapper_and_still_dispatches(
     (sym,) = [s for s in prepared.dynamic_symbols if s.name == "ifunc_triple"]
     assert sym.type == STT_GNU_IFUNC
     assert prepared.section(SECTION_TRACK).contains(sym.value)
-    resolver, _slot, tramp = codegen.decode_ifunc_wrapper(prepared.read(sym.value, 32), sym.value)
+    wrapper = codegen.decode_ifunc_wrapper(prepared.read(sym.value, sym.size), sym.value)
+    assert wrapper is not None
+    resolver, tramp = wrapper.resolver, wrapper.trampoline
     (raw_sym,) = [s for s in ElfFile.load(b.raw).dynamic_symbols if s.name == "ifunc_triple"]
     assert resolver == raw_sym.value
     # dlsym runs the wrapper, which returns the IFUNC trampoline.

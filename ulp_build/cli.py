@@ -318,6 +318,7 @@ def _rewrite_text(r: RewriteResult) -> str:
         f"{r.output}: prepared: {r.trampolines} trampolines ({r.ifuncs} IFUNC),"
         f" {r.patchable} patchable functions ({r.normalized} entry nops normalized),"
         f" {len(r.untracked)} untracked, {len(r.leaves)} leaves untracked,"
+        f" {len(r.choosing_leaves)} IFUNCs untracked when the CPU gets a leaf,"
         f" {r.redirected_sites} address-taking sites redirected"
     ]
     if r.not_redirectable:
@@ -360,6 +361,7 @@ def _check_text(r: CheckReport) -> str:
         ("tracked, not patchable", len(r.tracked_not_patchable), r.tracked_not_patchable),
         ("untracked", len(r.untracked), r.untracked),
         ("leaves (untracked)", len(r.leaves), r.leaves),
+        ("IFUNCs choosing leaves", len(r.choosing_leaves), r.choosing_leaves),
         ("IFUNCs", r.ifuncs, []),
         ("redirected sites", r.redirected_sites, []),
     ]

@@ -261,23 +261,29 @@ def _functions(
 def _leaves_that_stop_being_leaves(
     desc: Description, target: ElfFile, obj: ElfFile, functions: list[Function]
 ) -> list[str]:
-    """A leaf of the target keeps a plain entry (`ulp rewrite`): a call of it is untracked, and
-    cannot mix versions only while the code it runs is its own. A replacement that is no leaf
-    (it calls a function of the target or of any other library, or through a pointer) could: a
-    commit between its start and a call back into the target would give that call a newer
-    version. Decided by the rewriter's own rule, applied to the target's code and to the
-    object's."""
+    """A leaf of the target keeps a plain entry (`ulp rewrite`), and so does an IFUNC variant
+    that is a leaf (handed out by the IFUNC itself when the CPU gets it): a call of it is
+    untracked, and cannot mix versions only while the code it runs is its own. A replacement
+    that is no leaf (it calls a function of the target or of any other library, or through a
+    pointer) could: a commit between its start and a call back into the target would give
+    that call a newer version. Decided by the rewriter's own rule, applied to the target's code
+    and to the object's."""
     replaced = {f.offset: f for f in functions}
-    exported = [s for s in target.dynamic_symbols if s.type == STT_FUNC and s.value in replaced]
-    leaf_entries = leaves.find(target, exported)
-    if not leaf_entries:
+    exported = [
+        s
+        for s in target.dynamic_symbols
+        if s.defined and (s.type == STT_GNU_IFUNC or (s.type == STT_FUNC and s.value in replaced))
+    ]
+    found = leaves.find(target, exported)
+    entered_plain = found.entries.union(*found.implementations.values())
+    if not entered_plain.intersection(replaced):
         return []
     by_name = {s.name: s for s in obj.dynamic_symbols if s.defined and s.type == STT_FUNC}
     out = []
-    for addr in sorted(leaf_entries):
+    for addr in sorted(entered_plain.intersection(replaced)):
         f = replaced[addr]
         sym = by_name.get(f.replacement)
-        if sym is not None and sym.value in leaves.find(obj, [sym]):
+        if sym is not None and sym.value in leaves.find(obj, [sym]).entries:
             continue
         out.append(
             f"{desc.where(_line(desc, f.name))}: replace: {f.name}: is a leaf of the target"

@@ -7,7 +7,8 @@ redirected address takings it counts itself, from the relocations and the code: 
 relative relocation and RIP-relative `lea` whose value is in `.ulp` must be a trampoline's
 start (a trampoline reached that way and not from `.dynsym` is a taken local function's).
 Which of the untracked exported functions are leaves it decides again from their code
-(leaves.py), by the rewriter's rule, as the file records no such list.
+(leaves.py), by the rewriter's rule, as the file records no such list; the variants an IFUNC
+wrapper hands out plain it reads from the wrapper, and checks that each is a leaf by that rule.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class CheckReport:
     tracked_not_patchable: list[str] = field(default_factory=list)
     untracked: list[str] = field(default_factory=list)  # plain entries but the leaves
     leaves: list[str] = field(default_factory=list)  # plain entries that are leaves
+    # tracked IFUNCs whose wrapper hands out leaf variants plain (when the CPU gets one)
+    choosing_leaves: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -111,6 +114,7 @@ def check(elf: ElfFile) -> CheckReport:
 
     tracked: set[int] = set()
     untracked: list[Symbol] = []
+    handed_out: dict[str, tuple[int, ...]] = {}  # IFUNC -> the variants it hands out plain
     for sym in exported:
         label = names[sym.index]
         if ulp.contains(sym.value):
@@ -124,18 +128,22 @@ def check(elf: ElfFile) -> CheckReport:
                 continue
             target = decoded.target
         elif track.contains(sym.value) and sym.type == STT_GNU_IFUNC:
-            wrapper = codegen.decode_ifunc_wrapper(elf.read(sym.value, 32), sym.value)
+            wrapper = None
+            if track.contains(sym.value + sym.size - 1):
+                wrapper = codegen.decode_ifunc_wrapper(elf.read(sym.value, sym.size), sym.value)
             if wrapper is None:
                 report.errors.append(
                     f"{label}: IFUNC points into {track.name} but not at a resolver wrapper"
                 )
                 continue
-            resolver, _slot, tramp = wrapper
+            tramp = wrapper.trampoline
             decoded = codegen.decode_trampoline(elf.read(tramp, codegen.TRAMPOLINE_CODE + 4), tramp)
             if decoded is None or not decoded.indirect:
                 report.errors.append(f"{label}: IFUNC wrapper returns no IFUNC trampoline")
                 continue
-            target = resolver
+            if wrapper.leaves:
+                handed_out[label] = wrapper.leaves
+            target = wrapper.resolver
         elif track.contains(sym.value) or data.contains(sym.value):
             report.errors.append(
                 f"{label}: .dynsym points into {SECTION_TRACK} or"
@@ -154,6 +162,7 @@ def check(elf: ElfFile) -> CheckReport:
         if sym.type != STT_GNU_IFUNC and target not in pads.functions:
             report.tracked_not_patchable.append(label)
     _split_leaves(elf, untracked, report, prepared=True)
+    _check_leaf_choices(elf, handed_out, report)
     report.tracked_not_patchable.sort()
     report.redirected_sites = _redirected_sites(elf, ulp, report)
     return report
@@ -168,10 +177,27 @@ def _split_leaves(elf: ElfFile, plain: list[Symbol], report: CheckReport, prepar
     every = elf.symtab_symbols + elf.dynamic_symbols
     named = {s.value for s in every if s.defined and s.name in DEFAULT_UNTRACKED}
     found = leaves.find(elf, [s for s in plain if s.value not in named])
-    report.leaves = sorted({s.name for s in plain if s.value in found})
+    report.leaves = sorted({s.name for s in plain if s.value in found.entries})
     report.untracked = sorted(
-        {s.name for s in plain if s.value not in found and (prepared or s.value in named)}
+        {s.name for s in plain if s.value not in found.entries and (prepared or s.value in named)}
     )
+    if not prepared:
+        report.choosing_leaves = sorted({s.name for s in plain if s.value in found.chosen})
+
+
+def _check_leaf_choices(
+    elf: ElfFile, handed_out: dict[str, tuple[int, ...]], report: CheckReport
+) -> None:
+    """An IFUNC wrapper hands out the variants it lists plain: each must be a function of the
+    code that is a leaf by the rewriter's rule, or its calls could mix versions untracked."""
+    found = leaves.are_leaves(elf, {a for variants in handed_out.values() for a in variants})
+    for label, variants in sorted(handed_out.items()):
+        wrong = [a for a in variants if a not in found]
+        if wrong:
+            names = ", ".join(elf.name_at(a) for a in wrong)
+            report.errors.append(f"{label}: IFUNC wrapper hands out plain what is no leaf: {names}")
+        else:
+            report.choosing_leaves.append(label)
 
 
 def _check_program_headers(elf: ElfFile, report: CheckReport) -> None:
@@ -260,6 +286,7 @@ def summary(report: CheckReport) -> dict[str, object]:
         "tracked_not_patchable": report.tracked_not_patchable,
         "untracked": report.untracked,
         "leaves": report.leaves,
+        "choosing_leaves": report.choosing_leaves,
         "errors": report.errors,
         "warnings": report.warnings,
     }

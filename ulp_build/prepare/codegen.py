@@ -10,6 +10,7 @@ All displacements are relative to the end of the instruction, as the CPU compute
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ulp_build.errors import UlpError
@@ -102,27 +103,45 @@ def ulp_entry(at: int, runtime_slot: int, descriptor: int) -> bytes:
     return bytes(code)
 
 
-def ifunc_wrapper(at: int, resolver: int, slot: int, trampoline_at: int, ibt: bool) -> bytes:
+def ifunc_wrapper(
+    at: int, resolver: int, slot: int, trampoline_at: int, ibt: bool, leaves: Sequence[int] = ()
+) -> bytes:
     """A resolver that runs the original resolver, keeps its answer in `slot` and returns the
-    trampoline, so callers of an IFUNC symbol are tracked like any other function.
+    trampoline, so callers of an IFUNC symbol are tracked like any other function; unless the
+    answer is one of `leaves` (implementations that are leaves, leaves.py), which it returns
+    itself: which variant the CPU gets decides whether its calls are tracked.
 
     The original resolver gets the argument registers untouched (some ABIs pass hwcaps there).
+    %rcx, which the comparisons use, is a scratch register for any caller of a function.
     """
     code = bytearray(ENDBR64 if ibt else b"")
     code += bytes.fromhex("4883ec08")  # sub $8,%rsp: keep the call 16-byte aligned
     code += b"\xe8" + _rel32(resolver, at + len(code) + 5)
     code += bytes.fromhex("488905") + _rel32(slot, at + len(code) + 7)  # mov %rax,slot(%rip)
+    done = at + len(code) + _WRAPPER_LEAF * len(leaves) + 7  # the add below
+    for leaf in leaves:
+        code += _LEA_RCX + _rel32(leaf, at + len(code) + 7)
+        code += _CMP_RCX_RAX
+        code += _JE_REL32 + _rel32(done, at + len(code) + 6)
     code += bytes.fromhex("488d05") + _rel32(trampoline_at, at + len(code) + 7)
     code += bytes.fromhex("4883c408")  # add $8,%rsp
     code += b"\xc3"
     return bytes(code)
 
 
+_LEA_RCX = bytes.fromhex("488d0d")  # lea rel32(%rip),%rcx
+_CMP_RCX_RAX = bytes.fromhex("4839c8")  # cmp %rcx,%rax
+_JE_REL32 = bytes.fromhex("0f84")
+_WRAPPER_LEAF = 16  # the bytes of one leaf's comparison
+_WRAPPER_HEAD = 16  # sub, call, mov to the slot
+_WRAPPER_TAIL = 12  # lea of the trampoline, add, ret
+
+
 ULP_ENTRY_SIZE = len(ulp_entry(0, 0, 0))
 
 
-def ifunc_wrapper_size(ibt: bool) -> int:
-    return len(ifunc_wrapper(0, 0, 0, 0, ibt))
+def ifunc_wrapper_size(ibt: bool, leaves: int = 0) -> int:
+    return (4 if ibt else 0) + _WRAPPER_HEAD + _WRAPPER_LEAF * leaves + _WRAPPER_TAIL
 
 
 @dataclass(frozen=True)
@@ -149,19 +168,50 @@ def decode_trampoline(code: bytes, at: int) -> DecodedTrampoline | None:
     return DecodedTrampoline(op == _MOV_R11, at + pos + 7 + disp, at + pos + 14 + jdisp)
 
 
-def decode_ifunc_wrapper(code: bytes, at: int) -> tuple[int, int, int] | None:
-    """Inverse of `ifunc_wrapper`: (resolver, slot, trampoline), or None."""
+@dataclass(frozen=True)
+class DecodedWrapper:
+    """What an IFUNC wrapper at some address runs and returns."""
+
+    resolver: int
+    slot: int
+    trampoline: int
+    leaves: tuple[int, ...]  # the implementations it returns themselves when chosen
+
+
+def decode_ifunc_wrapper(code: bytes, at: int) -> DecodedWrapper | None:
+    """Inverse of `ifunc_wrapper`, from its bytes (as many as its symbol's size), or None."""
     pos = 4 if code.startswith(ENDBR64) else 0
-    if len(code) < pos + 28 or code[pos : pos + 5] != bytes.fromhex("4883ec08e8"):
+    if len(code) < pos + _WRAPPER_HEAD + _WRAPPER_TAIL:
         return None
-    if code[pos + 9 : pos + 12] != bytes.fromhex("488905"):
-        return None
-    if code[pos + 16 : pos + 19] != bytes.fromhex("488d05"):
+    if code[pos : pos + 5] != bytes.fromhex("4883ec08e8") or code[pos + 9 : pos + 12] != (
+        bytes.fromhex("488905")
+    ):
         return None
     (call,) = struct.unpack_from("<i", code, pos + 5)
     (slot,) = struct.unpack_from("<i", code, pos + 12)
-    (tramp,) = struct.unpack_from("<i", code, pos + 19)
-    return (at + pos + 9 + call, at + pos + 16 + slot, at + pos + 23 + tramp)
+    resolver, slot = at + pos + 9 + call, at + pos + 16 + slot
+    leaves = []
+    pos += _WRAPPER_HEAD
+    while code[pos : pos + 3] == _LEA_RCX:
+        if len(code) < pos + _WRAPPER_LEAF + _WRAPPER_TAIL:
+            return None
+        if code[pos + 7 : pos + 12] != _CMP_RCX_RAX + _JE_REL32:
+            return None
+        (leaf,) = struct.unpack_from("<i", code, pos + 3)
+        leaves.append(at + pos + 7 + leaf)
+        pos += _WRAPPER_LEAF
+    if code[pos : pos + 3] != bytes.fromhex("488d05"):
+        return None
+    (tramp,) = struct.unpack_from("<i", code, pos + 3)
+    # Every comparison must lead to the return of %rax, as the rewriter writes them.
+    done = pos + 7
+    for k in range(len(leaves)):
+        jump = pos - _WRAPPER_LEAF * (len(leaves) - k) + 10
+        if jump + 6 + struct.unpack_from("<i", code, jump + 2)[0] != done:
+            return None
+    if code[done : done + 5] != bytes.fromhex("4883c408c3"):
+        return None
+    return DecodedWrapper(resolver, slot, at + pos + 7 + tramp, tuple(leaves))
 
 
 # The universe checker (docs/design.md, "The universe checker and the dispatcher"). The 14-byte

@@ -81,7 +81,6 @@ def grow(
     addends of the `R_X86_64_RELATIVE` relocations redirected to a trampoline, by place."""
     syms = bytearray(elf.section_data(tables.dynsym))
     tracked_size = codegen.TRAMPOLINE_CODE + (4 if ibt else 0)
-    wrapper_size = codegen.ifunc_wrapper_size(ibt)
     # .ulp and .ulp.track are the first two section headers after the input's (output_file.py).
     ulp_index, track_index = elf.header.shnum, elf.header.shnum + 1
     # Symbol i is 24 bytes: st_shndx is half-word 12i+3, st_value and st_size are quad
@@ -92,7 +91,7 @@ def grow(
             if sym.type == STT_GNU_IFUNC:
                 half[12 * i + 3] = track_index
                 quad[3 * i + 1] = code.wrapper_at[sym.value]
-                quad[3 * i + 2] = wrapper_size
+                quad[3 * i + 2] = code.wrapper_size[sym.value]
             else:
                 half[12 * i + 3] = ulp_index
                 quad[3 * i + 1] = code.trampoline_at[sym.value]

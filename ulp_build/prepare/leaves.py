@@ -25,9 +25,12 @@ symbol's extent, each branch stays inside that extent without coming back to its
 - a known size (the symbol's, the same for every alias), all of it decoded: anything else is
   not a leaf.
 An IFUNC is a leaf when every function whose address its resolver takes is one (whichever the
-CPU gets), and the resolver has no indirect jump. System calls are fine: the kernel runs no code
-of the library. A signal handler that runs while
-a leaf runs makes calls of its own, as it would between two calls.
+CPU gets), and the resolver has no indirect jump. When only some are (glibc's `memcpy` has one
+variant, for CPUs without AVX, that jumps through a table), the CPU decides: the IFUNC stays
+tracked, and its wrapper resolver (codegen.ifunc_wrapper) hands out the chosen variant itself
+when it is one of the leaves found here. System calls are fine: the kernel runs no code of the
+library. A signal handler that runs while a leaf runs makes calls of its own, as it would
+between two calls.
 
 Decoding 400 000 instructions of a libc with capstone in Python would cost seconds, so a byte
 scan decides first what it can: a `call` or `jmp rel32` (E8, E9) whose target is a known
@@ -41,6 +44,7 @@ from __future__ import annotations
 import bisect
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from ulp_build.elf import (
     R_X86_64_GLOB_DAT,
@@ -129,14 +133,29 @@ class _Library:
         return i < len(self.sorted_starts) and self.sorted_starts[i] < hi
 
 
-def find(elf: ElfFile, exported: Iterable[Symbol]) -> set[int]:
-    """The entries of the exported FUNC symbols that are leaves, and the resolvers of the
-    exported IFUNCs whose every implementation is one."""
+@dataclass(frozen=True)
+class Leaves:
+    """What `find` decided, by address."""
+
+    entries: set[int]  # FUNC entries that are leaves, and IFUNC resolvers all of whose are
+    # IFUNC resolver -> its implementations that are leaves, for every IFUNC with at least one
+    implementations: dict[int, frozenset[int]]
+
+    @property
+    def chosen(self) -> dict[int, frozenset[int]]:
+        """The IFUNCs with leaves among their implementations but not only leaves: tracked,
+        unless the CPU gets one of these."""
+        return {r: i for r, i in self.implementations.items() if r not in self.entries}
+
+
+def find(elf: ElfFile, exported: Iterable[Symbol]) -> Leaves:
+    """The entries of the exported FUNC symbols that are leaves, the resolvers of the exported
+    IFUNCs whose every implementation is one, and each IFUNC's implementations that are."""
     exported = list(exported)
     functions = [s for s in exported if s.type == STT_FUNC]
     ifuncs = _extents(s for s in exported if s.type == STT_GNU_IFUNC)
     if not functions and not ifuncs:
-        return set()
+        return Leaves(set(), {})
     lib = _Library(elf)
     # The byte scan first: most non-leaves are never decoded.
     candidates = {
@@ -145,14 +164,28 @@ def find(elf: ElfFile, exported: Iterable[Symbol]) -> set[int]:
         if s.size > 0 and lib.extents.get(s.value) == s.size and _scanned_leaf(lib, s.value)
     }
     if not candidates and not ifuncs:
-        return set()
+        return Leaves(set(), {})
     decide = _Decider(lib, x86_decoder.decoder())
     out = {entry for entry in candidates if decide.leaf(entry)}
+    implementations = {}
     for resolver, size in ifuncs.items():
         chosen = decide.implementations(resolver, size)
-        if chosen and all(decide.leaf(a) for a in chosen):
-            out.add(resolver)
-    return out
+        found = frozenset(a for a in chosen if decide.leaf(a))
+        if found:
+            implementations[resolver] = found
+            if found == chosen:
+                out.add(resolver)
+    return Leaves(out, implementations)
+
+
+def are_leaves(elf: ElfFile, starts: Iterable[int]) -> set[int]:
+    """Which of these function starts are leaves by the same rule (for `check`, which finds the
+    variants an IFUNC wrapper hands out plain in the wrapper's own code)."""
+    starts = list(starts)
+    if not starts:
+        return set()
+    decide = _Decider(_Library(elf), x86_decoder.decoder())
+    return {a for a in starts if decide.leaf(a)}
 
 
 def _extents(symbols: Iterable[Symbol]) -> dict[int, int]:

@@ -57,6 +57,8 @@ class RewriteResult:
     redirected_sites: int = 0
     untracked: list[str] = field(default_factory=list)
     leaves: list[str] = field(default_factory=list)
+    # tracked IFUNCs entered plain when the CPU gets a variant that is a leaf
+    choosing_leaves: list[str] = field(default_factory=list)
     not_patchable: list[str] = field(default_factory=list)
     padding_without_record: list[str] = field(default_factory=list)
     records_without_padding: list[str] = field(default_factory=list)
@@ -140,6 +142,7 @@ def _prepared_image(
     result.exported_functions = len(exported)
     result.untracked = chosen.untracked
     result.leaves = chosen.leaves
+    result.choosing_leaves = chosen.choosing_leaves
     result.trampolines = chosen.trampolines
     result.ifuncs = len(chosen.ifuncs)
     result.redirected_sites = len(chosen.taken.sites)
@@ -157,8 +160,9 @@ def _prepared_image(
     result.normalized = padding.normalized
 
     runtime = grown_tables.runtime_symbol(elf, tables)
+    ifunc_leaves = [len(chosen.leaf_choices.get(r, ())) for r in chosen.ifuncs]
     lay = segments.lay_out(
-        elf, tables, len(runtime.dynstr), len(chosen.functions), len(chosen.ifuncs), ibt
+        elf, tables, len(runtime.dynstr), len(chosen.functions), ifunc_leaves, ibt
     )
     code = trampolines.code_segment(lay, chosen, ibt)
     addends = taken_addresses.redirect(out, elf, chosen.taken.sites, code.trampoline_at)

@@ -21,9 +21,10 @@ PAGE = 0x1000
 MAX_ZEROS = 1 << 20
 
 
-def wrapper_stride(ibt: bool) -> int:
-    """The distance between two IFUNC wrappers in the RX segment."""
-    return align(codegen.ifunc_wrapper_size(ibt), 16)
+def wrapper_stride(ibt: bool, leaves: int) -> int:
+    """The room an IFUNC wrapper comparing its resolver's answer with `leaves` implementations
+    takes in the RX segment."""
+    return align(codegen.ifunc_wrapper_size(ibt, leaves), 16)
 
 
 @dataclass(frozen=True)
@@ -66,12 +67,13 @@ def lay_out(
     tables: DynamicTables,
     dynstr_size: int,
     nfunctions: int,
-    nifuncs: int,
+    ifunc_leaves: list[int],
     ibt: bool,
 ) -> Layout:
     """Place the grown tables (one symbol or relocation longer than in `tables`, `.dynstr`
     `dynstr_size` bytes, `.gnu.hash` as long: the new symbol is unhashed), a trampoline per
-    function and IFUNC, and an IFUNC wrapper and slot per IFUNC."""
+    function and IFUNC, and an IFUNC wrapper and slot per IFUNC (`ifunc_leaves`: how many leaf
+    implementations each wrapper hands out plain)."""
     # The R segment, and the program header table at its start, is loaded at the address equal
     # to its file offset: musl's loader finds its own headers at base + e_phoff (it is the
     # libc.so every musl program maps), so a table anywhere else sends it reading other bytes.
@@ -102,10 +104,10 @@ def lay_out(
     r_size = cursor - r_va
 
     x_va = align(cursor, PAGE)
-    ulp_size = codegen.trampoline_size(ibt) * (nfunctions + nifuncs)
+    ulp_size = codegen.trampoline_size(ibt) * (nfunctions + len(ifunc_leaves))
     track = align(x_va + ulp_size, 16)
     wrappers = track + align(codegen.ULP_ENTRY_SIZE, 16)
-    x_size = wrappers + wrapper_stride(ibt) * nifuncs - x_va
+    x_size = wrappers + sum(wrapper_stride(ibt, n) for n in ifunc_leaves) - x_va
     w_va = align(x_va + x_size, PAGE)
     return Layout(
         r_va,
@@ -124,7 +126,7 @@ def lay_out(
         wrappers,
         x_size,
         w_va,
-        IFUNC_SLOTS_OFFSET + 8 * nifuncs,
+        IFUNC_SLOTS_OFFSET + 8 * len(ifunc_leaves),
     )
 
 

@@ -5,7 +5,9 @@ Every exported function is tracked, and every function whose address the library
 `rewrite --untracked`), the leaves (leaves.py: entered untracked they cannot mix versions, and
 tracking them costs the most, as the most called functions are leaves; `rewrite --track-leaves`
 tracks them), and their aliases: a name untracks its address, whatever other names it has, and
-the library's own address takings of it stay plain, so `&f` is still one value. The functions
+the library's own address takings of it stay plain, so `&f` is still one value. An IFUNC with
+leaves among its implementations, but not only leaves, stays tracked, and its wrapper hands out
+the CPU's choice plain when that is one of them (`leaf_choices`). The functions
 known to the rewriter are the exported ones, those of `.symtab` when there is one, and the
 padded ones, which a stripped library still shows. A tracked function with the nop padding
 of `-fpatchable-function-entry` at its entry can later be replaced live; one without is still
@@ -32,9 +34,12 @@ class Tracked:
 
     functions: list[int]  # entry addresses of tracked FUNC symbols and taken functions, sorted
     ifuncs: list[int]  # addresses of tracked IFUNC resolvers, sorted
+    # tracked IFUNC resolver -> its implementations that are leaves, handed out plain when chosen
+    leaf_choices: dict[int, tuple[int, ...]]
     symbols: list[Symbol]  # the tracked exported symbols, in .dynsym order
     untracked: list[str]  # the exported names left with a plain entry by name, sorted
     leaves: list[str]  # the exported names left with a plain entry as leaves, sorted
+    choosing_leaves: list[str]  # the exported IFUNC names in `leaf_choices`, sorted
     taken: TakenAddresses  # where the library takes its functions' addresses
 
     @property
@@ -51,9 +56,10 @@ def select(
 ) -> Tracked:
     every = elf.symtab_symbols + elf.dynamic_symbols
     plain = {s.value for s in every if s.defined and s.name in untracked}
-    leaf_entries: set[int] = set()
+    found = leaves.Leaves(set(), {})
     if not track_leaves:
-        leaf_entries = leaves.find(elf, [s for s in exported if s.value not in plain])
+        found = leaves.find(elf, [s for s in exported if s.value not in plain])
+    leaf_entries = found.entries
     functions: set[int] = set()
     ifuncs: set[int] = set()
     left: set[str] = set()
@@ -72,12 +78,15 @@ def select(
     plain |= leaf_entries
     taken = taken_addresses.find(elf, known - plain)
     symbols = [sym for sym in exported if sym.value not in plain and sym.name not in left]
+    choices = {r: tuple(sorted(i)) for r, i in found.chosen.items() if r in ifuncs}
     return Tracked(
         sorted(functions | taken.functions),
         sorted(ifuncs),
+        choices,
         symbols,
         sorted(left),
         sorted(as_leaves),
+        sorted({s.name for s in symbols if s.value in choices}),
         taken,
     )
 

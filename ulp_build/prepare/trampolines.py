@@ -32,6 +32,7 @@ class CodeSegment:
     code: bytes
     trampoline_at: dict[int, int]  # function entry -> its trampoline
     wrapper_at: dict[int, int]  # IFUNC resolver -> its wrapper
+    wrapper_size: dict[int, int]  # IFUNC resolver -> its wrapper's size
 
 
 def code_segment(lay: Layout, tracked: Tracked, ibt: bool) -> CodeSegment:
@@ -49,11 +50,16 @@ def code_segment(lay: Layout, tracked: Tracked, ibt: bool) -> CodeSegment:
     )
     code += entry.ljust(lay.wrappers - lay.track, codegen.INT3)
     wrapper_at: dict[int, int] = {}
+    wrapper_size: dict[int, int] = {}
     for j, resolver in enumerate(ifuncs):
         wrapper_at[resolver] = at = lay.x_va + len(code)
-        wrapper = codegen.ifunc_wrapper(at, resolver, lay.ifunc_slot(j), ifunc_tramps[j], ibt)
-        code += wrapper.ljust(wrapper_stride(ibt), codegen.INT3)
-    return CodeSegment(bytes(code), trampoline_at, wrapper_at)
+        leaves = tracked.leaf_choices.get(resolver, ())
+        wrapper = codegen.ifunc_wrapper(
+            at, resolver, lay.ifunc_slot(j), ifunc_tramps[j], ibt, leaves
+        )
+        wrapper_size[resolver] = len(wrapper)
+        code += wrapper.ljust(wrapper_stride(ibt, len(leaves)), codegen.INT3)
+    return CodeSegment(bytes(code), trampoline_at, wrapper_at, wrapper_size)
 
 
 def data_segment(elf: ElfFile, lay: Layout, ntrampolines: int, ibt: bool) -> bytes:

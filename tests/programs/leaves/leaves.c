@@ -102,6 +102,27 @@ static void *resolve_calls_pick(void)
 int leaf_pick(int x) __attribute__((ifunc("resolve_leaf_pick")));
 int calls_pick(int x) __attribute__((ifunc("resolve_calls_pick")));
 
+/* where_pick returns where it returns to: its caller when entered plain, the runtime when
+ * tracked. Which variant the resolver picks, a leaf or one that calls the C library, says
+ * LEAVES_PICK (read by a resolver that runs at dlopen, when getenv is safe to call). */
+static NOINLINE void *where_leaf(void)
+{
+    return __builtin_return_address(0);
+}
+
+static NOINLINE void *where_calls(void)
+{
+    return (char *)__builtin_return_address(0) + getpid() * 0;
+}
+
+static void *resolve_where_pick(void)
+{
+    const char *pick = getenv("LEAVES_PICK");
+    return pick && strcmp(pick, "calls") == 0 ? (void *)where_calls : (void *)where_leaf;
+}
+
+void *where_pick(void) __attribute__((ifunc("resolve_where_pick")));
+
 /* Assembly sharing a tail, as glibc's string functions do: leaf_into_middle jumps into the
  * middle of leaf_with_tail (no checker there), a leaf, so both are leaves; into_middle_of_caller
  * jumps into a function that calls the C library, so it is none. */
