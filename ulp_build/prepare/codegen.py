@@ -10,7 +10,7 @@ All displacements are relative to the end of the instruction, as the CPU compute
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ulp_build.errors import UlpError
 
@@ -125,8 +125,7 @@ def ifunc_wrapper_size(ibt: bool) -> int:
     return len(ifunc_wrapper(0, 0, 0, 0, ibt))
 
 
-@dataclass(frozen=True)
-class DecodedTrampoline:
+class DecodedTrampoline(NamedTuple):
     """What a trampoline at some address jumps to."""
 
     indirect: bool  # True: the target is read from `target` (an IFUNC slot)
