@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 a clear error (one line on stderr naming the file and t
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import pwd
 import signal
@@ -278,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (`ulp check LIB | head -1`): not an error worth a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        # What the command loaded stays until the process exits: the collector's passes at exit
+        # need not walk it all again (6 of a trigger's 80 ms).
+        gc.freeze()
 
 
 def _printable(text: str) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ulp_build.elf.constants import (
     DT_SONAME,
@@ -38,8 +38,7 @@ MAX_SONAME = 4096
 WRITABLE_HEAD = 128  # bytes read at most at the start of the last writable segment
 
 
-@dataclass(frozen=True)
-class ElfIdentity:
+class ElfIdentity(NamedTuple):
     """A file's build-id note, soname and writable head, read from its headers alone."""
 
     build_id_note: tuple[bytes, int] | None  # its bytes and their link-time address

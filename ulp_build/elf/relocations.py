@@ -6,8 +6,8 @@ found by their section headers."""
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 from ulp_build.elf.constants import (
     DT_JMPREL,
@@ -25,8 +25,7 @@ from ulp_build.elf.image import ElfImage, Section
 from ulp_build.elf.symbols import Symbol, SymbolTable
 
 
-@dataclass(frozen=True)
-class Relocation:
+class Relocation(NamedTuple):
     """One Elf64_Rela: r_info split into its relocation type and symbol index."""
 
     offset: int

@@ -36,6 +36,8 @@ from ulp_build.prepare.layout import (
 
 @dataclass(frozen=True)
 class FunctionCode:
+    """A patched function as the process has it: its pad and entry nop, and their bytes."""
+
     function: Function
     pad: int  # run-time address of the 14-byte pad
     nop: int  # run-time address of the entry nop
@@ -52,6 +54,8 @@ class FunctionCode:
 
 @dataclass(frozen=True)
 class LoadedLibrary:
+    """The target as loaded in one process: its file, base, build-id and headers (from memory)."""
+
     pid: int
     path: str
     base: int

@@ -6,7 +6,6 @@ preflight.py, and carried out by protocol.py.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +74,8 @@ def operation(
 
 def _object(patch: Patch, metadata_file: TrustedFile, outside: bool) -> TrustedFile:
     """The patch object, read and checked against what the metadata records."""
+    import hashlib  # here: its OpenSSL takes 2 ms to load, and only an apply needs it
+
     obj = trust.read(metadata_file.path.parent / patch.object)
     if not outside and not obj.path.is_relative_to(metadata_file.path.parent):
         raise UlpError(

@@ -175,6 +175,8 @@ def _ptrace(request: int, tid: int, addr: int | None = 0, data: object = 0) -> i
 
 @dataclass
 class _Thread:
+    """One attached thread: what it had when stopped, and what it is doing now."""
+
     tid: int
     regs: Registers  # to restore: as stopped, or with its system call restarted after a call
     xstate: bytes

@@ -6,6 +6,7 @@ and publishes."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ulp_build.cstruct import CStruct
 from ulp_build.errors import UlpError
@@ -67,15 +68,20 @@ EALREADY = 2
 EBUSY = 4
 
 
-@dataclass(frozen=True)
-class FunctionEntry:
+# The entries are NamedTuples, as runtime_state.py's records are: cheaper to define at each
+# start of the trigger than frozen dataclasses.
+class FunctionEntry(NamedTuple):
+    """A function the request replaces: its entry and entry nop in the process, and its
+    replacement in the patch object."""
+
     entry: int  # run-time address in the target
     nop: int  # run-time address of its entry nop
     replacement: int  # offset in the patch object
 
 
-@dataclass(frozen=True)
-class ReferenceEntry:
+class ReferenceEntry(NamedTuple):
+    """A variable of the patch object the runtime fills before the patch runs (REF_KINDS)."""
+
     kind: str
     pointer: int  # offset in the patch object of the variable (GOT slot, near field) to fill
     value: int  # run-time address (near: plus the addend); for tls the offset in the TLS block
@@ -83,6 +89,9 @@ class ReferenceEntry:
 
 @dataclass
 class Request:
+    """What ulp_prepare is given: the target library, the patch's names, the patch object's
+    bytes, and its function and reference entries (runtime/ulp.h, struct ulp_request)."""
+
     flags: int
     descriptor: int
     build_id: bytes

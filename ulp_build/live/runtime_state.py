@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ulp_build.cstruct import CStruct, c_string
 from ulp_build.elf import ElfFile
@@ -139,8 +140,11 @@ MAX_SHADOW_FRAMES = 1 << 20  # ULP_SHADOW_FRAMES
 MAX_READ = 1 << 24
 
 
-@dataclass(frozen=True)
-class LibraryInfo:
+# What is read of the runtime's structs is kept in NamedTuples: the trigger defines these at
+# each start, and a frozen dataclass takes several times as long (elf/image.py).
+class LibraryInfo(NamedTuple):
+    """A prepared library the runtime has seen (struct ulp_library)."""
+
     index: int
     name: str
     base: int
@@ -156,8 +160,7 @@ class LibraryInfo:
     finished_word: int  # where the process keeps `finished` (transition.py writes it)
 
 
-@dataclass(frozen=True)
-class FunctionRecord:
+class FunctionRecord(NamedTuple):
     """A patched function as the runtime has it: where, and the code it runs now."""
 
     pad: int
@@ -170,8 +173,9 @@ class FunctionRecord:
         return self.original - 2
 
 
-@dataclass(frozen=True)
-class PatchInfo:
+class PatchInfo(NamedTuple):
+    """A patch the runtime committed, with its function records (struct ulp_patch)."""
+
     id: str
     description: str
     object: str
@@ -187,14 +191,17 @@ class PatchInfo:
         return self.reverted == 0
 
 
-@dataclass(frozen=True)
-class LibraryState:
+class LibraryState(NamedTuple):
+    """One thread's shadow stack depth in one library, and its universe of it."""
+
     depth: int
     universe: int
 
 
 @dataclass
 class ThreadInfo:
+    """A thread the runtime tracks: its shadow stack, and its state per library."""
+
     tid: int
     frames: int  # tracked entries on its shadow stack
     libraries: dict[int, LibraryState] = field(default_factory=dict)  # by library index
@@ -202,6 +209,8 @@ class ThreadInfo:
 
 @dataclass
 class RuntimeState:
+    """Everything the runtime publishes of one process, as read at one moment."""
+
     pid: int
     runtime: str
     universe: int

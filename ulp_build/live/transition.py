@@ -57,6 +57,8 @@ _FINISHED_WORD = (b"\0\0\0\0", b"\1\0\0\0")  # struct ulp_library.finished: 0, t
 
 @dataclass(frozen=True)
 class Holder:
+    """A thread that keeps a library's transition from finishing, and why."""
+
     tid: int
     name: str
     universe: int  # its universe of the library (0: none)

@@ -19,6 +19,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from ulp_build.errors import UlpError
 from ulp_build.live.process import proc_dir
@@ -28,8 +29,7 @@ from ulp_build.regular_file import read_regular
 MAX_FILE_SIZE = 256 << 20
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One file or directory on the way to a patch file, as stat saw it."""
 
     path: Path

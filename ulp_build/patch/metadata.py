@@ -34,6 +34,8 @@ MAX_SIZE = 64 << 20
 
 @dataclass(frozen=True)
 class Function:
+    """A function of the target the patch replaces, and its replacement."""
+
     name: str  # in the target
     offset: int  # of its entry (the symbol's address) in the target
     nop_offset: int  # of the 2-byte entry nop the universe checker replaces
@@ -42,6 +44,9 @@ class Function:
 
 @dataclass(frozen=True)
 class Reference:
+    """A variable of the patch object that receives the address (or TLS offset) of a
+    symbol of the target."""
+
     name: str  # in the target
     kind: str  # data: address; tls: {module, offset} for __tls_get_addr; function: address
     offset: int  # symbol value in the target (for tls: offset in its TLS block)
@@ -71,6 +76,8 @@ class Near:
 
 @dataclass
 class Patch:
+    """A patch's metadata (a `.ulp` file): its target, its object and what it changes."""
+
     kind: str  # "apply", or "revert" for a reverse patch
     id: str
     description: str

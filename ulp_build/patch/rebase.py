@@ -31,7 +31,7 @@ does not read), a relocation type of the dynamic tables it does not know.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ulp_build.elf import ElfFile, ElfImage
 from ulp_build.elf.constants import (
@@ -151,8 +151,7 @@ _D_VAL = 8
 _R_ADDEND = 16
 
 
-@dataclass(frozen=True)
-class Footprint:
+class Footprint(NamedTuple):
     """The address range an object's loaded segments take, and how it must be aligned."""
 
     start: int  # page-aligned: the address glibc asks mmap for

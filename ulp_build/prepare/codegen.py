@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ulp_build.errors import UlpError
 
@@ -144,8 +144,7 @@ def ifunc_wrapper_size(ibt: bool, leaves: int = 0) -> int:
     return (4 if ibt else 0) + _WRAPPER_HEAD + _WRAPPER_LEAF * leaves + _WRAPPER_TAIL
 
 
-@dataclass(frozen=True)
-class DecodedTrampoline:
+class DecodedTrampoline(NamedTuple):
     """What a trampoline at some address jumps to."""
 
     indirect: bool  # True: the target is read from `target` (an IFUNC slot)
@@ -168,8 +167,7 @@ def decode_trampoline(code: bytes, at: int) -> DecodedTrampoline | None:
     return DecodedTrampoline(op == _MOV_R11, at + pos + 7 + disp, at + pos + 14 + jdisp)
 
 
-@dataclass(frozen=True)
-class DecodedWrapper:
+class DecodedWrapper(NamedTuple):
     """What an IFUNC wrapper at some address runs and returns."""
 
     resolver: int
