@@ -14,7 +14,7 @@ from conftest import REPO, run, ulp
 
 from ulp_build.elf import ElfFile
 from ulp_build.patch.packer import pack
-from ulp_build.prepare import codegen, patchable
+from ulp_build.prepare import codegen, leaves, patchable
 from ulp_build.prepare.layout import CFLAGS, SECTION_TRAMPOLINES
 
 SOURCE = REPO / "tests" / "programs" / "leaves" / "leaves.c"
@@ -32,6 +32,7 @@ NOT_LEAVES = [
     "calls_libc",
     "calls_pick",
     "hands_out_callback",
+    "hands_out_static",
     "into_middle_of_caller",
     "tail_call",
     "through_pointer",
@@ -61,8 +62,8 @@ def test_rewrite_leaves_exactly_the_leaves_untracked(raw: Path, tmp_path: Path) 
     result = json.loads(ulp("rewrite", str(raw), "-o", str(out), "--json").stdout)
     assert result["leaves"] == LEAVES and result["untracked"] == []
     assert result["choosing_leaves"] == CHOOSING_LEAVES
-    # One more: by_value, the static comparator whose address the library takes.
-    assert result["trampolines"] == len(NOT_LEAVES) + 1
+    # Two more: by_value and handed_out, static functions whose address the library takes.
+    assert result["trampolines"] == len(NOT_LEAVES) + 2
     ulp_section = ElfFile.load(out).section(SECTION_TRAMPOLINES)
     before, after = _entries(raw), _entries(out)
     for name in LEAVES:
@@ -88,7 +89,7 @@ def test_track_leaves_tracks_every_exported_function(raw: Path, tmp_path: Path) 
     out = tmp_path / "libleaves.so"
     args = ("rewrite", str(raw), "-o", str(out), "--track-leaves", "--json")
     result = json.loads(ulp(*args).stdout)
-    assert result["leaves"] == [] and result["trampolines"] == len(LEAVES + NOT_LEAVES) + 1
+    assert result["leaves"] == [] and result["trampolines"] == len(LEAVES + NOT_LEAVES) + 2
     assert result["choosing_leaves"] == []
     report = json.loads(ulp("check", str(out), "--json").stdout)
     assert report["usable"] and report["leaves"] == [] and report["untracked"] == []
@@ -216,10 +217,33 @@ def test_pack_warns_when_a_leaf_variant_of_an_ifunc_is_replaced_by_a_non_leaf(
     assert warning.startswith(f"{description}:7: replace: where_leaf: is a leaf of the target")
 
 
-def test_check_refuses_a_wrapper_that_hands_out_a_non_leaf(raw: Path, tmp_path: Path) -> None:
+def test_a_function_address_taken_through_a_trampoline_is_no_leaf(
+    raw: Path, tmp_path: Path
+) -> None:
+    """`check` decides the variants a wrapper lists again, on the prepared file, where the
+    rewriter has pointed a `lea` of a function at its trampoline: still no leaf."""
+    lib = tmp_path / "libleaves.so"
+    assert ulp("rewrite", str(raw), "-o", str(lib)).returncode == 0
+    for path in (raw, lib):
+        elf = ElfFile.load(path)
+        entry = next(s.value for s in elf.symtab_symbols if s.name == "hands_out_static")
+        leaf = next(s.value for s in elf.symtab_symbols if s.name == "leaf_add")
+        assert leaves.are_leaves(elf, [entry, leaf]) == {leaf}, path
+
+
+@pytest.mark.parametrize(
+    ("edit", "error"),
+    [
+        ("leaf", "where_pick: IFUNC wrapper hands out plain what is no leaf: where_calls"),
+        ("slot", "where_pick: IFUNC wrapper fills slot"),
+        ("size", "where_pick: IFUNC wrapper's symbol size is not its code's"),
+    ],
+)
+def test_check_refuses_an_edited_wrapper(raw: Path, tmp_path: Path, edit: str, error: str) -> None:
     """The wrapper's list is what makes calls untracked: `check` decides again, from the code,
-    that each variant it hands out plain is a leaf. Here where_pick's wrapper is edited to hand
-    out where_calls, which calls the C library."""
+    that each variant it hands out plain is a leaf (here where_pick's wrapper is edited to hand
+    out where_calls, which calls the C library), that it fills the slot its trampoline reads,
+    and that its symbol's size is its code's."""
     lib = tmp_path / "libleaves.so"
     assert ulp("rewrite", str(raw), "-o", str(lib)).returncode == 0
     elf = ElfFile.load(lib)
@@ -228,18 +252,79 @@ def test_check_refuses_a_wrapper_that_hands_out_a_non_leaf(raw: Path, tmp_path: 
     assert wrapper is not None
     (leaf,) = wrapper.leaves
     assert elf.name_at(leaf) == "where_leaf"
-    calls = next(s.value for s in elf.symtab_symbols if s.name == "where_calls")
-    # The first comparison's lea, after endbr64 if any, sub, call and the slot's mov.
-    at = sym.value + (4 if elf.uses_ibt else 0) + 16
-    assert (
-        elf.read(at, 3) == bytes.fromhex("488d0d")
-        and at + 7 + struct.unpack("<i", elf.read(at + 3, 4))[0] == leaf
-    )
+    assert json.loads(ulp("check", str(lib), "--json").stdout)["usable"]
     data = bytearray(lib.read_bytes())
-    struct.pack_into("<i", data, elf.offset_of(at + 3), calls - (at + 7))
+    head = sym.value + (4 if elf.uses_ibt else 0)  # after endbr64, if any: sub, call, mov
+    if edit == "leaf":  # the first comparison's lea
+        calls = next(s.value for s in elf.symtab_symbols if s.name == "where_calls")
+        at = head + 16
+        assert at + 7 + struct.unpack("<i", elf.read(at + 3, 4))[0] == leaf
+        struct.pack_into("<i", data, elf.offset_of(at + 3), calls - (at + 7))
+    elif edit == "slot":  # the mov of the resolver's answer into the slot
+        at = head + 9
+        assert at + 7 + struct.unpack("<i", elf.read(at + 3, 4))[0] == wrapper.slot
+        struct.pack_into("<i", data, elf.offset_of(at + 3), wrapper.slot + 8 - (at + 7))
+    else:  # st_size in .dynsym
+        dynsym = elf.section(".dynsym")
+        assert dynsym is not None
+        struct.pack_into("<Q", data, dynsym.offset + 24 * sym.index + 16, sym.size + 1)
     lib.write_bytes(bytes(data))
     report = json.loads(ulp("check", str(lib), "--json").stdout)
     assert not report["usable"] and report["choosing_leaves"] == ["calls_pick"]
-    assert report["errors"] == [
-        "where_pick: IFUNC wrapper hands out plain what is no leaf: where_calls"
-    ]
+    (found,) = report["errors"]
+    assert found.startswith(error)
+
+
+# Code that runs off the end of its symbol falls into the next function's entry (and its
+# checker, once patched) as surely as by a jump: glibc's 16-byte `__strcasecmp_avx2` falls into
+# `__strcasecmp_l_avx2`, which jumps to a padded C function. No leaf, nor a leaf variant.
+FALLS_THROUGH = r"""
+#include <unistd.h>
+
+/* falls_through has no ret: after its one instruction comes calls_out's entry, which calls
+ * the C library. */
+__asm__(".text\n"
+        ".globl falls_through\n.type falls_through, @function\n"
+        "falls_through:\n mov %edi, %eax\n"
+        ".size falls_through, .-falls_through\n"
+        ".globl calls_out\n.type calls_out, @function\n"
+        "calls_out:\n jmp getpid@PLT\n"
+        ".size calls_out, .-calls_out\n");
+
+/* The same as an IFUNC variant, beside a leaf variant and one that calls the C library. */
+__asm__(".text\n"
+        ".type falls_through_variant, @function\n"
+        "falls_through_variant:\n mov %edi, %eax\n"
+        ".size falls_through_variant, .-falls_through_variant\n"
+        ".type calls_out_variant, @function\n"
+        "calls_out_variant:\n jmp getpid@PLT\n"
+        ".size calls_out_variant, .-calls_out_variant\n");
+
+int falls_through_variant(int);
+static __attribute__((noinline)) int leaf_variant(int x) { return x + 1; }
+static __attribute__((noinline)) int calls_variant(int x) { return x + getpid(); }
+
+volatile int choose;
+static void *resolve_falls_pick(void)
+{
+    return choose == 0 ? (void *)leaf_variant
+         : choose == 1 ? (void *)falls_through_variant
+                       : (void *)calls_variant;
+}
+int falls_pick(int) __attribute__((ifunc("resolve_falls_pick")));
+"""
+
+
+def test_a_function_falling_through_into_another_is_no_leaf(tmp_path: Path) -> None:
+    source, raw, out = tmp_path / "ft.c", tmp_path / "libft-raw.so", tmp_path / "libft.so"
+    source.write_text(FALLS_THROUGH)
+    result = run(["gcc", *CFLAGS, "-O2", "-fPIC", "-shared", "-o", str(raw), str(source)])
+    assert result.returncode == 0, result.stderr
+    rewritten = json.loads(ulp("rewrite", str(raw), "-o", str(out), "--json").stdout)
+    assert "falls_through" not in rewritten["leaves"]
+    assert rewritten["choosing_leaves"] == ["falls_pick"]
+    elf = ElfFile.load(out)
+    (sym,) = [s for s in elf.dynamic_symbols if s.name == "falls_pick"]
+    wrapper = codegen.decode_ifunc_wrapper(elf.read(sym.value, sym.size), sym.value)
+    assert wrapper is not None
+    assert [elf.name_at(a) for a in wrapper.leaves] == ["leaf_variant"]

@@ -141,6 +141,16 @@ def check(elf: ElfFile) -> CheckReport:
             if decoded is None or not decoded.indirect:
                 report.errors.append(f"{label}: IFUNC wrapper returns no IFUNC trampoline")
                 continue
+            if decoded.target != wrapper.slot:
+                # The trampoline would jump through a slot the resolver's answer never reaches.
+                report.errors.append(
+                    f"{label}: IFUNC wrapper fills slot {wrapper.slot:#x}, its trampoline"
+                    f" reads {decoded.target:#x}"
+                )
+                continue
+            if sym.size != codegen.ifunc_wrapper_size(report.ibt, len(wrapper.leaves)):
+                report.errors.append(f"{label}: IFUNC wrapper's symbol size is not its code's")
+                continue
             if wrapper.leaves:
                 handed_out[label] = wrapper.leaves
             target = wrapper.resolver

@@ -17,12 +17,16 @@ symbol's extent, each branch stays inside that extent without coming back to its
   code of this library again;
 - no indirect call or jump: a pointer could reach any function, and a jump table is not told
   apart from one (not a leaf when unsure);
-- no RIP-relative `lea` of a function entry of the library: a function handing out its own
+- no RIP-relative `lea` of a function entry of the library, nor of the rewriter's code (in a
+  prepared library, such a `lea` was pointed at a trampoline): a function handing out its own
   functions' addresses is not the plain code this rule is for;
 - no other known function's entry inside its extent (code falling through into it passes that
   function's checker); a branch into the middle of another function meets no checker, and is
   fine when the whole of that function is a leaf;
-- a known size (the symbol's, the same for every alias), all of it decoded: anything else is
+- a known size (the symbol's, the same for every alias), all of it decoded, ending with an
+  instruction that does not run on into what follows (a return, a jump, a trap, or a call that
+  ends the process): a function whose code runs off its end falls into the next one's entry,
+  as glibc's 16-byte `__strcasecmp_avx2` falls into `__strcasecmp_l_avx2`. Anything else is
   not a leaf.
 An IFUNC is a leaf when every function whose address its resolver takes is one (whichever the
 CPU gets), and the resolver has no indirect jump. When only some are (glibc's `memcpy` has one
@@ -56,6 +60,7 @@ from ulp_build.elf import (
     Symbol,
 )
 from ulp_build.prepare import x86_decoder
+from ulp_build.prepare.layout import SECTION_TRACK, SECTION_TRAMPOLINES
 from ulp_build.prepare.taken_addresses import resolvers, rip_target
 
 TYPE_CHECKING = False
@@ -66,6 +71,9 @@ _REL32 = re.compile(rb"[\xe8\xe9]", re.DOTALL)
 # What a PLT stub starts with: `jmp *slot(%rip)`, after an optional endbr64 and bnd prefix.
 _PLT_JUMP = re.compile(rb"(?:\xf3\x0f\x1e\xfa)?\xf2?\xff\x25(....)", re.DOTALL)
 _BRANCHES = {"call", "jmp", "jrcxz", "jecxz", "loop", "loope", "loopne", "xbegin"}
+# Last instructions after which nothing runs on into the next bytes (with `call` when it ends
+# the process).
+_ENDS = {"ret", "jmp", "ud2", "hlt", "int3"}
 # Functions of another library that end the process: a leaf may call them (its failure paths).
 ENDS_PROCESS = frozenset(
     {"__stack_chk_fail", "abort", "__assert_fail", "__chk_fail", "__fortify_fail"}
@@ -107,6 +115,12 @@ class _Library:
         self.other_code = starts | {
             stub for lo, hi in self.plt for stub in range(lo, hi, 8) if not self.ends_process(stub)
         }
+        # In a prepared library: the trampolines and wrappers, our code, not the library's.
+        self.rewriter_code = [
+            (s.addr, s.addr + s.size)
+            for s in elf.sections
+            if s.name in (SECTION_TRAMPOLINES, SECTION_TRACK)
+        ]
 
     def ends_process(self, target: int) -> bool:
         """Whether a branch to `target` calls a function that ends the process: a PLT stub
@@ -246,24 +260,31 @@ class _Decider:
             return False
         end = entry + size
         decoded_to = entry
+        stops = False  # whether the last instruction keeps the CPU from running on past it
         for addr, length, mnemonic, operands in self.decoder.disasm_lite(code, entry):
             decoded_to = addr + length
             op = mnemonic.rsplit(" ", 1)[-1]  # without notrack, bnd, rep prefixes
+            stops = op in _ENDS
             if op in _BRANCHES or op.startswith("j"):
                 if operands.startswith("0x"):
-                    if not self._may_branch(int(operands, 16), entry, end):
+                    target = int(operands, 16)
+                    if not self._may_branch(target, entry, end):
                         return False
+                    stops = stops or (op == "call" and lib.ends_process(target))
                     continue
                 slot = rip_target(operands, decoded_to)
                 if slot is None or op not in ("call", "jmp") or slot not in lib.ending_slots:
                     return False
+                stops = True  # into a function that ends the process
             elif op in ("lcall", "ljmp"):
                 return False
             elif op == "lea":
                 taken = rip_target(operands, decoded_to)
-                if taken is not None and taken in lib.other_code:
+                if taken is not None and (
+                    taken in lib.other_code or any(lo <= taken < hi for lo, hi in lib.rewriter_code)
+                ):
                     return False
-        return decoded_to == end
+        return decoded_to == end and stops
 
     def _may_branch(self, target: int, entry: int, end: int) -> bool:
         if entry < target < end or self.lib.ends_process(target):

@@ -64,6 +64,18 @@ static int by_value(const void *a, const void *b)
     return *(const int *)a - *(const int *)b;
 }
 
+/* Hands out the address of a function of its own (lea, which the rewriter points at that
+ * function's trampoline): no leaf, prepared or not. */
+static NOINLINE int handed_out(int x)
+{
+    return x * 5;
+}
+
+void *hands_out_static(void)
+{
+    return (void *)handed_out;
+}
+
 /* Hands its own comparator to qsort, which calls back into this library. */
 void hands_out_callback(int *v, size_t n)
 {
