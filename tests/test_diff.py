@@ -103,6 +103,12 @@ FIXES = {
         ["changed: diffed.c:diffed_cold.cold", "changed: diffed_cold"],
         [("cold 1", "32", "33"), ("cold 7", "34", "35")],
     ),
+    "a fix in a function taking the plain address of local assembly": (
+        "return through(x) + 1;",
+        "return through(x) + 2;",
+        ["changed: diffed_via"],
+        [("via 5", "-4", "-3")],
+    ),
 }
 
 

@@ -180,3 +180,20 @@ __asm__(".text\n"
         "    movl %edi, %eax\n"
         "    ret\n"
         ".size diffed_asm, .-diffed_asm\n");
+
+/* Assembly of the library's own, called through a pointer: neither exported nor padded, so the
+   library takes its plain address (the rewriter redirects no address of such a function). */
+__asm__(".text\n"
+        ".type negate, @function\n"
+        "negate:\n"
+        "    xorl %eax, %eax\n"
+        "    subl %edi, %eax\n"
+        "    ret\n"
+        ".size negate, .-negate\n");
+__attribute__((visibility("hidden"))) int negate(int x);
+
+int diffed_via(int x)
+{
+    int (*volatile through)(int) = negate;
+    return through(x) + 1;
+}
