@@ -109,6 +109,12 @@ FIXES = {
         ["changed: diffed_via"],
         [("via 5", "-4", "-3")],
     ),
+    "a fix adding a constant that moves another": (
+        "return x + 0.0;",
+        "return x + 2.25;",
+        ["changed: diffed_shift"],
+        [("shift 1", "1", "3.25"), ("scale 2", "3", "3")],
+    ),
 }
 
 
