@@ -1,7 +1,8 @@
 """Every way a library takes the address of one of its own functions (a pointer to a static
 function, an ops table, a qsort comparator, `&exported` bound inside by -Bsymbolic) is pointed
 at a trampoline: a call through the pointer enters the library tracked, with the runtime
-preloaded, and the pointer equals `dlsym`'s. A tracked call returns into the runtime, so the
+preloaded, and the pointer equals `dlsym`'s. Assembly neither exported nor padded keeps its
+plain address (it need not be a C function pointer). A tracked call returns into the runtime, so the
 called function sees its return address in libulp.so: that is what it reports."""
 
 from __future__ import annotations
