@@ -103,6 +103,18 @@ FIXES = {
         ["changed: diffed.c:diffed_cold.cold", "changed: diffed_cold"],
         [("cold 1", "32", "33"), ("cold 7", "34", "35")],
     ),
+    "a fix in a function taking the plain address of local assembly": (
+        "return through(x) + 1;",
+        "return through(x) + 2;",
+        ["changed: diffed_via"],
+        [("via 5", "-4", "-3")],
+    ),
+    "a fix adding a constant that moves another": (
+        "return x + 0.0;",
+        "return x + 2.25;",
+        ["changed: diffed_shift"],
+        [("shift 1", "1", "3.25"), ("scale 2", "3", "3")],
+    ),
 }
 
 

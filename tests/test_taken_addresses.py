@@ -1,7 +1,8 @@
 """Every way a library takes the address of one of its own functions (a pointer to a static
 function, an ops table, a qsort comparator, `&exported` bound inside by -Bsymbolic) is pointed
 at a trampoline: a call through the pointer enters the library tracked, with the runtime
-preloaded, and the pointer equals `dlsym`'s. A tracked call returns into the runtime, so the
+preloaded, and the pointer equals `dlsym`'s. Assembly neither exported nor padded keeps its
+plain address (it need not be a C function pointer). A tracked call returns into the runtime, so the
 called function sees its return address in libulp.so: that is what it reports."""
 
 from __future__ import annotations
@@ -128,10 +129,10 @@ def program(raw: Path) -> Path:
     return out
 
 
-def _prepare(lib: Path, out_dir: Path) -> dict[str, object]:
+def _prepare(lib: Path, out_dir: Path, name: str = "libtaken.so") -> dict[str, object]:
     out_dir.mkdir(exist_ok=True)
     # Leaves tracked too: the program counts a tracked entry for every function it calls.
-    out = str(out_dir / "libtaken.so")
+    out = str(out_dir / name)
     result = ulp("rewrite", str(lib), "-o", out, "--track-leaves", "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -249,3 +250,85 @@ def test_ifunc_implementations_are_not_redirected(built: dict[str, BuiltSample])
             [str(sample.linked)], env=dict(os.environ, LD_LIBRARY_PATH=str(sample.raw.parent))
         ).stdout
     )
+
+
+# Assembly the library reads as data, as libffi reads its trampoline table to map it from the
+# file, and assembly entered by a jump with two words pushed above the return address, as
+# libffi's closures enter ffi_closure_unix64_alt: neither address is a C function pointer.
+ASSEMBLY = r"""
+#include <string.h>
+#define API __attribute__((visibility("default")))
+
+__asm__(".text\n"
+        ".type code_table, @function\n"
+        "code_table:\n"
+        "  .byte 0x0f, 0x0b, 0x55, 0xaa, 0x11, 0x22, 0x33, 0x44\n"
+        ".size code_table, 8\n"
+        ".type popped_entry, @function\n"
+        "popped_entry:\n"
+        "  pop %rax\n"
+        "  pop %rdx\n"
+        "  add %rdx, %rax\n"
+        "  ret\n"
+        ".size popped_entry, .-popped_entry\n");
+
+API int table_intact(void)
+{
+    static const unsigned char expected[] = { 0x0f, 0x0b, 0x55, 0xaa, 0x11, 0x22, 0x33, 0x44 };
+    const unsigned char *table;
+    __asm__("lea code_table(%%rip), %0" : "=r"(table));
+    return memcmp(table, expected, sizeof expected) == 0;
+}
+
+API long jump_entered(void)
+{
+    long r;
+    /* Below the red zone; popped_entry returns to 1 with 2 + 40. */
+    __asm__ volatile("sub $128, %%rsp\n\t"
+                     "lea popped_entry(%%rip), %%rcx\n\t"
+                     "lea 1f(%%rip), %%rax\n\t"
+                     "push %%rax\n\t"
+                     "push $40\n\t"
+                     "push $2\n\t"
+                     "jmp *%%rcx\n"
+                     "1:\n\t"
+                     "add $128, %%rsp"
+                     : "=a"(r) : : "rcx", "rdx", "memory");
+    return r;
+}
+"""
+
+ASSEMBLY_PROGRAM = r"""
+#include <stdio.h>
+int table_intact(void);
+long jump_entered(void);
+int main(void) { printf("table %d jump %ld\n", table_intact(), jump_entered()); return 0; }
+"""
+
+
+def test_assembly_addresses_stay_plain(tmp_path: Path, runtime: Path) -> None:
+    (tmp_path / "asm.c").write_text(ASSEMBLY)
+    (tmp_path / "main.c").write_text(ASSEMBLY_PROGRAM)
+    raw = tmp_path / "raw" / "libasm.so"
+    raw.parent.mkdir()
+    cmd = ["gcc", "-O2", "-shared", "-fPIC", "-fvisibility=hidden", *CFLAGS]
+    built = run([*cmd, "-o", str(raw), str(tmp_path / "asm.c")])
+    assert built.returncode == 0, built.stderr
+    program = tmp_path / "main"
+    linked = run(["gcc", "-o", str(program), str(tmp_path / "main.c"), f"-L{raw.parent}", "-lasm"])
+    assert linked.returncode == 0, linked.stderr
+    # Both assembly functions are in .symtab, unpadded and not exported.
+    symbols = run(["readelf", "-sW", str(raw)]).stdout
+    assert " code_table" in symbols and " popped_entry" in symbols
+
+    out = tmp_path / "prepared" / "libasm.so"
+    result = _prepare(raw, out.parent, out.name)
+    # Redirected, the table read the trampoline's bytes, and the runtime took the pushed 2 for
+    # popped_entry's return address (a crash).
+    for libdir in (raw.parent, out.parent):
+        for env in ({}, {"LD_PRELOAD": str(runtime)}):
+            done = run([str(program)], env=dict(os.environ, LD_LIBRARY_PATH=str(libdir), **env))
+            assert (done.returncode, done.stdout) == (0, "table 1 jump 42\n"), done.stderr
+    assert result["redirected_sites"] == 0 and result["not_redirectable"] == []
+    assert result["trampolines"] == 2  # the two exported functions only
+    assert _check(out)["errors"] == []

@@ -180,3 +180,39 @@ __asm__(".text\n"
         "    movl %edi, %eax\n"
         "    ret\n"
         ".size diffed_asm, .-diffed_asm\n");
+
+/* Assembly of the library's own, called through a pointer: neither exported nor padded, so the
+   library takes its plain address (the rewriter redirects no address of such a function). */
+__asm__(".text\n"
+        ".type negate, @function\n"
+        "negate:\n"
+        "    xorl %eax, %eax\n"
+        "    subl %edi, %eax\n"
+        "    ret\n"
+        ".size negate, .-negate\n");
+__attribute__((visibility("hidden"))) int negate(int x);
+
+int diffed_via(int x)
+{
+    int (*volatile through)(int) = negate;
+    return through(x) + 1;
+}
+
+/* Constants gcc puts in mergeable sections (.rodata.cst8, .rodata.cst16) and refers to by
+   local labels (.LC0): a fix adding one to diffed_shift moves the 16-byte one, and the
+   padding before it, but changes no other function. */
+double diffed_scale(double x)
+{
+    return x * 1.5;
+}
+
+typedef int diffed_v4 __attribute__((vector_size(16)));
+void diffed_fill(diffed_v4 *out)
+{
+    *out = (diffed_v4){1, 2, 3, 4};
+}
+
+double diffed_shift(double x)
+{
+    return x + 0.0;
+}

@@ -1,7 +1,7 @@
 /* Answers one line per command on stdin with the library's functions: `add A B`, `clamped X`,
  * `double_a X`, `double_b X`, `count`, `tally`, `scaled X`, `name X`, `digits X`, `asm X`, `op OP A`,
  * `step X`, `word X`,
- * `cold X`; `stats` and `quit`. */
+ * `cold X`, `via X`, `scale X`, `shift X`; `stats` and `quit`. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +20,9 @@ int diffed_op(int op, int a);
 int diffed_step(int x);
 const char *diffed_word(int i);
 int diffed_cold(int x);
+int diffed_via(int x);
+double diffed_scale(double x);
+double diffed_shift(double x);
 
 int main(void)
 {
@@ -60,6 +63,12 @@ int main(void)
             printf("%d\n", diffed_cold(a));
         else if (!strcmp(command, "asm"))
             printf("%d\n", diffed_asm(a));
+        else if (!strcmp(command, "via"))
+            printf("%d\n", diffed_via(a));
+        else if (!strcmp(command, "scale"))
+            printf("%g\n", diffed_scale(a));
+        else if (!strcmp(command, "shift"))
+            printf("%g\n", diffed_shift(a));
         else
             puts("ok");
         fflush(stdout);

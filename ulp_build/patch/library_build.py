@@ -37,6 +37,7 @@ from ulp_build.elf.constants import (
     STT_FILE,
     STT_FUNC,
     STT_GNU_IFUNC,
+    STT_NOTYPE,
     STT_OBJECT,
     STT_SECTION,
     STT_TLS,
@@ -309,7 +310,12 @@ class LibraryBuild:
             for start, end in self.instruction_ends(item):
                 for rel in self.relocations_in(start, end):
                     sym = self.symbols[rel.symbol] if rel.symbol < len(self.symbols) else None
-                    if sym is None or sym.type != STT_SECTION:
+                    # A section's symbol, or a local label: the assembler keeps `.LC0` for a
+                    # constant in a mergeable section (`.rodata.cst8`), which the linker may
+                    # merge, so its readers refer to it by name. Either starts a region.
+                    if sym is None or sym.shndx == SHN_UNDEF:
+                        continue
+                    if sym.type not in (STT_SECTION, STT_NOTYPE):
                         continue
                     addr = self._referred_address(rel, sym.value + rel.addend, end, None)
                     sec = self.section_at(addr)
@@ -374,14 +380,16 @@ class LibraryBuild:
         return (target.kind, target.name, target.value if target.kind == "tls" else 0)
 
     def _unpadded_end(self, region: Region) -> int:
-        """Where a region's data ends without the zeros after its last one but one: a string
-        literal's terminator stays, the padding that aligns what follows it (a switch table)
-        goes, as its length depends on the strings before, not on this one."""
+        """Where a region's data ends without the zeros after its last nonzero byte: the
+        padding that aligns what follows it (a switch table, a 16-byte constant) goes, as its
+        length depends on the data before, not on this. A string literal's terminator goes
+        with it: one zero byte of padding (an 8-byte constant before a 16-byte one) could not
+        be told from it, and every string has one."""
         if region.section.type == SHT_NOBITS:
             return region.end
         raw = self.elf.read(region.start, region.end - region.start)
         fields = [r.offset + width(r.type) for r in self.relocations_in(region.start, region.end)]
-        return max([region.start + min(len(raw), len(raw.rstrip(b"\0")) + 1), *fields])
+        return max([region.start + len(raw.rstrip(b"\0")), *fields])
 
     def data_shape(
         self, start: int, end: int, section: Section, depth: int = 0

@@ -34,6 +34,7 @@ from ulp_build.patch.library_build import (
     Target,
     width,
 )
+from ulp_build.prepare import patchable
 
 # The initial instructions of the CIE gcc and the assembler write on x86-64: the CFA is %rsp + 8
 # and the return address is at CFA - 8.
@@ -107,6 +108,20 @@ class _Writer:
         for tramp, entered in sorted(self.old.trampolines.items()):
             out.setdefault(entered, tramp)
         return out
+
+    @cached_property
+    def _dynsym_values(self) -> set[int]:
+        """The running library's .dynsym values: an exported function's trampoline, or, for
+        one it left untracked (a leaf, a name given to `rewrite --untracked`), its entry."""
+        return {s.value for s in self.old.elf.dynamic_symbols if s.defined}
+
+    def _handed_out_plain(self, entry: int) -> bool:
+        """Whether the running library hands out the function at `entry` by its own address,
+        having no trampoline for it: an exported function it left untracked, or one neither
+        exported nor padded (assembly, mostly), whose address takings the rewriter leaves
+        alone (prepare/tracked.py). A padded function it never took the address of has no
+        trampoline either, and its plain address would be entered untracked."""
+        return entry in self._dynsym_values or patchable.entry_nop(self.old.elf, entry) is None
 
     def _got_slot(self, name: str) -> int | None:
         """The running library's GOT slot of its exported symbol `name`."""
@@ -192,6 +207,8 @@ class _Writer:
             if branch:
                 return kind, self._near(before.start, offset)
             tramp = self._trampolines.get(before.start)
+            if tramp is None and self._handed_out_plain(before.start):
+                tramp = before.start
             if tramp is None:
                 self.problems.append(
                     f"{where}: takes the address of {item.key}, which the running library"

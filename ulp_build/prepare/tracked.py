@@ -8,8 +8,13 @@ tracks them), and their aliases: a name untracks its address, whatever other nam
 the library's own address takings of it stay plain, so `&f` is still one value. An IFUNC with
 leaves among its implementations, but not only leaves, stays tracked, and its wrapper hands out
 the CPU's choice plain when that is one of them (`leaf_choices`). The functions
-known to the rewriter are the exported ones, those of `.symtab` when there is one, and the
-padded ones, which a stripped library still shows. A tracked function with the nop padding
+whose address takings are redirected are the exported ones and the padded ones, so a stripped
+library gets the same redirections. A function that is neither was not compiled by gcc with
+`ulp cflags`: assembly, mostly, whose address need not be a C function pointer (libffi maps its
+trampoline table from the file by that address, and its closures enter
+`ffi_closure_unix64_alt` by a jump with two words pushed above the return address); pointed at
+a trampoline it would read the trampoline's bytes, or be entered tracked with no return
+address on top of the stack. Its address stays plain. A tracked function with the nop padding
 of `-fpatchable-function-entry` at its entry can later be replaced live; one without is still
 tracked, and reported as not patchable.
 """
@@ -18,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ulp_build.elf import STT_FUNC, STT_GNU_IFUNC, ElfFile, Symbol
+from ulp_build.elf import STT_GNU_IFUNC, ElfFile, Symbol
 from ulp_build.prepare import codegen, leaves, patchable, taken_addresses
 from ulp_build.prepare.taken_addresses import TakenAddresses
 
@@ -73,8 +78,7 @@ def select(
             ifuncs.add(sym.value)
         else:
             functions.add(sym.value)
-    known = {s.value for s in elf.symtab_symbols if s.type == STT_FUNC and s.defined}
-    known = {a for a in known if elf.is_code(a)} | pads.functions.keys() | functions
+    known = pads.functions.keys() | functions
     plain |= leaf_entries
     taken = taken_addresses.find(elf, known - plain)
     symbols = [sym for sym in exported if sym.value not in plain and sym.name not in left]
