@@ -4,6 +4,7 @@ program; and the changes it refuses, one line each, with nothing written."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -94,7 +95,7 @@ FIXES = {
     "a fix in a function with a jump table": (
         "case 2: return a - 7;",
         "case 2: return a - 8;",
-        ["changed: diffed_op"],
+        ["changed: diffed.c:diffed_op.cold", "changed: diffed_op"],
         [("op 2 10", "3", "2"), ("op 5 0", "85", "85"), ("op 9 1", "0", "0")],
     ),
     "a fix in a function whose cold part jumps back into it": (
@@ -102,6 +103,19 @@ FIXES = {
         "return r + 8;",
         ["changed: diffed.c:diffed_cold.cold", "changed: diffed_cold"],
         [("cold 1", "32", "33"), ("cold 7", "34", "35")],
+    ),
+    # The running library's cold part was reached before the patch, the patch's after it (its
+    # copy of the switch table jumps into its own copy), and the library's again once reverted.
+    "a fix in a function whose switch table jumps into its cold part": (
+        "case 2: return x - 7;",
+        "case 2: return x - 8;",
+        ["changed: diffed.c:diffed_kind.cold", "changed: diffed_kind"],
+        [
+            ("kind 2 10", "3", "2"),
+            ("kind 4 5", "-395", "-395"),
+            ("kind_from", "libdiffed.so", "memfd:ulp-patch:libdiffed-diff"),
+            ("kind 9 1", "-899", "-899"),
+        ],
     ),
     "a fix in a function taking the plain address of local assembly": (
         "return through(x) + 1;",
@@ -157,6 +171,28 @@ def test_fix_made_into_a_live_patch(
         reverted = trigger_cli("-p", str(p.pid), str(tmp_path / "patch" / "fix.rev.ulp"))
         assert reverted.returncode == 0, reverted.stdout + reverted.stderr
         assert [p.ask(c) for c, _old, _new in checks] == [o for _c, o, _n in checks]
+
+
+def test_switch_table_jumps_into_the_cold_part(tmp_path: Path) -> None:
+    """The control for the case above: gcc really put places of diffed_kind.cold into the
+    switch table of diffed_kind (the default case, for the values the switch leaves out), and
+    the cold part never jumps back into diffed_kind (nothing but the table and its function
+    carries it along)."""
+    lib = build(SOURCE.read_text(), tmp_path)
+    code = run(["objdump", "-d", "--disassemble=diffed_kind", str(lib)]).stdout
+    # `lea TABLE(%rip), %reg`, then `movslq (%reg,%index,4)`: objdump names TABLE in a comment.
+    lea = re.search(r"lea\s+0x[0-9a-f]+\(%rip\),%\w+\s+# ([0-9a-f]+)", code)
+    assert lea is not None, code
+    table = int(lea.group(1), 16)
+    cold = run(["objdump", "-d", "--disassemble=diffed_kind.cold", str(lib)]).stdout
+    places = [int(a, 16) for a in re.findall(r"^\s+([0-9a-f]+):", cold, re.M)]
+    assert places, cold
+    start, end = min(places), max(places) + 1
+    raw = ElfFile.load(lib).read(table, 4 * 9)  # cases 0 to 8
+    entries = [table + int.from_bytes(raw[i : i + 4], "little", signed=True)
+               for i in range(0, len(raw), 4)]  # fmt: skip
+    assert [n for n, e in enumerate(entries) if start <= e < end] == [4, 7]
+    assert "<diffed_kind+" not in cold and "<diffed_kind>" not in cold
 
 
 def test_fix_touching_a_static_variable_shares_it(

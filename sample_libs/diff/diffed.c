@@ -143,6 +143,32 @@ int diffed_cold(int x)
     return r + 7;
 }
 
+/* A switch whose jump table (in .rodata, copied with the code) holds places in the function's
+ * cold part (diffed_kind.cold: the default case, which calls a cold function): that part never
+ * jumps back. odd_kind keeps where it was called from, so a program can tell which copy of the
+ * cold part ran, the library's or a patch's. */
+void *diffed_kind_caller;
+
+static __attribute__((noinline, cold)) int odd_kind(int t)
+{
+    diffed_kind_caller = __builtin_return_address(0);
+    return -t;
+}
+
+int diffed_kind(int t, int x)
+{
+    switch (t) {
+    case 0: return x + 1;
+    case 1: return x * 3;
+    case 2: return x - 7;
+    case 3: return x << 2;
+    case 5: return x / 5;
+    case 6: return x ^ 0x55;
+    case 8: return -x;
+    default: return odd_kind(t) * 100 + x;
+    }
+}
+
 /* A function the loader picks (an IFUNC), and thread-local data. */
 static int one(void)
 {

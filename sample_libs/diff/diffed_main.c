@@ -1,10 +1,15 @@
 /* Answers one line per command on stdin with the library's functions: `add A B`, `clamped X`,
  * `double_a X`, `double_b X`, `count`, `tally`, `scaled X`, `name X`, `digits X`, `asm X`, `op OP A`,
  * `step X`, `word X`,
- * `cold X`, `via X`, `scale X`, `shift X`; `stats` and `quit`. */
+ * `cold X`, `via X`, `scale X`, `shift X`, `kind T X`, `kind_from` (the file whose code last ran
+ * diffed_kind's cold part); `stats` and `quit`. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 int diffed_add(int a, int b);
 int diffed_clamped(int x);
@@ -23,6 +28,28 @@ int diffed_cold(int x);
 int diffed_via(int x);
 double diffed_scale(double x);
 double diffed_shift(double x);
+int diffed_kind(int t, int x);
+extern void *diffed_kind_caller;
+
+/* The name of the object holding `addr`, without its directory: a library's file name, or for a
+ * patch object, which the runtime loads from a memfd as /proc/thread-self/fd/N, the memfd's
+ * name (memfd:ulp-patch:ID). */
+static const char *object_of(void *addr)
+{
+    static char link[PATH_MAX];
+    Dl_info info;
+    if (!addr || !dladdr(addr, &info) || !info.dli_fname)
+        return "?";
+    const char *name = info.dli_fname;
+    ssize_t n = readlink(name, link, sizeof link - 1);
+    if (n > 0) {
+        link[n] = 0;
+        link[strcspn(link, " ")] = 0; /* the kernel's " (deleted)" */
+        name = link;
+    }
+    const char *slash = strrchr(name, '/');
+    return slash ? slash + 1 : name;
+}
 
 int main(void)
 {
@@ -69,6 +96,10 @@ int main(void)
             printf("%g\n", diffed_scale(a));
         else if (!strcmp(command, "shift"))
             printf("%g\n", diffed_shift(a));
+        else if (!strcmp(command, "kind"))
+            printf("%d\n", diffed_kind(a, b));
+        else if (!strcmp(command, "kind_from"))
+            printf("%s\n", object_of(diffed_kind_caller));
         else
             puts("ok");
         fflush(stdout);

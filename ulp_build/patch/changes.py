@@ -69,11 +69,16 @@ def compare(old: LibraryBuild, new: LibraryBuild) -> Changes:
         ]
     # What points inside a changed function past its entry would enter its old code: a
     # function doing so (`foo.cold` returning into foo) is carried with it; an object doing so
-    # (a table of label addresses) cannot be, as the running library's copy holds them.
+    # (a table of label addresses) cannot be, as the running library's copy holds them. And a
+    # carried function carries its cold part, which only it enters (by its jumps, and by the
+    # switch tables the patch copies with it, which cannot refer to the running library): the
+    # new foo runs the new foo.cold. The part has no entry of its own to replace, so the
+    # running foo keeps entering its old one.
     carried = {i.key for i in changed + added}
     while True:
         more = [i for i in new.items.values()
-                if i.is_function and i.key not in carried and new.inside(i) & carried]  # fmt: skip
+                if i.is_function and i.key not in carried
+                and (new.inside(i) & carried or new.split_from(i.key) in carried)]  # fmt: skip
         if not more:
             break
         changed += more

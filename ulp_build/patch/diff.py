@@ -28,9 +28,6 @@ from ulp_build.patch.packer import Packed, pack
 from ulp_build.prepare import patchable
 from ulp_build.prepare.layout import is_prepared
 
-# The part of a function the compiler moved out of line (`foo.cold`): entered only from foo.
-_COLD = ".cold"
-
 
 @dataclass
 class Diff:
@@ -68,15 +65,9 @@ def _entries(
 
 
 def _parent(key: str, old: LibraryBuild, new: LibraryBuild) -> str | None:
-    """The function `foo.cold` was split from, in both builds: a static of its file, or a
-    global (the cold part is local either way)."""
-    if not key.endswith(_COLD):
-        return None
-    name = key[: -len(_COLD)]
-    for parent in (name, name.split(":")[-1]):
-        if parent in old.items and parent in new.items and new.items[parent].is_function:
-            return parent
-    return None
+    """The function `foo.cold` was split from, in both builds."""
+    parent = new.split_from(key)
+    return parent if parent is not None and parent in old.items else None
 
 
 # gcc names a function's static variable NAME.N, N counting in its file: a static added before

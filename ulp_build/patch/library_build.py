@@ -51,6 +51,10 @@ from ulp_build.prepare.layout import DESCRIPTOR, DESCRIPTOR_OFFSET, SECTION_DATA
 # How deep references from data to data are followed when comparing (_key).
 _DEEPEST = 4
 
+# The part of a function the compiler moved out of line (`foo.cold`): only foo's own code (its
+# jumps, its switch tables) enters it, and it has no entry of its own.
+_COLD = ".cold"
+
 GOT_LOADS = {R_X86_64_GOTPCREL, R_X86_64_GOTPCRELX, R_X86_64_REX_GOTPCRELX}
 PC_RELATIVE = {R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_PC64} | GOT_LOADS
 # The thread-local kinds (TLSGD, GOTTPOFF, TLSDESC, ...): 16 to 23 and 34 to 36.
@@ -205,6 +209,19 @@ class LibraryBuild:
             key=lambda i: (i.start, -i.symbol.size),
         )
         return [i.start for i in ordered], ordered
+
+    def split_from(self, key: str) -> str | None:
+        """The key of the function that `key`, a part the compiler moved out of line
+        (`foo.cold`), was split from: a static of its file, or a global (the cold part is local
+        either way). None for any other key."""
+        if not key.endswith(_COLD):
+            return None
+        name = key[: -len(_COLD)]
+        for parent in (name, name.split(":")[-1]):
+            item = self.items.get(parent)
+            if item is not None and item.is_function:
+                return parent
+        return None
 
     def item_at(self, addr: int) -> Item | None:
         """The function or object covering `addr` (its start, or inside it)."""
