@@ -304,8 +304,9 @@ class _Writer:
                 expr = f"{target.name.split('@')[0]} + {rel.addend}"
                 lines.append(f"        .reloc ., {RELOCATION_NAMES[rel.type]}, {expr}")
             else:
+                copied = what.key if isinstance(what, Item) else f"{sec.name} at {what.start:#x}"
                 self.problems.append(
-                    f"{name}: data the patch copies ({sec.name} at {what.start:#x}) refers to"
+                    f"{new.elf.name}: data the patch copies ({copied}) refers to"
                     f" {target.item.key if target.item else target.name} of the running library"
                 )
             lines += self._bytes(bytes(width(rel.type)))
