@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO, run, ulp
 
 from ulp_build.elf import ElfFile
-from ulp_build.patch.packer import pack
+from ulp_build.patch.packer import Packed, pack
 from ulp_build.prepare import codegen, leaves, patchable
 from ulp_build.prepare.layout import CFLAGS, SECTION_TRAMPOLINES
 
@@ -153,6 +153,24 @@ def test_a_leaf_stays_patchable(tree: Path) -> None:
     assert nop is not None and nop[1]
 
 
+def _packed(
+    raw: Path, tmp_path: Path, source: str, replaced: str, replacement: str
+) -> tuple[Path, Packed]:
+    """The leaves library prepared, and a patch of it replacing one function by `source`'s."""
+    lib = tmp_path / "libleaves.so"
+    assert ulp("rewrite", str(raw), "-o", str(lib)).returncode == 0
+    (tmp_path / "patch.c").write_text(source)
+    obj = tmp_path / "patch.so"
+    result = run(["gcc", "-O2", "-fPIC", "-shared", "-o", str(obj), str(tmp_path / "patch.c")])
+    assert result.returncode == 0, result.stderr
+    description = tmp_path / "patch.toml"
+    description.write_text(
+        f'target = "{lib}"\nobject = "{obj}"\nid = "leaf"\ndescription = "x"\n\n'
+        f'[replace]\n{replaced} = "{replacement}"\n'
+    )
+    return description, pack(description)
+
+
 @pytest.mark.parametrize(
     ("body", "warned"),
     [
@@ -164,21 +182,10 @@ def test_a_leaf_stays_patchable(tree: Path) -> None:
 def test_pack_warns_when_a_leaf_is_replaced_by_a_non_leaf(
     raw: Path, tmp_path: Path, body: str, warned: bool
 ) -> None:
-    lib = tmp_path / "libleaves.so"
-    assert ulp("rewrite", str(raw), "-o", str(lib)).returncode == 0
-    source = tmp_path / "patch.c"
-    source.write_text(
+    source = (
         f"int calls_helper(int);\nint getpid(void);\nint leaf_add_v2(int a, int b) {{ {body} }}\n"
     )
-    obj = tmp_path / "patch.so"
-    result = run(["gcc", "-O2", "-fPIC", "-shared", "-o", str(obj), str(source)])
-    assert result.returncode == 0, result.stderr
-    description = tmp_path / "patch.toml"
-    description.write_text(
-        f'target = "{lib}"\nobject = "{obj}"\nid = "leaf"\ndescription = "x"\n\n'
-        '[replace]\nleaf_add = "leaf_add_v2"\n'
-    )
-    packed = pack(description)
+    description, packed = _packed(raw, tmp_path, source, "leaf_add", "leaf_add_v2")
     assert len(packed.patch.functions) == 1
     if warned:
         (warning,) = packed.warnings
@@ -197,21 +204,8 @@ def test_pack_warns_when_a_leaf_variant_of_an_ifunc_is_replaced_by_a_non_leaf(
     raw: Path, tmp_path: Path
 ) -> None:
     """where_leaf is no exported function, but where_pick hands it out plain when chosen."""
-    lib = tmp_path / "libleaves.so"
-    assert ulp("rewrite", str(raw), "-o", str(lib)).returncode == 0
-    source = tmp_path / "patch.c"
-    source.write_text(
-        "int getpid(void);\nvoid *where_v2(void) { return (void *)(long)getpid(); }\n"
-    )
-    obj = tmp_path / "patch.so"
-    result = run(["gcc", "-O2", "-fPIC", "-shared", "-o", str(obj), str(source)])
-    assert result.returncode == 0, result.stderr
-    description = tmp_path / "patch.toml"
-    description.write_text(
-        f'target = "{lib}"\nobject = "{obj}"\nid = "variant"\ndescription = "x"\n\n'
-        '[replace]\nwhere_leaf = "where_v2"\n'
-    )
-    packed = pack(description)
+    source = "int getpid(void);\nvoid *where_v2(void) { return (void *)(long)getpid(); }\n"
+    description, packed = _packed(raw, tmp_path, source, "where_leaf", "where_v2")
     assert [f.name for f in packed.patch.functions] == ["where_leaf"]
     (warning,) = packed.warnings
     assert warning.startswith(f"{description}:7: replace: where_leaf: is a leaf of the target")
