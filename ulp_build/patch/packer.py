@@ -269,13 +269,10 @@ def _leaves_that_stop_being_leaves(
     that call a newer version. Decided by the rewriter's own rule, applied to the target's code
     and to the object's."""
     replaced = {f.offset: f for f in functions}
-    exported = [
-        s
-        for s in target.dynamic_symbols
-        if s.defined and (s.type == STT_GNU_IFUNC or (s.type == STT_FUNC and s.value in replaced))
-    ]
-    found = leaves.find(target, exported)
-    entered_plain = found.entries.union(*found.implementations.values())
+    exported = [s for s in target.dynamic_symbols if s.defined and s.value in replaced]
+    entered_plain = leaves.find(target, exported).entries | leaves.leaf_variants(
+        target, target.dynamic_symbols, replaced.keys()
+    )
     if not entered_plain.intersection(replaced):
         return []
     by_name = {s.name: s for s in obj.dynamic_symbols if s.defined and s.type == STT_FUNC}

@@ -192,6 +192,19 @@ def find(elf: ElfFile, exported: Iterable[Symbol]) -> Leaves:
     return Leaves(out, implementations)
 
 
+def leaf_variants(elf: ElfFile, exported: Iterable[Symbol], among: Iterable[int]) -> set[int]:
+    """Which of the functions at `among` are implementations of an exported IFUNC that are
+    leaves (handed out plain when the CPU gets them). Only those are decided: for `pack`,
+    which asks about the few functions a patch replaces, not every variant of a libc."""
+    ifuncs = _extents(s for s in exported if s.type == STT_GNU_IFUNC)
+    among = set(among)
+    if not ifuncs or not among:
+        return set()
+    decide = _Decider(_Library(elf), x86_decoder.decoder())
+    variants = set().union(*(decide.implementations(r, n) for r, n in ifuncs.items()))
+    return {a for a in variants & among if decide.leaf(a)}
+
+
 def are_leaves(elf: ElfFile, starts: Iterable[int]) -> set[int]:
     """Which of these function starts are leaves by the same rule (for `check`, which finds the
     variants an IFUNC wrapper hands out plain in the wrapper's own code)."""
