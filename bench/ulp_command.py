@@ -1,5 +1,5 @@
 """`ulp` as users run it, for the benchmarks that time whole commands: the code of the console
-script pip installs (`from ulp_build.cli import main`), on this tree, with its bytecode cached as
+script pip installs (`from ulp_build.cli import console`), on this tree, with its bytecode cached as
 an installed package has it (PYTHONDONTWRITEBYTECODE, if set, would have every run compile the
 sources again: tens of milliseconds that no installed `ulp` pays)."""
 
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPT = "import sys; from ulp_build.cli import main; sys.exit(main())"
+SCRIPT = "import sys; from ulp_build.cli import console; sys.exit(console())"
 
 
 def environment(pycache: Path) -> dict[str, str]:

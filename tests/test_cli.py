@@ -71,3 +71,21 @@ def test_quick_commands_load_only_what_they_use(argv: list[str], unloaded: tuple
     loaded = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
     assert "ulp_build.cli" in loaded  # the control: the listing is read right
     assert not {m for m in loaded if m.startswith(unloaded)}
+
+
+def test_main_leaves_its_callers_heap_to_the_collector(capsys: pytest.CaptureFixture[str]) -> None:
+    """Only the `ulp` command, which exits right after, freezes what it loaded: a program that
+    calls `main` and goes on keeps collecting its cycles. The control: `console` freezes."""
+    import gc
+
+    from ulp_build import cli
+
+    gc.unfreeze()
+    try:
+        assert cli.main(["cflags"]) == 0
+        assert gc.get_freeze_count() == 0
+        assert cli.console(["cflags"]) == 0
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+    assert capsys.readouterr().out.split() == [*CFLAGS, *CFLAGS]

@@ -1,5 +1,5 @@
 import sys
 
-from ulp_build.cli import main
+from ulp_build.cli import console
 
-sys.exit(main())
+sys.exit(console())

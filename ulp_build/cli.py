@@ -279,9 +279,16 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (`ulp check LIB | head -1`): not an error worth a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def console(argv: list[str] | None = None) -> int:
+    """The `ulp` command: `main`, in a process that ends with it."""
+    try:
+        return main(argv)
     finally:
         # What the command loaded stays until the process exits: the collector's passes at exit
-        # need not walk it all again (6 of a trigger's 80 ms).
+        # need not walk it all again (6 of a trigger's 80 ms). Not in `main`: a program that
+        # calls it and goes on would have its own heap frozen too, its cycles never collected.
         gc.freeze()
 
 

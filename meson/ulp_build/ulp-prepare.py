@@ -3,6 +3,6 @@
 
 import sys
 
-from ulp_build.cli import main
+from ulp_build.cli import console
 
-sys.exit(main(["rewrite", *sys.argv[1:]]))
+sys.exit(console(["rewrite", *sys.argv[1:]]))
