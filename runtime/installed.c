@@ -8,8 +8,10 @@
  *
  * Trust: the same rule as for a patch the trigger is given as root (docs/security.md): the
  * file and every directory above it belong to root and are writable by nobody else (a
- * directory writable by all only with the sticky bit). A refused file is reported on stderr,
- * once per load of its library, and `ulp patches` shows the same reason.
+ * directory above the patch directory may be writable by all with the sticky bit; the patch
+ * directory may not, since anyone could add a patch there). A refused file is reported on
+ * stderr, its name escaped, once per load of its library, and `ulp patches` shows the same
+ * reason.
  *
  * The change is the trigger's two steps in this thread: ulp_prepare, the universe checkers
  * (write_checkers says how, with other threads running), ulp_commit.
@@ -63,19 +65,41 @@ static const char *directory(void)
     return dir && *dir ? dir : DEFAULT_DIRECTORY;
 }
 
+/* `text` with every byte that is not printable ASCII written \xNN: a name in a directory
+ * another user may write (one refused for that) must not drive the terminal the process
+ * reports on, nor start a line of its own (the trigger escapes its output alike). */
+static void put_escaped(const char *text)
+{
+    for (const unsigned char *c = (const unsigned char *)text; *c; c++) {
+        if (*c >= 0x20 && *c < 0x7f)
+            fputc(*c, stderr);
+        else
+            fprintf(stderr, "\\x%02x", *c);
+    }
+}
+
 static void report(const char *path, const char *why)
 {
-    fprintf(stderr, "ulp: installed patch %s not applied: %s\n", path, why);
+    flockfile(stderr);
+    fputs("ulp: installed patch ", stderr);
+    put_escaped(path);
+    fputs(" not applied: ", stderr);
+    put_escaped(why);
+    fputc('\n', stderr);
+    funlockfile(stderr);
 }
 
 /* Why a file or directory on the way to an installed patch could have been written by
  * someone other than root (false: it could not): live/trust.py's rule, with root alone
- * trusted, in its words. */
-static int refused(const char *path, const struct stat *st, char *why, size_t size)
+ * trusted, in its words. `sticky_ok`: a directory writable by all is accepted with the sticky
+ * bit, where nobody can replace root's entries; not the patch directory itself, whose entries
+ * are the patches, and where anyone could add one. */
+static int refused(const char *path, const struct stat *st, int sticky_ok, char *why,
+                   size_t size)
 {
     const char *what = S_ISDIR(st->st_mode) ? "directory" : "file";
     unsigned mode = st->st_mode & 07777;
-    int sticky_dir = S_ISDIR(st->st_mode) && (st->st_mode & S_ISVTX);
+    int sticky_dir = sticky_ok && S_ISDIR(st->st_mode) && (st->st_mode & S_ISVTX);
     if (st->st_uid != 0)
         snprintf(why, size, "%s: %s owned by uid %u, not root: it could have written the patch",
                  path, what, (unsigned)st->st_uid);
@@ -95,13 +119,13 @@ static int refused_directory(const char *dir, char *why, size_t size)
 {
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s", dir);
-    for (;;) {
+    for (int sticky_ok = 0;; sticky_ok = 1) {
         struct stat st;
         if (lstat(path, &st) != 0 || !S_ISDIR(st.st_mode)) {
             snprintf(why, size, "%s: changed while it was read", path);
             return 1;
         }
-        if (refused(path, &st, why, size))
+        if (refused(path, &st, sticky_ok, why, size))
             return 1;
         char *slash = strrchr(path, '/');
         if (slash == path) {
@@ -356,7 +380,7 @@ static struct ulp_request *read_request(int dirfd, const char *path, const char 
              (uint64_t)st.st_size > MAX_REQUEST)
         bad = "not an installed patch (its size)";
     struct ulp_request *r = NULL;
-    if (!bad && refused(path, &st, why, size)) {
+    if (!bad && refused(path, &st, 0, why, size)) {
         close(fd);
         return NULL;
     }

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import run, ulp
 from live import PROGRAMS, Process, patch_file, running
+from users import NAMES, as_user, ensure, shared_directory
 
 from ulp_build.live import request as rq
 from ulp_build.patch.packer import pack
@@ -224,6 +227,48 @@ def test_a_patch_anyone_could_have_written_is_refused(
     build_id = _build_id(built)[:12]
     shown_id = "-" if how == "link" else "installed-v2"  # a link is not read
     assert text == f"{installed}  {shown_id}  build-id {build_id}  refused: {where}: {reason}\n"
+
+
+@pytest.fixture
+def shared_patch_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A patch directory other users can reach (not yet created), in ULP_PATCH_DIR."""
+    top = shared_directory()
+    monkeypatch.setenv("ULP_PATCH_DIR", str(top / "patches"))
+    yield top / "patches"
+    shutil.rmtree(top)
+
+
+def test_a_directory_anyone_may_add_a_patch_to_is_refused(
+    built: Built, runtime: Path, shared_patch_dir: Path
+) -> None:
+    """A patch directory with the sticky bit, like /tmp: nobody can replace root's patch in it,
+    but anyone can add one, such as a hard link to a root-owned patch (uninstalled since) or a
+    name made to drive the terminal of every process that reports it. Every patch in it is
+    refused, and the names are printed escaped."""
+    installed = _install(built)
+    assert _first_call(built, runtime) == (NEW, "")  # the control: root's own directory
+    shared_patch_dir.chmod(0o1777)
+    added = shared_patch_dir / f"{_build_id(built)}.000002.\x1b]2;owned\x07\rx.ulpreq"
+    mallory = ensure(NAMES[1])
+    assert as_user(mallory, lambda: added.write_bytes(installed.read_bytes())) is None
+    reason = f"{shared_patch_dir}: directory writable by every user (mode 1777)"
+    answer, stderr = _first_call(built, runtime)
+    assert answer == OLD
+    shown = str(added).replace("\x1b", "\\x1b").replace("\x07", "\\x07").replace("\r", "\\x0d")
+    assert stderr == (
+        f"ulp: installed patch {installed} not applied: {reason}\n"
+        f"ulp: installed patch {shown} not applied: {reason}\n"
+    )
+    result = ulp("install", str(built.on_top))
+    assert (result.returncode, result.stderr) == (
+        1,
+        f"ulp: {reason}: every process would refuse a patch installed there\n",
+    )
+    shown_json = json.loads(ulp("patches", "--installed", "--json").stdout)
+    assert [(i["path"], i["refusal"]) for i in shown_json] == [
+        (str(installed), reason),
+        (str(added), reason),
+    ]
 
 
 def test_bad_input(built: Built, patch_dir: Path, tmp_path: Path) -> None:

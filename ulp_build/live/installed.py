@@ -62,7 +62,7 @@ def install(patch_file: str, where: Path) -> tuple[Installed, bool]:
         raise UlpError(f"{patch_file}: a reverse patch cannot be installed (`ulp uninstall`)")
     for file in (op.patch_file, op.object_file):
         assert file is not None
-        reason = trust.refusal(file, _ROOT)
+        reason = trust.refusal(file.chain, _ROOT)
         if reason:
             raise UlpError(f"{reason}: every process would refuse it once installed")
     if not _ID.fullmatch(patch.id):
@@ -75,6 +75,14 @@ def install(patch_file: str, where: Path) -> tuple[Installed, bool]:
     assert op.object_elf is not None
     add_application(req, op, 0, op.object_elf.data)
     data = req.encode()
+    # Judged before its files are read: in a directory others may write, any could be a FIFO.
+    try:
+        where.mkdir(mode=0o755, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UlpError(f"{where}: {exc.strerror or exc}") from None
+    reason = trust.refusal(trust.directories(where), _ROOT, patch_directory=where)
+    if reason:
+        raise UlpError(f"{reason}: every process would refuse a patch installed there")
     present = [i for i in listing(where) if i.target_build_id == patch.target_build_id]
     for i in present:
         if i.id == patch.id:
@@ -85,10 +93,6 @@ def install(patch_file: str, where: Path) -> tuple[Installed, bool]:
                 f" {patch.target_name}: `ulp uninstall {patch.id}` first"
             )
     sequence = 1 + max((int(_NAME.fullmatch(i.path.name)[2]) for i in present), default=0)
-    try:
-        where.mkdir(mode=0o755, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UlpError(f"{where}: {exc.strerror or exc}") from None
     path = where / f"{patch.target_build_id}.{sequence:06d}.{patch.id}{SUFFIX}"
     write_atomically(path, data, 0o644)
     return _read(path), True
@@ -145,10 +149,13 @@ def _read(path: Path) -> Installed:
         or fields["flags"] != rq.APPLY
     ):
         return Installed(path, "", "", build_id, f"{path}: not an installed patch")
+    # The directories first, then the file, as the runtime judges them.
+    file_entry, *directories = file.chain
+    refusal = trust.refusal(tuple(directories), _ROOT, patch_directory=path.parent)
     return Installed(
         path,
         c_string(fields["id"]),
         c_string(fields["description"]),
         build_id,
-        trust.refusal(file, _ROOT),
+        refusal or trust.refusal((file_entry,), _ROOT),
     )

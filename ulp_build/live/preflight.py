@@ -91,7 +91,7 @@ def check(
     (`--all` looks for it in every process with the runtime, to know which to patch)."""
     uid, allowed = trust.owners(pid)
     for file in (op.patch_file, op.object_file):
-        reason = file and trust.refusal(file, allowed, pid, uid)
+        reason = file and trust.refusal(file.chain, allowed, pid, uid)
         if reason:
             raise UlpError(reason)
     # Read once for the runtime's state and the placement of the patch object, which both

@@ -55,8 +55,14 @@ def read(path: Path) -> TrustedFile:
     except ValueError as exc:  # a NUL in the path
         raise UlpError(f"{path}: {exc}") from None
     data, info = read_regular(real, MAX_FILE_SIZE, follow=False)
-    chain = [Entry(real, info.st_uid, info.st_gid, info.st_mode)]
-    for directory in real.parents:
+    file = Entry(real, info.st_uid, info.st_gid, info.st_mode)
+    return TrustedFile(real, data, (file, *directories(real.parent)))
+
+
+def directories(path: Path) -> tuple[Entry, ...]:
+    """The directory `path` (resolved) and every one above it, as lstat sees them now."""
+    chain = []
+    for directory in (path, *path.parents):
         try:
             d = os.lstat(directory)
         except OSError as exc:
@@ -64,7 +70,7 @@ def read(path: Path) -> TrustedFile:
         if not stat.S_ISDIR(d.st_mode):  # replaced by a link since realpath() looked
             raise UlpError(f"{directory}: changed while it was read")
         chain.append(Entry(directory, d.st_uid, d.st_gid, d.st_mode))
-    return TrustedFile(real, data, tuple(chain))
+    return tuple(chain)
 
 
 def owners(pid: int) -> tuple[int, frozenset[int]]:
@@ -84,12 +90,19 @@ def owners(pid: int) -> tuple[int, frozenset[int]]:
 
 
 def refusal(
-    file: TrustedFile, allowed: frozenset[int], pid: int | None = None, uid: int | None = None
+    chain: tuple[Entry, ...],
+    allowed: frozenset[int],
+    pid: int | None = None,
+    uid: int | None = None,
+    *,
+    patch_directory: Path | None = None,
 ) -> str | None:
-    """Why `file` must not be given to process `pid` (running as `uid`), or None. Without a
-    process (an installed patch, for every process), `allowed` is root alone."""
-    for entry in file.chain:
-        what = "directory" if entry is not file.chain[0] else "file"
+    """Why the file (or directory) whose `chain` this is must not be given to process `pid`
+    (running as `uid`), or None. Without a process (an installed patch, for every process),
+    `allowed` is root alone. The `patch_directory` of installed patches, whose every entry
+    processes apply, gets no sticky bit's exception: there, anyone could add a patch."""
+    for entry in chain:
+        what = "directory" if stat.S_ISDIR(entry.mode) else "file"
         if entry.uid not in allowed:
             if pid is None:
                 # The words of runtime/installed.c, which judges the same files.
@@ -101,7 +114,9 @@ def refusal(
                 f"{entry.path}: {what} owned by uid {entry.uid}, neither root nor the owner of"
                 f" process {pid} (uid {uid}): it could have written the patch"
             )
-        sticky_dir = stat.S_ISDIR(entry.mode) and entry.mode & stat.S_ISVTX
+        sticky_dir = (
+            stat.S_ISDIR(entry.mode) and entry.mode & stat.S_ISVTX and entry.path != patch_directory
+        )
         if entry.mode & stat.S_IWOTH and not sticky_dir:
             return f"{entry.path}: {what} writable by every user (mode {entry.mode & 0o7777:o})"
         if entry.mode & stat.S_IWGRP and entry.gid != 0 and not sticky_dir:
