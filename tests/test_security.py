@@ -22,7 +22,7 @@ from users import NAMES, User, as_user, ensure, shared_directory
 
 from ulp_build.elf import ElfFile
 from ulp_build.errors import UlpError
-from ulp_build.live import protocol
+from ulp_build.live import preflight, protocol
 from ulp_build.live.operation import operation
 from ulp_build.live.ptrace import Tracee
 from ulp_build.patch.packer import pack
@@ -227,6 +227,63 @@ def test_a_users_own_patch_for_the_users_own_process(site: Site, users: tuple[Us
         assert p.ask("square 100000") == str(SATURATED)
     with closing(site.start()) as p:
         _refused(site, p, f"file owned by uid {alice.uid}, neither root nor the owner")
+
+
+def test_a_process_that_becomes_another_users_after_the_check(
+    site: Site, users: tuple[User, User]
+) -> None:
+    """The trigger judges the files by the process's owner when it checks, before it stops the
+    process. Alice's process that executes a setuid-root program in between is root's by the
+    stop, and another program, whose layout the check's addresses know nothing of: alice's
+    patch must reach it neither by a call nor by a write. The control: the same check, with no
+    exec, applies."""
+    alice, _ = users
+    for path in (site.patch_dir, *site.patch_dir.iterdir()):
+        os.chown(path, alice.uid, alice.gid)
+    setuid = site.root / "bin" / "patchee-setuid"
+    shutil.copy(site.patchee, setuid)
+    setuid.chmod(0o4755)
+    with closing(site.start(alice)) as p:
+        checked = preflight.check(p.pid, operation(str(site.ulp)))
+        assert p.ask(f"exec {setuid} {site.library}") == "ready"
+        assert Path(f"/proc/{p.pid}/status").read_text().count("\t0\t") == 1  # euid root
+        with pytest.raises(UlpError) as refused:
+            protocol.execute(checked, 5.0)
+        assert str(refused.value) == (
+            f"process {p.pid}: its user or group ids or capabilities changed since it was"
+            " checked (it executed a setuid program?): not patched"
+        )
+        assert site.unpatched(p)
+    with closing(site.start(alice)) as p:
+        protocol.execute(preflight.check(p.pid, operation(str(site.ulp))), 5.0)
+        assert p.ask("square 100000") == str(SATURATED)
+
+
+@pytest.mark.parametrize("how", ["setuid", "setgid", "capability"])
+def test_a_users_patch_for_the_users_privileged_process_is_refused(
+    site: Site, users: tuple[User, User], how: str
+) -> None:
+    """Alice's setuid or setgid program, or one with file capabilities, has privileges alice
+    has not (the kernel would not let her trace it): only root's patch may reach it. The
+    control (alice's own plain process taking her patch) is
+    test_a_users_own_patch_for_the_users_own_process."""
+    alice, _ = users
+    for path in (site.patch_dir, *site.patch_dir.iterdir()):
+        os.chown(path, alice.uid, alice.gid)
+    privileged = site.root / "bin" / "patchee-privileged"
+    shutil.copy(site.patchee, privileged)
+    if how == "capability":
+        result = run(["setcap", "cap_net_raw+p", str(privileged)])
+        assert result.returncode == 0, result.stderr
+    else:
+        privileged.chmod(0o4755 if how == "setuid" else 0o2755)
+    with closing(Process(privileged, site.runtime, str(site.library), user=alice)) as p:
+        _refused(
+            site,
+            p,
+            f"{site.ulp}: file owned by uid {alice.uid}, not root, and process {p.pid} (uid"
+            f" {alice.uid}) has privileges its owner has not (setuid, setgid or capabilities)",
+        )
 
 
 # ---- what the trigger says about processes it cannot patch -------------------------------

@@ -20,6 +20,7 @@
  *   threads N      N more threads, each calling basic_square in a sleep loop
  *   churn          a thread that keeps creating short-lived threads that call basic_square
  *   chroot DIR     chroot(DIR) and chdir("/")
+ *   exec PATH LIB  execute PATH (this very pid goes on as that program), with LIB its argument
  *   exitmain       serve commands from a new thread and end the main thread (pthread_exit)
  *   forker FIFO PATH  a thread that, once a byte arrives on FIFO, forks a child writing
  *                  basic_square(100000) to PATH every 20 ms, and the child's pid to PATH.pid
@@ -473,6 +474,10 @@ static void *serve(void *arg)
             pthread_create(&t, NULL, churner, NULL);
             pthread_detach(t);
             printf("churning\n");
+        } else if (sscanf(line, "exec %4095s %4095s", path, fifo) == 2) {
+            fflush(stdout);
+            execl(path, path, fifo, (char *)NULL);
+            printf("exec failed: %s\n", strerror(errno));
         } else if (sscanf(line, "chroot %4095s", path) == 1) {
             printf("%d\n", chroot(path) == 0 && chdir("/") == 0 ? 0 : -1);
         } else if (!strcmp(word, "exitmain")) {

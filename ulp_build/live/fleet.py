@@ -43,7 +43,7 @@ def target(pid: int, op: Operation, uid: int | None = None) -> LoadedLibrary | N
     """The operation's target in `pid` (loaded, with the patch's build-id), if `pid` has it
     and runs as `uid` when one is given: then `pid` is a candidate."""
     try:
-        if uid is not None and trust.owners(pid)[0] != uid:
+        if uid is not None and trust.credentials(pid).uid != uid:
             return None
         if op.patch is not None:
             return loaded_library.find(pid, op.patch.target_name, op.patch.target_build_id)

@@ -44,6 +44,9 @@ class CheckedOperation:
 
     pid: int
     op: Operation
+    # As the files were judged: each stop checks them again (protocol.py), since the process
+    # may have executed a setuid program since.
+    credentials: trust.Credentials
     runtime: str
     runtime_base: int
     symbols: dict[str, int]
@@ -89,9 +92,9 @@ def check(
     """`op` in process `pid`, checked and worked out; raises AlreadyApplied, or UlpError for
     anything that stands in its way. `library`: the target, if the caller has just found it
     (`--all` looks for it in every process with the runtime, to know which to patch)."""
-    uid, allowed = trust.owners(pid)
+    credentials = trust.credentials(pid)
     for file in (op.patch_file, op.object_file):
-        reason = file and trust.refusal(file.chain, allowed, pid, uid)
+        reason = file and trust.refusal(file.chain, credentials.owners(), pid, credentials.uid)
         if reason:
             raise UlpError(reason)
     # Read once for the runtime's state and the placement of the patch object, which both
@@ -132,7 +135,7 @@ def check(
     req = rq.Request(flags, library.descriptor, bytes.fromhex(library.build_id))
     code: list[loaded_library.FunctionCode] = []
     checked = CheckedOperation(
-        pid, op, state.runtime, base, symbols, return_point, library, code, req
+        pid, op, credentials, state.runtime, base, symbols, return_point, library, code, req
     )
     checked.records = state.records_of(library.descriptor, library.lib_offset())
     if op.revert_all and not active and patch is None:

@@ -82,7 +82,7 @@ def run(
     if not os.path.exists(f"/proc/{pid}"):
         return Result(pid, "failed", f"process {pid}: no such process")
     try:
-        uid = trust.owners(pid)[0]
+        uid = trust.credentials(pid).uid
     except UlpError:
         uid = None
     return replace(_run(pid, op, timeout, retries, wait, library), uid=uid)
@@ -137,6 +137,20 @@ def _finished(result: Result, wait: float, timeout: float) -> Result:
     return result
 
 
+def _as_checked(checked: CheckedOperation) -> None:
+    """Under a stop, before anything is called or written: the process still has the
+    credentials its patch's files were judged by. Between the check and the stop it may have
+    executed a setuid program: another user's process by now, with a layout that the check's
+    addresses know nothing of. Once one of its threads is stopped, no exec can happen without
+    ending that thread, and so the stop."""
+    now = trust.credentials(checked.pid)
+    if now != checked.credentials:
+        raise UlpError(
+            f"process {checked.pid}: its user or group ids or capabilities changed since it was"
+            " checked (it executed a setuid program?): not patched"
+        )
+
+
 def execute(checked: CheckedOperation, timeout: float) -> int:
     """One attempt, both stops: the new universe."""
     ticket, tid = prepare(checked, timeout)
@@ -161,6 +175,7 @@ def prepare(checked: CheckedOperation, timeout: float) -> tuple[int, int]:
         with Tracee(pid, timeout, only=frozenset({tid}), regions=regions, caught=caught) as tracee:
             if tid not in tracee.threads:
                 continue
+            _as_checked(checked)
             why = unsafe_to_load(tracee.registers(tid), regions, checked.runtime)
             if why:
                 reasons.append(f"thread {tid} {why}")
@@ -222,6 +237,7 @@ def commit(checked: CheckedOperation, ticket: int, tid: int, timeout: float) -> 
     edits = snapshot.edited(writes)
     caught = caught_signals(pid)
     with tracer_signals.held(_HELD), Tracee(pid, timeout, regions=regions, caught=caught) as tracee:
+        _as_checked(checked)
         if not tracee.replace(edits):
             raise _Busy(f"process {pid}: its code changed while being patched")
         caller = tid if tid in tracee.threads else min(tracee.threads)

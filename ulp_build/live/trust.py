@@ -73,20 +73,47 @@ def directories(path: Path) -> tuple[Entry, ...]:
     return tuple(chain)
 
 
-def owners(pid: int) -> tuple[int, frozenset[int]]:
-    """The uid process `pid` runs as, and the owners whose files it may be given."""
+class Credentials(NamedTuple):
+    """What a process may do, from its /proc/PID/status: user and group ids (real, effective,
+    saved, filesystem) and permitted capabilities."""
+
+    uids: tuple[int, ...]
+    gids: tuple[int, ...]
+    capabilities: int
+
+    @property
+    def uid(self) -> int:
+        return self.uids[0]
+
+    def owners(self) -> frozenset[int]:
+        """Whose files the process may be given: root's, and its owner's unless it has
+        privileges its owner has not (a setuid or setgid program, file capabilities), where
+        the kernel would not let the owner trace it either."""
+        privileged = (
+            any(u != self.uid for u in self.uids)
+            or any(g != self.gids[0] for g in self.gids)
+            or (self.uid != 0 and self.capabilities != 0)
+        )
+        return frozenset({0}) if privileged else frozenset({0, self.uid})
+
+
+def credentials(pid: int) -> Credentials:
+    """Process `pid`'s credentials, as they are now."""
     try:
         with open(f"{proc_dir(pid)}/status") as f:
             text = f.read()
     except OSError as exc:
         raise UlpError(f"process {pid}: {exc.strerror or exc}") from None
-    uids = next((line.split()[1:] for line in text.splitlines() if line.startswith("Uid:")), [])
-    if len(uids) != 4 or not all(u.isdigit() for u in uids):
-        raise UlpError(f"process {pid}: no Uid line in its status")
-    real, *others = (int(u) for u in uids)
-    if any(u != real for u in others):
-        return real, frozenset({0})
-    return real, frozenset({0, real})
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    try:
+        uids = tuple(int(u) for u in fields["Uid"].split())
+        gids = tuple(int(g) for g in fields["Gid"].split())
+        capabilities = int(fields["CapPrm"], 16)
+    except (KeyError, ValueError):
+        raise UlpError(f"process {pid}: no Uid, Gid or CapPrm line in its status") from None
+    if len(uids) != 4 or len(gids) != 4:
+        raise UlpError(f"process {pid}: no Uid, Gid or CapPrm line in its status")
+    return Credentials(uids, gids, capabilities)
 
 
 def refusal(
@@ -110,9 +137,15 @@ def refusal(
                     f"{entry.path}: {what} owned by uid {entry.uid}, not root: it could have"
                     " written the patch"
                 )
+            if uid in allowed:
+                return (
+                    f"{entry.path}: {what} owned by uid {entry.uid}, neither root nor the owner"
+                    f" of process {pid} (uid {uid}): it could have written the patch"
+                )
             return (
-                f"{entry.path}: {what} owned by uid {entry.uid}, neither root nor the owner of"
-                f" process {pid} (uid {uid}): it could have written the patch"
+                f"{entry.path}: {what} owned by uid {entry.uid}, not root, and process {pid}"
+                f" (uid {uid}) has privileges its owner has not (setuid, setgid or"
+                " capabilities): it could have written the patch"
             )
         sticky_dir = (
             stat.S_ISDIR(entry.mode) and entry.mode & stat.S_ISVTX and entry.path != patch_directory
