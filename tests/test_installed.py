@@ -259,11 +259,13 @@ def test_a_directory_anyone_may_add_a_patch_to_is_refused(
         f"ulp: installed patch {installed} not applied: {reason}\n"
         f"ulp: installed patch {shown} not applied: {reason}\n"
     )
+    refused = (1, f"ulp: {reason}: every process would refuse a patch installed there\n")
     result = ulp("install", str(built.on_top))
-    assert (result.returncode, result.stderr) == (
-        1,
-        f"ulp: {reason}: every process would refuse a patch installed there\n",
-    )
+    assert (result.returncode, result.stderr) == refused
+    link = shared_patch_dir.parent / "link"  # judged where it leads, as the runtime judges it
+    link.symlink_to(shared_patch_dir)
+    result = ulp("install", str(built.on_top), env={**os.environ, "ULP_PATCH_DIR": str(link)})
+    assert (result.returncode, result.stderr) == refused
     shown_json = json.loads(ulp("patches", "--installed", "--json").stdout)
     assert [(i["path"], i["refusal"]) for i in shown_json] == [
         (str(installed), reason),

@@ -80,7 +80,8 @@ def install(patch_file: str, where: Path) -> tuple[Installed, bool]:
         where.mkdir(mode=0o755, parents=True, exist_ok=True)
     except OSError as exc:
         raise UlpError(f"{where}: {exc.strerror or exc}") from None
-    reason = trust.refusal(trust.directories(where), _ROOT, patch_directory=where)
+    real = Path(os.path.realpath(where))  # as the runtime resolves it, then judges each level
+    reason = trust.refusal(trust.directories(real), _ROOT, patch_directory=real)
     if reason:
         raise UlpError(f"{reason}: every process would refuse a patch installed there")
     present = [i for i in listing(where) if i.target_build_id == patch.target_build_id]
@@ -151,7 +152,7 @@ def _read(path: Path) -> Installed:
         return Installed(path, "", "", build_id, f"{path}: not an installed patch")
     # The directories first, then the file, as the runtime judges them.
     file_entry, *directories = file.chain
-    refusal = trust.refusal(tuple(directories), _ROOT, patch_directory=path.parent)
+    refusal = trust.refusal(tuple(directories), _ROOT, patch_directory=file.path.parent)
     return Installed(
         path,
         c_string(fields["id"]),

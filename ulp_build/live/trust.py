@@ -60,7 +60,8 @@ def read(path: Path) -> TrustedFile:
 
 
 def directories(path: Path) -> tuple[Entry, ...]:
-    """The directory `path` (resolved) and every one above it, as lstat sees them now."""
+    """The directory `path` (resolved: no symbolic link on the way) and every one above it, as
+    lstat sees them now."""
     chain = []
     for directory in (path, *path.parents):
         try:
