@@ -259,12 +259,14 @@ def test_a_process_that_becomes_another_users_after_the_check(
         assert p.ask("square 100000") == str(SATURATED)
 
 
-@pytest.mark.parametrize("how", ["setuid", "setgid", "capability"])
+@pytest.mark.parametrize("how", ["setuid", "setgid", "capability", "undumpable"])
 def test_a_users_patch_for_the_users_privileged_process_is_refused(
     site: Site, users: tuple[User, User], how: str
 ) -> None:
     """Alice's setuid or setgid program, or one with file capabilities, has privileges alice
-    has not (the kernel would not let her trace it): only root's patch may reach it. The
+    has not, and a process that is not dumpable may hold some (a daemon that started as root
+    and kept what it opened): the kernel would not let her trace either, and only root's patch
+    may reach them. The
     control (alice's own plain process taking her patch) is
     test_a_users_own_patch_for_the_users_own_process."""
     alice, _ = users
@@ -275,14 +277,17 @@ def test_a_users_patch_for_the_users_privileged_process_is_refused(
     if how == "capability":
         result = run(["setcap", "cap_net_raw+p", str(privileged)])
         assert result.returncode == 0, result.stderr
-    else:
+    elif how != "undumpable":
         privileged.chmod(0o4755 if how == "setuid" else 0o2755)
     with closing(Process(privileged, site.runtime, str(site.library), user=alice)) as p:
+        if how == "undumpable":
+            assert p.ask("undumpable") == "0"
         _refused(
             site,
             p,
             f"{site.ulp}: file owned by uid {alice.uid}, not root, and process {p.pid} (uid"
-            f" {alice.uid}) has privileges its owner has not (setuid, setgid or capabilities)",
+            f" {alice.uid}) may not be traced by its owner (setuid, setgid, capabilities, or not"
+            " dumpable)",
         )
 
 

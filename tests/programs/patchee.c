@@ -21,6 +21,8 @@
  *   churn          a thread that keeps creating short-lived threads that call basic_square
  *   chroot DIR     chroot(DIR) and chdir("/")
  *   exec PATH LIB  execute PATH (this very pid goes on as that program), with LIB its argument
+ *   undumpable     prctl(PR_SET_DUMPABLE, 0), as a daemon that changed its ids is: its owner
+ *                  may no longer trace it
  *   exitmain       serve commands from a new thread and end the main thread (pthread_exit)
  *   forker FIFO PATH  a thread that, once a byte arrives on FIFO, forks a child writing
  *                  basic_square(100000) to PATH every 20 ms, and the child's pid to PATH.pid
@@ -478,6 +480,8 @@ static void *serve(void *arg)
             fflush(stdout);
             execl(path, path, fifo, (char *)NULL);
             printf("exec failed: %s\n", strerror(errno));
+        } else if (!strcmp(word, "undumpable")) {
+            printf("%d\n", prctl(PR_SET_DUMPABLE, 0, 0, 0, 0));
         } else if (sscanf(line, "chroot %4095s", path) == 1) {
             printf("%d\n", chroot(path) == 0 && chdir("/") == 0 ? 0 : -1);
         } else if (!strcmp(word, "exitmain")) {

@@ -76,11 +76,14 @@ def directories(path: Path) -> tuple[Entry, ...]:
 
 class Credentials(NamedTuple):
     """What a process may do, from its /proc/PID/status: user and group ids (real, effective,
-    saved, filesystem) and permitted capabilities."""
+    saved, filesystem), permitted capabilities, and the owner of the file itself, which the
+    kernel makes root for a process that is not dumpable (one that changed its ids and may
+    still hold what it opened before, or asked for it with prctl)."""
 
     uids: tuple[int, ...]
     gids: tuple[int, ...]
     capabilities: int
+    status_owner: int
 
     @property
     def uid(self) -> int:
@@ -88,12 +91,13 @@ class Credentials(NamedTuple):
 
     def owners(self) -> frozenset[int]:
         """Whose files the process may be given: root's, and its owner's unless it has
-        privileges its owner has not (a setuid or setgid program, file capabilities), where
-        the kernel would not let the owner trace it either."""
+        privileges its owner has not (a setuid or setgid program, file capabilities) or is not
+        dumpable, where the kernel would not let the owner trace it either."""
         privileged = (
             any(u != self.uid for u in self.uids)
             or any(g != self.gids[0] for g in self.gids)
             or (self.uid != 0 and self.capabilities != 0)
+            or self.status_owner != self.uid
         )
         return frozenset({0}) if privileged else frozenset({0, self.uid})
 
@@ -103,6 +107,7 @@ def credentials(pid: int) -> Credentials:
     try:
         with open(f"{proc_dir(pid)}/status") as f:
             text = f.read()
+            owner = os.fstat(f.fileno()).st_uid
     except OSError as exc:
         raise UlpError(f"process {pid}: {exc.strerror or exc}") from None
     fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
@@ -114,7 +119,7 @@ def credentials(pid: int) -> Credentials:
         raise UlpError(f"process {pid}: no Uid, Gid or CapPrm line in its status") from None
     if len(uids) != 4 or len(gids) != 4:
         raise UlpError(f"process {pid}: no Uid, Gid or CapPrm line in its status")
-    return Credentials(uids, gids, capabilities)
+    return Credentials(uids, gids, capabilities, owner)
 
 
 def refusal(
@@ -145,8 +150,8 @@ def refusal(
                 )
             return (
                 f"{entry.path}: {what} owned by uid {entry.uid}, not root, and process {pid}"
-                f" (uid {uid}) has privileges its owner has not (setuid, setgid or"
-                " capabilities): it could have written the patch"
+                f" (uid {uid}) may not be traced by its owner (setuid, setgid,"
+                " capabilities, or not dumpable): it could have written the patch"
             )
         sticky_dir = (
             stat.S_ISDIR(entry.mode) and entry.mode & stat.S_ISVTX and entry.path != patch_directory
