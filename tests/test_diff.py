@@ -12,7 +12,7 @@ from conftest import run, ulp
 from live import running, trigger_cli
 
 from sample_libs import samples
-from ulp_build.elf import ElfFile
+from ulp_build.elf import STT_SECTION, ElfFile
 from ulp_build.elf.eh_frame import EhFrame
 from ulp_build.patch.library_build import LibraryBuild
 from ulp_build.prepare.layout import CFLAGS
@@ -45,6 +45,20 @@ def old(tmp_path_factory: pytest.TempPathFactory, runtime: Path) -> tuple[Path, 
                   f"-Wl,-rpath,{where}"])  # fmt: skip
     assert linked.returncode == 0, linked.stderr
     return lib, program
+
+
+def test_prepared_build_keeps_its_section_symbols_true(old: tuple[Path, Path]) -> None:
+    """Linked with --emit-relocs, the library keeps a STT_SECTION symbol per section in
+    `.symtab`; the dynamic tables the rewriter moves take theirs along, so each still holds its
+    section's address and eu-elflint finds nothing (it did: `st_value out of bounds`)."""
+    lib, _ = old
+    elf = ElfFile.load(lib)
+    symbols = {s.shndx: s.value for s in elf.symtab_symbols if s.type == STT_SECTION}
+    moved = [s for s in elf.sections if s.name in (".dynsym", ".dynstr", ".rela.dyn")]
+    assert len(moved) == 3 and all(s.index in symbols for s in moved)
+    assert all(symbols[s.index] == s.addr for s in elf.sections if s.index in symbols)
+    lint = run(["eu-elflint", "--gnu-ld", str(lib)])
+    assert lint.returncode == 0, lint.stdout
 
 
 def fixed(old_text: str, new_text: str) -> str:
