@@ -187,6 +187,17 @@ def test_fix_made_into_a_live_patch(
         assert [p.ask(c) for c, _old, _new in checks] == [o for _c, o, _n in checks]
 
 
+def test_default_id_drops_the_version(old: tuple[Path, Path], tmp_path: Path) -> None:
+    """NEW installed under its full versioned name: the patch's id is the library's name (the
+    file name's stem was `libdiffed.so.1.2`)."""
+    lib, _ = old
+    built = build(fixed("return x + 0.0;", "return x + 1.0;"), tmp_path / "new")
+    new = built.rename(built.with_name("libdiffed.so.1.2.3"))
+    made = ulp("diff", str(lib), str(new), "-o", str(tmp_path / "patch"))
+    assert made.returncode == 0, made.stderr
+    assert 'id = "libdiffed-diff"' in (tmp_path / "patch" / "fix.toml").read_text().splitlines()
+
+
 def test_switch_table_jumps_into_the_cold_part(tmp_path: Path) -> None:
     """The control for the case above: gcc really put places of diffed_kind.cold into the
     switch table of diffed_kind (the default case, for the values the switch leaves out), and
