@@ -387,3 +387,36 @@ def test_statics_of_one_name_in_files_of_one_name(tmp_path: Path) -> None:
         changed.stderr
     )
     assert not (tmp_path / "p2").exists()
+
+
+class _CountingList(list):  # type: ignore[type-arg]
+    """A list that counts the elements read from it."""
+
+    reads = 0
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        type(self).reads += 1
+        return super().__getitem__(index)
+
+
+def test_address_no_item_covers_is_found_uncovered_at_once(tmp_path: Path) -> None:
+    """A field referring to a string literal (no symbol covers it) is looked up among the
+    items below it: the search stops where no earlier item reaches the address, instead of
+    reading every function of the 16 MiB below (a diff of libcrypto took six minutes)."""
+    text = "".join(
+        f'const char *f{i}(int x) {{ return x ? "yes {i}" : "no {i}"; }}\n' for i in range(300)
+    )
+    (tmp_path / "many.c").write_text(text)
+    lib = tmp_path / "libmany.so"
+    built = run(["gcc", *FLAGS, "-shared", "-Wl,--emit-relocs", "-o", str(lib),
+                 str(tmp_path / "many.c")])  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    build = LibraryBuild(ElfFile.load(lib))
+    starts, ordered = build._by_address
+    rodata = build.elf.section(".rodata")
+    assert rodata is not None and rodata.size > 300 * 5
+    assert sum(start < rodata.addr for start in starts) >= 300  # the functions, below it
+    build._by_address = (starts, _CountingList(ordered))  # type: ignore[misc]
+    for addr in range(rodata.addr, rodata.addr + rodata.size, 7):
+        assert build.item_at(addr) is None
+    assert _CountingList.reads <= 2 * len(range(rodata.addr, rodata.addr + rodata.size, 7))
