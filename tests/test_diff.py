@@ -12,7 +12,7 @@ from conftest import run, ulp
 from live import running, trigger_cli
 
 from sample_libs import samples
-from ulp_build.elf import ElfFile
+from ulp_build.elf import STT_SECTION, ElfFile
 from ulp_build.elf.eh_frame import EhFrame
 from ulp_build.patch.library_build import LibraryBuild
 from ulp_build.prepare.layout import CFLAGS
@@ -45,6 +45,20 @@ def old(tmp_path_factory: pytest.TempPathFactory, runtime: Path) -> tuple[Path, 
                   f"-Wl,-rpath,{where}"])  # fmt: skip
     assert linked.returncode == 0, linked.stderr
     return lib, program
+
+
+def test_prepared_build_keeps_its_section_symbols_true(old: tuple[Path, Path]) -> None:
+    """Linked with --emit-relocs, the library keeps a STT_SECTION symbol per section in
+    `.symtab`; the dynamic tables the rewriter moves take theirs along, so each still holds its
+    section's address and eu-elflint finds nothing (it did: `st_value out of bounds`)."""
+    lib, _ = old
+    elf = ElfFile.load(lib)
+    symbols = {s.shndx: s.value for s in elf.symtab_symbols if s.type == STT_SECTION}
+    moved = [s for s in elf.sections if s.name in (".dynsym", ".dynstr", ".rela.dyn")]
+    assert len(moved) == 3 and all(s.index in symbols for s in moved)
+    assert all(symbols[s.index] == s.addr for s in elf.sections if s.index in symbols)
+    lint = run(["eu-elflint", "--gnu-ld", str(lib)])
+    assert lint.returncode == 0, lint.stdout
 
 
 def fixed(old_text: str, new_text: str) -> str:
@@ -171,6 +185,17 @@ def test_fix_made_into_a_live_patch(
         reverted = trigger_cli("-p", str(p.pid), str(tmp_path / "patch" / "fix.rev.ulp"))
         assert reverted.returncode == 0, reverted.stdout + reverted.stderr
         assert [p.ask(c) for c, _old, _new in checks] == [o for _c, o, _n in checks]
+
+
+def test_default_id_drops_the_version(old: tuple[Path, Path], tmp_path: Path) -> None:
+    """NEW installed under its full versioned name: the patch's id is the library's name (the
+    file name's stem was `libdiffed.so.1.2`)."""
+    lib, _ = old
+    built = build(fixed("return x + 0.0;", "return x + 1.0;"), tmp_path / "new")
+    new = built.rename(built.with_name("libdiffed.so.1.2.3"))
+    made = ulp("diff", str(lib), str(new), "-o", str(tmp_path / "patch"))
+    assert made.returncode == 0, made.stderr
+    assert 'id = "libdiffed-diff"' in (tmp_path / "patch" / "fix.toml").read_text().splitlines()
 
 
 def test_switch_table_jumps_into_the_cold_part(tmp_path: Path) -> None:
@@ -362,3 +387,36 @@ def test_statics_of_one_name_in_files_of_one_name(tmp_path: Path) -> None:
         changed.stderr
     )
     assert not (tmp_path / "p2").exists()
+
+
+class _CountingList(list):  # type: ignore[type-arg]
+    """A list that counts the elements read from it."""
+
+    reads = 0
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        type(self).reads += 1
+        return super().__getitem__(index)
+
+
+def test_address_no_item_covers_is_found_uncovered_at_once(tmp_path: Path) -> None:
+    """A field referring to a string literal (no symbol covers it) is looked up among the
+    items below it: the search stops where no earlier item reaches the address, instead of
+    reading every function of the 16 MiB below (a diff of libcrypto took six minutes)."""
+    text = "".join(
+        f'const char *f{i}(int x) {{ return x ? "yes {i}" : "no {i}"; }}\n' for i in range(300)
+    )
+    (tmp_path / "many.c").write_text(text)
+    lib = tmp_path / "libmany.so"
+    built = run(["gcc", *FLAGS, "-shared", "-Wl,--emit-relocs", "-o", str(lib),
+                 str(tmp_path / "many.c")])  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    build = LibraryBuild(ElfFile.load(lib))
+    starts, ordered = build._by_address
+    rodata = build.elf.section(".rodata")
+    assert rodata is not None and rodata.size > 300 * 5
+    assert sum(start < rodata.addr for start in starts) >= 300  # the functions, below it
+    build._by_address = (starts, _CountingList(ordered))  # type: ignore[misc]
+    for addr in range(rodata.addr, rodata.addr + rodata.size, 7):
+        assert build.item_at(addr) is None
+    assert _CountingList.reads <= 2 * len(range(rodata.addr, rodata.addr + rodata.size, 7))

@@ -123,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("old", metavar="OLD")
     p.add_argument("new", metavar="NEW")
     p.add_argument("-o", "--output", metavar="DIR", required=True)
-    p.add_argument("--id", help="the patch's id (default: NEW's name and -diff)")
+    p.add_argument("--id", help="the patch's id (default: NEW's name, no .so or version, -diff)")
     p.add_argument("--description", help="the patch's description")
     p.add_argument(
         "--accept",

@@ -167,11 +167,17 @@ def diff(
         if k not in writable
     ]
     result.lines += [f"new data: {k} (in the patch)" for k in found.new_data]
-    ident = patch_id or f"{new_path.stem}-diff"
+    ident = patch_id or f"{_library_name(new_path)}-diff"
     text = description or f"ulp diff {old_path.name} {new_path.name}: " + ", ".join(sorted(entries))
     result.packed = _write(out, old_path, source, ident, text)
     result.directory = out
     return result
+
+
+def _library_name(path: Path) -> str:
+    """The library's name without `.so` and the version after it: `libzstd` for
+    `libzstd.so.1.5.4`, where the file name's stem would leave `libzstd.so.1.5`."""
+    return re.sub(r"\.so(\.\d+)*$", "", path.name) or path.stem
 
 
 def _toml(target: Path, ident: str, text: str, replace: dict[str, str]) -> str:

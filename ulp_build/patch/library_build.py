@@ -210,6 +210,18 @@ class LibraryBuild:
         )
         return [i.start for i in ordered], ordered
 
+    @cached_property
+    def _reach(self) -> list[int]:
+        """Per item of `_by_address`, the highest end of it and every item before it: where a
+        search backwards from an address no item covers can stop (string literals, switch
+        tables), rather than walk every item of the 16 MiB below it (six minutes of a `diff`
+        of libcrypto)."""
+        reach, highest = [], 0
+        for item in self._by_address[1]:
+            highest = max(highest, item.end)
+            reach.append(highest)
+        return reach
+
     def split_from(self, key: str) -> str | None:
         """The key of the function that `key`, a part the compiler moved out of line
         (`foo.cold`), was split from: a static of its file, or a global (the cold part is local
@@ -226,8 +238,9 @@ class LibraryBuild:
     def item_at(self, addr: int) -> Item | None:
         """The function or object covering `addr` (its start, or inside it)."""
         starts, ordered = self._by_address
+        reach = self._reach
         at = bisect.bisect_right(starts, addr) - 1
-        while at >= 0 and starts[at] > addr - (1 << 24):
+        while at >= 0 and starts[at] > addr - (1 << 24) and reach[at] > addr:
             item = ordered[at]
             if item.start <= addr < item.end:
                 return item

@@ -15,6 +15,8 @@ from ulp_build.elf import (
     SHF_EXECINSTR,
     SHF_WRITE,
     SHT_PROGBITS,
+    STT_SECTION,
+    SYM,
     ElfFile,
     align,
 )
@@ -42,6 +44,38 @@ def append_segments(
     out += data
 
 
+def moved_tables(tables: DynamicTables, lay: Layout) -> dict[int, int]:
+    """Section index -> address of its grown copy, for every dynamic table that moves."""
+    moved = {
+        tables.dynsym.index: lay.dynsym,
+        tables.dynstr.index: lay.dynstr,
+        tables.rela.index: lay.rela,
+    }
+    for sec, va in (
+        (tables.versym, lay.versym),
+        (tables.gnu_hash, lay.gnu_hash),
+        (tables.hash, lay.hash),
+    ):
+        if sec is not None:
+            moved[sec.index] = va
+    return moved
+
+
+def repoint_section_symbols(out: bytearray, elf: ElfFile, moved: dict[int, int]) -> None:
+    """A library linked with --emit-relocs (as `ulp diff` wants it) keeps in `.symtab` one
+    STT_SECTION symbol per section, valued at the section's address: those of the moved tables
+    follow their section headers, or eu-elflint finds their values outside their sections."""
+    symtab = elf.symtab.section
+    if symtab is None:
+        return
+    for sym in elf.symtab_symbols:
+        if sym.type == STT_SECTION and sym.shndx in moved:
+            at = symtab.offset + sym.index * SYM.size
+            fields = list(SYM.unpack_from(out, at))
+            fields[4] = moved[sym.shndx]  # st_value
+            SYM.pack_into(out, at, *fields)
+
+
 def append_section_headers(
     out: bytearray, elf: ElfFile, tables: DynamicTables, lay: Layout, grown: dict[int, bytes]
 ) -> int:
@@ -57,18 +91,7 @@ def append_section_headers(
     _pad_to(out, align(len(out), 8))
     shoff = len(out)
 
-    repoint = {
-        tables.dynsym.index: lay.dynsym,
-        tables.dynstr.index: lay.dynstr,
-        tables.rela.index: lay.rela,
-    }
-    for sec, va in (
-        (tables.versym, lay.versym),
-        (tables.gnu_hash, lay.gnu_hash),
-        (tables.hash, lay.hash),
-    ):
-        if sec is not None:
-            repoint[sec.index] = va
+    repoint = moved_tables(tables, lay)
     for sec in elf.sections:
         start = elf.header.shoff + sec.index * SHDR.size
         fields = list(SHDR.unpack(elf.data[start : start + SHDR.size]))

@@ -174,6 +174,7 @@ def _prepared_image(
     r_segment = {lay.phdrs: segments.program_headers(elf, lay), **grown}
     output_file.append_segments(out, lay, r_segment, code.code, data)
     shoff = output_file.append_section_headers(out, elf, tables, lay, grown)
+    output_file.repoint_section_symbols(out, elf, output_file.moved_tables(tables, lay))
     output_file.update_elf_header(out, elf, lay, shoff)
     return out
 
