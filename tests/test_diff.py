@@ -420,3 +420,17 @@ def test_address_no_item_covers_is_found_uncovered_at_once(tmp_path: Path) -> No
     for addr in range(rodata.addr, rodata.addr + rodata.size, 7):
         assert build.item_at(addr) is None
     assert _CountingList.reads <= 2 * len(range(rodata.addr, rodata.addr + rodata.size, 7))
+
+
+def test_the_same_builds_give_the_same_patch(old: tuple[Path, Path], tmp_path: Path) -> None:
+    """A patch is checked against the builds it came from: two runs of `diff` on the same pair
+    write the same bytes (gcc names the object it assembles at random, and the linker gave
+    the source's local symbols that name)."""
+    lib, _ = old
+    new = build(fixed("return x + 0.0;", "return x + 1.0;"), tmp_path / "new")
+    made = []
+    for run_ in ("one", "two"):
+        result = ulp("diff", str(lib), str(new), "-o", str(tmp_path / run_))
+        assert result.returncode == 0, result.stderr
+        made.append({f: (tmp_path / run_ / f).read_bytes() for f in ("patch.so", "fix.ulp")})
+    assert made[0] == made[1]

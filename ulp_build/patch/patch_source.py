@@ -331,7 +331,10 @@ class _Writer:
             head += [f"        .globl {name}", f"        .hidden {name}", f"{name}:"]
             head.append("        .byte 0")
         tail = ["", '        .section .note.GNU-stack, "", @progbits']
-        return "\n".join(["# Written by `ulp diff`.", *head, *body, *tail]) + "\n"
+        # A file symbol of our own: else the linker names the local symbols' file after the
+        # object gcc assembles this into, whose name is random, and no two patches are alike.
+        top = ["# Written by `ulp diff`.", '        .file "patch.s"']
+        return "\n".join([*top, *head, *body, *tail]) + "\n"
 
 
 def write(
