@@ -432,5 +432,6 @@ def test_the_same_builds_give_the_same_patch(old: tuple[Path, Path], tmp_path: P
     for run_ in ("one", "two"):
         result = ulp("diff", str(lib), str(new), "-o", str(tmp_path / run_))
         assert result.returncode == 0, result.stderr
-        made.append({f: (tmp_path / run_ / f).read_bytes() for f in ("patch.so", "fix.ulp")})
+        made.append({f.name: f.read_bytes() for f in (tmp_path / run_).iterdir()})
+    assert set(made[0]) == {"patch.s", "patch.so", "fix.toml", "fix.ulp", "fix.rev.ulp"}
     assert made[0] == made[1]
