@@ -28,6 +28,7 @@ from ulp_build.elf.constants import (
     R_X86_64_PLT32,
     R_X86_64_REX_GOTPCRELX,
     SHF_ALLOC,
+    SHF_EXECINSTR,
     SHF_WRITE,
     SHN_LORESERVE,
     SHN_UNDEF,
@@ -316,6 +317,13 @@ class LibraryBuild:
             item = self.item_of_symbol(sym)
             if item is not None:
                 return Target("item", value, item=item, offset=value - item.start)
+        if named and sym.type == STT_NOTYPE and self.item_at(sym.value) is None:
+            # A label the assembler kept (`.LC0`, a constant in a mergeable section): the
+            # constant starts there, wherever the field points (gcc passes `.LC0+9`, the end
+            # of a 9-byte string, and computes its start from that).
+            region = self.region_at(sym.value)
+            if region is not None:
+                return Target("region", value, region=region, offset=value - region.start)
         addr = self._referred_address(rel, value, next_instruction, region_start)
         item = self.item_at(addr)
         if item is not None:
@@ -347,7 +355,10 @@ class LibraryBuild:
                         continue
                     if sym.type not in (STT_SECTION, STT_NOTYPE):
                         continue
-                    addr = self._referred_address(rel, sym.value + rel.addend, end, None)
+                    if sym.type == STT_NOTYPE and sym.name:
+                        addr = sym.value  # where its constant starts (target)
+                    else:
+                        addr = self._referred_address(rel, sym.value + rel.addend, end, None)
                     sec = self.section_at(addr)
                     if sec is not None:
                         bounds.setdefault(sec.index, set()).add(addr)
@@ -366,7 +377,22 @@ class LibraryBuild:
         bounds = self._region_bounds.get(sec.index, [])
         after = bisect.bisect_right(bounds, addr)
         end = bounds[after] if after < len(bounds) else sec.addr + sec.size
-        return Region(sec, addr, end)
+        return Region(sec, addr, self._string_end(sec, addr, end))
+
+    def _string_end(self, sec: Section, start: int, end: int) -> int:
+        """Where read-only data from `start` that holds no zero byte before `end` ends: past
+        its first zero byte. The linker merges a string into the tail of a longer one (": "
+        into "error: "), so a reference to the short one cuts the long one's region short of
+        its terminator; a copy of that region would be a string running into other data."""
+        if sec.flags & (SHF_WRITE | SHF_EXECINSTR) or sec.type == SHT_NOBITS:
+            return end
+        tail = self.elf.read(end, sec.addr + sec.size - end)
+        nul = tail.find(b"\0")
+        if nul < 0 or b"\0" in self.elf.read(start, end - start):
+            return end
+        if self.relocations_in(start, end + nul + 1):
+            return end  # a table of addresses, not a string
+        return end + nul + 1
 
     def region_bytes(self, region: Region) -> bytes:
         if region.section.type == SHT_NOBITS:

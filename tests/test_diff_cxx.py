@@ -1,10 +1,13 @@
-"""`ulp diff` of a C++ library whose changed function runs destructors as an exception passes
-through it: the patch carries the function's exception-handling table (its LSDA) with its code,
-and an exception thrown below the patched function, in a running program, runs the patched
-code's landing pad and reaches the program's `catch`. A function that catches is refused."""
+"""`ulp diff` of a C++ library, with what g++ makes of C++ that gcc makes of little C: a changed
+function that runs destructors as an exception passes through it carries its exception-handling
+table (its LSDA), so that an exception thrown below the patched function, in a running program,
+runs the patched code's landing pad and reaches the program's `catch` (a function that catches
+is refused); and a string built from a literal that the code reaches from its end, which the
+linker has merged another literal into, is copied whole."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -15,18 +18,18 @@ from ulp_build.elf import ElfFile, lsda
 from ulp_build.elf.eh_frame import EhFrame
 from ulp_build.prepare.layout import CFLAGS
 
-PROGRAMS = Path(__file__).parent / "programs" / "diff_cleanup"
-SOURCE = PROGRAMS / "cleanup.cc"
+PROGRAMS = Path(__file__).parent / "programs" / "diff_cxx"
+SOURCE = PROGRAMS / "diffcxx.cc"
 FLAGS = [*CFLAGS, "-O2", "-g", "-fPIC", "-ffunction-sections", "-fdata-sections", "-Wall"]
 
 
 def build(text: str, out: Path) -> Path:
-    """libcleanup.so from `text`, linked with --emit-relocs."""
+    """libdiffcxx.so from `text`, linked with --emit-relocs."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "cleanup.cc").write_text(text)
-    lib = out / "libcleanup.so"
+    (out / "diffcxx.cc").write_text(text)
+    lib = out / "libdiffcxx.so"
     built = run(["g++", *FLAGS, "-shared", "-Wl,--emit-relocs", "-o", str(lib),
-                 str(out / "cleanup.cc")], cwd=out)  # fmt: skip
+                 str(out / "diffcxx.cc")], cwd=out)  # fmt: skip
     assert built.returncode == 0, built.stderr
     return lib
 
@@ -40,11 +43,11 @@ def fixed(before: str, after: str) -> str:
 @pytest.fixture(scope="module")
 def old(tmp_path_factory: pytest.TempPathFactory, runtime: Path) -> tuple[Path, Path]:
     """The library as it runs (prepared) and the program using it."""
-    where = tmp_path_factory.mktemp("diff-cleanup")
+    where = tmp_path_factory.mktemp("diff-cxx")
     lib = build(SOURCE.read_text(), where)
     assert ulp("rewrite", str(lib)).returncode == 0
-    program = where / "cleanup_main"
-    linked = run(["g++", "-O2", "-o", str(program), str(PROGRAMS / "cleanup_main.cc"), str(lib),
+    program = where / "diffcxx_main"
+    linked = run(["g++", "-O2", "-o", str(program), str(PROGRAMS / "diffcxx_main.cc"), str(lib),
                   f"-Wl,-rpath,{where}"])  # fmt: skip
     assert linked.returncode == 0, linked.stderr
     return lib, program
@@ -71,7 +74,7 @@ def test_cleanup_runs_in_the_patched_function(
     assert made.returncode == 0, made.stderr
     # Its landing pads' code went out of line with it (.cold), carried with it.
     assert [x for x in made.stdout.splitlines() if x.startswith("changed:")] == [
-        "changed: cleanup.cc:_Z12cleanup_worki.cold",
+        "changed: diffcxx.cc:_Z12cleanup_worki.cold",
         "changed: _Z12cleanup_worki",
     ]
     patch = tmp_path / "patch" / "patch.so"
@@ -102,7 +105,33 @@ def test_function_that_catches_is_refused(old: tuple[Path, Path], tmp_path: Path
     assert result.returncode == 1
     why = "its exception-handling table cannot be carried (catches exceptions or has exception"
     assert result.stderr.splitlines() == [
-        f"ulp: cleanup.cc:_Z14cleanup_caughti.cold: {why} specifications)",
+        f"ulp: diffcxx.cc:_Z14cleanup_caughti.cold: {why} specifications)",
         f"ulp: _Z14cleanup_caughti: {why} specifications)",
     ]
     assert not (tmp_path / "patch").exists()
+
+
+def test_string_reached_from_its_end_is_copied_whole(
+    old: tuple[Path, Path], runtime: Path, tmp_path: Path
+) -> None:
+    """`.LC0+8` is the literal "tagged: " (its end), not the data after it; and the literal's
+    region, which the linker cut short by merging ": " into its tail, runs to its terminator.
+    Read at the field's address instead, the other two functions built from literals compared
+    changed too, and the patched code read its string from before the copied data."""
+    lib, program = old
+    source = fixed('"tagged: ") + m;', '"tagged: ") + (m + 1);')
+    new = build(source, tmp_path / "new")
+    code = run(["objdump", "-dr", "--disassemble=_Z14cleanup_taggedB5cxx11PKc", str(new)]).stdout
+    assert re.search(r"R_X86_64_PC32\s+\.LC\d+\+0x4$", code, re.M), code  # 8 - 4
+    made = ulp("diff", str(lib), str(new), "-o", str(tmp_path / "patch"))
+    assert made.returncode == 0, made.stderr
+    assert [x for x in made.stdout.splitlines() if x.startswith("changed:")] == [
+        "changed: diffcxx.cc:_Z14cleanup_taggedB5cxx11PKc.cold",
+        "changed: _Z14cleanup_taggedB5cxx11PKc",
+    ]
+    with running(program, runtime) as p:
+        assert p.ask("tagged word") == "tagged: word"
+        applied = trigger_cli("-p", str(p.pid), str(tmp_path / "patch" / "fix.ulp"))
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert p.ask("tagged word") == "tagged: ord"
+        assert p.ask("separator") == "[: ]"

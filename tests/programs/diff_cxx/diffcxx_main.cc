@@ -1,6 +1,6 @@
 // Answers one line per command on stdin with the library's functions: `work X` (what
 // cleanup_work returns, or what it threw and how many destructors have run), `caught X`,
-// `stats` and `quit`.
+// `tagged WORD`, `separator`, `stats` and `quit`.
 #include <cstdio>
 #include <iostream>
 #include <stdexcept>
@@ -8,6 +8,8 @@
 
 int cleanup_work(int x);
 int cleanup_caught(int x);
+std::string cleanup_tagged(const char *m);
+const char *cleanup_separator();
 extern int cleanup_destroyed;
 
 int main()
@@ -20,6 +22,16 @@ int main()
             return 0;
         if (command == "stats") {
             std::cout << "destroyed " << cleanup_destroyed << std::endl;
+            continue;
+        }
+        if (command == "separator") {
+            std::cout << '[' << cleanup_separator() << ']' << std::endl;
+            continue;
+        }
+        if (command == "tagged") {
+            std::string word;
+            std::cin >> word;
+            std::cout << cleanup_tagged(word.c_str()) << std::endl;
             continue;
         }
         std::cin >> x;

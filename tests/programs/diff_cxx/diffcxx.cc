@@ -1,5 +1,6 @@
-// A C++ library whose functions run destructors as an exception passes through them: gcc gives
-// each an exception-handling table, which `ulp diff` carries with the changed function.
+// A C++ library for `ulp diff`: functions that run destructors as an exception passes through
+// them (gcc gives each an exception-handling table, which the patch carries with the changed
+// function), and strings built from literals, which gcc reaches from their end.
 #include <stdexcept>
 #include <string>
 
@@ -39,4 +40,27 @@ int cleanup_caught(int x)
         return -1;
     }
     return x + 0;
+}
+
+// gcc builds each string from its literal's end (`.LC0+8`), in a constructor it outlines when
+// several functions share it, and reaches the literal's start from there.
+std::string cleanup_tagged(const char *m)
+{
+    return std::string("tagged: ") + m;
+}
+
+std::string cleanup_prefixed(const char *m)
+{
+    return std::string("a longer prefix, for another literal: ") + m;
+}
+
+std::string cleanup_suffixed(const char *m)
+{
+    return std::string(m) + " (suffixed)";
+}
+
+// The linker merges this literal into the tail of "tagged: ".
+const char *cleanup_separator()
+{
+    return ": ";
 }
