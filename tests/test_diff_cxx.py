@@ -2,8 +2,9 @@
 function that runs destructors as an exception passes through it carries its exception-handling
 table (its LSDA), so that an exception thrown below the patched function, in a running program,
 runs the patched code's landing pad and reaches the program's `catch` (a function that catches
-is refused); and a string built from a literal that the code reaches from its end, which the
-linker has merged another literal into, is copied whole."""
+is refused); a constructor with two names is replaced once; and a string built from a literal
+that the code reaches from its end, which the linker has merged another literal into, is copied
+whole."""
 
 from __future__ import annotations
 
@@ -135,3 +136,28 @@ def test_string_reached_from_its_end_is_copied_whole(
         assert applied.returncode == 0, applied.stdout + applied.stderr
         assert p.ask("tagged word") == "tagged: ord"
         assert p.ask("separator") == "[: ]"
+
+
+def test_constructor_with_two_names_is_replaced_once(
+    old: tuple[Path, Path], runtime: Path, tmp_path: Path
+) -> None:
+    """C1 and C2 are one function: both compare changed, and `ulp pack` refuses to replace one
+    function under two names."""
+    lib, program = old
+    symbols = {s.name: s.value for s in ElfFile.load(lib).symtab_symbols}
+    assert symbols["_ZN7CountedC1Ei"] == symbols["_ZN7CountedC2Ei"]
+    new = build(fixed("n(x + 0)", "n(x + 1)"), tmp_path / "new")
+    made = ulp("diff", str(lib), str(new), "-o", str(tmp_path / "patch"))
+    assert made.returncode == 0, made.stderr
+    assert [x for x in made.stdout.splitlines() if x.startswith("changed:")] == [
+        "changed: _ZN7CountedC1Ei",
+        "changed: _ZN7CountedC2Ei",
+    ]
+    toml = (tmp_path / "patch" / "fix.toml").read_text()
+    replaced = toml[toml.index("[replace]") :].splitlines()[1:]
+    assert [x for x in replaced if x] == ['"_ZN7CountedC1Ei" = "ulp_diff__ZN7CountedC1Ei"'], toml
+    with running(program, runtime) as p:
+        assert p.ask("counted 5") == "5"
+        applied = trigger_cli("-p", str(p.pid), str(tmp_path / "patch" / "fix.ulp"))
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert p.ask("counted 5") == "6"

@@ -45,16 +45,27 @@ def _entries(
     function (by its name)."""
     carried = {k: new.items[k] for k in found.changed + found.new}
     entries: dict[str, Item] = {}
+    # The running functions replaced, by address: C++'s complete and base constructors (C1, C2)
+    # and destructors are often one function with two names, both changed; it is replaced
+    # once, under the first name.
+    replaced: set[int] = set()
     for key in found.changed:
         before = old.items[key]
+        if before.start in replaced:
+            continue
         if patchable.entry_nop(old.elf, before.start) is not None:
             entries[before.name] = new.items[key]
+            replaced.add(before.start)
             continue
         parent = _parent(key, old, new)
         if parent is not None:
             carried.setdefault(parent, new.items[parent])
-            if patchable.entry_nop(old.elf, old.items[parent].start) is not None:
+            running = old.items[parent].start
+            if running in replaced:
+                continue
+            if patchable.entry_nop(old.elf, running) is not None:
                 entries[old.items[parent].name] = new.items[parent]
+                replaced.add(running)
                 continue
         problems.append(
             f"{key}: changed, but has no patchable entry in {old.elf.name} (assembly, or"

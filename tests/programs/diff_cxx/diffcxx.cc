@@ -64,3 +64,16 @@ const char *cleanup_separator()
 {
     return ": ";
 }
+
+// Its complete and base object constructors (C1, C2) are one function with two names.
+struct Counted {
+    int n;
+    explicit Counted(int x);
+};
+
+Counted::Counted(int x) : n(x + 0) {}
+
+int cleanup_counted(int x)
+{
+    return Counted(x).n;
+}

@@ -1,6 +1,6 @@
 // Answers one line per command on stdin with the library's functions: `work X` (what
 // cleanup_work returns, or what it threw and how many destructors have run), `caught X`,
-// `tagged WORD`, `separator`, `stats` and `quit`.
+// `tagged WORD`, `separator`, `counted X`, `stats` and `quit`.
 #include <cstdio>
 #include <iostream>
 #include <stdexcept>
@@ -8,6 +8,7 @@
 
 int cleanup_work(int x);
 int cleanup_caught(int x);
+int cleanup_counted(int x);
 std::string cleanup_tagged(const char *m);
 const char *cleanup_separator();
 extern int cleanup_destroyed;
@@ -35,6 +36,10 @@ int main()
             continue;
         }
         std::cin >> x;
+        if (command == "counted") {
+            std::cout << cleanup_counted(x) << std::endl;
+            continue;
+        }
         if (command == "caught") {
             std::cout << cleanup_caught(x) << std::endl;
             continue;
