@@ -2,9 +2,9 @@
 function that runs destructors as an exception passes through it carries its exception-handling
 table (its LSDA), so that an exception thrown below the patched function, in a running program,
 runs the patched code's landing pad and reaches the program's `catch` (a function that catches
-is refused); a constructor with two names is replaced once; and a string built from a literal
-that the code reaches from its end, which the linker has merged another literal into, is copied
-whole."""
+is refused); a constructor with two names is replaced once; a string built from a literal that
+the code reaches from its end, which the linker has merged another literal into, is copied
+whole; and a switch's table that only got another number is the same table."""
 
 from __future__ import annotations
 
@@ -161,3 +161,29 @@ def test_constructor_with_two_names_is_replaced_once(
         applied = trigger_cli("-p", str(p.pid), str(tmp_path / "patch" / "fix.ulp"))
         assert applied.returncode == 0, applied.stdout + applied.stderr
         assert p.ask("counted 5") == "6"
+
+
+def test_renumbered_switch_table_is_the_same(
+    old: tuple[Path, Path], runtime: Path, tmp_path: Path
+) -> None:
+    """The fix instantiates more templates, so gcc numbers cleanup_kind's table anew; the
+    table and its reader are the same, and only the fixed function is carried."""
+    lib, program = old
+    new = build(
+        fixed("std::to_string(x).size());", 'std::to_string(x).size()) + std::stoi("1");'),
+        tmp_path / "new",
+    )
+
+    def tables(path: Path) -> list[str]:
+        return [s.name for s in ElfFile.load(path).symtab_symbols if s.name.startswith("CSWTCH")]
+
+    assert len(tables(lib)) == 1 and tables(lib) != tables(new)
+    made = ulp("diff", str(lib), str(new), "-o", str(tmp_path / "patch"))
+    assert made.returncode == 0, made.stderr
+    changed = [x for x in made.stdout.splitlines() if x.startswith("changed:")]
+    assert changed == ["changed: _Z14cleanup_digitsi"], made.stdout
+    with running(program, runtime) as p:
+        assert [p.ask("kind 2"), p.ask("digits 123")] == ["37", "3"]
+        applied = trigger_cli("-p", str(p.pid), str(tmp_path / "patch" / "fix.ulp"))
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert [p.ask("kind 2"), p.ask("digits 123")] == ["37", "4"]

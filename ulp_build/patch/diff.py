@@ -23,7 +23,7 @@ from ulp_build.elf import ElfFile
 from ulp_build.elf.constants import SHF_WRITE
 from ulp_build.errors import UlpError
 from ulp_build.patch import changes, patch_source, signatures
-from ulp_build.patch.library_build import Item, LibraryBuild
+from ulp_build.patch.library_build import NUMBERED, Item, LibraryBuild
 from ulp_build.patch.packer import Packed, pack
 from ulp_build.prepare import patchable
 from ulp_build.prepare.layout import is_prepared
@@ -81,9 +81,8 @@ def _parent(key: str, old: LibraryBuild, new: LibraryBuild) -> str | None:
     return parent if parent is not None and parent in old.items else None
 
 
-# gcc names a function's static variable NAME.N, N counting in its file: a static added before
-# it renumbers it, and the same variable looks removed and new.
-_NUMBERED = re.compile(r"^(.*)\.\d+$")
+# A static variable added before another renumbers it (library_build.NUMBERED), and the same
+# variable looks removed and new.
 
 
 def _renumbered(old: LibraryBuild, new: LibraryBuild, found: changes.Changes) -> list[str]:
@@ -91,12 +90,12 @@ def _renumbered(old: LibraryBuild, new: LibraryBuild, found: changes.Changes) ->
     give it a fresh copy, apart from the running one."""
     removed = {}
     for key in found.removed_data:
-        numbered = _NUMBERED.match(key)
+        numbered = NUMBERED.match(key)
         if numbered:
             removed.setdefault(numbered.group(1), key)
     out = []
     for key in found.new_data:
-        numbered = _NUMBERED.match(key)
+        numbered = NUMBERED.match(key)
         item = new.items[key]
         if numbered and numbered.group(1) in removed and item.section.flags & SHF_WRITE:
             out.append(
@@ -155,7 +154,7 @@ def diff(
     ]
     problems += _renumbered(old, new, found)
     numbered = [(old.items[k], i) for k, i in new.items.items()
-                if _NUMBERED.match(k) and k in old.items and not i.is_function]  # fmt: skip
+                if NUMBERED.match(k) and k in old.items and not i.is_function]  # fmt: skip
     functions = [new.items[k] for k in found.changed]
     problems += signatures.changed(old.elf, new.elf, functions, numbered)
     if not found.changed and not problems:

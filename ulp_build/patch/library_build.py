@@ -12,6 +12,7 @@ whose references changed does not. (docs/diff.md.)
 from __future__ import annotations
 
 import bisect
+import re
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -48,6 +49,9 @@ from ulp_build.elf.relocations import Relocation
 from ulp_build.errors import UlpError
 from ulp_build.prepare import codegen, patchable, taken_addresses, x86_decoder
 from ulp_build.prepare.layout import DESCRIPTOR, DESCRIPTOR_OFFSET, SECTION_DATA
+
+# gcc names a static object NAME.N, N counting in its file (_renumbered_constant).
+NUMBERED = re.compile(r"^(.*)\.\d+$")
 
 # How deep references from data to data are followed when comparing (_key).
 _DEEPEST = 4
@@ -419,8 +423,12 @@ class LibraryBuild:
 
     def _key(self, target: Target, depth: int) -> tuple[object, ...]:
         if target.kind == "item":
-            assert target.item is not None
-            return ("item", target.item.key, target.offset)
+            item = target.item
+            assert item is not None
+            if depth < _DEEPEST and self._renumbered_constant(item):
+                shape = self.data_shape(item.start, item.end, item.section, depth + 1)
+                return ("constant", target.offset, shape)
+            return ("item", item.key, target.offset)
         if target.kind == "got":
             return ("got", target.item.key if target.item else target.name)
         if target.kind == "region" and target.region is not None:
@@ -434,6 +442,21 @@ class LibraryBuild:
             inner = self.data_shape(region.start, end, region.section, depth + 1)
             return ("region", target.offset, inner)
         return (target.kind, target.name, target.value if target.kind == "tls" else 0)
+
+    @staticmethod
+    def _renumbered_constant(item: Item) -> bool:
+        """A read-only object of one file that gcc numbers (`CSWTCH.14`, the table it turns a
+        switch into; `table.0`, a function's static const), counting in its file: a declaration
+        added anywhere in the file renumbers it, so it is compared by its value, not its name.
+        Readers of the same values, under another number, are the same code."""
+        sym = item.symbol
+        return (
+            not item.is_function
+            and sym.bind not in (STB_GLOBAL, STB_WEAK)
+            and not item.section.flags & SHF_WRITE
+            and item.section.type != SHT_NOBITS
+            and NUMBERED.match(item.name) is not None
+        )
 
     def _unpadded_end(self, region: Region) -> int:
         """Where a region's data ends without the zeros after its last nonzero byte: the

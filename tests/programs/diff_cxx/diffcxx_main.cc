@@ -1,6 +1,6 @@
 // Answers one line per command on stdin with the library's functions: `work X` (what
 // cleanup_work returns, or what it threw and how many destructors have run), `caught X`,
-// `tagged WORD`, `separator`, `counted X`, `stats` and `quit`.
+// `tagged WORD`, `separator`, `counted X`, `digits X`, `kind X`, `stats` and `quit`.
 #include <cstdio>
 #include <iostream>
 #include <stdexcept>
@@ -9,6 +9,8 @@
 int cleanup_work(int x);
 int cleanup_caught(int x);
 int cleanup_counted(int x);
+int cleanup_digits(int x);
+int cleanup_kind(int x);
 std::string cleanup_tagged(const char *m);
 const char *cleanup_separator();
 extern int cleanup_destroyed;
@@ -36,6 +38,10 @@ int main()
             continue;
         }
         std::cin >> x;
+        if (command == "digits" || command == "kind") {
+            std::cout << (command == "kind" ? cleanup_kind(x) : cleanup_digits(x)) << std::endl;
+            continue;
+        }
         if (command == "counted") {
             std::cout << cleanup_counted(x) << std::endl;
             continue;
