@@ -182,6 +182,7 @@ def test_renumbered_switch_table_is_the_same(
     assert made.returncode == 0, made.stderr
     changed = [x for x in made.stdout.splitlines() if x.startswith("changed:")]
     assert changed == ["changed: _Z14cleanup_digitsi"], made.stdout
+    assert "new data:" not in made.stdout  # the renumbered table is not in the patch
     with running(program, runtime) as p:
         assert [p.ask("kind 2"), p.ask("digits 123")] == ["37", "3"]
         applied = trigger_cli("-p", str(p.pid), str(tmp_path / "patch" / "fix.ulp"))

@@ -176,7 +176,9 @@ def diff(
         for k in found.changed_data
         if k not in writable
     ]
-    result.lines += [f"new data: {k} (in the patch)" for k in found.new_data]
+    # New data nothing carried reads is not in the patch: a constant gcc only renumbered.
+    used = {k for item in carried for k in new.referred(item)}
+    result.lines += [f"new data: {k} (in the patch)" for k in found.new_data if k in used]
     ident = patch_id or f"{_library_name(new_path)}-diff"
     text = description or f"ulp diff {old_path.name} {new_path.name}: " + ", ".join(sorted(entries))
     result.packed = _write(out, old_path, source, ident, text)
