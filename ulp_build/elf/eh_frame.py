@@ -14,6 +14,8 @@ from ulp_build.elf.image import ElfImage
 
 # DW_EH_PE encodings of an FDE's address: absolute 8 bytes, or PC-relative signed 4 bytes.
 _ABSOLUTE, _PCREL_SDATA4 = 0x00, 0x1B
+# Marks a pointer to the slot holding the address rather than the address (DW_EH_PE_indirect).
+_INDIRECT = 0x80
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,9 @@ class Cie:
     initial: bytes  # the initial instructions
     encoding: int  # of the FDEs' addresses
     has_lsda: bool  # FDEs point at exception-handling tables of their function
+    lsda_encoding: int  # of the FDEs' pointers to those tables
+    personality_encoding: int  # of `personality`; with 0x80, it is a slot holding the address
+    personality: int  # the routine that reads the tables (or its slot); 0: none
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,7 @@ class Fde:
     lsda: int  # 0: none
 
 
-def _leb128(data: bytes, at: int, signed: bool = False) -> tuple[int, int]:
+def leb128(data: bytes, at: int, signed: bool = False) -> tuple[int, int]:
     """The LEB128 number at `at`, and where the next field starts."""
     value = shift = 0
     while True:
@@ -68,30 +73,31 @@ class EhFrame:
         if version not in (1, 3) or not augmentation.startswith("z"):
             return None
         at = nul + 1
-        code_align, at = _leb128(data, at)
-        data_align, at = _leb128(data, at, signed=True)
+        code_align, at = leb128(data, at)
+        data_align, at = leb128(data, at, signed=True)
         if version == 1:
             column, at = data[at], at + 1
         else:
-            column, at = _leb128(data, at)
-        length, at = _leb128(data, at)
+            column, at = leb128(data, at)
+        length, at = leb128(data, at)
         after = at + length
-        encoding, has_lsda = _ABSOLUTE, False
+        encoding, has_lsda, lsda_encoding = _ABSOLUTE, False, _ABSOLUTE
+        handler = personality = 0
         for letter in augmentation[1:]:
             if letter == "R":
                 encoding, at = data[at], at + 1
             elif letter == "L":
-                has_lsda, at = True, at + 1
+                has_lsda, lsda_encoding, at = True, data[at], at + 1
             elif letter == "P":
                 handler = data[at]
-                found = self._pointer(handler & 0x7F, data, at + 1, base)
+                found = self._pointer(handler & ~_INDIRECT, data, at + 1, base)
                 if found is None:
                     return None
-                at = found[1]
+                personality, at = found
             elif letter != "S":
                 return None
         return Cie(augmentation, code_align, data_align, column, data[after:end], encoding,
-                   has_lsda)  # fmt: skip
+                   has_lsda, lsda_encoding, handler, personality)  # fmt: skip
 
     @cached_property
     def fdes(self) -> list[Fde]:
@@ -127,10 +133,10 @@ class EhFrame:
         start, at = found
         size = struct.unpack_from("<I" if cie.encoding == _PCREL_SDATA4 else "<Q", data, at)[0]
         at += 4 if cie.encoding == _PCREL_SDATA4 else 8
-        length, at = _leb128(data, at)
+        length, at = leb128(data, at)
         lsda = 0
         if cie.has_lsda and length:
-            found = self._pointer(cie.encoding, data, at, base)
+            found = self._pointer(cie.lsda_encoding, data, at, base)
             lsda = found[0] if found else 0
         return Fde(start, start + size, data[at + length : end], cie, lsda)
 

@@ -23,7 +23,7 @@ from ulp_build.elf import ElfFile
 from ulp_build.elf.constants import SHF_WRITE
 from ulp_build.errors import UlpError
 from ulp_build.patch import changes, patch_source, signatures
-from ulp_build.patch.library_build import Item, LibraryBuild
+from ulp_build.patch.library_build import NUMBERED, Item, LibraryBuild
 from ulp_build.patch.packer import Packed, pack
 from ulp_build.prepare import patchable
 from ulp_build.prepare.layout import is_prepared
@@ -45,16 +45,27 @@ def _entries(
     function (by its name)."""
     carried = {k: new.items[k] for k in found.changed + found.new}
     entries: dict[str, Item] = {}
+    # The running functions replaced, by address: C++'s complete and base constructors (C1, C2)
+    # and destructors are often one function with two names, both changed; it is replaced
+    # once, under the first name.
+    replaced: set[int] = set()
     for key in found.changed:
         before = old.items[key]
+        if before.start in replaced:
+            continue
         if patchable.entry_nop(old.elf, before.start) is not None:
             entries[before.name] = new.items[key]
+            replaced.add(before.start)
             continue
         parent = _parent(key, old, new)
         if parent is not None:
             carried.setdefault(parent, new.items[parent])
-            if patchable.entry_nop(old.elf, old.items[parent].start) is not None:
+            running = old.items[parent].start
+            if running in replaced:
+                continue
+            if patchable.entry_nop(old.elf, running) is not None:
                 entries[old.items[parent].name] = new.items[parent]
+                replaced.add(running)
                 continue
         problems.append(
             f"{key}: changed, but has no patchable entry in {old.elf.name} (assembly, or"
@@ -70,9 +81,8 @@ def _parent(key: str, old: LibraryBuild, new: LibraryBuild) -> str | None:
     return parent if parent is not None and parent in old.items else None
 
 
-# gcc names a function's static variable NAME.N, N counting in its file: a static added before
-# it renumbers it, and the same variable looks removed and new.
-_NUMBERED = re.compile(r"^(.*)\.\d+$")
+# A static variable added before another renumbers it (library_build.NUMBERED), and the same
+# variable looks removed and new.
 
 
 def _renumbered(old: LibraryBuild, new: LibraryBuild, found: changes.Changes) -> list[str]:
@@ -80,12 +90,12 @@ def _renumbered(old: LibraryBuild, new: LibraryBuild, found: changes.Changes) ->
     give it a fresh copy, apart from the running one."""
     removed = {}
     for key in found.removed_data:
-        numbered = _NUMBERED.match(key)
+        numbered = NUMBERED.match(key)
         if numbered:
             removed.setdefault(numbered.group(1), key)
     out = []
     for key in found.new_data:
-        numbered = _NUMBERED.match(key)
+        numbered = NUMBERED.match(key)
         item = new.items[key]
         if numbered and numbered.group(1) in removed and item.section.flags & SHF_WRITE:
             out.append(
@@ -144,7 +154,7 @@ def diff(
     ]
     problems += _renumbered(old, new, found)
     numbered = [(old.items[k], i) for k, i in new.items.items()
-                if _NUMBERED.match(k) and k in old.items and not i.is_function]  # fmt: skip
+                if NUMBERED.match(k) and k in old.items and not i.is_function]  # fmt: skip
     functions = [new.items[k] for k in found.changed]
     problems += signatures.changed(old.elf, new.elf, functions, numbered)
     if not found.changed and not problems:
@@ -166,7 +176,9 @@ def diff(
         for k in found.changed_data
         if k not in writable
     ]
-    result.lines += [f"new data: {k} (in the patch)" for k in found.new_data]
+    # New data nothing carried reads is not in the patch: a constant gcc only renumbered.
+    used = {k for item in carried for k in new.referred(item)}
+    result.lines += [f"new data: {k} (in the patch)" for k in found.new_data if k in used]
     ident = patch_id or f"{_library_name(new_path)}-diff"
     text = description or f"ulp diff {old_path.name} {new_path.name}: " + ", ".join(sorted(entries))
     result.packed = _write(out, old_path, source, ident, text)

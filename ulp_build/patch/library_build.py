@@ -12,6 +12,7 @@ whose references changed does not. (docs/diff.md.)
 from __future__ import annotations
 
 import bisect
+import re
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -28,6 +29,7 @@ from ulp_build.elf.constants import (
     R_X86_64_PLT32,
     R_X86_64_REX_GOTPCRELX,
     SHF_ALLOC,
+    SHF_EXECINSTR,
     SHF_WRITE,
     SHN_LORESERVE,
     SHN_UNDEF,
@@ -47,6 +49,9 @@ from ulp_build.elf.relocations import Relocation
 from ulp_build.errors import UlpError
 from ulp_build.prepare import codegen, patchable, taken_addresses, x86_decoder
 from ulp_build.prepare.layout import DESCRIPTOR, DESCRIPTOR_OFFSET, SECTION_DATA
+
+# gcc names a static object NAME.N, N counting in its file (_renumbered_constant).
+NUMBERED = re.compile(r"^(.*)\.\d+$")
 
 # How deep references from data to data are followed when comparing (_key).
 _DEEPEST = 4
@@ -316,6 +321,13 @@ class LibraryBuild:
             item = self.item_of_symbol(sym)
             if item is not None:
                 return Target("item", value, item=item, offset=value - item.start)
+        if named and sym.type == STT_NOTYPE and self.item_at(sym.value) is None:
+            # A label the assembler kept (`.LC0`, a constant in a mergeable section): the
+            # constant starts there, wherever the field points (gcc passes `.LC0+9`, the end
+            # of a 9-byte string, and computes its start from that).
+            region = self.region_at(sym.value)
+            if region is not None:
+                return Target("region", value, region=region, offset=value - region.start)
         addr = self._referred_address(rel, value, next_instruction, region_start)
         item = self.item_at(addr)
         if item is not None:
@@ -347,7 +359,10 @@ class LibraryBuild:
                         continue
                     if sym.type not in (STT_SECTION, STT_NOTYPE):
                         continue
-                    addr = self._referred_address(rel, sym.value + rel.addend, end, None)
+                    if sym.type == STT_NOTYPE and sym.name:
+                        addr = sym.value  # where its constant starts (target)
+                    else:
+                        addr = self._referred_address(rel, sym.value + rel.addend, end, None)
                     sec = self.section_at(addr)
                     if sec is not None:
                         bounds.setdefault(sec.index, set()).add(addr)
@@ -366,7 +381,22 @@ class LibraryBuild:
         bounds = self._region_bounds.get(sec.index, [])
         after = bisect.bisect_right(bounds, addr)
         end = bounds[after] if after < len(bounds) else sec.addr + sec.size
-        return Region(sec, addr, end)
+        return Region(sec, addr, self._string_end(sec, addr, end))
+
+    def _string_end(self, sec: Section, start: int, end: int) -> int:
+        """Where read-only data from `start` that holds no zero byte before `end` ends: past
+        its first zero byte. The linker merges a string into the tail of a longer one (": "
+        into "error: "), so a reference to the short one cuts the long one's region short of
+        its terminator; a copy of that region would be a string running into other data."""
+        if sec.flags & (SHF_WRITE | SHF_EXECINSTR) or sec.type == SHT_NOBITS:
+            return end
+        tail = self.elf.read(end, sec.addr + sec.size - end)
+        nul = tail.find(b"\0")
+        if nul < 0 or b"\0" in self.elf.read(start, end - start):
+            return end
+        if self.relocations_in(start, end + nul + 1):
+            return end  # a table of addresses, not a string
+        return end + nul + 1
 
     def region_bytes(self, region: Region) -> bytes:
         if region.section.type == SHT_NOBITS:
@@ -393,8 +423,12 @@ class LibraryBuild:
 
     def _key(self, target: Target, depth: int) -> tuple[object, ...]:
         if target.kind == "item":
-            assert target.item is not None
-            return ("item", target.item.key, target.offset)
+            item = target.item
+            assert item is not None
+            if depth < _DEEPEST and self._renumbered_constant(item):
+                shape = self.data_shape(item.start, item.end, item.section, depth + 1)
+                return ("constant", target.offset, shape)
+            return ("item", item.key, target.offset)
         if target.kind == "got":
             return ("got", target.item.key if target.item else target.name)
         if target.kind == "region" and target.region is not None:
@@ -408,6 +442,21 @@ class LibraryBuild:
             inner = self.data_shape(region.start, end, region.section, depth + 1)
             return ("region", target.offset, inner)
         return (target.kind, target.name, target.value if target.kind == "tls" else 0)
+
+    @staticmethod
+    def _renumbered_constant(item: Item) -> bool:
+        """A read-only object of one file that gcc numbers (`CSWTCH.14`, the table it turns a
+        switch into; `table.0`, a function's static const), counting in its file: a declaration
+        added anywhere in the file renumbers it, so it is compared by its value, not its name.
+        Readers of the same values, under another number, are the same code."""
+        sym = item.symbol
+        return (
+            not item.is_function
+            and sym.bind not in (STB_GLOBAL, STB_WEAK)
+            and not item.section.flags & SHF_WRITE
+            and item.section.type != SHT_NOBITS
+            and NUMBERED.match(item.name) is not None
+        )
 
     def _unpadded_end(self, region: Region) -> int:
         """Where a region's data ends without the zeros after its last nonzero byte: the

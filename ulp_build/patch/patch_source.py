@@ -16,13 +16,14 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from ulp_build.elf import lsda
 from ulp_build.elf.constants import (
     R_X86_64_GLOB_DAT,
     R_X86_64_PC32,
     SHF_WRITE,
     SHT_NOBITS,
 )
-from ulp_build.elf.eh_frame import EhFrame
+from ulp_build.elf.eh_frame import Cie, EhFrame, Fde
 from ulp_build.elf.relocations import Relocation
 from ulp_build.patch import near
 from ulp_build.patch.library_build import (
@@ -84,6 +85,8 @@ class _Writer:
         self.problems: list[str] = []
         self._taken = taken
         self.eh_frame = EhFrame(new.elf)
+        self._tables: list[tuple[str, bytes]] = []  # (label, the exception-handling table)
+        self._personality_slots: dict[str, str] = {}  # routine -> the slot's label
 
     # -- the expression a moved field gets ------------------------------------------------------
 
@@ -257,24 +260,80 @@ class _Writer:
     def _unwind(self, item: Item) -> list[str]:
         """The function's FDE instructions, as they are: they describe offsets from its start,
         and the bytes are the same. The assembler's CIE must be the compiler's, which holds
-        for gcc's C code; exception tables (an LSDA) would have to move too, and do not."""
+        for gcc's code. Its exception-handling table moves with it (_exception_table)."""
         fde = self.eh_frame.at(item.start)
         if fde is None:
             self.problems.append(f"{item.key}: has no unwind information (.eh_frame) to carry")
             return ["        .cfi_startproc"]
         cie = fde.cie
         usual = (cie.code_align, cie.data_align, cie.return_column) == (1, -8, 16)
-        if not usual or cie.initial.rstrip(b"\0") != _GAS_CIE or fde.lsda:
+        if not usual or cie.initial.rstrip(b"\0") != _GAS_CIE:
             self.problems.append(
-                f"{item.key}: its unwind information cannot be carried (exception-handling"
-                " tables, or a CIE the assembler does not write)"
+                f"{item.key}: its unwind information cannot be carried (a CIE the assembler"
+                " does not write)"
             )
             return ["        .cfi_startproc"]
         program = fde.instructions.rstrip(b"\0")
-        return ["        .cfi_startproc"] + [
+        lines = ["        .cfi_startproc"]
+        if fde.lsda:
+            lines += self._exception_table(item, fde)
+        return lines + [
             "        .cfi_escape " + ", ".join(f"0x{b:02x}" for b in program[i : i + 16])
             for i in range(0, len(program), 16)
         ]
+
+    def _exception_table(self, item: Item, fde: Fde) -> list[str]:
+        """The directives pointing the function's FDE at a copy of its exception-handling
+        table (destructors run as an exception passes, `noexcept`), and the copy, for `write`
+        to emit. The table moves as bytes when all its places are offsets from the function's
+        start; a type table (`catch`, exception specifications) would point at typeinfo
+        objects, and is refused."""
+        new, cie = self.new, fde.cie
+        sec = new.section_at(fde.lsda)
+        end = 0 if sec is None else sec.addr + sec.size
+        table = None if sec is None else lsda.read(new.elf.read(fde.lsda, end - fde.lsda))
+        routine = self._personality(cie)
+        if table is None or table.has_types or not table.within(item.symbol.size):
+            why = "catches exceptions or has exception specifications" if table else "unread"
+            self.problems.append(
+                f"{item.key}: its exception-handling table cannot be carried ({why})"
+            )
+            return []
+        if routine is None:
+            self.problems.append(f"{item.key}: its personality routine is not another library's")
+            return []
+        slot = self._personality_slots.get(routine)
+        if slot is None:
+            slot = label_for(f"personality_{len(self._personality_slots)}", self._taken)
+            self._personality_slots[routine] = slot
+        label = f".L{label_for(f'lsda_{len(self._tables)}', self._taken)}"
+        self._tables.append((label, table.data))
+        # The encodings gcc uses: the slot and the table, each by a signed 32-bit distance.
+        return [f"        .cfi_personality 0x9b, {slot}", f"        .cfi_lsda 0x1b, {label}"]
+
+    def _personality(self, cie: Cie) -> str | None:
+        """The name of the routine the CIE's FDEs unwind with, read through the slot gcc points
+        at (`DW.ref.__gxx_personality_v0`): another library's symbol, bound by the loader."""
+        if cie.personality_encoding != 0x9B:
+            return None
+        for rel in self.new.relocations_in(cie.personality, cie.personality + 8):
+            target = self.new.target(rel, None)
+            if rel.offset == cie.personality and target.kind == "external":
+                return target.name.split("@")[0]
+        return None
+
+    def _handling(self) -> list[str]:
+        """The copied exception-handling tables, and a slot per personality routine that their
+        FDEs point at, in the patch's own data."""
+        lines: list[str] = []
+        if self._tables:
+            lines += ["", '        .section .gcc_except_table, "a", @progbits']
+        for label, data in self._tables:
+            lines += ["        .balign 4", f"{label}:", *self._bytes(data)]
+        for routine, slot in self._personality_slots.items():
+            lines += ["", f'        .section .data.rel.ro.{slot}, "aw"', "        .balign 8",
+                      f"{slot}:", f"        .quad {routine}"]  # fmt: skip
+        return lines
 
     def _data(self, name: str, what: Region | Item) -> list[str]:
         new = self.new
@@ -323,6 +382,7 @@ class _Writer:
         # other libraries (_data), never to more data to copy.
         for name, what in self.copies.values():
             body += self._data(name, what)
+        body += self._handling()
         head = [f'        .section {near.SECTION}, "a"']
         for offset in sorted(self.near):
             name = f"{near.PREFIX}{offset:x}"
