@@ -81,13 +81,10 @@ def _parent(key: str, old: LibraryBuild, new: LibraryBuild) -> str | None:
     return parent if parent is not None and parent in old.items else None
 
 
-# A static variable added before another renumbers it (library_build.NUMBERED), and the same
-# variable looks removed and new.
-
-
 def _renumbered(old: LibraryBuild, new: LibraryBuild, found: changes.Changes) -> list[str]:
-    """A line per new writable object that may be a removed one renumbered: the patch would
-    give it a fresh copy, apart from the running one."""
+    """A line per new writable object that may be a removed one renumbered (gcc numbers a
+    static NAME.N in its file, library_build.NUMBERED: one added before it renumbers it): the
+    patch would give it a fresh copy, apart from the running one."""
     removed = {}
     for key in found.removed_data:
         numbered = NUMBERED.match(key)
