@@ -88,6 +88,13 @@ def trigger_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return ulp("trigger", *args)
 
 
+def triggered(pid: int, patch: Path) -> subprocess.CompletedProcess[str]:
+    """`ulp trigger -p PID PATCH`, which must succeed."""
+    result = trigger_cli("-p", str(pid), str(patch))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
 def code_bytes(pid: int, library: Path) -> bytes:
     """The library's executable mappings in the process, as they are now."""
     out = b""

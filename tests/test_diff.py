@@ -7,44 +7,28 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import diff_builds
 import pytest
 from conftest import run, ulp
-from live import running, trigger_cli
+from live import running, triggered
 
 from sample_libs import samples
 from ulp_build.elf import STT_SECTION, ElfFile
 from ulp_build.elf.eh_frame import EhFrame
 from ulp_build.patch.library_build import LibraryBuild
-from ulp_build.prepare.layout import CFLAGS
 
 SOURCE = samples.ROOT / "diff" / "diffed.c"
 DRIVER = samples.ROOT / "diff" / "diffed_main.c"
-FLAGS = [*CFLAGS, "-O2", "-g", "-fPIC", "-ffunction-sections", "-fdata-sections", "-Wall"]
 
 
 def build(text: str, out: Path) -> Path:
-    """libdiffed.so from `text`, in `out` under the source's own file name (a static's key
-    names its file), linked with --emit-relocs."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "diffed.c").write_text(text)
-    lib = out / "libdiffed.so"
-    built = run(["gcc", *FLAGS, "-shared", "-Wl,--emit-relocs", "-o", str(lib),
-                 str(out / "diffed.c")], cwd=out)  # fmt: skip
-    assert built.returncode == 0, built.stderr
-    return lib
+    return diff_builds.build("gcc", SOURCE, text, out)
 
 
 @pytest.fixture(scope="module")
 def old(tmp_path_factory: pytest.TempPathFactory, runtime: Path) -> tuple[Path, Path]:
     """The library as it runs (prepared) and the program using it."""
-    where = tmp_path_factory.mktemp("diff-old")
-    lib = build(SOURCE.read_text(), where)
-    assert ulp("rewrite", str(lib)).returncode == 0
-    program = where / "diffed_main"
-    linked = run(["gcc", "-O2", "-o", str(program), str(DRIVER), str(lib),
-                  f"-Wl,-rpath,{where}"])  # fmt: skip
-    assert linked.returncode == 0, linked.stderr
-    return lib, program
+    return diff_builds.running_build("gcc", SOURCE, DRIVER, tmp_path_factory.mktemp("diff-old"))
 
 
 def test_prepared_build_keeps_its_section_symbols_true(old: tuple[Path, Path]) -> None:
@@ -179,11 +163,9 @@ def test_fix_made_into_a_live_patch(
     assert carried == unwind_programs(new, names)
     with running(program, runtime) as p:
         assert [p.ask(c) for c, _old, _new in checks] == [o for _c, o, _n in checks]
-        applied = trigger_cli("-p", str(p.pid), str(tmp_path / "patch" / "fix.ulp"))
-        assert applied.returncode == 0, applied.stdout + applied.stderr
+        triggered(p.pid, tmp_path / "patch" / "fix.ulp")
         assert [p.ask(c) for c, _old, _new in checks] == [n for _c, _o, n in checks]
-        reverted = trigger_cli("-p", str(p.pid), str(tmp_path / "patch" / "fix.rev.ulp"))
-        assert reverted.returncode == 0, reverted.stdout + reverted.stderr
+        triggered(p.pid, tmp_path / "patch" / "fix.rev.ulp")
         assert [p.ask(c) for c, _old, _new in checks] == [o for _c, o, _n in checks]
 
 
@@ -231,11 +213,9 @@ def test_fix_touching_a_static_variable_shares_it(
     assert made.returncode == 0, made.stderr
     with running(program, runtime) as p:
         assert [p.ask("count") for _ in range(3)] == ["1", "2", "3"]
-        applied = trigger_cli("-p", str(p.pid), str(tmp_path / "patch" / "fix.ulp"))
-        assert applied.returncode == 0, applied.stdout + applied.stderr
+        triggered(p.pid, tmp_path / "patch" / "fix.ulp")
         assert [p.ask("count") for _ in range(2)] == ["13", "23"]
-        reverted = trigger_cli("-p", str(p.pid), str(tmp_path / "patch" / "fix.rev.ulp"))
-        assert reverted.returncode == 0, reverted.stdout + reverted.stderr
+        triggered(p.pid, tmp_path / "patch" / "fix.rev.ulp")
         assert p.ask("count") == "24"
 
 
@@ -256,8 +236,7 @@ def test_accepted_data_change_keeps_the_running_value(
     assert made.returncode == 0, made.stderr
     assert "changed: diffed_add" in made.stdout.splitlines()
     with running(program, runtime) as p:
-        applied = trigger_cli("-p", str(p.pid), str(tmp_path / "patch" / "fix.ulp"))
-        assert applied.returncode == 0, applied.stdout + applied.stderr
+        triggered(p.pid, tmp_path / "patch" / "fix.ulp")
         assert p.ask("add 2 3") == "6"
         assert p.ask("clamped 50") == "100"
 
@@ -341,7 +320,9 @@ def test_inputs_without_kept_relocations(old: tuple[Path, Path], tmp_path: Path)
     lib, _program = old
     (tmp_path / "diffed.c").write_text(SOURCE.read_text())
     plain = tmp_path / "libplain.so"
-    built = run(["gcc", *FLAGS, "-shared", "-o", str(plain), str(tmp_path / "diffed.c")])
+    built = run(
+        ["gcc", *diff_builds.FLAGS, "-shared", "-o", str(plain), str(tmp_path / "diffed.c")]
+    )
     assert built.returncode == 0, built.stderr
     result = ulp("diff", str(lib), str(plain), "-o", str(tmp_path / "patch"))
     assert result.returncode == 1
@@ -361,7 +342,9 @@ def test_statics_of_one_name_in_files_of_one_name(tmp_path: Path) -> None:
                 f"static __attribute__((noinline)) int helper(int x) {{ {body} }}\n"
                 f"int {part}_value(int x) {{ return helper(x) * 2; }}\n"
             )
-            built = run(["gcc", *FLAGS, "-c", "util.c", "-o", "util.o"], cwd=where / part)
+            built = run(
+                ["gcc", *diff_builds.FLAGS, "-c", "util.c", "-o", "util.o"], cwd=where / part
+            )
             assert built.returncode == 0, built.stderr
         lib = where / "libtwo.so"
         linked = run(["gcc", "-shared", "-Wl,--emit-relocs", "-o", str(lib),
@@ -408,7 +391,7 @@ def test_address_no_item_covers_is_found_uncovered_at_once(tmp_path: Path) -> No
     )
     (tmp_path / "many.c").write_text(text)
     lib = tmp_path / "libmany.so"
-    built = run(["gcc", *FLAGS, "-shared", "-Wl,--emit-relocs", "-o", str(lib),
+    built = run(["gcc", *diff_builds.FLAGS, "-shared", "-Wl,--emit-relocs", "-o", str(lib),
                  str(tmp_path / "many.c")])  # fmt: skip
     assert built.returncode == 0, built.stderr
     build = LibraryBuild(ElfFile.load(lib))

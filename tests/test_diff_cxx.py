@@ -11,28 +11,20 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import diff_builds
 import pytest
 from conftest import run, ulp
-from live import running, trigger_cli
+from live import running, triggered
 
 from ulp_build.elf import ElfFile, lsda
 from ulp_build.elf.eh_frame import EhFrame
-from ulp_build.prepare.layout import CFLAGS
 
 PROGRAMS = Path(__file__).parent / "programs" / "diff_cxx"
 SOURCE = PROGRAMS / "diffcxx.cc"
-FLAGS = [*CFLAGS, "-O2", "-g", "-fPIC", "-ffunction-sections", "-fdata-sections", "-Wall"]
 
 
 def build(text: str, out: Path) -> Path:
-    """libdiffcxx.so from `text`, linked with --emit-relocs."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "diffcxx.cc").write_text(text)
-    lib = out / "libdiffcxx.so"
-    built = run(["g++", *FLAGS, "-shared", "-Wl,--emit-relocs", "-o", str(lib),
-                 str(out / "diffcxx.cc")], cwd=out)  # fmt: skip
-    assert built.returncode == 0, built.stderr
-    return lib
+    return diff_builds.build("g++", SOURCE, text, out)
 
 
 def fixed(before: str, after: str) -> str:
@@ -44,14 +36,8 @@ def fixed(before: str, after: str) -> str:
 @pytest.fixture(scope="module")
 def old(tmp_path_factory: pytest.TempPathFactory, runtime: Path) -> tuple[Path, Path]:
     """The library as it runs (prepared) and the program using it."""
-    where = tmp_path_factory.mktemp("diff-cxx")
-    lib = build(SOURCE.read_text(), where)
-    assert ulp("rewrite", str(lib)).returncode == 0
-    program = where / "diffcxx_main"
-    linked = run(["g++", "-O2", "-o", str(program), str(PROGRAMS / "diffcxx_main.cc"), str(lib),
-                  f"-Wl,-rpath,{where}"])  # fmt: skip
-    assert linked.returncode == 0, linked.stderr
-    return lib, program
+    driver = PROGRAMS / "diffcxx_main.cc"
+    return diff_builds.running_build("g++", SOURCE, driver, tmp_path_factory.mktemp("diff-cxx"))
 
 
 def exception_table(lib: Path, name: str) -> bytes:
@@ -86,14 +72,12 @@ def test_cleanup_runs_in_the_patched_function(
     with running(program, runtime) as p:
         assert p.ask("work 42") == "2"
         assert p.ask("work -1") == "negative: -1, destroyed 2"
-        applied = trigger_cli("-p", str(p.pid), str(tmp_path / "patch" / "fix.ulp"))
-        assert applied.returncode == 0, applied.stdout + applied.stderr
+        triggered(p.pid, tmp_path / "patch" / "fix.ulp")
         assert p.ask("work 42") == "102"
         # Thrown below the patched code, through its landing pad (the guard's destructor).
         assert p.ask("work -7") == "negative: -7, destroyed 4"
         assert p.ask("caught -3") == "-1"
-        reverted = trigger_cli("-p", str(p.pid), str(tmp_path / "patch" / "fix.rev.ulp"))
-        assert reverted.returncode == 0, reverted.stdout + reverted.stderr
+        triggered(p.pid, tmp_path / "patch" / "fix.rev.ulp")
         assert p.ask("work 42") == "2"
         assert p.ask("work -5") == "negative: -5, destroyed 6"
 
@@ -132,8 +116,7 @@ def test_string_reached_from_its_end_is_copied_whole(
     ]
     with running(program, runtime) as p:
         assert p.ask("tagged word") == "tagged: word"
-        applied = trigger_cli("-p", str(p.pid), str(tmp_path / "patch" / "fix.ulp"))
-        assert applied.returncode == 0, applied.stdout + applied.stderr
+        triggered(p.pid, tmp_path / "patch" / "fix.ulp")
         assert p.ask("tagged word") == "tagged: ord"
         assert p.ask("separator") == "[: ]"
 
@@ -158,8 +141,7 @@ def test_constructor_with_two_names_is_replaced_once(
     assert [x for x in replaced if x] == ['"_ZN7CountedC1Ei" = "ulp_diff__ZN7CountedC1Ei"'], toml
     with running(program, runtime) as p:
         assert p.ask("counted 5") == "5"
-        applied = trigger_cli("-p", str(p.pid), str(tmp_path / "patch" / "fix.ulp"))
-        assert applied.returncode == 0, applied.stdout + applied.stderr
+        triggered(p.pid, tmp_path / "patch" / "fix.ulp")
         assert p.ask("counted 5") == "6"
 
 
@@ -185,6 +167,5 @@ def test_renumbered_switch_table_is_the_same(
     assert "new data:" not in made.stdout  # the renumbered table is not in the patch
     with running(program, runtime) as p:
         assert [p.ask("kind 2"), p.ask("digits 123")] == ["37", "3"]
-        applied = trigger_cli("-p", str(p.pid), str(tmp_path / "patch" / "fix.ulp"))
-        assert applied.returncode == 0, applied.stdout + applied.stderr
+        triggered(p.pid, tmp_path / "patch" / "fix.ulp")
         assert [p.ask("kind 2"), p.ask("digits 123")] == ["37", "4"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run, ulp
-from live import PROGRAMS, running, trigger_cli
+from live import PROGRAMS, running, triggered
 
 from sample_libs import expat
 from ulp_build.elf import STT_FUNC, ElfFile, Symbol
@@ -132,11 +132,9 @@ def test_diff_finds_the_fix_and_the_shifted_line_numbers(builds: Builds) -> None
 def test_fix_applied_to_a_running_program_and_reverted(builds: Builds, runtime: Path) -> None:
     with running(builds.old_driver, runtime) as p:
         assert [p.ask("negative"), p.ask("parse")] == [UNFIXED, PARSED]
-        applied = trigger_cli("-p", str(p.pid), str(builds.patch / "fix.ulp"))
-        assert applied.returncode == 0, applied.stdout + applied.stderr
+        triggered(p.pid, builds.patch / "fix.ulp")
         assert [p.ask("negative"), p.ask("parse")] == [FIXED, PARSED]
-        reverted = trigger_cli("-p", str(p.pid), str(builds.patch / "fix.rev.ulp"))
-        assert reverted.returncode == 0, reverted.stdout + reverted.stderr
+        triggered(p.pid, builds.patch / "fix.rev.ulp")
         assert [p.ask("negative"), p.ask("parse")] == [UNFIXED, PARSED]
 
 

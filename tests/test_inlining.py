@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, run, ulp
-from live import running, trigger_cli
+from live import running, triggered
 
 from ulp_build.elf import ElfFile
 from ulp_build.errors import UlpError
@@ -142,8 +142,7 @@ def test_the_inlined_copies_really_keep_the_old_code(
         pack(_describe(built, tmp_path, replace), patch)
         with running(program, runtime) as p:
             assert p.ask("4x") == "112 112 112"  # '4' * 10 + 'x' - '0'
-            applied = trigger_cli("-p", str(p.pid), str(patch))
-            assert applied.returncode == 0, applied.stdout + applied.stderr
+            applied = triggered(p.pid, patch)
             assert applied.stdout.startswith(f"{p.pid}: applied:"), applied.stdout
             assert p.ask("4x") == after
             assert p.ask("42") == "42 42 42"

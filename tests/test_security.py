@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BuiltSample, run, ulp
-from live import OVERFLOWED, PROGRAMS, SATURATED, Process, trigger_cli
+from live import OVERFLOWED, PROGRAMS, SATURATED, Process, trigger_cli, triggered
 from users import NAMES, User, as_user, ensure, shared_directory
 
 from ulp_build.elf import ElfFile
@@ -160,8 +160,7 @@ def _refused(site: Site, p: Process, reason: str, *extra: str) -> None:
 def test_the_site_patches_when_nothing_is_wrong(site: Site) -> None:
     """The control for the refusals below: the same site, untouched, is patched."""
     with closing(site.start()) as p:
-        result = trigger_cli("-p", str(p.pid), str(site.ulp))
-        assert result.returncode == 0, result.stdout + result.stderr
+        triggered(p.pid, site.ulp)
         assert p.ask("square 100000") == str(SATURATED)
 
 
@@ -222,8 +221,7 @@ def test_a_users_own_patch_for_the_users_own_process(site: Site, users: tuple[Us
     for path in (site.patch_dir, *site.patch_dir.iterdir()):
         os.chown(path, alice.uid, alice.gid)
     with closing(site.start(alice)) as p:
-        result = trigger_cli("-p", str(p.pid), str(site.ulp))
-        assert result.returncode == 0, result.stdout + result.stderr
+        triggered(p.pid, site.ulp)
         assert p.ask("square 100000") == str(SATURATED)
     with closing(site.start()) as p:
         _refused(site, p, f"file owned by uid {alice.uid}, neither root nor the owner")
@@ -385,8 +383,7 @@ def test_the_hostile_object_leaves_its_mark_when_loaded(site: Site) -> None:
     """The control for the tests below: loading the hostile object is seen."""
     hostile = _pack_hostile(site)
     with closing(site.start()) as p:
-        result = trigger_cli("-p", str(p.pid), str(hostile))
-        assert result.returncode == 0, result.stdout + result.stderr
+        triggered(p.pid, hostile)
         assert site.marker.exists() and p.ask("square 7") == "-7"
 
 
@@ -454,8 +451,7 @@ def test_an_object_bind_mounted_over_in_the_targets_namespace_never_runs(site: S
     ) as p:  # fmt: skip
         seen = Path(f"/proc/{p.pid}/root{good}").read_bytes()
         assert seen == site.hostile.read_bytes() != good.read_bytes()  # namespaces differ
-        result = trigger_cli("-p", str(p.pid), str(site.ulp))
-        assert result.returncode == 0, result.stdout + result.stderr
+        triggered(p.pid, site.ulp)
         assert p.ask("square 100000") == str(SATURATED)
     assert not site.marker.exists()
 
