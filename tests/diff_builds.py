@@ -1,9 +1,11 @@
 """The two builds `ulp diff` compares, made as docs/diff.md says: the library from one source
 file, compiled with `ulp cflags` and the sections and debug information diff needs, linked with
---emit-relocs; the running one prepared, with a program linked to it."""
+--emit-relocs; the running one prepared, with a program linked to it; and `ulp diff` run on
+them."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from conftest import run, ulp
@@ -35,3 +37,15 @@ def running_build(compiler: str, source: Path, driver: Path, where: Path) -> tup
                   f"-Wl,-rpath,{where}"])  # fmt: skip
     assert linked.returncode == 0, linked.stderr
     return lib, program
+
+
+def diffed(old: Path, new: Path, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`ulp diff OLD NEW -o OUT ARGS`, which must succeed."""
+    made = ulp("diff", str(old), str(new), "-o", str(out), *args)
+    assert made.returncode == 0, made.stderr
+    return made
+
+
+def changed(made: subprocess.CompletedProcess[str]) -> list[str]:
+    """The functions `ulp diff` reported changed, as it reports them."""
+    return [x for x in made.stdout.splitlines() if x.startswith("changed:")]

@@ -150,8 +150,7 @@ def test_fix_made_into_a_live_patch(
     lib, program = old
     before, after, reported, checks = FIXES[case]
     new = build(fixed(before, after), tmp_path / "new")
-    made = ulp("diff", str(lib), str(new), "-o", str(tmp_path / "patch"))
-    assert made.returncode == 0, made.stderr
+    made = diff_builds.diffed(lib, new, tmp_path / "patch")
     lines = made.stdout.splitlines()
     assert [x for x in lines if x.startswith(("changed:", "new:"))] == reported, made.stdout
     assert {p.name for p in (tmp_path / "patch").iterdir()} == {
@@ -175,8 +174,7 @@ def test_default_id_drops_the_version(old: tuple[Path, Path], tmp_path: Path) ->
     lib, _ = old
     built = build(fixed("return x + 0.0;", "return x + 1.0;"), tmp_path / "new")
     new = built.rename(built.with_name("libdiffed.so.1.2.3"))
-    made = ulp("diff", str(lib), str(new), "-o", str(tmp_path / "patch"))
-    assert made.returncode == 0, made.stderr
+    diff_builds.diffed(lib, new, tmp_path / "patch")
     assert 'id = "libdiffed-diff"' in (tmp_path / "patch" / "fix.toml").read_text().splitlines()
 
 
@@ -209,8 +207,7 @@ def test_fix_touching_a_static_variable_shares_it(
     library's unchanged code sees what the patch wrote: one variable, not a copy."""
     lib, program = old
     new = build(fixed("return ++calls;", "calls += 10;\n    return calls;"), tmp_path / "new")
-    made = ulp("diff", str(lib), str(new), "-o", str(tmp_path / "patch"))
-    assert made.returncode == 0, made.stderr
+    diff_builds.diffed(lib, new, tmp_path / "patch")
     with running(program, runtime) as p:
         assert [p.ask("count") for _ in range(3)] == ["1", "2", "3"]
         triggered(p.pid, tmp_path / "patch" / "fix.ulp")
@@ -231,9 +228,7 @@ def test_accepted_data_change_keeps_the_running_value(
     assert refused.returncode == 1
     assert "diffed_limit: data changed" in refused.stderr
     assert not (tmp_path / "refused").exists()
-    made = ulp("diff", str(lib), str(new), "-o", str(tmp_path / "patch"),
-               "--accept", "diffed_limit")  # fmt: skip
-    assert made.returncode == 0, made.stderr
+    made = diff_builds.diffed(lib, new, tmp_path / "patch", "--accept", "diffed_limit")
     assert "changed: diffed_add" in made.stdout.splitlines()
     with running(program, runtime) as p:
         triggered(p.pid, tmp_path / "patch" / "fix.ulp")
@@ -413,8 +408,7 @@ def test_the_same_builds_give_the_same_patch(old: tuple[Path, Path], tmp_path: P
     new = build(fixed("return x + 0.0;", "return x + 1.0;"), tmp_path / "new")
     made = []
     for run_ in ("one", "two"):
-        result = ulp("diff", str(lib), str(new), "-o", str(tmp_path / run_))
-        assert result.returncode == 0, result.stderr
+        diff_builds.diffed(lib, new, tmp_path / run_)
         made.append({f.name: f.read_bytes() for f in (tmp_path / run_).iterdir()})
     assert set(made[0]) == {"patch.s", "patch.so", "fix.toml", "fix.ulp", "fix.rev.ulp"}
     assert made[0] == made[1]
