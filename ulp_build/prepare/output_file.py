@@ -77,10 +77,11 @@ def repoint_section_symbols(out: bytearray, elf: ElfFile, moved: dict[int, int])
 
 
 def append_section_headers(
-    out: bytearray, elf: ElfFile, tables: DynamicTables, lay: Layout, grown: dict[int, bytes]
+    out: bytearray, elf: ElfFile, moved: dict[int, int], lay: Layout, grown: dict[int, bytes]
 ) -> int:
-    """A new `.shstrtab` and section header table at the end: the moved tables re-pointed,
-    `.ulp`, `.ulp.track` and `.ulp.data` appended. Returns the table's file offset."""
+    """A new `.shstrtab` and section header table at the end: the `moved` tables
+    (moved_tables) re-pointed, `.ulp`, `.ulp.track` and `.ulp.data` appended. Returns the
+    table's file offset."""
     shstrtab = bytearray(elf.section_data(elf.sections[elf.header.shstrndx]))
     names = {}
     for name in (SECTION_TRAMPOLINES, SECTION_TRACK, SECTION_DATA):
@@ -91,12 +92,11 @@ def append_section_headers(
     _pad_to(out, align(len(out), 8))
     shoff = len(out)
 
-    repoint = moved_tables(tables, lay)
     for sec in elf.sections:
         start = elf.header.shoff + sec.index * SHDR.size
         fields = list(SHDR.unpack(elf.data[start : start + SHDR.size]))
-        if sec.index in repoint:
-            va = repoint[sec.index]
+        if sec.index in moved:
+            va = moved[sec.index]
             fields[3:6] = [va, lay.offset(va), len(grown[va])]
         elif sec.index == elf.header.shstrndx:
             fields[4:6] = [shstrtab_offset, len(shstrtab)]

@@ -173,8 +173,10 @@ def _prepared_image(
     data = trampolines.data_segment(elf, lay, chosen.trampolines, ibt)
     r_segment = {lay.phdrs: segments.program_headers(elf, lay), **grown}
     output_file.append_segments(out, lay, r_segment, code.code, data)
-    shoff = output_file.append_section_headers(out, elf, tables, lay, grown)
-    output_file.repoint_section_symbols(out, elf, output_file.moved_tables(tables, lay))
+    # One account of what moved, for the section headers and the section symbols alike.
+    moved = output_file.moved_tables(tables, lay)
+    shoff = output_file.append_section_headers(out, elf, moved, lay, grown)
+    output_file.repoint_section_symbols(out, elf, moved)
     output_file.update_elf_header(out, elf, lay, shoff)
     return out
 
