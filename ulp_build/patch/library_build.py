@@ -390,10 +390,16 @@ class LibraryBuild:
         its terminator; a copy of that region would be a string running into other data."""
         if sec.flags & (SHF_WRITE | SHF_EXECINSTR) or sec.type == SHT_NOBITS:
             return end
-        tail = self.elf.read(end, sec.addr + sec.size - end)
-        nul = tail.find(b"\0")
-        if nul < 0 or b"\0" in self.elf.read(start, end - start):
+        if b"\0" in self.elf.read(start, end - start):
             return end
+        # The rest of the section searched where it lies, not copied for every region: a
+        # large .rodata has many.
+        size = sec.addr + sec.size - end
+        at = self.elf.offset_of(end, size)
+        found = self.elf.data.find(b"\0", at, at + size)
+        if found < 0:
+            return end
+        nul = found - at
         if self.relocations_in(start, end + nul + 1):
             return end  # a table of addresses, not a string
         return end + nul + 1
